@@ -1,0 +1,110 @@
+"""The one interface every storage backend implements.
+
+User-facing layers (pandas functions, the accessor, later xarray, the magic and the CLI) speak
+only this protocol; :func:`mktsframe.connect` picks the implementation from the target (a
+directory → the local engine, ``http://`` → the network client). Data crosses it as
+:class:`Batch`: plain numpy arrays, so no backend depends on pandas.
+
+Units: timestamps in a :class:`Batch` are **int64 nanoseconds since the Unix epoch, UTC**;
+fixed-timeframe buckets return the start of each bar. ``start``/``end`` arguments accept anything
+:func:`mktsframe.times.to_ns` does (strings, datetimes, epoch seconds or nanoseconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mktsframe.times import TimeLike
+
+__all__ = ["Backend", "Batch", "BucketInfo"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of one bucket, by column.
+
+    Attributes
+    ----------
+    index : numpy.ndarray
+        int64 nanoseconds since the epoch, UTC, ascending for query results.
+    columns : Mapping[str, numpy.ndarray]
+        One array per column, each as long as ``index``, in bucket order.
+    """
+
+    index: np.ndarray
+    columns: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+@dataclass(frozen=True)
+class BucketInfo:
+    """What :meth:`Backend.info` reports about a bucket."""
+
+    key: str
+    timeframe: str
+    timeframe_seconds: int
+    record_type: str
+    columns: tuple[tuple[str, str], ...]
+    years: tuple[int, ...]
+    rows: int
+    first: int | None
+    """Nanoseconds of the first bar, or ``None`` if empty."""
+    last: int | None
+    """Nanoseconds of the last bar, or ``None`` if empty."""
+    disk_bytes: int
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage operations on buckets addressed by ``SYMBOL/TIMEFRAME/ATTRGROUP`` keys."""
+
+    def write(self, key: str, batch: Batch) -> None:
+        """Store rows; a row at an existing bar replaces it. Creates the bucket if missing."""
+
+    def query(
+        self,
+        key: str,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> dict[str, Batch]:
+        """Rows with ``start <= t <= end`` (ns, inclusive at bar granularity) for each bucket the
+        key names (comma lists and ``*`` allowed), in the order named.
+
+        ``limit`` keeps the last N rows, or the first N with ``limit_from_start``.
+        """
+        ...
+
+    def list_symbols(self) -> list[str]:
+        """Distinct symbols, sorted."""
+        ...
+
+    def list_keys(self) -> list[str]:
+        """Every bucket key ``SYMBOL/TIMEFRAME/ATTRGROUP``, sorted."""
+        ...
+
+    def info(self, key: str) -> BucketInfo:
+        """Schema, extent and size of one bucket."""
+        ...
+
+    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Create an empty bucket with columns ``[(name, wire_type), ...]`` (Epoch excluded)."""
+
+    def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
+        """Remove the rows in ``[start, end]`` (inclusive, ns); returns how many were removed."""
+        ...
+
+    def destroy(self, key: str) -> None:
+        """Remove a bucket and all its data."""
+
+    def close(self) -> None:
+        """Release files, locks and connections."""

@@ -1,0 +1,135 @@
+"""The local backend: a handle on the :class:`~mktsframe.engine.Engine` of a data root.
+
+One engine serves each root per process (a second engine would fight over the write lock), so
+handles are reference-counted: ``close()`` on a handle closes the engine only when it was the
+last one. Every handle is closed at interpreter exit, which checkpoints cleanly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.engine import Engine
+from mktsframe.errors import MktsError
+from mktsframe.times import TimeLike, to_ns
+
+__all__ = ["LocalBackend", "open_local"]
+
+_lock = threading.Lock()
+_engines: dict[Path, tuple[Engine, int]] = {}
+
+
+def open_local(root: str | os.PathLike[str], **options: object) -> LocalBackend:
+    """A handle on the engine of ``root``, opening it if this process has not yet."""
+    path = Path(root).expanduser().resolve()
+    with _lock:
+        entry = _engines.get(path)
+        if entry is None or entry[0]._closed:
+            engine = Engine(path, **options)  # type: ignore[arg-type]
+            _engines[path] = (engine, 1)
+        else:
+            engine, refs = entry
+            if options.get("read_only") is False and engine.read_only:
+                raise MktsError(f"{path} is already open read-only in this process")
+            _engines[path] = (engine, refs + 1)
+    return LocalBackend(engine)
+
+
+def _release(engine: Engine) -> None:
+    with _lock:
+        entry = _engines.get(engine.root)
+        if entry is None or entry[0] is not engine:
+            engine.close()
+            return
+        refs = entry[1] - 1
+        if refs > 0:
+            _engines[engine.root] = (engine, refs)
+            return
+        del _engines[engine.root]
+    engine.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    with _lock:
+        engines = [e for e, _ in _engines.values()]
+        _engines.clear()
+    for e in engines:
+        e.close()
+
+
+class LocalBackend:
+    """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._closed = False
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.engine.read_only else "read-write"
+        return f"<LocalBackend {str(self.engine.root)!r} {mode}>"
+
+    @property
+    def root(self) -> Path:
+        return self.engine.root
+
+    @property
+    def read_only(self) -> bool:
+        return self.engine.read_only
+
+    def write(self, key: str, batch: Batch) -> None:
+        self.engine.write(key, batch)
+
+    def query(
+        self,
+        key: str,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> dict[str, Batch]:
+        return self.engine.query(
+            key,
+            start=to_ns(start, name="start"),
+            end=to_ns(end, name="end"), columns=columns, limit=limit, limit_from_start=limit_from_start
+        )
+
+    def list_symbols(self) -> list[str]:
+        return self.engine.list_symbols()
+
+    def list_keys(self) -> list[str]:
+        return self.engine.list_keys()
+
+    def info(self, key: str) -> BucketInfo:
+        return self.engine.info(key)
+
+    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+        self.engine.create(key, columns)
+
+    def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
+        return self.engine.delete(key, start=to_ns(start, name="start"), end=to_ns(end, name="end"))
+
+    def destroy(self, key: str) -> None:
+        self.engine.destroy(key)
+
+    def sync(self) -> None:
+        """Make all writes durable now (only matters with ``background_sync``)."""
+        self.engine.sync()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release(self.engine)
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,5 @@
+"""The local storage engine: memory-mapped year files behind a write-ahead log."""
+
+from mktsframe.engine.engine import Engine
+
+__all__ = ["Engine"]

@@ -1,0 +1,154 @@
+"""The directory tree: one directory per bucket, ``root/SYMBOL/TIMEFRAME/ATTRGROUP/``.
+
+A bucket directory holds ``bucket.json`` (key, timeframe, record type, schema) and one
+``YEAR.bin`` per year with data. Nothing is loaded at startup: a key maps straight to its
+directory (O(1)), bucket metadata and year files are opened on first use, and only listing walks
+the tree (three ``scandir`` levels; 10,000 buckets list in tens of milliseconds).
+Engine files live in ``root/.mkts/``, which no key can name (key parts may not start with a dot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mktsframe.dtypes import Schema
+from mktsframe.engine.year_file import YearFile, year_bounds
+from mktsframe.errors import CorruptFileError
+from mktsframe.keys import TimeBucketKey, parse_key
+
+__all__ = ["Bucket", "iter_bucket_keys", "read_bucket_meta", "write_bucket_meta"]
+
+META_NAME = "bucket.json"
+FORMAT = "mktsframe-bucket"
+
+
+def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema) -> None:
+    """Create the bucket directory and its metadata atomically (temp file, rename, fsync)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o770)
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "key": key.item_key,
+        "timeframe": key.timeframe.name,
+        "timeframe_seconds": key.timeframe.seconds,
+        "record_type": "fixed",
+        "columns": [[n, t] for n, t in schema],
+    }
+    tmp = directory / f".{META_NAME}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / META_NAME)
+    for d in (directory, directory.parent, directory.parent.parent, directory.parent.parent.parent):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_bucket_meta(directory: Path) -> dict[str, Any] | None:
+    """The bucket's metadata, ``None`` if the directory is not a bucket."""
+    try:
+        raw = (directory / META_NAME).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        meta = json.loads(raw)
+        if meta.get("format") != FORMAT:
+            raise ValueError("format")
+        meta["schema"] = tuple((str(n), str(t)) for n, t in meta["columns"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptFileError(f"{directory / META_NAME}: unreadable bucket metadata ({exc})") from None
+    return meta
+
+
+def iter_bucket_keys(root: Path) -> Iterator[TimeBucketKey]:
+    """Every bucket under ``root`` (directories with valid names and a ``bucket.json``)."""
+    for sym in _subdirs(root):
+        for tf in _subdirs(sym):
+            for grp in _subdirs(tf):
+                if (Path(grp.path) / META_NAME).is_file():
+                    try:
+                        yield parse_key(f"{sym.name}/{tf.name}/{grp.name}")
+                    except ValueError:
+                        continue  # a foreign directory that is not a valid key
+
+
+def _subdirs(path: Path | os.DirEntry[str]) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return [e for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+class Bucket:
+    """One bucket's metadata and its lazily opened year files."""
+
+    def __init__(self, key: TimeBucketKey, directory: Path, meta: dict[str, Any], writable: bool) -> None:
+        self.key = key
+        self.dir = directory
+        self.schema: Schema = meta["schema"]
+        self.names = [n for n, _ in self.schema]
+        self.timeframe = key.timeframe.seconds
+        self.writable = writable
+        self._years: dict[int, YearFile] = {}
+        self._year_list: list[int] | None = None
+        self._dir_mtime = -1
+
+    def years(self) -> list[int]:
+        """Years that have a file, ascending (re-listed when the directory changes)."""
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if self._year_list is None or mtime != self._dir_mtime:
+            found = []
+            with os.scandir(self.dir) as it:
+                for e in it:
+                    stem, _, ext = e.name.partition(".")
+                    if ext == "bin" and stem.lstrip("-").isdigit():
+                        found.append(int(stem))
+            self._year_list = sorted(found)
+            self._dir_mtime = mtime
+        return self._year_list
+
+    def year_file(self, year: int, *, create: bool = False) -> YearFile | None:
+        yf = self._years.get(year)
+        if yf is not None:
+            return yf
+        path = self.dir / f"{year}.bin"
+        if path.exists():
+            yf = YearFile.open(path, writable=self.writable)
+            if yf.schema != self.schema or yf.timeframe != self.timeframe:
+                raise CorruptFileError(f"{path}: header schema/timeframe disagrees with {self.dir / META_NAME}")
+        elif create:
+            yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema)
+            self._year_list = None
+        else:
+            return None
+        self._years[year] = yf
+        return yf
+
+    def open_years(self) -> list[YearFile]:
+        return list(self._years.values())
+
+    def close(self) -> None:
+        for yf in self._years.values():
+            yf.close()
+        self._years.clear()
+
+    def year_range(self, start_s: int | None, end_s: int | None) -> list[int]:
+        """Years with a file that can hold bars in ``[start_s, end_s]`` (seconds, inclusive)."""
+        years = self.years()
+        if start_s is not None:
+            years = [y for y in years if year_bounds(y)[1] > start_s]
+        if end_s is not None:
+            years = [y for y in years if year_bounds(y)[0] <= end_s]
+        return years

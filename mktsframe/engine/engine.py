@@ -1,0 +1,565 @@
+"""The local storage engine: the catalog, year files and write-ahead log of one data root.
+
+Write path (one writer lock): validate and normalise → append to the WAL → ``fdatasync``
+(unless ``background_sync``) → apply to the memory-mapped year files under the apply lock.
+Readers take the apply lock only while they copy, so they never see half a write and never wait
+longer than one apply. Checkpoints ``msync`` the dirty year files and then record the last
+applied sequence number; WAL segments older than the checkpoint are deleted every
+``wal_rotate_interval`` checkpoints.
+
+One process writes a root at a time (``root/.mkts/lock``, ``flock``); other processes open it
+read-only and read the year files directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.dtypes import coerce_column, dtype_of, validate_schema, wire_type
+from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
+from mktsframe.engine.wal import ReplayReport, WriteAheadLog
+from mktsframe.errors import (
+    BucketExistsError,
+    BucketNotFoundError,
+    LockedError,
+    MktsError,
+    ReadOnlyError,
+    SchemaMismatchError,
+)
+from mktsframe.keys import TimeBucketKey, parse_key, parse_key_pattern
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("mktsframe.engine")
+
+NS = 1_000_000_000
+_I64_MAX = np.iinfo(np.int64).max
+
+
+class Engine:
+    """Storage for one data root. Thread-safe; use :func:`mktsframe.connect` to get one.
+
+    Parameters
+    ----------
+    root : path
+        Data directory (created if missing).
+    read_only : bool or None
+        ``None`` takes the write lock if it is free and falls back to read-only if another
+        process holds it; ``False`` raises :class:`LockedError` instead; ``True`` never writes.
+    background_sync : bool
+        ``False`` (default): every write is ``fdatasync``'d before it returns, so an acknowledged
+        write survives power loss. ``True``: the log is synced every ``sync_interval`` seconds
+        instead (MarketStore's default) — far faster small writes, but up to that interval of
+        acknowledged writes can be lost if the *machine* fails (a killed process loses nothing).
+    checkpoint_interval : float
+        Seconds between checkpoints (MarketStore: 300).
+    wal_rotate_interval : int
+        Delete checkpointed WAL segments every N checkpoints (MarketStore's key, default 5).
+    wal_max_bytes : int
+        Also checkpoint and rotate once this many log bytes accumulate, bounding replay time.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool | None = None,
+        background_sync: bool = False,
+        sync_interval: float = 0.5,
+        checkpoint_interval: float = 300.0,
+        wal_rotate_interval: int = 5,
+        wal_max_bytes: int = 256 << 20,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
+        self._meta_dir = self.root / ".mkts"
+        self._buckets: dict[TimeBucketKey, Bucket] = {}
+        self._write_lock = threading.RLock()
+        self._apply_lock = threading.RLock()
+        self._lock_fd: int | None = None
+        self._closed = False
+        self.background_sync = background_sync
+        self._sync_interval = sync_interval
+        self._checkpoint_interval = checkpoint_interval
+        self._rotate_every = max(1, int(wal_rotate_interval))
+        self._wal_max_bytes = wal_max_bytes
+        self._checkpoints = 0
+        self._last_checkpoint = time.monotonic()
+        self.recovery = ReplayReport()
+        self.read_only = not self._acquire_lock(read_only)
+        self._wal: WriteAheadLog | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if not self.read_only:
+            self._wal = WriteAheadLog(self._meta_dir / "wal")
+            self._recover()
+            self._thread = threading.Thread(target=self._background, name="mktsframe-wal", daemon=True)
+            self._thread.start()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _acquire_lock(self, read_only: bool | None) -> bool:
+        if read_only:
+            return False
+        self._meta_dir.mkdir(exist_ok=True, mode=0o770)
+        fd = os.open(self._meta_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if read_only is False:
+                raise LockedError(
+                    f"{self.root} is open for writing by another process (pid {holder}); "
+                    "open it read-only or stop that process"
+                ) from None
+            log.info("%s is locked by pid %s: opened read-only", self.root, holder)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+        return True
+
+    def _recover(self) -> None:
+        """Replay the log after the last checkpoint, then checkpoint and start a fresh segment."""
+        assert self._wal is not None
+        trash = self._meta_dir / "trash"
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        records = list(self._wal.replay(self.recovery))
+        last_destroy: dict[str, int] = {}
+        for rec in records:
+            if rec.meta.get("op") == "destroy":
+                last_destroy[rec.meta["key"]] = rec.seq
+        for rec in records:
+            key = rec.meta.get("key", "")
+            if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
+                continue  # erased by a later destroy of the same key
+            try:
+                self._apply(rec.meta, rec.arrays())
+            except (MktsError, OSError, ValueError) as exc:
+                msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
+                log.error(msg)
+                self.recovery.problems.append(msg)
+        if self.recovery.records or self.recovery.problems:
+            log.warning(
+                "recovered %s: replayed %d WAL records, %d problem(s)",
+                self.root,
+                self.recovery.records,
+                len(self.recovery.problems),
+            )
+        self._checkpoint(rotate=True)
+
+    def close(self) -> None:
+        """Checkpoint, delete the log and release the write lock. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._write_lock, self._apply_lock:
+            if self._wal is not None:
+                self._checkpoint(rotate=True)
+                self._wal.close()
+                for seg in self._wal.segments():
+                    if int(seg.stem) > self._wal.checkpoint_seq:
+                        seg.unlink()  # empty segment opened by the last rotation
+            for b in self._buckets.values():
+                b.close()
+            self._buckets.clear()
+            self._closed = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _background(self) -> None:
+        interval = self._sync_interval if self.background_sync else min(1.0, self._checkpoint_interval)
+        while not self._stop.wait(interval):
+            with self._write_lock:
+                if self._closed or self._wal is None:
+                    return
+                if self.background_sync:
+                    self._wal.sync()
+                due = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
+                if due and self._wal.bytes_since_checkpoint:
+                    self._checkpoint()
+
+    def sync(self) -> None:
+        """Make every write so far durable (useful with ``background_sync``)."""
+        with self._write_lock:
+            if self._wal is not None:
+                self._wal.sync()
+
+    def checkpoint(self) -> None:
+        """Flush year files to disk and advance the checkpoint (normally automatic)."""
+        with self._write_lock:
+            self._require_writable()
+            self._checkpoint(rotate=True)
+
+    def _checkpoint(self, rotate: bool = False) -> None:
+        wal = self._wal
+        assert wal is not None
+        wal.sync()
+        with self._apply_lock:
+            for b in self._buckets.values():
+                for yf in b.open_years():
+                    yf.flush()
+        wal.write_checkpoint(wal.written_seq)
+        self._checkpoints += 1
+        self._last_checkpoint = time.monotonic()
+        if rotate or self._checkpoints % self._rotate_every == 0:
+            wal.start_segment()
+            wal.drop_checkpointed()
+
+    # -- catalog --------------------------------------------------------------------------------
+    def _bucket(self, key: TimeBucketKey) -> Bucket | None:
+        b = self._buckets.get(key)
+        if b is not None:
+            if self.read_only and not b.dir.exists():  # destroyed by the writer process
+                self._buckets.pop(key, None)
+                b.close()
+                return None
+            return b
+        directory = self.root.joinpath(*key.parts)
+        meta = read_bucket_meta(directory)
+        if meta is None:
+            return None
+        b = Bucket(key, directory, meta, writable=not self.read_only)
+        self._buckets[key] = b
+        return b
+
+    def _require(self, key: TimeBucketKey) -> Bucket:
+        b = self._bucket(key)
+        if b is None:
+            raise BucketNotFoundError(f"no bucket {key.item_key!r} (no files returned from query parse)")
+        return b
+
+    def _require_writable(self) -> None:
+        if self._closed:
+            raise MktsError(f"{self.root}: connection is closed")
+        if self.read_only:
+            raise ReadOnlyError(f"{self.root} is open read-only; writes are refused")
+
+    def list_keys(self) -> list[str]:
+        return sorted(k.item_key for k in iter_bucket_keys(self.root))
+
+    def list_symbols(self) -> list[str]:
+        return sorted({k.symbol for k in iter_bucket_keys(self.root)})
+
+    def _resolve(self, key: str) -> list[Bucket]:
+        pattern = parse_key_pattern(key)
+        named = pattern.expand()
+        if named is None:
+            matched = [k for k in iter_bucket_keys(self.root) if pattern.matches(k)]
+            matched.sort(key=lambda k: k.parts)
+            buckets = [b for b in (self._bucket(k) for k in matched) if b is not None]
+            if not buckets:
+                raise BucketNotFoundError(f"no bucket matches {key!r} (no files returned from query parse)")
+            return buckets
+        return [self._require(k) for k in named]
+
+    # -- writes ---------------------------------------------------------------------------------
+    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+        k = parse_key(key)
+        schema = validate_schema(columns)
+        with self._write_lock:
+            self._require_writable()
+            existing = self._bucket(k)
+            if existing is not None:
+                if existing.schema != schema:
+                    raise BucketExistsError(
+                        f"bucket {k.item_key!r} exists with columns {list(existing.schema)}, not {list(schema)}"
+                    )
+                return
+            self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
+
+    def write(self, key: str, batch: Batch) -> None:
+        """Store ``batch`` (index in ns UTC); a bar at an existing timestamp is replaced."""
+        k = parse_key(key)
+        index = np.asarray(batch.index)
+        if index.dtype != np.int64 or index.ndim != 1:
+            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
+        n = index.shape[0]
+        cols = {name: np.asarray(v) for name, v in batch.columns.items()}
+        for name, v in cols.items():
+            if v.ndim != 1 or v.shape[0] != n:
+                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
+        with self._write_lock:
+            self._require_writable()
+            bucket = self._bucket(k)
+            if bucket is None:
+                if n == 0:
+                    return
+                schema = validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()])
+                self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
+                bucket = self._require(k)
+            arrays = _conform(bucket, cols)
+            if n == 0:
+                return
+            secs, arrays = _normalise(index, arrays, bucket.timeframe)
+            self._log({"op": "write", "key": k.item_key}, [secs, *arrays])
+
+    def delete(self, key: str, *, start: int | None = None, end: int | None = None) -> int:
+        """Remove bars in ``[start, end]`` (ns, inclusive at bar granularity); returns the count."""
+        k = parse_key(key)
+        with self._write_lock:
+            self._require_writable()
+            b = self._require(k)
+            s, e = _bar_range(start, end, b.timeframe)
+            return int(self._log({"op": "delete", "key": k.item_key, "start": s, "end": e}) or 0)
+
+    def destroy(self, key: str) -> None:
+        k = parse_key(key)
+        with self._write_lock:
+            self._require_writable()
+            self._require(k)
+            self._log({"op": "destroy", "key": k.item_key})
+
+    def _log(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> Any:
+        wal = self._wal
+        assert wal is not None
+        wal.append(meta, arrays)
+        if not self.background_sync:
+            wal.sync()
+        result = self._apply(meta, list(arrays))
+        if wal.bytes_since_checkpoint > self._wal_max_bytes:
+            self._checkpoint(rotate=True)
+        return result
+
+    # -- applying (live and replay) -------------------------------------------------------------
+    def _apply(self, meta: dict[str, Any], arrays: list[np.ndarray]) -> Any:
+        op = meta["op"]
+        k = parse_key(meta["key"])
+        with self._apply_lock:
+            if op == "create":
+                if self._bucket(k) is None:
+                    schema = tuple((str(n), str(t)) for n, t in meta["columns"])
+                    write_bucket_meta(self.root.joinpath(*k.parts), k, schema)
+                return None
+            if op == "destroy":
+                self._apply_destroy(k)
+                return None
+            b = self._bucket(k)
+            if b is None:
+                raise BucketNotFoundError(f"no bucket {k.item_key!r}")
+            if op == "write":
+                self._apply_write(b, arrays[0], arrays[1:])
+                return None
+            if op == "delete":
+                return self._apply_delete(b, meta["start"], meta["end"])
+        raise MktsError(f"unknown WAL operation {op!r}")
+
+    def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
+        y_first, y_last = _year_of(int(secs[0])), _year_of(int(secs[-1]))
+        if y_first == y_last:
+            bounds = [(y_first, 0, secs.size)]
+        else:
+            years = secs.astype("M8[s]").astype("M8[Y]").astype(np.int64) + 1970
+            cuts = np.flatnonzero(np.diff(years)) + 1
+            starts = [0, *cuts.tolist()]
+            ends = [*cuts.tolist(), secs.size]
+            bounds = [(int(years[a]), a, z) for a, z in zip(starts, ends, strict=True)]
+        for year, a, z in bounds:
+            yf = b.year_file(year, create=True)
+            assert yf is not None
+            slots = (secs[a:z] - yf.year_start) // b.timeframe
+            yf.write(slots, {name: arr[a:z] for name, arr in zip(b.names, arrays, strict=True)})
+
+    def _apply_delete(self, b: Bucket, start: int | None, end: int | None) -> int:
+        removed = 0
+        for year in b.year_range(start, end):
+            yf = b.year_file(year)
+            if yf is None:
+                continue
+            s0 = 0 if start is None else max(0, yf.slot_of(start))
+            s1 = yf.nslots if end is None else min(yf.nslots, yf.slot_of(end) + 1)
+            removed += yf.delete(s0, s1)
+        return removed
+
+    def _apply_destroy(self, k: TimeBucketKey) -> None:
+        b = self._buckets.pop(k, None)
+        if b is not None:
+            b.close()
+        directory = self.root.joinpath(*k.parts)
+        if not directory.exists():
+            return
+        trash = self._meta_dir / "trash"
+        trash.mkdir(exist_ok=True)
+        target = trash / uuid.uuid4().hex
+        os.replace(directory, target)  # atomic: the bucket is gone or intact, never half-deleted
+        for parent in (directory.parent, directory.parent.parent):
+            try:
+                parent.rmdir()  # only if now empty
+            except OSError:
+                break
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        shutil.rmtree(target, ignore_errors=True)
+
+    # -- reads ----------------------------------------------------------------------------------
+    def query(
+        self,
+        key: str,
+        *,
+        start: int | None = None,
+        end: int | None = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> dict[str, Batch]:
+        if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        buckets = self._resolve(key)
+        return {b.key.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
+
+    def _query_bucket(
+        self,
+        b: Bucket,
+        start: int | None,
+        end: int | None,
+        columns: Sequence[str] | None,
+        limit: int | None,
+        from_start: bool,
+    ) -> Batch:
+        if columns is None:
+            names = b.names
+        else:
+            names = list(columns)
+            unknown = [c for c in names if c not in b.names and c != "Epoch"]
+            if unknown:
+                raise SchemaMismatchError(f"bucket {b.key.item_key!r} has no column(s) {unknown}; it has {b.names}")
+            names = [c for c in names if c != "Epoch"]
+        s, e = _bar_range(start, end, b.timeframe)
+        dtypes = {n: t for n, t in b.schema}
+        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        years = b.year_range(s, e)
+        if limit == 0:
+            years = []
+        with self._apply_lock:
+            if limit is not None and not from_start:
+                years = years[::-1]
+            remaining = limit
+            for year in years:
+                yf = b.year_file(year)
+                if yf is None:
+                    continue
+                s0 = 0 if s is None else max(0, yf.slot_of(s))
+                s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
+                if s1 <= s0:
+                    continue
+                if remaining is not None:
+                    if from_start:
+                        s1 = min(s1, yf.first_slots(remaining, s0))
+                    else:
+                        s0 = max(s0, yf.last_slots(remaining, s1))
+                epochs, cols = yf.read(s0, s1, names)
+                if epochs.size:
+                    parts.append((epochs, cols))
+                if remaining is not None:
+                    remaining -= epochs.size
+                    if remaining <= 0:
+                        break
+        if limit is not None and not from_start:
+            parts.reverse()
+        if not parts:
+            return Batch(np.empty(0, np.int64), {n: np.empty(0, dtype_of(dtypes[n])) for n in names})
+        if len(parts) == 1:
+            epochs, cols = parts[0]
+        else:
+            epochs = np.concatenate([p[0] for p in parts])
+            cols = {n: np.concatenate([p[1][n] for p in parts]) for n in names}
+        epochs *= NS
+        return Batch(epochs, cols)
+
+    def info(self, key: str) -> BucketInfo:
+        b = self._require(parse_key(key))
+        rows = 0
+        first = last = None
+        disk = 0
+        years = b.years()
+        with self._apply_lock:
+            for year in years:
+                yf = b.year_file(year)
+                if yf is None:
+                    continue
+                rows += yf.count()
+                disk += yf.disk_usage()
+                bounds = yf.bounds()
+                if bounds is not None:
+                    first = bounds[0] if first is None else first
+                    last = bounds[1]
+        return BucketInfo(
+            key=b.key.item_key,
+            timeframe=b.key.timeframe.name,
+            timeframe_seconds=b.timeframe,
+            record_type="fixed",
+            columns=b.schema,
+            years=tuple(years),
+            rows=rows,
+            first=None if first is None else first * NS,
+            last=None if last is None else last * NS,
+            disk_bytes=disk,
+        )
+
+
+def _year_of(epoch_s: int) -> int:
+    return int(np.datetime64(epoch_s, "s").astype("M8[Y]").astype(np.int64)) + 1970
+
+
+def _bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None, int | None]:
+    """Inclusive ns bounds → inclusive bar-start seconds (a bound inside a bar selects that bar)."""
+    s = None if start is None else (int(start) // NS) // tf * tf
+    e = None if end is None or int(end) >= _I64_MAX else (int(end) // NS) // tf * tf
+    return s, e
+
+
+def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Columns in bucket order and dtype, or a :class:`SchemaMismatchError` naming the difference."""
+    if set(cols) != set(bucket.names):
+        missing = [n for n in bucket.names if n not in cols]
+        extra = [n for n in cols if n not in bucket.names]
+        raise SchemaMismatchError(
+            f"columns do not match bucket {bucket.key.item_key!r}: it has {bucket.names}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
+    return [coerce_column(name, cols[name], t) for name, t in bucket.schema]
+
+
+def _normalise(index: np.ndarray, arrays: list[np.ndarray], tf: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Bar-start seconds, sorted, one row per bar (the last written wins)."""
+    secs = index // NS
+    if tf != 1:
+        secs -= secs % tf
+    if secs.size > 1:
+        d = np.diff(secs)
+        if not (d > 0).all():
+            order = np.argsort(secs, kind="stable")
+            secs = secs[order]
+            keep = np.empty(secs.size, bool)
+            keep[-1] = True
+            np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
+            idx = order[keep]
+            secs = secs[keep]
+            arrays = [a[idx] for a in arrays]
+    return secs, arrays

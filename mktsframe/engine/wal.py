@@ -1,0 +1,253 @@
+"""The write-ahead log: every change is appended here and made durable before it is applied.
+
+Layout under ``root/.mkts/wal/``: segment files named by the sequence number of their first
+record (``00000000000000000001.wal``) and a ``checkpoint`` file holding the highest sequence
+number whose effects are durable in the year files.
+
+Each record is one frame::
+
+    magic b"MKW1" | u32 meta_len | u32 data_len | u64 seq | u32 crc32c | meta | data
+
+``meta`` is a msgpack map describing the operation; ``data`` is the raw bytes of its arrays
+(appended with ``writev``, never copied into the frame). The CRC-32C covers the header fields,
+``meta`` and ``data``, so a torn or corrupted record is detected and never replayed; replay then
+resynchronises on the next valid frame, so one bad record does not cost the ones after it
+(MarketStore either refused to start, #165, or moved the whole log aside).
+
+Records at or below the checkpoint are never applied again, and every operation the engine logs
+is idempotent (fixed-slot writes, range deletes, destroys), so a crash during replay is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import msgpack
+import numpy as np
+
+__all__ = ["Record", "ReplayReport", "WriteAheadLog"]
+
+log = logging.getLogger("mktsframe.wal")
+
+MAGIC = b"MKW1"
+_HEAD = struct.Struct("<4sIIQI")  # magic, meta_len, data_len, seq, crc
+_CKPT = struct.Struct("<8sQI")  # magic, seq, crc
+_CKPT_MAGIC = b"MKCKPT01"
+#: Upper bounds that a frame header must respect; anything larger is treated as corruption.
+MAX_META = 1 << 20
+MAX_DATA = 1 << 34
+
+
+@dataclass
+class Record:
+    """One replayed operation: ``meta`` as logged and the arrays it carried (copies)."""
+
+    seq: int
+    meta: dict[str, Any]
+    data: memoryview
+
+    def arrays(self) -> list[np.ndarray]:
+        """Decode the arrays listed in ``meta["arrays"]`` as ``[(dtype, count), ...]``."""
+        out = []
+        pos = 0
+        for dtype, count in self.meta.get("arrays", ()):
+            dt = np.dtype(dtype)
+            out.append(np.frombuffer(self.data, dt, count, pos).copy())
+            pos += dt.itemsize * count
+        return out
+
+
+@dataclass
+class ReplayReport:
+    """What startup recovery found; also logged as warnings."""
+
+    records: int = 0
+    skipped_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:
+    value = crc32c.crc32c(head)
+    for p in parts:
+        value = crc32c.crc32c(p, value=value)
+    return value
+
+
+class WriteAheadLog:
+    """Append-only, checksummed, segment-rotated log of operations.
+
+    Not thread-safe: the engine calls it under its write lock.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = None
+        self._segment: Path | None = None
+        self.next_seq = 1
+        self.written_seq = 0
+        self.synced_seq = 0
+        self.bytes_since_checkpoint = 0
+        self.checkpoint_seq = self._read_checkpoint()
+
+    # -- checkpoint file ------------------------------------------------------------------------
+    def _read_checkpoint(self) -> int:
+        path = self.dir / "checkpoint"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        if len(raw) == _CKPT.size:
+            magic, seq, crc = _CKPT.unpack(raw)
+            if magic == _CKPT_MAGIC and crc32c.crc32c(raw[:16]) == crc:
+                return int(seq)
+        log.warning("%s is corrupt; replaying the whole log (replay is idempotent)", path)
+        return 0
+
+    def write_checkpoint(self, seq: int) -> None:
+        """Record durably that every record ``<= seq`` is in the year files."""
+        body = _CKPT_MAGIC + struct.pack("<Q", seq)
+        tmp = self.dir / "checkpoint.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, body + struct.pack("<I", crc32c.crc32c(body)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.dir / "checkpoint")
+        _fsync_dir(self.dir)
+        self.checkpoint_seq = seq
+        self.bytes_since_checkpoint = 0
+
+    # -- segments -------------------------------------------------------------------------------
+    def segments(self) -> list[Path]:
+        return sorted(p for p in self.dir.glob("*.wal") if p.stem.isdigit())
+
+    def start_segment(self) -> None:
+        """Close the current segment and start a new one at ``next_seq``."""
+        self.close()
+        self._segment = self.dir / f"{self.next_seq:020d}.wal"
+        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _fsync_dir(self.dir)
+
+    def drop_checkpointed(self) -> None:
+        """Delete segments whose every record is at or below the checkpoint."""
+        segs = self.segments()
+        for seg, nxt in zip(segs, [*segs[1:], None], strict=True):
+            if seg == self._segment:
+                continue
+            last = int(nxt.stem) - 1 if nxt is not None else self.written_seq
+            if last <= self.checkpoint_seq:
+                seg.unlink(missing_ok=True)
+        _fsync_dir(self.dir)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- appending ------------------------------------------------------------------------------
+    def append(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> int:
+        """Append one record (not yet durable: call :meth:`sync`). Returns its sequence number."""
+        if self._fd is None:
+            raise RuntimeError("write-ahead log is not open for writing")
+        arrays = [np.ascontiguousarray(a) for a in arrays]
+        meta = {**meta, "arrays": [(a.dtype.str, a.size) for a in arrays]}
+        packed = msgpack.packb(meta, use_bin_type=True)
+        parts: list[bytes | memoryview] = [packed, *(memoryview(a).cast("B") for a in arrays)]
+        data_len = sum(len(p) for p in parts[1:])
+        seq = self.next_seq
+        head = _HEAD.pack(MAGIC, len(packed), data_len, seq, 0)[:-4]
+        frame = [head + struct.pack("<I", _crc(head, parts)), *parts]
+        total = sum(len(p) for p in frame)
+        written = os.writev(self._fd, frame)
+        while written < total:  # short write (rare): finish the rest
+            flat = b"".join(bytes(p) for p in frame)
+            written += os.write(self._fd, flat[written:])
+        self.next_seq += 1
+        self.written_seq = seq
+        self.bytes_since_checkpoint += total
+        return seq
+
+    def sync(self) -> None:
+        """Make every appended record durable (``fdatasync``)."""
+        if self._fd is not None and self.synced_seq < self.written_seq:
+            target = self.written_seq
+            os.fdatasync(self._fd)
+            self.synced_seq = target
+
+    # -- replay ---------------------------------------------------------------------------------
+    def replay(self, report: ReplayReport) -> Iterator[Record]:
+        """Yield every intact record after the checkpoint, in sequence order.
+
+        Torn or corrupt frames are skipped and described in ``report``; the scan resumes at the
+        next frame whose checksum holds. Sets ``next_seq`` past the highest sequence seen.
+        """
+        last = self.checkpoint_seq
+        highest = self.checkpoint_seq
+        for seg in self.segments():
+            data = seg.read_bytes()
+            view = memoryview(data)
+            pos, size = 0, len(data)
+            while pos < size:
+                frame = self._frame_at(view, pos)
+                if frame is None:
+                    nxt = data.find(MAGIC, pos + 1)
+                    while nxt != -1 and self._frame_at(view, nxt) is None:
+                        nxt = data.find(MAGIC, nxt + 1)
+                    end = size if nxt == -1 else nxt
+                    what = "torn tail" if nxt == -1 else "corrupt record(s)"
+                    msg = f"WAL {seg.name}: {what} of {end - pos} bytes at offset {pos} failed its checksum; skipped"
+                    log.warning(msg)
+                    report.problems.append(msg)
+                    report.skipped_bytes += end - pos
+                    pos = end
+                    continue
+                seq, meta, payload, length = frame
+                pos += length
+                highest = max(highest, seq)
+                if seq <= last:
+                    continue
+                last = seq
+                report.records += 1
+                yield Record(seq, meta, payload)
+        self.next_seq = highest + 1
+        self.written_seq = self.synced_seq = highest
+
+    @staticmethod
+    def _frame_at(view: memoryview, pos: int) -> tuple[int, dict[str, Any], memoryview, int] | None:
+        if len(view) - pos < _HEAD.size:
+            return None
+        magic, meta_len, data_len, seq, crc = _HEAD.unpack_from(view, pos)
+        if magic != MAGIC or meta_len > MAX_META or data_len > MAX_DATA:
+            return None
+        end = pos + _HEAD.size + meta_len + data_len
+        if end > len(view):
+            return None
+        head = bytes(view[pos : pos + _HEAD.size - 4])
+        meta_view = view[pos + _HEAD.size : pos + _HEAD.size + meta_len]
+        payload = view[pos + _HEAD.size + meta_len : end]
+        if _crc(head, (meta_view, payload)) != crc:
+            return None
+        try:
+            meta = msgpack.unpackb(meta_view, raw=False)
+        except (ValueError, msgpack.UnpackException):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        return seq, meta, payload, end - pos

@@ -1,0 +1,326 @@
+"""One year of one fixed-timeframe bucket: ``root/SYMBOL/TIMEFRAME/ATTRGROUP/YEAR.bin``.
+
+The file is memory-mapped and laid out *by column*: a presence byte per slot, then one region
+per column holding ``nslots`` values. Slot ``i`` is the bar starting at
+``year_start + i * timeframe`` (seconds, UTC), so locating a timestamp is O(1) arithmetic and a
+range read is one contiguous slice per column — copies at memory speed, and a column projection
+touches only the pages of the columns asked for. The file is created at full size with
+``ftruncate`` (sparse: an empty year costs no disk). The exact layout is in ``docs/format.md``.
+
+Durability is the write-ahead log's job (``wal.py``): year files are written through the page
+cache and made durable at checkpoints, and every change since the last checkpoint is replayed
+from the log after a crash, so a torn year-file write is always repaired before it is served.
+The header is checksummed and a bad one raises :class:`~mktsframe.errors.CorruptFileError`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.errors import CorruptFileError
+
+__all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
+
+MAGIC = b"MKTSYEAR"
+FORMAT_VERSION = 1
+PAGE = 4096
+# magic, version, header_size, meta_len, meta_crc32, reserved, lo, hi watermarks (slot numbers)
+_FIXED = struct.Struct("<8sIIIIqqq")
+_WATERMARK_OFFSET = 32
+_META_OFFSET = 64
+_MAX_HEADER = 1 << 20
+
+
+def _round_up(n: int, to: int = PAGE) -> int:
+    return (n + to - 1) // to * to
+
+
+def year_bounds(year: int) -> tuple[int, int]:
+    """Epoch seconds of 1 January 00:00 UTC of ``year`` and of the following year."""
+    return calendar.timegm((year, 1, 1, 0, 0, 0)), calendar.timegm((year + 1, 1, 1, 0, 0, 0))
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    header_size: int
+    nslots: int
+    presence_offset: int
+    column_offsets: tuple[int, ...]
+    file_size: int
+
+
+def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
+    header_size = _round_up(_META_OFFSET + meta_len)
+    pos = header_size
+    presence = pos
+    pos += _round_up(nslots)
+    offsets = []
+    for _, t in schema:
+        offsets.append(pos)
+        pos += _round_up(nslots * dtype_of(t).itemsize)
+    return _Layout(header_size, nslots, presence, tuple(offsets), pos)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class YearFile:
+    """A memory-mapped year file. Slots are 0-based: slot 0 is 1 January 00:00 UTC.
+
+    Not thread-safe by itself: the engine serialises writers and holds its apply lock while
+    readers copy, so a reader never sees half of a write.
+    """
+
+    def __init__(self, path: Path, meta: dict[str, Any], layout: _Layout, mm: mmap.mmap, writable: bool) -> None:
+        self.path = path
+        self.meta = meta
+        self.year: int = meta["year"]
+        self.timeframe: int = meta["timeframe_seconds"]
+        self.year_start: int = meta["year_start"]
+        self.nslots = layout.nslots
+        self.schema: Schema = tuple((c["name"], c["type"]) for c in meta["columns"])
+        self.writable = writable
+        self._mm = mm
+        self._layout = layout
+        self.presence = np.ndarray((layout.nslots,), np.uint8, buffer=mm, offset=layout.presence_offset)
+        self.columns: dict[str, np.ndarray] = {
+            name: np.ndarray((layout.nslots,), dtype_of(t), buffer=mm, offset=off)
+            for (name, t), off in zip(self.schema, layout.column_offsets, strict=True)
+        }
+        self._marks = np.ndarray((2,), np.int64, buffer=mm, offset=_WATERMARK_OFFSET)
+        lo, hi = int(self._marks[0]), int(self._marks[1])
+        if not 0 <= lo <= hi <= self.nslots:  # unchecksummed hint: fall back to a full scan
+            lo, hi = self._scan_bounds(0, self.nslots)
+            if writable:
+                self._marks[:] = (lo, hi)
+        self.lo, self.hi = lo, hi
+        self.dirty = False
+
+    # -- creation and opening -------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, key: str, timeframe: int, year: int, schema: Schema) -> YearFile:
+        """Create the file atomically (temp file + rename) at full sparse size and open it."""
+        start, end = year_bounds(year)
+        nslots = (end - start) // timeframe
+        meta: dict[str, Any] = {
+            "format": "mktsframe-year",
+            "version": FORMAT_VERSION,
+            "key": key,
+            "record_type": "fixed",
+            "timeframe_seconds": timeframe,
+            "year": year,
+            "year_start": start,
+            "nslots": nslots,
+            "columns": [{"name": n, "type": t} for n, t in schema],
+        }
+        # Offsets depend on the header size, which depends on the metadata: iterate to a fixpoint.
+        layout = _layout(len(json.dumps(meta).encode()) + 256, nslots, schema)
+        meta["presence_offset"] = layout.presence_offset
+        for col, off in zip(meta["columns"], layout.column_offsets, strict=True):
+            col["offset"] = off
+        meta["file_size"] = layout.file_size
+        blob = json.dumps(meta, separators=(",", ":")).encode()
+        if _META_OFFSET + len(blob) > layout.header_size:
+            raise AssertionError("header layout overflow")  # pragma: no cover - 256 bytes of slack
+        header = bytearray(layout.header_size)
+        _FIXED.pack_into(header, 0, MAGIC, FORMAT_VERSION, layout.header_size, len(blob), zlib.crc32(blob), 0, 0, 0)
+        header[_META_OFFSET : _META_OFFSET + len(blob)] = blob
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, header)
+            os.ftruncate(fd, layout.file_size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return cls.open(path, writable=True)
+
+    @classmethod
+    def open(cls, path: Path, *, writable: bool) -> YearFile:
+        """Open and validate an existing year file."""
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            head = os.pread(fd, PAGE, 0)
+            if len(head) < _FIXED.size or head[:8] != MAGIC:
+                raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
+            _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
+            if version != FORMAT_VERSION:
+                raise CorruptFileError(f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+            if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
+                raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
+            blob = os.pread(fd, meta_len, _META_OFFSET)
+            if len(blob) != meta_len or zlib.crc32(blob) != crc:
+                raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
+            meta = json.loads(blob)
+            schema = tuple((c["name"], c["type"]) for c in meta["columns"])
+            layout = _Layout(
+                header_size,
+                meta["nslots"],
+                meta["presence_offset"],
+                tuple(c["offset"] for c in meta["columns"]),
+                meta["file_size"],
+            )
+            size = os.fstat(fd).st_size
+            if size < layout.file_size:
+                raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
+            mm = mmap.mmap(fd, layout.file_size, access=access)
+        finally:
+            os.close(fd)
+        # Range reads are small slices of a large file: don't let a page fault read megabytes ahead.
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
+            mm.madvise(mmap.MADV_RANDOM)
+        return cls(path, meta, layout, mm, writable)
+
+    def close(self) -> None:
+        """Unmap the file; views handed out earlier must have been copied (they always are)."""
+        self.presence = self._marks = None  # type: ignore[assignment]
+        self.columns = {}
+        try:
+            self._mm.close()
+        except BufferError:  # a view is still referenced somewhere: the GC will unmap it
+            pass
+
+    # -- slot arithmetic ------------------------------------------------------------------------
+    def slot_of(self, epoch_s: int) -> int:
+        return (epoch_s - self.year_start) // self.timeframe
+
+    def _scan_bounds(self, lo: int, hi: int) -> tuple[int, int]:
+        nz = np.flatnonzero(self.presence[lo:hi])
+        if nz.size == 0:
+            return 0, 0
+        return lo + int(nz[0]), lo + int(nz[-1]) + 1
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, s0: int, s1: int, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Copy the present rows of slots ``[s0, s1)``: (epoch seconds, {name: values})."""
+        s0, s1 = max(s0, self.lo), min(s1, self.hi)
+        if s1 <= s0:
+            return np.empty(0, np.int64), {n: np.empty(0, self.columns[n].dtype) for n in names}
+        pres = self.presence[s0:s1]
+        if np.count_nonzero(pres) == s1 - s0:  # dense: straight slices
+            epochs = np.arange(s0, s1, dtype=np.int64)
+            cols = {n: self.columns[n][s0:s1].copy() for n in names}
+        else:
+            idx = np.flatnonzero(pres)
+            epochs = idx + s0
+            cols = {n: self.columns[n][s0:s1].take(idx) for n in names}
+        epochs *= self.timeframe
+        epochs += self.year_start
+        return epochs, cols
+
+    def last_slots(self, n: int, s1: int) -> int:
+        """The slot ``s0`` such that ``[s0, s1)`` holds the last ``n`` present rows (or all of them)."""
+        s1 = min(s1, self.hi)
+        lo = self.lo
+        need = n
+        chunk = max(2 * n, 4096)
+        pos = s1
+        while pos > lo:
+            start = max(lo, pos - chunk)
+            cnt = int(np.count_nonzero(self.presence[start:pos]))
+            if cnt >= need:
+                idx = np.flatnonzero(self.presence[start:pos])
+                return start + int(idx[cnt - need])
+            need -= cnt
+            pos = start
+            chunk *= 4
+        return lo
+
+    def first_slots(self, n: int, s0: int) -> int:
+        """The slot ``s1`` such that ``[s0, s1)`` holds the first ``n`` present rows (or all)."""
+        s0 = max(s0, self.lo)
+        need = n
+        chunk = max(2 * n, 4096)
+        pos = s0
+        while pos < self.hi:
+            stop = min(self.hi, pos + chunk)
+            cnt = int(np.count_nonzero(self.presence[pos:stop]))
+            if cnt >= need:
+                idx = np.flatnonzero(self.presence[pos:stop])
+                return pos + int(idx[need - 1]) + 1
+            need -= cnt
+            pos = stop
+            chunk *= 4
+        return self.hi
+
+    def count(self) -> int:
+        """Number of present rows."""
+        return int(np.count_nonzero(self.presence[self.lo : self.hi]))
+
+    def bounds(self) -> tuple[int, int] | None:
+        """Epoch seconds of the first and last present bar, or ``None`` if the year is empty."""
+        lo, hi = self._scan_bounds(self.lo, self.hi)
+        if hi == 0:
+            return None
+        return self.year_start + lo * self.timeframe, self.year_start + (hi - 1) * self.timeframe
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, slots: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Store rows at ``slots`` (sorted, unique, int64), replacing what was there.
+
+        ``values`` holds every column of the schema, already of the bucket's dtype.
+        """
+        n = slots.size
+        if n == 0:
+            return
+        first, last = int(slots[0]), int(slots[-1])
+        if first < 0 or last >= self.nslots:
+            raise ValueError(f"{self.path}: slot out of range")
+        if last - first + 1 == n:  # contiguous: slice assignment
+            sl = slice(first, last + 1)
+            for name, col in self.columns.items():
+                col[sl] = values[name]
+            self.presence[sl] = 1
+        else:
+            for name, col in self.columns.items():
+                col[slots] = values[name]
+            self.presence[slots] = 1
+        if self.lo == self.hi:
+            self.lo, self.hi = first, last + 1
+        else:
+            self.lo, self.hi = min(self.lo, first), max(self.hi, last + 1)
+        self._marks[0], self._marks[1] = self.lo, self.hi
+        self.dirty = True
+
+    def delete(self, s0: int, s1: int) -> int:
+        """Remove the rows in slots ``[s0, s1)``; returns how many were present."""
+        s0, s1 = max(s0, self.lo), min(s1, self.hi)
+        if s1 <= s0:
+            return 0
+        removed = int(np.count_nonzero(self.presence[s0:s1]))
+        self.presence[s0:s1] = 0
+        for col in self.columns.values():
+            col[s0:s1] = col.dtype.type(0) if col.dtype.kind != "U" else ""
+        self.lo, self.hi = self._scan_bounds(self.lo, self.hi)
+        self._marks[0], self._marks[1] = self.lo, self.hi
+        self.dirty = True
+        return removed
+
+    def flush(self) -> None:
+        """Make every change durable (``msync``); called by checkpoints."""
+        if self.dirty:
+            self._mm.flush()
+            self.dirty = False
+
+    def disk_usage(self) -> int:
+        """Bytes actually allocated on disk (sparse regions cost nothing)."""
+        return os.stat(self.path).st_blocks * 512

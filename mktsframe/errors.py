@@ -1,0 +1,54 @@
+"""Exceptions raised by mktsframe.
+
+Every error a user can trigger derives from :class:`MktsError`, so ``except MktsError`` catches
+them all. Messages name the key, column or file involved: the server forwards them verbatim to
+network clients, so they must make sense without a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BucketExistsError",
+    "BucketNotFoundError",
+    "CorruptFileError",
+    "InvalidKeyError",
+    "LockedError",
+    "MktsError",
+    "ReadOnlyError",
+    "SchemaMismatchError",
+]
+
+
+class MktsError(Exception):
+    """Base class of every mktsframe error."""
+
+
+class InvalidKeyError(MktsError, ValueError):
+    """A bucket key, timeframe or key part is malformed or unsafe."""
+
+
+class BucketNotFoundError(MktsError, KeyError):
+    """The key names no bucket in the catalog."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0]) if self.args else "bucket not found"
+
+
+class BucketExistsError(MktsError):
+    """``create`` was asked for a bucket that exists with another schema."""
+
+
+class SchemaMismatchError(MktsError, ValueError):
+    """Written data does not fit the bucket's fixed schema."""
+
+
+class CorruptFileError(MktsError):
+    """A file on disk failed its integrity check; it is never served."""
+
+
+class LockedError(MktsError):
+    """Another process holds the root's write lock."""
+
+
+class ReadOnlyError(MktsError):
+    """A write was attempted through a read-only connection."""

@@ -1,0 +1,85 @@
+"""Converting between pandas DataFrames and the backend's :class:`~mktsframe.backend.base.Batch`.
+
+A frame's time is its index: a ``DatetimeIndex`` (zone-less means UTC) or, as pymarketstore
+builds them, an integer ``Epoch`` column of epoch seconds. Query results come back with a
+tz-aware UTC ``DatetimeIndex`` named ``Epoch`` at nanosecond resolution (pandas 3 would default
+to microseconds; we never drop the nanoseconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mktsframe.backend.base import Batch
+from mktsframe.errors import SchemaMismatchError
+
+__all__ = ["batch_to_frame", "empty_index", "frame_to_batch"]
+
+_NS = 1_000_000_000
+
+
+def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
+    """The rows of ``df`` as a :class:`Batch` (index in ns UTC, columns as numpy arrays)."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    idx = df.index
+    columns = list(df.columns)
+    if isinstance(idx, pd.DatetimeIndex):
+        if idx.hasnans:
+            raise SchemaMismatchError("the index contains NaT; every row needs a timestamp")
+        if idx.tz is None:
+            idx = idx.tz_localize(tz)
+        ns = np.asarray(idx.as_unit("ns").asi8, dtype=np.int64)
+    elif "Epoch" in df.columns:
+        epoch = df["Epoch"].to_numpy()
+        if epoch.dtype.kind not in "iu":
+            raise SchemaMismatchError(f"the Epoch column must hold integer epoch seconds, not {epoch.dtype}")
+        ns = epoch.astype(np.int64) * _NS
+        columns.remove("Epoch")
+    else:
+        raise SchemaMismatchError(
+            "the frame needs a DatetimeIndex (or an integer 'Epoch' column of epoch seconds) to be stored"
+        )
+    cols: dict[str, np.ndarray] = {}
+    for name in columns:
+        if not isinstance(name, str):
+            raise SchemaMismatchError(f"column names must be strings, got {name!r}")
+        cols[name] = _column_values(name, df[name])
+    return Batch(ns, cols)
+
+
+def _column_values(name: str, s: pd.Series) -> np.ndarray:
+    dtype = s.dtype
+    if isinstance(dtype, np.dtype) and dtype.kind in "iufb":
+        return s.to_numpy()
+    if isinstance(dtype, np.dtype) and dtype.kind == "U":
+        return s.to_numpy()
+    if pd.api.types.is_string_dtype(dtype) or (isinstance(dtype, np.dtype) and dtype.kind == "O"):
+        if s.isna().any():
+            raise SchemaMismatchError(f"column {name!r} has missing values; strings must all be present")
+        values = s.to_numpy(dtype=object)
+        if not all(isinstance(v, str) for v in values):
+            raise SchemaMismatchError(f"column {name!r} mixes strings and other objects")
+        arr = values.astype(str) if len(values) else np.empty(0, "U16")
+        if arr.size and np.char.str_len(arr).max() > 16:
+            raise SchemaMismatchError(f"column {name!r}: strings longer than 16 characters do not fit U16")
+        return arr.astype("U16")
+    if isinstance(dtype, pd.api.extensions.ExtensionDtype) and getattr(dtype, "numpy_dtype", None) is not None:
+        if s.isna().any():
+            raise SchemaMismatchError(f"column {name!r} has missing values, which a {dtype} bucket column cannot hold")
+        return s.to_numpy(dtype=dtype.numpy_dtype)
+    raise SchemaMismatchError(f"column {name!r} has dtype {dtype}, which cannot be stored")
+
+
+def _index(ns: np.ndarray) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(ns.view("M8[ns]"), name="Epoch").tz_localize("UTC")
+
+
+def empty_index() -> pd.DatetimeIndex:
+    return _index(np.empty(0, np.int64))
+
+
+def batch_to_frame(batch: Batch) -> pd.DataFrame:
+    """A DataFrame indexed by a UTC ``DatetimeIndex`` named ``Epoch`` (ns resolution)."""
+    return pd.DataFrame(dict(batch.columns), index=_index(batch.index), copy=False)
