@@ -16,6 +16,7 @@ The header is checksummed and a bad one raises :class:`~mktsframe.errors.Corrupt
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import mmap
 import os
@@ -163,14 +164,15 @@ class YearFile:
                 raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
             _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
             if version != FORMAT_VERSION:
-                raise CorruptFileError(f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+                raise CorruptFileError(
+                    f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})"
+                )
             if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
                 raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
             blob = os.pread(fd, meta_len, _META_OFFSET)
             if len(blob) != meta_len or zlib.crc32(blob) != crc:
                 raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
             meta = json.loads(blob)
-            schema = tuple((c["name"], c["type"]) for c in meta["columns"])
             layout = _Layout(
                 header_size,
                 meta["nslots"],
@@ -194,10 +196,8 @@ class YearFile:
         """Unmap the file; views handed out earlier must have been copied (they always are)."""
         self.presence = self._marks = None  # type: ignore[assignment]
         self.columns = {}
-        try:
+        with contextlib.suppress(BufferError):  # a view is still referenced: the GC will unmap it
             self._mm.close()
-        except BufferError:  # a view is still referenced somewhere: the GC will unmap it
-            pass
 
     # -- slot arithmetic ------------------------------------------------------------------------
     def slot_of(self, epoch_s: int) -> int:

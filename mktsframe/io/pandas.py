@@ -80,7 +80,7 @@ def _combine(results: dict[str, object]) -> pd.DataFrame:
     if len({s[2] for s in split}) > 1:
         label_cols["AttributeGroup"] = [s[2] for s in split]
     frames = []
-    for i, (k, batch) in enumerate(results.items()):
+    for i, batch in enumerate(results.values()):
         df = batch_to_frame(batch)  # type: ignore[arg-type]
         for j, (name, values) in enumerate(label_cols.items()):
             df.insert(j, name, pd.Series(values[i], index=df.index, dtype="str"))
