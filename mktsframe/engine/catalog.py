@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mktsframe.dtypes import Schema
+from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError
 from mktsframe.keys import TimeBucketKey, parse_key
@@ -96,6 +96,7 @@ class Bucket:
         self.dir = directory
         self.schema: Schema = meta["schema"]
         self.names = [n for n, _ in self.schema]
+        self.dtypes = {n: dtype_of(t) for n, t in self.schema}
         self.timeframe = key.timeframe.seconds
         self.writable = writable
         self._years: dict[int, YearFile] = {}

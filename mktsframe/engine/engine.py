@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from mktsframe.backend.base import Batch, BucketInfo
-from mktsframe.dtypes import coerce_column, dtype_of, validate_schema, wire_type
+from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
+from mktsframe.engine.year_file import YearFile
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
@@ -450,14 +451,12 @@ class Engine:
                 raise SchemaMismatchError(f"bucket {b.key.item_key!r} has no column(s) {unknown}; it has {b.names}")
             names = [c for c in names if c != "Epoch"]
         s, e = _bar_range(start, end, b.timeframe)
-        dtypes = {n: t for n, t in b.schema}
-        parts: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        years = b.year_range(s, e)
-        if limit == 0:
-            years = []
+        years = b.year_range(s, e) if limit != 0 else []
+        if limit is not None and not from_start:
+            years = years[::-1]
         with self._apply_lock:
-            if limit is not None and not from_start:
-                years = years[::-1]
+            # Plan: which slots of which year files, honouring the limit, before copying anything.
+            plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
             remaining = limit
             for year in years:
                 yf = b.year_file(year)
@@ -472,24 +471,26 @@ class Engine:
                         s1 = min(s1, yf.first_slots(remaining, s0))
                     else:
                         s0 = max(s0, yf.last_slots(remaining, s1))
-                epochs, cols = yf.read(s0, s1, names)
-                if epochs.size:
-                    parts.append((epochs, cols))
+                s0, s1, idx = yf.select(s0, s1)
+                rows = (s1 - s0) if idx is None else idx.size
+                if rows:
+                    plan.append((yf, s0, s1, idx))
                 if remaining is not None:
-                    remaining -= epochs.size
+                    remaining -= rows
                     if remaining <= 0:
                         break
-        if limit is not None and not from_start:
-            parts.reverse()
-        if not parts:
-            return Batch(np.empty(0, np.int64), {n: np.empty(0, dtype_of(dtypes[n])) for n in names})
-        if len(parts) == 1:
-            epochs, cols = parts[0]
-        else:
-            epochs = np.concatenate([p[0] for p in parts])
-            cols = {n: np.concatenate([p[1][n] for p in parts]) for n in names}
-        epochs *= NS
-        return Batch(epochs, cols)
+            if limit is not None and not from_start:
+                plan.reverse()
+            # Copy: one pass from the mapping into preallocated result arrays.
+            total = sum((p[2] - p[1]) if p[3] is None else p[3].size for p in plan)
+            out_ns = np.empty(total, np.int64)
+            cols = {n: np.empty(total, b.dtypes[n]) for n in names}
+            pos = 0
+            for yf, s0, s1, idx in plan:
+                n = (s1 - s0) if idx is None else idx.size
+                yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
+                pos += n
+        return Batch(out_ns, cols)
 
     def info(self, key: str) -> BucketInfo:
         b = self._require(parse_key(key))

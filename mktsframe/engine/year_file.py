@@ -210,22 +210,40 @@ class YearFile:
         return lo + int(nz[0]), lo + int(nz[-1]) + 1
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, s0: int, s1: int, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Copy the present rows of slots ``[s0, s1)``: (epoch seconds, {name: values})."""
+    def select(self, s0: int, s1: int) -> tuple[int, int, np.ndarray | None]:
+        """Clip ``[s0, s1)`` to the data and find its present slots.
+
+        Returns ``(s0, s1, idx)`` where ``idx`` holds the offsets of present slots relative to
+        ``s0``, or is ``None`` when every slot in the range is present (the common case for bars,
+        which lets :meth:`copy_into` use straight slices).
+        """
         s0, s1 = max(s0, self.lo), min(s1, self.hi)
         if s1 <= s0:
-            return np.empty(0, np.int64), {n: np.empty(0, self.columns[n].dtype) for n in names}
+            return s0, s0, None
         pres = self.presence[s0:s1]
-        if np.count_nonzero(pres) == s1 - s0:  # dense: straight slices
-            epochs = np.arange(s0, s1, dtype=np.int64)
-            cols = {n: self.columns[n][s0:s1].copy() for n in names}
+        if np.count_nonzero(pres) == s1 - s0:
+            return s0, s1, None
+        return s0, s1, np.flatnonzero(pres)
+
+    def copy_into(
+        self, s0: int, s1: int, idx: np.ndarray | None, out_ns: np.ndarray, outs: dict[str, np.ndarray]
+    ) -> None:
+        """Copy the rows chosen by :meth:`select` into the given output slices.
+
+        ``out_ns`` receives bar starts in nanoseconds since the epoch (UTC); ``outs`` maps column
+        names to output slices of the same length. One copy, straight from the mapping.
+        """
+        step = self.timeframe * 1_000_000_000
+        first = (self.year_start + s0 * self.timeframe) * 1_000_000_000
+        if idx is None:
+            out_ns[:] = np.arange(first, first + (s1 - s0) * step, step, dtype=np.int64)
+            for name, out in outs.items():
+                np.copyto(out, self.columns[name][s0:s1])
         else:
-            idx = np.flatnonzero(pres)
-            epochs = idx + s0
-            cols = {n: self.columns[n][s0:s1].take(idx) for n in names}
-        epochs *= self.timeframe
-        epochs += self.year_start
-        return epochs, cols
+            np.multiply(idx, step, out=out_ns)
+            out_ns += first
+            for name, out in outs.items():
+                np.take(self.columns[name][s0:s1], idx, out=out)
 
     def last_slots(self, n: int, s1: int) -> int:
         """The slot ``s0`` such that ``[s0, s1)`` holds the last ``n`` present rows (or all of them)."""

@@ -72,8 +72,22 @@ def _column_values(name: str, s: pd.Series) -> np.ndarray:
     raise SchemaMismatchError(f"column {name!r} has dtype {dtype}, which cannot be stored")
 
 
+_UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
+
+
 def _index(ns: np.ndarray) -> pd.DatetimeIndex:
-    return pd.DatetimeIndex(ns.view("M8[ns]"), name="Epoch").tz_localize("UTC")
+    """A UTC ns ``DatetimeIndex`` over ``ns`` without copying it.
+
+    The public route (``DatetimeIndex(...).tz_localize("UTC")``) copies and converts the whole
+    array — 3.5 ms per million rows, more than reading them. Wrapping the int64 buffer directly
+    is what pandas does internally; if a future pandas moves these internals we fall back.
+    """
+    values = ns.view("M8[ns]")
+    try:
+        arr = pd.arrays.DatetimeArray._simple_new(values, dtype=_UTC_NS)
+        return pd.DatetimeIndex._simple_new(arr, name="Epoch")
+    except (AttributeError, TypeError):  # pragma: no cover - depends on pandas internals
+        return pd.DatetimeIndex(values, name="Epoch").tz_localize("UTC")
 
 
 def empty_index() -> pd.DatetimeIndex:
