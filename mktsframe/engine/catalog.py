@@ -100,6 +100,8 @@ class Bucket:
         self.timeframe = key.timeframe.seconds
         self.writable = writable
         self._years: dict[int, YearFile] = {}
+        #: The year file of the latest write: appends land there again, skipping calendar maths.
+        self.last_written: YearFile | None = None
         self._year_list: list[int] | None = None
         self._dir_mtime = -1
 
@@ -141,6 +143,7 @@ class Bucket:
         return list(self._years.values())
 
     def close(self) -> None:
+        self.last_written = None
         for yf in self._years.values():
             yf.close()
         self._years.clear()

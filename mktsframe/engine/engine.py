@@ -368,7 +368,12 @@ class Engine:
         raise MktsError(f"unknown WAL operation {op!r}")
 
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
-        y_first, y_last = _year_of(int(secs[0])), _year_of(int(secs[-1]))
+        first, last = int(secs[0]), int(secs[-1])
+        yf = b.last_written
+        if yf is not None and yf.year_start <= first and last < yf.year_end:  # appends: same year again
+            yf.write((secs - yf.year_start) // b.timeframe, dict(zip(b.names, arrays, strict=True)))
+            return
+        y_first, y_last = _year_of(first), _year_of(last)
         if y_first == y_last:
             bounds = [(y_first, 0, secs.size)]
         else:
@@ -382,6 +387,7 @@ class Engine:
             assert yf is not None
             slots = (secs[a:z] - yf.year_start) // b.timeframe
             yf.write(slots, {name: arr[a:z] for name, arr in zip(b.names, arrays, strict=True)})
+            b.last_written = yf
 
     def _apply_delete(self, b: Bucket, start: int | None, end: int | None) -> int:
         removed = 0

@@ -94,6 +94,7 @@ class YearFile:
         self.year: int = meta["year"]
         self.timeframe: int = meta["timeframe_seconds"]
         self.year_start: int = meta["year_start"]
+        self.year_end: int = self.year_start + meta["nslots"] * meta["timeframe_seconds"]
         self.nslots = layout.nslots
         self.schema: Schema = tuple((c["name"], c["type"]) for c in meta["columns"])
         self.writable = writable

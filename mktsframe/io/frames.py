@@ -17,6 +17,7 @@ from mktsframe.errors import SchemaMismatchError
 __all__ = ["batch_to_frame", "empty_index", "frame_to_batch"]
 
 _NS = 1_000_000_000
+_UNIT_TO_NS = {"s": _NS, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
 def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
@@ -30,7 +31,7 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
             raise SchemaMismatchError("the index contains NaT; every row needs a timestamp")
         if idx.tz is None and tz != "UTC":
             idx = idx.tz_localize(tz)
-        ns = idx.asi8 if idx.unit == "ns" else idx.as_unit("ns").asi8  # asi8 is UTC for tz-aware
+        ns = idx.asi8 * _UNIT_TO_NS[idx.unit]  # asi8 is UTC for tz-aware indexes
     elif "Epoch" in df.columns:
         epoch = df["Epoch"].to_numpy()
         if epoch.dtype.kind not in "iu":
@@ -44,25 +45,26 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
     if not df.columns.is_unique:
         raise SchemaMismatchError(f"duplicate column names in {list(df.columns)}")
     cols: dict[str, np.ndarray] = {}
-    dtypes = df.dtypes.tolist()
     for i, name in enumerate(df.columns):
         if name == "Epoch" and "Epoch" not in columns:
             continue
         if not isinstance(name, str):
             raise SchemaMismatchError(f"column names must be strings, got {name!r}")
-        cols[name] = _column_values(name, df, i, dtypes[i])
+        cols[name] = _column_values(name, df, i)
     return Batch(np.asarray(ns, dtype=np.int64), cols)
 
 
-def _column_values(name: str, df: pd.DataFrame, i: int, dtype: object) -> np.ndarray:
-    if isinstance(dtype, np.dtype) and dtype.kind in "iufb":
-        # ``df[name]`` builds a Series (~20 µs a column); on a 1-row append that is most of the
-        # cost, so take the column's array directly where pandas offers it.
-        try:
-            return np.asarray(df._get_column_array(i))
-        except AttributeError:  # pragma: no cover - pandas internals moved
-            return df.iloc[:, i].to_numpy()
+def _column_values(name: str, df: pd.DataFrame, i: int) -> np.ndarray:
+    # ``df[name]`` builds a Series (~20 µs a column); on a 1-row append that is most of the cost,
+    # so look at the column's array directly where pandas offers it.
+    try:
+        arr = df._get_column_array(i)
+    except AttributeError:  # pragma: no cover - pandas internals moved
+        arr = df.iloc[:, i].array
+    if isinstance(arr, np.ndarray) and arr.dtype.kind in "iufbU":
+        return arr
     s = df.iloc[:, i]
+    dtype = s.dtype
     if pd.api.types.is_string_dtype(dtype) or (isinstance(dtype, np.dtype) and dtype.kind == "O"):
         if s.isna().any():
             raise SchemaMismatchError(f"column {name!r} has missing values; strings must all be present")
