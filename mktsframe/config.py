@@ -78,6 +78,7 @@ class Config:
             "checkpoint_interval": self.checkpoint_interval,
             "wal_rotate_interval": self.wal_rotate_interval,
             "wal_max_bytes": self.wal_max_bytes,
+            "wal_bypass": self.wal_bypass,
         }
 
     def root_path(self, base: Path | None = None) -> Path:

@@ -70,6 +70,10 @@ class Engine:
         Delete checkpointed WAL segments every N checkpoints (MarketStore's key, default 5).
     wal_max_bytes : int
         Also checkpoint and rotate once this many log bytes accumulate, bounding replay time.
+    wal_bypass : bool
+        Skip the log entirely (MarketStore's key, for one-off bulk loads): writes go straight to
+        the year files, which are ``msync``'d only at checkpoints and close. A crash can lose or
+        tear anything written since the last checkpoint. Never use it for live data.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Engine:
         checkpoint_interval: float = 300.0,
         wal_rotate_interval: int = 5,
         wal_max_bytes: int = 256 << 20,
+        wal_bypass: bool = False,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
@@ -96,6 +101,7 @@ class Engine:
         self._checkpoint_interval = checkpoint_interval
         self._rotate_every = max(1, int(wal_rotate_interval))
         self._wal_max_bytes = wal_max_bytes
+        self.wal_bypass = wal_bypass
         self._checkpoints = 0
         self._last_checkpoint = time.monotonic()
         self.recovery = ReplayReport()
@@ -199,7 +205,7 @@ class Engine:
                 if self.background_sync:
                     self._wal.sync()
                 due = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
-                if due and self._wal.bytes_since_checkpoint:
+                if due and (self._wal.bytes_since_checkpoint or self.wal_bypass):
                     self._checkpoint()
 
     def sync(self) -> None:
@@ -336,6 +342,8 @@ class Engine:
     def _log(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> Any:
         wal = self._wal
         assert wal is not None
+        if self.wal_bypass:
+            return self._apply(meta, list(arrays))
         wal.append(meta, arrays)
         if not self.background_sync:
             wal.sync()
