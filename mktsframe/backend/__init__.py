@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from mktsframe.backend.base import Backend, Batch, BucketInfo
-from mktsframe.config import Config, default_root
+from mktsframe.config import Config, default_root, load_config
 
 __all__ = ["Backend", "Batch", "BucketInfo", "connect", "default_backend", "set_default_backend"]
 
@@ -40,6 +40,8 @@ def connect(
     """
     if target is None:
         target = default_root()
+        if config is None and not os.environ.get("MKTS_ROOT") and Path("mkts.yml").is_file():
+            config = load_config("mkts.yml")
     text = os.fspath(target)
     scheme = urlparse(text).scheme.lower() if "://" in text else ""
     if scheme in ("http", "https"):
