@@ -300,6 +300,9 @@ class Engine:
     def write(self, key: str, batch: Batch) -> None:
         """Store ``batch`` (index in ns UTC); a bar at an existing timestamp is replaced."""
         k = parse_key(key)
+        self._require_writable()
+        if not isinstance(batch, Batch):
+            raise TypeError(f"expected a Batch, got {type(batch).__name__}")
         index = np.asarray(batch.index)
         if index.dtype != np.int64 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")

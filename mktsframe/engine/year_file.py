@@ -106,12 +106,16 @@ class YearFile:
             for (name, t), off in zip(self.schema, layout.column_offsets, strict=True)
         }
         self._marks = np.ndarray((2,), np.int64, buffer=mm, offset=_WATERMARK_OFFSET)
+        # Watermarks live in the shared mapping, so a reader in another process sees the writer's
+        # appends. They are an unchecksummed hint: if implausible, scan once and pin the result.
+        self._pinned: tuple[int, int] | None = None
         lo, hi = int(self._marks[0]), int(self._marks[1])
-        if not 0 <= lo <= hi <= self.nslots:  # unchecksummed hint: fall back to a full scan
-            lo, hi = self._scan_bounds(0, self.nslots)
+        if not 0 <= lo <= hi <= self.nslots:
+            bounds = self._scan_bounds(0, self.nslots)
             if writable:
-                self._marks[:] = (lo, hi)
-        self.lo, self.hi = lo, hi
+                self._marks[:] = bounds
+            else:
+                self._pinned = bounds
         self.dirty = False
 
     # -- creation and opening -------------------------------------------------------------------
@@ -199,6 +203,19 @@ class YearFile:
         self.columns = {}
         with contextlib.suppress(BufferError):  # a view is still referenced: the GC will unmap it
             self._mm.close()
+
+    @property
+    def lo(self) -> int:
+        """No present slot is below this one."""
+        return self._pinned[0] if self._pinned is not None else int(self._marks[0])
+
+    @property
+    def hi(self) -> int:
+        """No present slot is at or above this one."""
+        return self._pinned[1] if self._pinned is not None else int(self._marks[1])
+
+    def _set_bounds(self, lo: int, hi: int) -> None:
+        self._marks[0], self._marks[1] = lo, hi
 
     # -- slot arithmetic ------------------------------------------------------------------------
     def slot_of(self, epoch_s: int) -> int:
@@ -313,11 +330,11 @@ class YearFile:
             for name, col in self.columns.items():
                 col[slots] = values[name]
             self.presence[slots] = 1
-        if self.lo == self.hi:
-            self.lo, self.hi = first, last + 1
-        else:
-            self.lo, self.hi = min(self.lo, first), max(self.hi, last + 1)
-        self._marks[0], self._marks[1] = self.lo, self.hi
+        lo, hi = self.lo, self.hi
+        if lo == hi:
+            self._set_bounds(first, last + 1)
+        elif first < lo or last >= hi:
+            self._set_bounds(min(lo, first), max(hi, last + 1))
         self.dirty = True
 
     def delete(self, s0: int, s1: int) -> int:
@@ -329,8 +346,7 @@ class YearFile:
         self.presence[s0:s1] = 0
         for col in self.columns.values():
             col[s0:s1] = col.dtype.type(0) if col.dtype.kind != "U" else ""
-        self.lo, self.hi = self._scan_bounds(self.lo, self.hi)
-        self._marks[0], self._marks[1] = self.lo, self.hi
+        self._set_bounds(*self._scan_bounds(self.lo, self.hi))
         self.dirty = True
         return removed
 
