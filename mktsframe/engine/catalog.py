@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError
 from mktsframe.keys import TimeBucketKey, parse_key
@@ -38,18 +39,9 @@ def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema) -> No
         "record_type": "fixed",
         "columns": [[n, t] for n, t in schema],
     }
-    tmp = directory / f".{META_NAME}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, directory / META_NAME)
-    for d in (directory, directory.parent, directory.parent.parent, directory.parent.parent.parent):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode())
+    for d in (directory.parent, directory.parent.parent, directory.parent.parent.parent):
+        fsync_dir(d)  # the new symbol/timeframe/group directories themselves
 
 
 def read_bucket_meta(directory: Path) -> dict[str, Any] | None:

@@ -29,6 +29,7 @@ import numpy as np
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
+from mktsframe.engine.durable import fsync_dir
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile
 from mktsframe.errors import (
@@ -427,11 +428,7 @@ class Engine:
                 parent.rmdir()  # only if now empty
             except OSError:
                 break
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.root)
         shutil.rmtree(target, ignore_errors=True)
 
     # -- reads ----------------------------------------------------------------------------------

@@ -32,6 +32,8 @@ import crc32c
 import msgpack
 import numpy as np
 
+from mktsframe.engine.durable import fsync_dir, write_atomic
+
 __all__ = ["Record", "ReplayReport", "WriteAheadLog"]
 
 log = logging.getLogger("mktsframe.wal")
@@ -71,14 +73,6 @@ class ReplayReport:
     records: int = 0
     skipped_bytes: int = 0
     problems: list[str] = field(default_factory=list)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:
@@ -122,15 +116,7 @@ class WriteAheadLog:
     def write_checkpoint(self, seq: int) -> None:
         """Record durably that every record ``<= seq`` is in the year files."""
         body = _CKPT_MAGIC + struct.pack("<Q", seq)
-        tmp = self.dir / "checkpoint.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, body + struct.pack("<I", crc32c.crc32c(body)))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.dir / "checkpoint")
-        _fsync_dir(self.dir)
+        write_atomic(self.dir / "checkpoint", body + struct.pack("<I", crc32c.crc32c(body)))
         self.checkpoint_seq = seq
         self.bytes_since_checkpoint = 0
 
@@ -143,7 +129,7 @@ class WriteAheadLog:
         self.close()
         self._segment = self.dir / f"{self.next_seq:020d}.wal"
         self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def drop_checkpointed(self) -> None:
         """Delete segments whose every record is at or below the checkpoint."""
@@ -154,7 +140,7 @@ class WriteAheadLog:
             last = int(nxt.stem) - 1 if nxt is not None else self.written_seq
             if last <= self.checkpoint_seq:
                 seg.unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.engine.durable import fsync_dir
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
@@ -71,14 +72,6 @@ def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
         offsets.append(pos)
         pos += _round_up(nslots * dtype_of(t).itemsize)
     return _Layout(header_size, nslots, presence, tuple(offsets), pos)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class YearFile:
@@ -156,7 +149,7 @@ class YearFile:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return cls.open(path, writable=True)
 
     @classmethod
