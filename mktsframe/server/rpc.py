@@ -1,0 +1,565 @@
+"""``/rpc``: MarketStore's JSON-RPC methods over any :class:`~mktsframe.backend.base.Backend`.
+
+Everything here is synchronous and runs in a worker thread (the app hands it the raw body), so
+decoding, disk work and encoding never block the event loop.
+
+Envelope (MarketStore's, so the unmodified pymarketstore client works): a msgpack or JSON map
+``{jsonrpc: "2.0", method, params, id}``; replies ``{jsonrpc, result, id}`` or
+``{jsonrpc, error: {code, message, data}, id}`` — errors are always HTTP 200 so the client
+raises them with their message. Our error objects also carry ``mkts_error``, the mktsframe
+exception class name, so :class:`~mktsframe.backend.http.HTTPBackend` re-raises the same class.
+
+Methods: ``DataService.Query``, ``Write``, ``Create``, ``Destroy``, ``ListSymbols``,
+``GetInfo`` (MarketStore's) and ``DataService.Delete`` (mktsframe's: removes a time range).
+Request-level keys starting with ``mkts_`` are mktsframe extensions that MarketStore clients
+never send; they are documented in ``docs/server.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from mktsframe.backend.base import Backend, Batch
+from mktsframe.config import Config
+from mktsframe.dtypes import WIRE_TYPES, coerce_column
+from mktsframe.errors import BucketExistsError, BucketNotFoundError, MktsError, ReadOnlyError, SchemaMismatchError
+from mktsframe.keys import CATEGORY, parse_key
+from mktsframe.server import nmds
+from mktsframe.times import to_ns
+
+__all__ = ["JSON", "MSGPACK", "RpcError", "RpcService"]
+
+log = logging.getLogger("mktsframe.server")
+
+MSGPACK = "application/x-msgpack"
+JSON = "application/json"
+
+# JSON-RPC error codes (MarketStore uses the same ones).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+SERVER_ERROR = -32000
+
+#: Most sub-requests accepted in one call: bounds the work one request can queue.
+MAX_REQUESTS = 10_000
+NS = 1_000_000_000
+_I64 = (-(2**63), 2**63 - 1)
+_NOT_QUERYABLE = "server is not queryable"
+_VARIABLE = "variable-length (tick) buckets are not supported yet"
+# MarketStore's DataShape type codes (GetInfo's DSV), see the MarketStore spec §1.3.
+_TYPE_CODES = {"f4": 0, "i4": 1, "f8": 2, "i8": 3, "i1": 5, "bool": 6, "i2": 9,
+               "u1": 10, "u2": 11, "u4": 12, "u8": 13, "U16": 14}  # fmt: skip
+
+
+class RpcError(Exception):
+    """A failure reported as a JSON-RPC error object (always HTTP 200)."""
+
+    def __init__(self, code: int, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.kind = kind
+
+
+def _param_error(message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, message, "ValueError")
+
+
+@dataclass
+class _QuerySpec:
+    destination: str
+    start: int | None
+    end: int | None
+    limit: int | None
+    from_start: bool
+    columns: list[str] | None
+    native: bool
+
+
+class RpcService:
+    """The method table over one backend, with ``mkts.yml``'s switches applied.
+
+    Parameters
+    ----------
+    backend : Backend
+        Usually the local engine of the server's root.
+    config : Config
+        ``queryable``, ``enable_add``, ``enable_remove`` and ``timezone`` are enforced here
+        (``init_wal_cache: false`` opens the backend read-only, which refuses writes itself).
+    version : str
+        Reported in replies and the ``Marketstore-Version`` header.
+    """
+
+    def __init__(self, backend: Backend, config: Config, version: str) -> None:
+        self.backend = backend
+        self.config = config
+        self.version = version
+        self.stopping = False
+        self.started = time.monotonic()
+        self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "DataService.Query": self.query,
+            "DataService.Write": self.write,
+            "DataService.Create": self.create,
+            "DataService.Destroy": self.destroy,
+            "DataService.ListSymbols": self.list_symbols,
+            "DataService.GetInfo": self.get_info,
+            "DataService.Delete": self.delete,
+        }
+        self._ddl_lock = threading.Lock()  # create/destroy checks and actions as one step
+
+    @property
+    def queryable(self) -> bool:
+        return self.config.queryable and not self.stopping
+
+    # -- envelope -------------------------------------------------------------------------------
+    def handle(self, body: bytes, content_type: str) -> bytes | None:
+        """Decode one request body, run it, and encode the reply (``None``: notification)."""
+        codec_json = content_type == JSON
+        req_id: Any = None
+        try:
+            try:
+                req = json.loads(body) if codec_json else msgpack.unpackb(body, raw=False)
+            except (ValueError, TypeError, RecursionError) as exc:
+                raise RpcError(PARSE_ERROR, f"rpc: cannot decode request body: {_brief(exc)}") from None
+            if not isinstance(req, dict):
+                raise RpcError(INVALID_REQUEST, f"rpc: request must be a map, got {type(req).__name__}")
+            req_id = req.get("id")
+            if not _plain_id(req_id):
+                req_id = None
+                raise RpcError(INVALID_REQUEST, "rpc: id must be a string, a number or null")
+            if req.get("jsonrpc") != "2.0":
+                raise RpcError(INVALID_REQUEST, "rpc: jsonrpc must be 2.0")
+            method = req.get("method")
+            if not isinstance(method, str):
+                raise RpcError(INVALID_REQUEST, "rpc: method must be a string")
+            fn = self._methods.get(method)
+            if fn is None:
+                raise RpcError(METHOD_NOT_FOUND, f"rpc: can't find method {method[:100]!r}")
+            params = req.get("params", {})
+            if isinstance(params, list) and len(params) == 1:
+                params = params[0]
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise RpcError(INVALID_PARAMS, "rpc: params must be a map (or a one-element list holding one)")
+            if codec_json:
+                params = _unbase64(params)
+            result = fn(params)
+            if "id" not in req or req_id is None:
+                return None
+            reply: dict[str, Any] = {"jsonrpc": "2.0", "result": result, "id": req_id}
+        except RpcError as exc:
+            reply = _error_reply(exc.code, exc.message, exc.kind, req_id)
+        except MktsError as exc:
+            reply = _error_reply(SERVER_ERROR, str(exc), type(exc).__name__, req_id)
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
+            reply = _error_reply(INVALID_PARAMS, _brief(exc), "ValueError", req_id)
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("internal error handling a request")
+            reply = _error_reply(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}", None, req_id)
+        return encode(reply, codec_json)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _require_queryable(self) -> None:
+        if not self.queryable:
+            raise MktsError(_NOT_QUERYABLE)
+
+    def _time(self, req: Mapping[str, Any], which: str) -> int | None:
+        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's zone-aware ``mkts_<which>`` → ns."""
+        text = req.get(f"mkts_{which}")
+        if text is not None:
+            if not isinstance(text, str) or len(text) > 64:
+                raise _param_error(f"mkts_{which} must be a time string")
+            return to_ns(text, tz=self.config.timezone, name=which)
+        secs = req.get(f"epoch_{which}")
+        if secs is None:
+            return None
+        nanos = req.get(f"epoch_{which}_nanos") or 0
+        for label, v in ((f"epoch_{which}", secs), (f"epoch_{which}_nanos", nanos)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise _param_error(f"{label} must be an integer, got {_brief(v)}")
+        ns = secs * NS + nanos
+        if which == "start":
+            return None if ns <= _I64[0] else min(ns, _I64[1])
+        return None if ns >= _I64[1] else max(ns, _I64[0])
+
+    def _schema(self, key: str) -> dict[str, np.dtype] | None:
+        """Column dtypes of bucket ``key`` (Epoch excluded), ``None`` if it does not exist."""
+        try:
+            probe = self.backend.query(key, limit=0)
+        except BucketNotFoundError:
+            return None
+        (batch,) = probe.values()
+        return {n: v.dtype for n, v in batch.columns.items()}
+
+    def _requests(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        reqs = params.get("requests")
+        if reqs is None:
+            return []
+        if not isinstance(reqs, list):
+            raise _param_error("params.requests must be a list")
+        if len(reqs) > MAX_REQUESTS:
+            raise _param_error(f"too many requests in one call ({len(reqs)} > {MAX_REQUESTS})")
+        for i, r in enumerate(reqs):
+            if not isinstance(r, dict):
+                raise _param_error(f"requests[{i}] must be a map, got {type(r).__name__}")
+        return reqs
+
+    def _ok(self) -> dict[str, Any]:
+        return {"error": "", "version": self.version}
+
+    def _fail(self, exc: BaseException) -> dict[str, Any]:
+        kind = type(exc).__name__ if isinstance(exc, MktsError) else "ValueError"
+        return {"error": _brief(exc, 2000), "version": self.version, "mkts_error": kind}
+
+    # -- Query ----------------------------------------------------------------------------------
+    def _parse_query(self, i: int, req: Mapping[str, Any]) -> _QuerySpec:
+        if req.get("is_sqlstatement"):
+            stmt = req.get("sql_statement")
+            raise MktsError(f"SQL not supported yet (requests[{i}]: {_brief(stmt, 200)})")
+        dest = req.get("destination")
+        if not isinstance(dest, str) or dest.count("/") < 2:
+            raise _param_error(
+                f"destinations must have a Symbol, Timeframe and AttributeGroup, have: {_brief(dest, 200)}"
+            )
+        cat = req.get("key_category")
+        if cat not in (None, "", CATEGORY):
+            raise _param_error(f"unsupported key_category {_brief(cat)} (only {CATEGORY!r})")
+        if ":" not in dest and cat:
+            dest = f"{dest}:{cat}"
+        functions = req.get("functions")
+        if functions:
+            raise MktsError(f"query functions are not supported yet: {_brief(functions, 200)}")
+        limit = req.get("limit_record_count")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            raise _param_error(f"limit_record_count must be a non-negative integer, got {_brief(limit)}")
+        from_start = req.get("limit_from_start", False)
+        if from_start is None:
+            from_start = False
+        if not isinstance(from_start, bool):
+            raise _param_error(f"limit_from_start must be a boolean, got {_brief(from_start)}")
+        columns = req.get("columns")
+        if columns is not None:
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise _param_error("columns must be a list of strings")
+            if len(columns) > 4096:
+                raise _param_error("too many columns requested")
+        native = bool(req.get("mkts_native", False))
+        return _QuerySpec(
+            destination=dest,
+            start=self._time(req, "start"),
+            end=self._time(req, "end"),
+            limit=limit if native else (limit or None),  # MarketStore: 0 means no limit
+            from_start=from_start,
+            columns=columns,
+            native=native,
+        )
+
+    def query(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.Query``: one response per request; any failure fails the whole call."""
+        self._require_queryable()
+        specs = [self._parse_query(i, r) for i, r in enumerate(self._requests(params))]
+        responses = [self._run_query(spec) for spec in specs]
+        return {"responses": responses, "version": self.version, "timezone": self.config.timezone}
+
+    def _fetch(self, spec: _QuerySpec, key: str, columns: list[str] | None) -> dict[str, Batch]:
+        return self.backend.query(
+            key,
+            start=_ts(spec.start),
+            end=_ts(spec.end),
+            columns=columns,
+            limit=spec.limit,
+            limit_from_start=spec.from_start,
+        )
+
+    def _run_query(self, spec: _QuerySpec) -> dict[str, Any]:
+        if spec.columns is None or spec.native:
+            results = self._fetch(spec, spec.destination, spec.columns)
+        else:
+            # MarketStore: Epoch first, then the requested columns that exist in request order,
+            # then Nanoseconds if the bucket has it; unknown names are ignored.
+            probe = self.backend.query(spec.destination, limit=0)
+            wanted: dict[str, list[str]] = {}
+            for key, b in probe.items():
+                cols = [c for c in dict.fromkeys(spec.columns) if c in b.columns]
+                if "Nanoseconds" in b.columns and "Nanoseconds" not in cols:
+                    cols.append("Nanoseconds")
+                wanted[key] = cols
+            lists = {tuple(v) for v in wanted.values()}
+            if len(lists) == 1:
+                results = self._fetch(spec, spec.destination, next(iter(wanted.values())))
+            else:
+                results = {}
+                for key, cols in wanted.items():
+                    results.update(self._fetch(spec, key, cols))
+        groups: dict[tuple[tuple[str, str], ...], list[tuple[str, Batch]]] = {}
+        for key, batch in results.items():
+            sig = tuple((n, v.dtype.str) for n, v in batch.columns.items())
+            groups.setdefault(sig, []).append((key, batch))
+        if len(groups) == 1:
+            return {"result": nmds.encode(results.items())}
+        if spec.native:
+            return {"results": [nmds.encode(parts) for parts in groups.values()]}
+        raise SchemaMismatchError(
+            "symbols in a query must have the same data type or be filtered by common columns. "
+            f"symbols={list(results)}"
+        )
+
+    # -- Write ----------------------------------------------------------------------------------
+    def write(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.Write``: ``{responses: None}`` if all succeed, else only the failures."""
+        errors = []
+        for i, req in enumerate(self._requests(params)):
+            try:
+                self._write_one(i, req)
+            except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
+                errors.append(self._fail(exc))
+        return {"responses": errors or None}
+
+    def _write_one(self, i: int, req: Mapping[str, Any]) -> None:
+        if req.get("is_variable_length"):
+            raise MktsError(_VARIABLE)
+        ds = nmds.decode(req.get("dataset"), what=f"requests[{i}].dataset")
+        if "Epoch" not in ds.columns:
+            raise SchemaMismatchError(f"requests[{i}].dataset has no Epoch column (int64 epoch seconds)")
+        # Validate every key of the request before writing any, so a bad one writes nothing.
+        planned: list[tuple[str, Batch]] = []
+        for raw_key in ds.slices:
+            key = parse_key(raw_key).item_key
+            batch, _ = ds.batch(raw_key)
+            schema = self._schema(key)
+            if schema is None:
+                if not self.config.enable_add:
+                    raise MktsError(f"cannot create bucket {key!r}: enable_add is false on this server")
+            else:
+                batch = _conform(key, batch, schema)
+            planned.append((key, batch))
+        for key, batch in planned:
+            self.backend.write(key, batch)
+
+    # -- Create / Destroy -----------------------------------------------------------------------
+    def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.Create``: one ``{error, version}`` per request (error ``""`` = created)."""
+        out = []
+        for req in self._requests(params):
+            try:
+                self._create_one(req)
+                out.append(self._ok())
+            except (MktsError, ValueError, TypeError, KeyError) as exc:
+                out.append(self._fail(exc))
+        return {"responses": out}
+
+    def _create_one(self, req: Mapping[str, Any]) -> None:
+        key = req.get("key")
+        if not isinstance(key, str):
+            raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {_brief(key)}")
+        k = parse_key(key).item_key
+        if req.get("is_variable_length") or req.get("row_type", "fixed") not in ("fixed", None, ""):
+            if req.get("row_type") not in ("variable", None) and not req.get("is_variable_length"):
+                raise _param_error(f"row_type must be 'fixed' or 'variable', got {_brief(req.get('row_type'))}")
+            raise MktsError(_VARIABLE)
+        names = req.get("column_names") or []
+        types = req.get("column_types") or []
+        if not isinstance(names, list) or not isinstance(types, list) or len(names) != len(types):
+            raise _param_error("column_names and column_types must be lists of the same length")
+        columns = []
+        for name, tstr in zip(names, types, strict=True):
+            try:
+                wt = nmds.wire_type_of(tstr)
+            except SchemaMismatchError:
+                raise SchemaMismatchError(f"unexpected data type:{_brief(tstr)}") from None
+            if name == "Epoch":
+                if wt != "i8":
+                    raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8)")
+                continue
+            columns.append((name, wt))
+        if not self.config.enable_add:
+            raise MktsError(f"cannot create bucket {k!r}: enable_add is false on this server")
+        with self._ddl_lock:
+            if not req.get("mkts_exist_ok") and self._schema(k) is not None:
+                raise BucketExistsError(f"creation of new catalog entry failed: bucket {k!r} already exists")
+            self.backend.create(k, columns)
+
+    def destroy(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.Destroy``: one ``{error, version}`` per request; a missing key is an error."""
+        out = []
+        for req in self._requests(params):
+            try:
+                if not self.config.enable_remove:
+                    raise ReadOnlyError("destroying buckets is disabled on this server (enable_remove: false)")
+                key = req.get("key")
+                if not isinstance(key, str):
+                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {_brief(key)}")
+                with self._ddl_lock:
+                    self.backend.destroy(parse_key(key).item_key)
+                out.append(self._ok())
+            except (MktsError, ValueError, TypeError, KeyError) as exc:
+                out.append(self._fail(exc))
+        return {"responses": out}
+
+    def delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.Delete`` (mktsframe): remove rows of a key in ``[start, end]``, inclusive.
+
+        Params ``{requests: [{key, epoch_start?, epoch_start_nanos?, epoch_end?, epoch_end_nanos?,
+        mkts_start?, mkts_end?}]}``; reply ``{responses: [{deleted: rows, error, version}]}``.
+        """
+        out = []
+        for req in self._requests(params):
+            try:
+                key = req.get("key")
+                if not isinstance(key, str):
+                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {_brief(key)}")
+                n = self.backend.delete(
+                    parse_key(key).item_key, start=_ts(self._time(req, "start")), end=_ts(self._time(req, "end"))
+                )
+                out.append({"deleted": int(n), **self._ok()})
+            except (MktsError, ValueError, TypeError, KeyError) as exc:
+                out.append({"deleted": 0, **self._fail(exc)})
+        return {"responses": out}
+
+    # -- ListSymbols / GetInfo ------------------------------------------------------------------
+    def list_symbols(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.ListSymbols``: ``{Results: [...]}`` (capital R, as MarketStore)."""
+        self._require_queryable()
+        fmt = params.get("format")
+        results = self.backend.list_keys() if fmt == "tbk" else self.backend.list_symbols()
+        return {"Results": results}
+
+    def get_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``DataService.GetInfo``: MarketStore's fields plus ``mkts`` (the full BucketInfo)."""
+        self._require_queryable()
+        out = []
+        for req in self._requests(params):
+            try:
+                key = req.get("key")
+                if not isinstance(key, str):
+                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {_brief(key)}")
+                info = self.backend.info(parse_key(key).item_key)
+                out.append({
+                    "LatestYear": max(info.years) if info.years else 0,
+                    "TimeFrame": info.timeframe_seconds * NS,
+                    "DSV": [{"Name": "Epoch", "Type": 3}]
+                    + [{"Name": n, "Type": _TYPE_CODES.get(t, -1)} for n, t in info.columns],
+                    "RecordType": 0,
+                    "ServerResp": self._ok(),
+                    "mkts": {
+                        "key": info.key,
+                        "timeframe": info.timeframe,
+                        "timeframe_seconds": info.timeframe_seconds,
+                        "record_type": info.record_type,
+                        "columns": [[n, t] for n, t in info.columns],
+                        "years": list(info.years),
+                        "rows": info.rows,
+                        "first": info.first,
+                        "last": info.last,
+                        "disk_bytes": info.disk_bytes,
+                    },
+                })
+            except (MktsError, ValueError, TypeError, KeyError) as exc:
+                out.append({"LatestYear": 0, "TimeFrame": 0, "DSV": [], "RecordType": 0, "ServerResp": self._fail(exc)})
+        return {"responses": out}
+
+    def heartbeat(self) -> dict[str, Any]:
+        """``/heartbeat`` body (MarketStore's fields)."""
+        up = int(time.monotonic() - self.started)
+        return {
+            "status": "queryable" if self.queryable else "not queryable",
+            "version": self.version,
+            "git_hash": self.version,
+            "uptime": f"{up // 3600}h{up // 60 % 60}m{up % 60}s",
+            "timezone": self.config.timezone,
+        }
+
+
+def _conform(key: str, batch: Batch, schema: dict[str, np.dtype]) -> Batch:
+    """Check a write against an existing bucket exactly as the engine will, before writing."""
+    if set(batch.columns) != set(schema):
+        raise SchemaMismatchError(
+            f"unable to match data columns {list(batch.columns)} to bucket columns {list(schema)} for {key!r}"
+        )
+    wire = {n: _wire_name(dt) for n, dt in schema.items()}
+    return Batch(batch.index, {n: coerce_column(n, batch.columns[n], wire[n]) for n in schema})
+
+
+def _wire_name(dt: np.dtype) -> str:
+    for name, d in WIRE_TYPES.items():
+        if d == dt:
+            return name
+    raise SchemaMismatchError(f"bucket column type {dt} has no wire type")
+
+
+def _ts(ns: int | None) -> np.datetime64 | None:
+    """ns → a value :func:`mktsframe.times.to_ns` reads exactly (bare ints would be ambiguous)."""
+    return None if ns is None else np.datetime64(ns, "ns")
+
+
+def _plain_id(v: object) -> bool:
+    return v is None or (isinstance(v, (str, int, float)) and not isinstance(v, bool) and len(str(v)) <= 256)
+
+
+def _brief(v: object, limit: int = 300) -> str:
+    text = v if isinstance(v, str) else str(v) if isinstance(v, BaseException) else repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _error_reply(code: int, message: str, kind: str | None, req_id: Any) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message, "data": None}
+    if kind:
+        err["mkts_error"] = kind
+    return {"jsonrpc": "2.0", "error": err, "id": req_id}
+
+
+def _unbase64(obj: Any) -> Any:
+    """JSON carries binary column data as base64 strings (MarketStore's JSON codec)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if k == "data" and isinstance(v, list) and all(isinstance(x, str) for x in v):
+                try:
+                    out[k] = [base64.b64decode(x, validate=True) for x in v]
+                except ValueError:
+                    raise _param_error("dataset.data must be base64 strings in JSON requests") from None
+            else:
+                out[k] = _unbase64(v)
+        return out
+    if isinstance(obj, list):
+        return [_unbase64(x) for x in obj]
+    return obj
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return base64.b64encode(v).decode("ascii")
+    if isinstance(v, np.integer):
+        return int(v)
+    raise TypeError(f"cannot encode {type(v).__name__} as JSON")
+
+
+def encode(reply: Mapping[str, Any], as_json: bool) -> bytes:
+    """A reply body in the request's codec (binary as msgpack bin, or base64 in JSON)."""
+    if as_json:
+        return json.dumps(reply, default=_json_default, separators=(",", ":")).encode()
+    return msgpack.packb(reply, use_bin_type=True)
+
+
+def content_codec(header: str | None) -> str | None:
+    """``application/x-msgpack`` or ``application/json`` from a Content-Type, else ``None``."""
+    ct = (header or "").split(";", 1)[0].strip().lower()
+    return ct if ct in (MSGPACK, JSON) else None
+
+
+def request_error(message: str, code: int, as_json: bool) -> bytes:
+    """An error reply for a request that could not even be read (id unknown)."""
+    return encode(_error_reply(code, message, None, None), as_json)

@@ -1,0 +1,104 @@
+"""Command-line settings and the uvicorn runner for ``python -m mktsframe.server``.
+
+Precedence: command-line flags, then ``--config mkts.yml``, then the embedded defaults (root
+``data/`` under the current directory, port 5993, all interfaces — MarketStore's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from mktsframe.config import Config, load_config
+from mktsframe.server.app import create_app
+
+__all__ = ["add_arguments", "config_from_args", "main", "serve"]
+
+log = logging.getLogger("mktsframe.server")
+
+_LEVELS = {"fatal": "critical", "error": "error", "warning": "warning", "warn": "warning",
+           "info": "info", "debug": "debug"}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The server's flags (shared by ``python -m mktsframe.server`` and ``mktsframe start``)."""
+    parser.add_argument("--config", "-c", metavar="FILE", help="MarketStore-style mkts.yml to read")
+    parser.add_argument("--root", metavar="DIR", help="data directory (default: data/ here, or the config's)")
+    parser.add_argument("--port", type=int, metavar="N", help="HTTP port (default 5993)")
+    parser.add_argument("--host", metavar="H", help="listen address (default: all interfaces)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The effective :class:`Config`; ``--root`` is relative to the current directory."""
+    overrides: dict[str, object] = {}
+    if args.root is not None:
+        overrides["root_directory"] = str(Path(args.root).expanduser().resolve())
+    if args.port is not None:
+        if not 0 <= args.port <= 65535:
+            raise SystemExit(f"--port must be between 0 and 65535, got {args.port}")
+        overrides["listen_port"] = args.port
+    if args.host is not None:
+        overrides["listen_host"] = args.host
+    return load_config(args.config, **overrides)
+
+
+class _Server(uvicorn.Server):
+    """Marks the service not queryable (heartbeat 503) as soon as a stop signal arrives."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        service = getattr(self.config.app.state, "service", None) if hasattr(self.config.app, "state") else None
+        if service is not None:
+            service.stopping = True
+        super().handle_exit(sig, frame)
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def serve(config: Config) -> None:
+    """Run the server in the foreground until SIGINT/SIGTERM.
+
+    On a stop signal uvicorn stops accepting connections, lets in-flight requests finish (at
+    most ``stop_grace_period`` seconds when it is > 0; without limit when it is 0), then the
+    lifespan closes the engine, which checkpoints and trims the WAL.
+    """
+    level = _LEVELS.get(config.log_level.lower(), "info")
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mktsframe").setLevel(level.upper())
+    host = config.listen_host or "0.0.0.0"
+    app = create_app(config)
+    uv_config = uvicorn.Config(
+        app,
+        host=host,
+        port=config.listen_port,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        ws="none",
+        lifespan="on",
+        log_level=level,
+        access_log=level == "debug",
+        server_header=False,
+        timeout_graceful_shutdown=config.stop_grace_period or None,
+    )
+    log.info("mktsframe server: root %s, http://%s:%d/rpc", config.root_path(), host, config.listen_port)
+    _Server(uv_config).run()
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Entry point of ``python -m mktsframe.server``; returns the process exit code."""
+    parser = add_arguments(argparse.ArgumentParser(prog=prog or "python -m mktsframe.server", description=__doc__))
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    serve(config)
+    return 0
