@@ -311,7 +311,7 @@ class RpcService:
         if len(groups) == 1:
             return {"result": nmds.encode(results.items())}
         if spec.native:
-            return {"results": [nmds.encode(parts) for parts in groups.values()]}
+            return {"results": [nmds.encode(parts) for parts in groups.values()], "mkts_order": list(results)}
         raise SchemaMismatchError(
             "symbols in a query must have the same data type or be filtered by common columns. "
             f"symbols={list(results)}"

@@ -1,0 +1,288 @@
+"""The network backend: the :class:`~mktsframe.backend.base.Backend` protocol over ``/rpc``.
+
+It speaks MarketStore's msgpack JSON-RPC (the same wire pymarketstore uses), plus a few
+mktsframe extensions (``mkts_*`` request keys and ``DataService.Delete``) so that every
+operation behaves exactly as on the local engine. One :class:`httpx.Client` is kept per backend,
+so connections are reused (keep-alive); every call has a timeout.
+
+Errors: a server-side mktsframe error comes back with its class name and is re-raised as the
+same class (``BucketNotFoundError`` for a missing bucket, ``SchemaMismatchError``...); an
+unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
+
+This is the only module that imports httpx, so swapping the HTTP client is a one-file change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+import msgpack
+import numpy as np
+import pandas as pd
+
+from mktsframe import errors
+from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.dtypes import wire_type
+from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
+from mktsframe.keys import CATEGORY
+from mktsframe.times import TimeLike, to_ns
+
+__all__ = ["HTTPBackend"]
+
+NS = 1_000_000_000
+_MSGPACK = "application/x-msgpack"
+_ERRORS: dict[str, type[Exception]] = {
+    name: getattr(errors, name) for name in errors.__all__
+} | {"ValueError": ValueError, "TypeError": TypeError}
+
+
+class HTTPBackend:
+    """A mktsframe (or MarketStore) server at ``url``.
+
+    Parameters
+    ----------
+    url : str
+        ``http://host:port`` (``/rpc`` is appended when no path is given) or the full ``/rpc`` URL.
+    timeout : float
+        Seconds to wait for connecting and for each read/write on the socket (not the whole
+        call): a large query that keeps streaming is not cut off, a dead server is.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        parts = urlparse(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+        path = parts.path.rstrip("/") or "/rpc"
+        self.url = urlunparse(parts._replace(path=path, query="", fragment=""))
+        self.timeout = float(timeout)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(self.timeout),
+            headers={"Content-Type": _MSGPACK, "Accept": _MSGPACK},
+            limits=httpx.Limits(max_keepalive_connections=8),
+        )
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<HTTPBackend {self.url!r}>"
+
+    # -- transport ------------------------------------------------------------------------------
+    def _call(self, method: str, params: dict[str, Any]) -> Any:
+        if self._closed:
+            raise MktsError(f"{self.url}: connection is closed")
+        body = msgpack.packb({"jsonrpc": "2.0", "method": method, "id": "1", "params": params}, use_bin_type=True)
+        try:
+            resp = self._client.post(self.url, content=body)
+        except httpx.TimeoutException as exc:
+            raise MktsError(f"server at {self.url} did not answer within {self.timeout:g} s ({exc})") from None
+        except httpx.TransportError as exc:
+            raise MktsError(f"cannot reach the mktsframe server at {self.url}: {exc or type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise MktsError(f"{self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            reply = msgpack.unpackb(resp.content, raw=False)
+        except ValueError as exc:
+            raise MktsError(f"{self.url} sent a reply that is not msgpack ({exc})") from None
+        if not isinstance(reply, dict):
+            raise MktsError(f"{self.url} sent a malformed reply")
+        err = reply.get("error")
+        if err:
+            raise _error(err.get("message", str(err)) if isinstance(err, dict) else str(err), err)
+        if "result" not in reply:
+            raise MktsError(f"{self.url}: invalid JSON-RPC reply (no result or error)")
+        return reply["result"]
+
+    def _each(self, method: str, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Call a per-request method and raise the first per-request error."""
+        out = self._call(method, {"requests": requests}).get("responses") or []
+        for r in out:
+            status = r.get("ServerResp", r) if isinstance(r, dict) else {}
+            if status.get("error"):
+                raise _error(status["error"], status)
+        return out
+
+    # -- Backend --------------------------------------------------------------------------------
+    def write(self, key: str, batch: Batch) -> None:
+        """Store rows (index ns → wire Epoch seconds, floored as the engine does)."""
+        index = np.asarray(batch.index)
+        if index.dtype != np.int64 or index.ndim != 1:
+            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
+        n = index.shape[0]
+        names, types, data = ["Epoch"], ["i8"], [memoryview(np.floor_divide(index, NS)).cast("B")]
+        for name, values in batch.columns.items():
+            v = np.asarray(values)
+            if v.ndim != 1 or v.shape[0] != n:
+                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
+            v = _wire_array(name, v)
+            names.append(name)
+            types.append(wire_type(v.dtype))
+            data.append(memoryview(np.ascontiguousarray(v)).cast("B"))
+        ds = {"names": names, "types": types, "data": data, "length": n, "startindex": {key: 0}, "lengths": {key: n}}
+        result = self._call("DataService.Write", {"requests": [{"dataset": ds, "is_variable_length": False}]})
+        for r in result.get("responses") or []:
+            if r.get("error"):
+                raise _error(r["error"], r)
+
+    def query(
+        self,
+        key: str,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> dict[str, Batch]:
+        """Rows with ``start <= t <= end`` per bucket, in the order named (see the protocol)."""
+        if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        req: dict[str, Any] = {"destination": key, "mkts_native": True, "limit_from_start": bool(limit_from_start)}
+        req.update(_time_fields("start", start))
+        req.update(_time_fields("end", end))
+        if limit is not None:
+            req["limit_record_count"] = max(int(limit), 1)  # limit 0 means "none" on the wire
+        if columns is not None:
+            req["columns"] = list(columns)
+        result = self._call("DataService.Query", {"requests": [req]})
+        (response,) = result["responses"]
+        datasets = response["results"] if "results" in response else [response["result"]]
+        found: list[tuple[str, Batch]] = []
+        for ds in datasets:  # one dataset, or one per schema when the buckets' schemas differ
+            for k, b, _ in sorted(_decode(ds), key=lambda t: t[2]):
+                found.append((k, b if limit != 0 else _head(b, 0)))
+        order = {k: i for i, k in enumerate(response.get("mkts_order") or [])}
+        if order:
+            found.sort(key=lambda t: order.get(t[0], len(order)))
+        return dict(found)
+
+    def list_symbols(self) -> list[str]:
+        return sorted(self._call("DataService.ListSymbols", {"format": "symbol"}).get("Results") or [])
+
+    def list_keys(self) -> list[str]:
+        return sorted(self._call("DataService.ListSymbols", {"format": "tbk"}).get("Results") or [])
+
+    def info(self, key: str) -> BucketInfo:
+        (r,) = self._each("DataService.GetInfo", [{"key": key}])
+        m = r.get("mkts")
+        if not isinstance(m, dict):
+            raise MktsError(f"{self.url} does not report bucket details (not a mktsframe server?)")
+        return BucketInfo(
+            key=m["key"],
+            timeframe=m["timeframe"],
+            timeframe_seconds=int(m["timeframe_seconds"]),
+            record_type=m["record_type"],
+            columns=tuple((str(n), str(t)) for n, t in m["columns"]),
+            years=tuple(int(y) for y in m["years"]),
+            rows=int(m["rows"]),
+            first=m["first"],
+            last=m["last"],
+            disk_bytes=int(m["disk_bytes"]),
+        )
+
+    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+        """Create an empty bucket; idempotent for the same schema, as on the local engine."""
+        cols = list(columns)
+        req = {
+            "key": key if ":" in key else f"{key}:{CATEGORY}",
+            "column_names": ["Epoch", *(str(n) for n, _ in cols)],
+            "column_types": ["i8", *(t for _, t in cols)],
+            "row_type": "fixed",
+            "mkts_exist_ok": True,
+        }
+        self._each("DataService.Create", [req])
+
+    def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
+        """Remove the rows in ``[start, end]`` via mktsframe's ``DataService.Delete``."""
+        req: dict[str, Any] = {"key": key, **_time_fields("start", start), **_time_fields("end", end)}
+        (r,) = self._each("DataService.Delete", [req])
+        return int(r.get("deleted", 0))
+
+    def destroy(self, key: str) -> None:
+        self._each("DataService.Destroy", [{"key": key}])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def __enter__(self) -> HTTPBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _error(message: str, obj: Any) -> Exception:
+    """The mktsframe exception a server error stands for (``mkts_error`` names the class)."""
+    kind = obj.get("mkts_error") if isinstance(obj, dict) else None
+    cls = _ERRORS.get(kind) if isinstance(kind, str) else None
+    if cls is None:  # a MarketStore server: recognise its wording
+        cls = BucketNotFoundError if "no files returned from query parse" in message else MktsError
+    return cls(message)
+
+
+def _time_fields(which: str, value: TimeLike) -> dict[str, Any]:
+    """Wire fields for a bound: zone-less times go as text, read in the server's ``timezone``."""
+    if value is None:
+        return {}
+    naive = None
+    if isinstance(value, str):
+        try:
+            naive = pd.Timestamp(value).tzinfo is None
+        except (ValueError, TypeError):
+            naive = False  # let to_ns raise its own error below
+        if naive:
+            return {f"mkts_{which}": value}
+    elif isinstance(value, np.datetime64) or (isinstance(value, dt.datetime) and value.tzinfo is None):
+        return {f"mkts_{which}": pd.Timestamp(value).isoformat()}
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return {f"mkts_{which}": value.isoformat()}
+    ns = to_ns(value, name=which)
+    assert ns is not None
+    secs, nanos = divmod(ns, NS)
+    out: dict[str, Any] = {f"epoch_{which}": secs}
+    if nanos:
+        out[f"epoch_{which}_nanos"] = nanos
+    return out
+
+
+def _wire_array(name: str, v: np.ndarray) -> np.ndarray:
+    """Values as a wire type: ``str`` objects become ``U16`` (refusing longer strings)."""
+    if v.dtype.kind == "O":
+        if not all(isinstance(x, str) for x in v):
+            raise SchemaMismatchError(f"column {name!r} has dtype object, which cannot be stored")
+        v = v.astype(str) if v.size else np.empty(0, "U16")
+    if v.dtype.kind == "U":
+        if v.size and np.char.str_len(v).max() > 16:
+            raise SchemaMismatchError(f"column {name!r}: strings longer than 16 characters do not fit U16")
+        return v.astype("<U16")
+    if v.dtype.byteorder == ">":
+        return v.astype(v.dtype.newbyteorder("<"))
+    return v
+
+
+def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
+    """``(key, Batch, first row)`` for every key of a result dataset (index Epoch s → ns)."""
+    names, types, data, length = ds["names"], ds["types"], ds["data"], int(ds["length"])
+    cols: dict[str, np.ndarray] = {}
+    for name, t, buf in zip(names, types, data, strict=True):
+        dtype = np.dtype("?" if t in ("bool", "b1") else "<" + t if t[0] in "iufU" else t)
+        arr = np.frombuffer(buf, dtype=dtype)
+        if arr.shape[0] != length:
+            raise MktsError(f"server sent {arr.shape[0]} values for column {name!r}, expected {length}")
+        cols[name] = arr
+    epoch = cols.pop("Epoch", np.zeros(length, np.int64))
+    out = []
+    for key, first in ds["startindex"].items():
+        n = ds["lengths"][key]
+        sl = slice(first, first + n)
+        index = epoch[sl].astype(np.int64) * NS
+        out.append((key.split(":", 1)[0], Batch(index, {c: v[sl].copy() for c, v in cols.items()}), first))
+    return out
+
+
+def _head(b: Batch, n: int) -> Batch:
+    return Batch(b.index[:n], {c: v[:n] for c, v in b.columns.items()})
