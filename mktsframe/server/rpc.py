@@ -32,7 +32,14 @@ import numpy as np
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.config import Config
 from mktsframe.dtypes import WIRE_TYPES, coerce_column
-from mktsframe.errors import BucketExistsError, BucketNotFoundError, MktsError, ReadOnlyError, SchemaMismatchError
+from mktsframe.errors import (
+    BucketExistsError,
+    BucketNotFoundError,
+    InvalidKeyError,
+    MktsError,
+    ReadOnlyError,
+    SchemaMismatchError,
+)
 from mktsframe.keys import CATEGORY, parse_key
 from mktsframe.server import nmds
 from mktsframe.times import to_ns
@@ -231,7 +238,7 @@ class RpcService:
             raise MktsError(f"SQL not supported yet (requests[{i}]: {_brief(stmt, 200)})")
         dest = req.get("destination")
         if not isinstance(dest, str) or dest.count("/") < 2:
-            raise _param_error(
+            raise InvalidKeyError(
                 f"destinations must have a Symbol, Timeframe and AttributeGroup, have: {_brief(dest, 200)}"
             )
         cat = req.get("key_category")
