@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import uvicorn
-
 from mktsframe.config import Config, load_config
-from mktsframe.server.app import create_app
+from mktsframe.errors import MktsError
 
 __all__ = ["add_arguments", "config_from_args", "main", "serve"]
 
@@ -48,14 +47,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, **overrides)
 
 
-class _Server(uvicorn.Server):
-    """Marks the service not queryable (heartbeat 503) as soon as a stop signal arrives."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        service = getattr(self.config.app.state, "service", None) if hasattr(self.config.app, "state") else None
-        if service is not None:
-            service.stopping = True
-        super().handle_exit(sig, frame)
+def unsupported_settings(config: Config) -> list[str]:
+    """Settings this server accepts but cannot honour yet, each with the reason (logged at start)."""
+    out = []
+    if config.grpc_listen_port is not None:
+        out.append("grpc_listen_port: the gRPC API is not implemented yet; only HTTP /rpc is served")
+    if config.utilities_url:
+        out.append("utilities_url: /heartbeat is always served on the main port; no separate listener")
+    if config.wal_bypass:
+        out.append("wal_bypass: ignored; every write goes through the write-ahead log")
+    if not config.init_catalog:
+        out.append("init_catalog: ignored; the catalog is read lazily per bucket")
+    if config.triggers or config.bgworkers:
+        out.append("triggers/bgworkers: plugins are not implemented yet")
+    if config.replication:
+        out.append("replication: not implemented yet")
+    if config.enable_last_known or config.stale_threshold is not None:
+        out.append("enable_last_known/stale_threshold: never implemented by MarketStore either; ignored")
+    return out
 
 
 def _has(module: str) -> bool:
@@ -73,6 +82,19 @@ def serve(config: Config) -> None:
     most ``stop_grace_period`` seconds when it is > 0; without limit when it is 0), then the
     lifespan closes the engine, which checkpoints and trims the WAL.
     """
+    import uvicorn
+
+    from mktsframe.server.app import create_app
+
+    class _Server(uvicorn.Server):
+        """Marks the service not queryable (heartbeat 503) as soon as a stop signal arrives."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            service = getattr(app.state, "service", None)
+            if service is not None:
+                service.stopping = True
+            super().handle_exit(sig, frame)
+
     level = _LEVELS.get(config.log_level.lower(), "info")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mktsframe").setLevel(level.upper())
@@ -91,6 +113,8 @@ def serve(config: Config) -> None:
         server_header=False,
         timeout_graceful_shutdown=config.stop_grace_period or None,
     )
+    for reason in unsupported_settings(config):
+        log.warning("mkts.yml %s", reason)
     log.info("mktsframe server: root %s, http://%s:%d/rpc", config.root_path(), host, config.listen_port)
     _Server(uv_config).run()
 
@@ -99,6 +123,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m mktsframe.server``; returns the process exit code."""
     parser = add_arguments(argparse.ArgumentParser(prog=prog or "python -m mktsframe.server", description=__doc__))
     args = parser.parse_args(argv)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except MktsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     serve(config)
     return 0
