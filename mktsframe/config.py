@@ -169,7 +169,8 @@ def _convert(key: str, value: Any, typ: Any) -> Any:
     if t.startswith("list"):
         if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
             raise ConfigError(f"mkts.yml: {key} must be a list of mappings")
-        return value
+        # YAML 1.1 reads the bare key ``on`` (MarketStore's trigger pattern key) as ``True``.
+        return [{("on" if k is True else k): v for k, v in item.items()} for item in value]
     if t.startswith("dict"):
         if not isinstance(value, dict):
             raise ConfigError(f"mkts.yml: {key} must be a mapping")
