@@ -26,9 +26,9 @@ WRITER = textwrap.dedent(
     db = mktsframe.connect(root, read_only=False)
     batch = first
     while True:
-        n = 1 if batch % 3 else (1000 if batch % 2 else 20_000)  # 1-row appends and bulk writes
-        # Bars of batch b hold minutes [b*20_000, b*20_000 + n): disjoint across batches.
-        idx = pd.Timestamp("2023-12-01", tz="UTC") + pd.to_timedelta(batch * 20_000 + np.arange(n), unit="min")
+        n = 1 if batch % 3 else (100 if batch % 2 else 2_000)  # 1-row appends and bulk writes
+        # Bars of batch b hold minutes [b*2_000, b*2_000 + n): disjoint across batches, within a few decades.
+        idx = pd.Timestamp("2023-12-01", tz="UTC") + pd.to_timedelta(batch * 2_000 + np.arange(n), unit="min")
         cols = {"Batch": np.full(n, batch, "i8"), "Check": np.full(n, batch * 7.5), "Row": np.arange(n, dtype="i4")}
         df = pd.DataFrame(cols, index=idx)
         df.to_mkts("CRASH/1Min/T", backend=db)
@@ -100,12 +100,12 @@ def test_sigkill_loop_keeps_every_acknowledged_row(tmp_path: Path) -> None:
             # No torn row: every column of every row comes from the same write.
             np.testing.assert_array_equal(got.columns["Check"], batch_col * 7.5)
             minute = (got.index - pd.Timestamp("2023-12-01", tz="UTC").value) // 60_000_000_000
-            np.testing.assert_array_equal(minute, batch_col * 20_000 + got.columns["Row"])
+            np.testing.assert_array_equal(minute, batch_col * 2_000 + got.columns["Row"])
             counts = dict(zip(*np.unique(batch_col, return_counts=True), strict=True))
             for b, n in all_written.items():
                 assert counts.get(b) == n, f"acknowledged batch {b} ({n} rows) has {counts.get(b)} rows"
             for b in all_deleted:
-                n = 1 if b % 3 else (1000 if b % 2 else 20_000)
+                n = 1 if b % 3 else (100 if b % 2 else 2_000)
                 assert counts.get(b, 0) == n - min(n, 3), f"acknowledged delete of batch {b} not applied"
             keys = set(engine.list_keys())
             for b in all_created:
