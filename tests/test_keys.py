@@ -205,9 +205,9 @@ def test_any_accepted_key_stays_inside_the_root(symbol: str, tf: str, group: str
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    symbol=st.text(part_chars, min_size=1, max_size=20).filter(
-        lambda s: s == s.strip() and not s.startswith(".") and not set(s) & set('/\\\x00,*:?[]"<>|')
-    ).filter(lambda s: all(ord(c) >= 32 and ord(c) != 127 for c in s))
+    symbol=st.text(part_chars, min_size=1, max_size=20)
+    .filter(lambda s: s == s.strip() and not s.startswith(".") and not set(s) & set('/\\\x00,*:?[]"<>|'))
+    .filter(lambda s: all(ord(c) >= 32 and ord(c) != 127 for c in s))
 )
 def test_unicode_symbols_round_trip(symbol: str, engine: Engine) -> None:
     key = f"{symbol}/1Min/OHLCV"
@@ -248,5 +248,5 @@ def test_globs_never_see_engine_files_or_foreign_directories(engine: Engine) -> 
 def test_errors_are_mkts_errors() -> None:
     with pytest.raises(MktsError):
         parse_key("../x/1Min/OHLCV")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="key"):
         parse_key("../x/1Min/OHLCV")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.engine import Engine
-from mktsframe.errors import MktsError
+from mktsframe.errors import MktsError, ReadOnlyError
 from mktsframe.times import TimeLike, to_ns
 
 __all__ = ["LocalBackend", "open_local"]
@@ -37,7 +37,8 @@ def open_local(root: str | os.PathLike[str], **options: object) -> LocalBackend:
             if options.get("read_only") is False and engine.read_only:
                 raise MktsError(f"{path} is already open read-only in this process")
             _engines[path] = (engine, refs + 1)
-    return LocalBackend(engine)
+    # A handle asked for read-only stays read-only even when it shares this process's writable engine.
+    return LocalBackend(engine, read_only=options.get("read_only") is True)
 
 
 def _release(engine: Engine) -> None:
@@ -66,12 +67,13 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
+        self._read_only = read_only
         self._closed = False
 
     def __repr__(self) -> str:
-        mode = "read-only" if self.engine.read_only else "read-write"
+        mode = "read-only" if self.read_only else "read-write"
         return f"<LocalBackend {str(self.engine.root)!r} {mode}>"
 
     @property
@@ -80,9 +82,14 @@ class LocalBackend:
 
     @property
     def read_only(self) -> bool:
-        return self.engine.read_only
+        return self._read_only or self.engine.read_only
+
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{self.engine.root} is open read-only; writes are refused")
 
     def write(self, key: str, batch: Batch) -> None:
+        self._check_writable()
         self.engine.write(key, batch)
 
     def query(
@@ -111,12 +118,15 @@ class LocalBackend:
         return self.engine.info(key)
 
     def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+        self._check_writable()
         self.engine.create(key, columns)
 
     def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
+        self._check_writable()
         return self.engine.delete(key, start=to_ns(start, name="start"), end=to_ns(end, name="end"))
 
     def destroy(self, key: str) -> None:
+        self._check_writable()
         self.engine.destroy(key)
 
     def sync(self) -> None:

@@ -86,11 +86,15 @@ def _combine(results: dict[str, object]) -> pd.DataFrame:
             df.insert(j, name, pd.Series(values[i], index=df.index, dtype="str"))
         df.insert(0, "_order", np.full(len(df), i, np.int32))
         frames.append(df)
-    names = [list(f.columns) for f in frames]
-    if any(n != names[0] for n in names):
+    # Same names *and* types: concatenating an i8 column with an f8 one would silently round it.
+    schemas = [
+        [f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()]  # type: ignore[attr-defined]
+        for b in results.values()
+    ]
+    if any(sc != schemas[0] for sc in schemas):
         raise SchemaMismatchError(
             "symbols in a query must have the same columns (or be filtered by common columns): "
-            + "; ".join(f"{k}: {n[1 + len(label_cols):]}" for k, n in zip(keys, names, strict=True))
+            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True))
         )
     out = pd.concat(frames)
     order = np.lexsort((out["_order"].to_numpy(), out.index.asi8))
