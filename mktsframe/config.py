@@ -140,9 +140,9 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
     raw.update({k: v for k, v in overrides.items() if v is not None})
     cfg = Config()
     fields = {f.name: f for f in dataclasses.fields(Config)}
-    unknown = sorted(k for k in raw if k not in fields)
+    unknown = sorted(str(k) for k in raw if k not in fields)  # YAML keys need not be strings (`1:`, `yes:`)
     if unknown:
-        warnings.warn(f"mkts.yml: unknown key(s) ignored: {', '.join(map(str, unknown))}", UserWarning, stacklevel=2)
+        warnings.warn(f"mkts.yml: unknown key(s) ignored: {', '.join(unknown)}", UserWarning, stacklevel=2)
     for key, value in raw.items():
         if key not in fields or value is None:
             continue
