@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""Benchmark mktsframe's local engine beside its peers, in one run: ``make bench`` or ``python bench/run.py``.
+
+Systems (see ``bench/systems/``): mktsframe durable and with ``background_sync``, a raw
+``numpy.memmap`` baseline, an in-memory DataFrame (``pd.concat``), ArcticDB (LMDB), pandas
+HDFStore (``format='table'``) and Parquet (pyarrow). Each system and round runs in its own process
+(:mod:`bench.worker`); ArcticDB needs pandas < 3, so the peers run from ``bench/.venv-peers``
+(``make bench-peers`` creates it from ``bench/requirements-peers.txt``) and their JSON is merged here.
+The run also measures a 32-byte write + ``fdatasync`` on the same disk each round and the RSS of
+reading one day from a 10-year bucket. It prints the table and the issue's targets (PASS/FAIL),
+saves the raw JSON under ``bench/results/`` and rewrites the ``## Local engine`` section of
+``docs/benchmarks.md`` (other sections are kept).
+
+Method as in the shared anchors: medians over repeats, rounds with the system order rotated,
+every result verified against the source data. Times are seconds, sizes bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable as a package
+    sys.path.insert(0, str(REPO))
+
+from bench import report  # noqa: E402
+from bench.common import Params, med  # noqa: E402
+from bench.systems import DEFAULT_SYSTEMS, SYSTEMS  # noqa: E402
+
+PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
+
+
+def _interpreter(venv: str, peers_python: Path) -> Path | None:
+    if venv == "main":
+        return Path(sys.executable)
+    return peers_python if peers_python.exists() else None
+
+
+def _worker(python: Path, args: list[str], out: Path, timeout: float, log: Any) -> dict[str, Any]:
+    """Run ``python -m bench.worker ARGS --out OUT`` from the repo root and load its JSON."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [str(python), "-m", "bench.worker", *args, "--out", str(out)]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if not out.exists():
+        return {"error": f"worker exited {proc.returncode} without a result: {proc.stderr.strip()[-500:]}"}
+    res: dict[str, Any] = json.loads(out.read_text())
+    out.unlink()
+    if "error" in res:
+        log(f"    error: {res['error']}\n{proc.stderr.strip()[-2000:]}")
+    return res
+
+
+def _versions(peers_python: Path) -> dict[str, str]:
+    """Library versions in both interpreters (what the numbers were measured with)."""
+    code = ("import importlib.metadata as m, json, sys; out={'python': sys.version.split()[0]}\n"
+            "for p in ('numpy','pandas','arcticdb','tables','pyarrow'):\n"
+            "    try: out[p]=m.version(p)\n    except Exception: pass\n"
+            "print(json.dumps(out))")
+    out: dict[str, str] = {}
+    for label, py in (("", Path(sys.executable)), ("peers ", peers_python)):
+        if not py.exists():
+            continue
+        try:
+            vs = json.loads(subprocess.run([str(py), "-c", code], capture_output=True, text=True, check=True).stdout)
+        except (subprocess.CalledProcessError, json.JSONDecodeError):
+            continue
+        for k, v in vs.items():
+            if label and k in ("python", "numpy", "pandas"):
+                out[f"peers {k}"] = v
+            elif not label and k in ("arcticdb", "tables", "pyarrow"):
+                continue
+            else:
+                out[k] = v
+    try:
+        from importlib.metadata import version
+
+        out["mktsframe"] = version("mktsframe")
+    except Exception:  # not installed: running from a checkout
+        pass
+    return out
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = Params()
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+    ap.add_argument("--rounds", type=int, default=3, help="whole-suite repetitions, system order rotated")
+    for fld in fields(Params):
+        ap.add_argument("--" + fld.name.replace("_", "-"), type=type(getattr(d, fld.name)),
+                        default=getattr(d, fld.name))
+    ap.add_argument("--tenyear-years", type=int, default=10, help="years in the RSS probe's bucket (0: skip it)")
+    ap.add_argument("--tenyear-reads", type=int, default=5, help="fresh processes reading one day from it")
+    ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
+    ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temp dir)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/local-<date>.json)")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per worker process")
+    a = ap.parse_args(argv)
+    params = Params(**{f.name: getattr(a, f.name) for f in fields(Params)})
+    names = [s.strip() for s in a.systems.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown system(s) {unknown}; known: {list(SYSTEMS)}")
+
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_json = a.out or REPO / "bench" / "results" / f"local-{stamp}.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = workdir / "worker.json"
+
+    runnable = []
+    for n in names:
+        if _interpreter(SYSTEMS[n][2], a.peers_python) is None:
+            log(f"skipping {n}: {a.peers_python} is missing (create it with `make bench-peers`)")
+        else:
+            runnable.append(n)
+
+    rounds: list[dict[str, dict[str, Any]]] = []
+    fsyncs: list[dict[str, Any]] = []
+    for rnd in range(a.rounds):
+        k = rnd % max(len(runnable), 1)
+        order = runnable[k:] + runnable[:k]
+        log(f"=== round {rnd + 1}/{a.rounds}: {', '.join(order)}")
+        this: dict[str, dict[str, Any]] = {}
+        fs = _worker(Path(sys.executable), ["fsync", "--root", str(workdir / "fsync")], tmp_out, 120, log)
+        fsyncs.append(fs)
+        log(f"32-byte write+fdatasync {report.fmt_t(fs.get('write_fdatasync_32b_s'))}")
+        for n in order:
+            py = _interpreter(SYSTEMS[n][2], a.peers_python)
+            assert py is not None
+            root = workdir / n
+            shutil.rmtree(root, ignore_errors=True)
+            t0 = time.perf_counter()
+            r = _worker(py, ["system", n, "--root", str(root), "--params", json.dumps(asdict(params))], tmp_out,
+                        a.timeout, log)
+            shutil.rmtree(root, ignore_errors=True)
+            this[n] = r
+            log(f"{n:<17} {time.perf_counter() - t0:5.1f}s  range {report.fmt_t(r.get('range_s'))}  tail100 "
+                f"{report.fmt_t(r.get('tail100_s'))}  full {report.fmt_t(r.get('full_read_s'))}  1-row "
+                f"{report.fmt_t(r.get('append1_s'))}  1k-row {report.fmt_t(r.get('append_chunk_s'))}  bulk "
+                f"{report.fmt_t(r.get('bulk_write_s'))}" + (f"  ERROR {r['error']}" if "error" in r else ""))
+        rounds.append(this)
+
+    tenyear: dict[str, Any] = {}
+    if a.tenyear_years > 0:
+        root = workdir / "tenyear"
+        log(f"10-year bucket: building {a.tenyear_years} years of 1Min bars")
+        build = _worker(Path(sys.executable), ["tenyear-build", "--root", str(root), "--years",
+                                               str(a.tenyear_years)], tmp_out, a.timeout, log)
+        if "error" in build:
+            tenyear = build
+        else:
+            reads = [_worker(Path(sys.executable), ["tenyear-read", "--root", str(root), "--years",
+                                                    str(a.tenyear_years)], tmp_out, 120, log)
+                     for _ in range(a.tenyear_reads)]
+            ok = [r for r in reads if "error" not in r]
+            tenyear = {k: v for k, v in build.items() if k != "params"}
+            tenyear["rows_total"] = build.get("rows")
+            tenyear["reads"] = len(ok)
+            for key in ("rows", "read_s", "rss_delta_bytes", "peak_rss_delta_bytes", "rss_file_delta_bytes",
+                        "rss_anon_delta_bytes", "vm_size_delta_bytes"):
+                tenyear[key] = med([r[key] for r in ok])
+            tenyear["verified"] = bool(ok) and all(r.get("verified") for r in ok)
+            if not tenyear["verified"]:
+                tenyear["error"] = "one-day read from the 10-year bucket returned wrong rows"
+            tenyear["all_reads"] = reads
+            log(f"  one day: peak RSS +{report.fmt_b(tenyear['peak_rss_delta_bytes'])} "
+                f"(year file {report.fmt_b(tenyear.get('year_file_apparent_bytes'))}, bucket on disk "
+                f"{report.fmt_b(tenyear.get('bucket_bytes'))})")
+        shutil.rmtree(root, ignore_errors=True)
+
+    agg = report.aggregate(rounds, runnable)
+    fs_ok = [f for f in fsyncs if "error" not in f]
+    fsync = {k: med([f[k] for f in fs_ok]) for k in ("write_fdatasync_32b_s", "write_fdatasync_32b_p99_s",
+                                                     "write_32b_s")} if fs_ok else {}
+    fsync["per_round"] = fsyncs
+    ts = report.targets(agg, fsync, tenyear if "error" not in tenyear else {})
+    try:
+        cmd_path = Path(sys.executable).relative_to(REPO)
+    except ValueError:
+        cmd_path = Path(sys.executable)
+    script = Path(sys.argv[0]).resolve()
+    script_s = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script)
+    command = " ".join([str(cmd_path), script_s, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    try:
+        json_rel = str(out_json.resolve().relative_to(REPO))
+    except ValueError:
+        json_rel = str(out_json)
+    res: dict[str, Any] = {
+        "meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": f"cd <repo> && {command}",
+                 "machine": _machine(), "versions": _versions(a.peers_python), "params": asdict(params),
+                 "rounds": a.rounds, "systems": runnable, "json": json_rel,
+                 "elapsed_s": time.perf_counter() - t_start},
+        "systems": agg, "targets": report.targets_json(ts), "fsync": fsync, "tenyear": tenyear, "rounds": rounds,
+    }
+    out_json.write_text(json.dumps(res, indent=1))
+
+    print()
+    print(report.text_table(report.table_rows(agg, runnable)))
+    print()
+    print(f"32-byte write+fdatasync: {report.fmt_t(fsync.get('write_fdatasync_32b_s'))}")
+    print()
+    print(report.text_table(report.target_rows(ts)))
+    print()
+    if not a.no_doc:
+        a.doc.parent.mkdir(parents=True, exist_ok=True)
+        old = a.doc.read_text() if a.doc.exists() else ""
+        a.doc.write_text(report.update_doc(old, report.section(res)))
+        log(f"wrote {a.doc}")
+    log(f"wrote {out_json}")
+    if a.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    verified = all(r.get("verified") for rr in rounds for r in rr.values())
+    return 0 if verified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
