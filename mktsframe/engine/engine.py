@@ -417,19 +417,23 @@ class Engine:
         if b is not None:
             b.close()
         directory = self.root.joinpath(*k.parts)
-        if not directory.exists():
-            return
-        trash = self._meta_dir / "trash"
-        trash.mkdir(exist_ok=True)
-        target = trash / uuid.uuid4().hex
-        os.replace(directory, target)  # atomic: the bucket is gone or intact, never half-deleted
+        target = None
+        if directory.exists():
+            trash = self._meta_dir / "trash"
+            trash.mkdir(exist_ok=True)
+            target = trash / uuid.uuid4().hex
+            os.replace(directory, target)  # atomic: the bucket is gone or intact, never half-deleted
+        # Also when replaying a destroy that a crash interrupted after the move: no empty parents left.
         for parent in (directory.parent, directory.parent.parent):
             try:
                 parent.rmdir()  # only if now empty
+            except FileNotFoundError:
+                continue
             except OSError:
                 break
         fsync_dir(self.root)
-        shutil.rmtree(target, ignore_errors=True)
+        if target is not None:
+            shutil.rmtree(target, ignore_errors=True)
 
     # -- reads ----------------------------------------------------------------------------------
     def query(
