@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench clean
+.PHONY: serve test lint bench bench-peers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,22 @@ test: $(STAMP)
 	$(PY) -m ruff check mktsframe tests bench
 	$(PY) -m pytest
 
-bench: $(STAMP)
+# Peers needing other library versions (ArcticDB: pandas < 3) live in their own venv.
+PEERS := bench/.venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS_STAMP): bench/requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q -r bench/requirements-peers.txt
+	touch $(PEERS_STAMP)
+
+bench-peers: $(PEERS_STAMP)
+
+# Full run (~10 minutes): prints the table and targets, writes bench/results/*.json and docs/benchmarks.md.
+bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache

@@ -31,7 +31,7 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.durable import fsync_dir
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
-from mktsframe.engine.year_file import YearFile
+from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
@@ -389,11 +389,10 @@ class Engine:
         if y_first == y_last:
             bounds = [(y_first, 0, secs.size)]
         else:
-            years = secs.astype("M8[s]").astype("M8[Y]").astype(np.int64) + 1970
-            cuts = np.flatnonzero(np.diff(years)) + 1
-            starts = [0, *cuts.tolist()]
-            ends = [*cuts.tolist(), secs.size]
-            bounds = [(int(years[a]), a, z) for a, z in zip(starts, ends, strict=True)]
+            # secs is sorted: cut at each 1 January (a per-row datetime64[Y] cast cost 40 ms per 1M rows)
+            cuts = np.searchsorted(secs, [year_bounds(y)[0] for y in range(y_first + 1, y_last + 1)]).tolist()
+            edges = [0, *cuts, secs.size]
+            bounds = [(y_first + i, edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
         for year, a, z in bounds:
             yf = b.year_file(year, create=True)
             assert yf is not None
@@ -567,18 +566,14 @@ def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def _normalise(index: np.ndarray, arrays: list[np.ndarray], tf: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Bar-start seconds, sorted, one row per bar (the last written wins)."""
-    secs = index // NS
-    if tf != 1:
-        secs -= secs % tf
-    if secs.size > 1:
-        d = np.diff(secs)
-        if not (d > 0).all():
-            order = np.argsort(secs, kind="stable")
-            secs = secs[order]
-            keep = np.empty(secs.size, bool)
-            keep[-1] = True
-            np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
-            idx = order[keep]
-            secs = secs[keep]
-            arrays = [a[idx] for a in arrays]
+    secs = index // NS if tf == 1 else index // (tf * NS) * tf  # one division, not two
+    if secs.size > 1 and not (secs[1:] > secs[:-1]).all():
+        order = np.argsort(secs, kind="stable")
+        secs = secs[order]
+        keep = np.empty(secs.size, bool)
+        keep[-1] = True
+        np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
+        idx = order[keep]
+        secs = secs[keep]
+        arrays = [a[idx] for a in arrays]
     return secs, arrays

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import functools
 import json
 import mmap
 import os
@@ -42,12 +43,15 @@ _FIXED = struct.Struct("<8sIIIIqqq")
 _WATERMARK_OFFSET = 32
 _META_OFFSET = 64
 _MAX_HEADER = 1 << 20
+#: Contiguous writes of at least this many rows go through pwrite() rather than the mapping.
+_PWRITE_MIN_ROWS = 65536
 
 
 def _round_up(n: int, to: int = PAGE) -> int:
     return (n + to - 1) // to * to
 
 
+@functools.lru_cache(maxsize=4096)  # called per year per query: calendar.timegm is ~2 µs
 def year_bounds(year: int) -> tuple[int, int]:
     """Epoch seconds of 1 January 00:00 UTC of ``year`` and of the following year."""
     return calendar.timegm((year, 1, 1, 0, 0, 0)), calendar.timegm((year + 1, 1, 1, 0, 0, 0))
@@ -314,7 +318,9 @@ class YearFile:
         first, last = int(slots[0]), int(slots[-1])
         if first < 0 or last >= self.nslots:
             raise ValueError(f"{self.path}: slot out of range")
-        if last - first + 1 == n:  # contiguous: slice assignment
+        if last - first + 1 == n and n >= _PWRITE_MIN_ROWS:
+            self._pwrite(first, values)
+        elif last - first + 1 == n:  # contiguous: slice assignment
             sl = slice(first, last + 1)
             for name, col in self.columns.items():
                 col[sl] = values[name]
@@ -329,6 +335,24 @@ class YearFile:
         elif first < lo or last >= hi:
             self._set_bounds(min(lo, first), max(hi, last + 1))
         self.dirty = True
+
+    def _pwrite(self, first: int, values: dict[str, np.ndarray]) -> None:
+        """Bulk load of contiguous slots via ``pwrite``: filling fresh pages through the mapping costs a
+        page fault per 4 KiB (35 ms for 1M bars), write() fills the same page cache (MAP_SHARED sees it) in
+        half that."""
+        n = next(iter(values.values())).shape[0] if values else 0
+        parts = [(self._layout.presence_offset + first, np.ones(n, np.uint8))]
+        for (name, col), off in zip(self.columns.items(), self._layout.column_offsets, strict=True):
+            parts.append((off + first * col.dtype.itemsize, np.ascontiguousarray(values[name], dtype=col.dtype)))
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for off, arr in parts:
+                buf = memoryview(arr).cast("B")
+                done = 0
+                while done < len(buf):
+                    done += os.pwrite(fd, buf[done:], off + done)
+        finally:
+            os.close(fd)
 
     def delete(self, s0: int, s1: int) -> int:
         """Remove the rows in slots ``[s0, s1)``; returns how many were present."""

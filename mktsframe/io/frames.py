@@ -8,6 +8,8 @@ to microseconds; we never drop the nanoseconds).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 
@@ -25,14 +27,15 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     idx = df.index
-    columns = list(df.columns)
+    names = list(df.columns.to_numpy(dtype=object))  # a pandas 3 str Index iterates slowly: convert once
+    columns = list(names)
     if isinstance(idx, pd.DatetimeIndex):
         if idx.hasnans:
             raise SchemaMismatchError("the index contains NaT; every row needs a timestamp")
         if idx.tz is None and tz != "UTC":
             idx = idx.tz_localize(tz)
         ns = idx.asi8 * _UNIT_TO_NS[idx.unit]  # asi8 is UTC for tz-aware indexes
-    elif "Epoch" in df.columns:
+    elif "Epoch" in names:
         epoch = df["Epoch"].to_numpy()
         if epoch.dtype.kind not in "iu":
             raise SchemaMismatchError(f"the Epoch column must hold integer epoch seconds, not {epoch.dtype}")
@@ -42,10 +45,10 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
         raise SchemaMismatchError(
             "the frame needs a DatetimeIndex (or an integer 'Epoch' column of epoch seconds) to be stored"
         )
-    if not df.columns.is_unique:
-        raise SchemaMismatchError(f"duplicate column names in {list(df.columns)}")
+    if len(set(names)) != len(names):
+        raise SchemaMismatchError(f"duplicate column names in {names}")
     cols: dict[str, np.ndarray] = {}
-    for i, name in enumerate(df.columns):
+    for i, name in enumerate(names):
         if name == "Epoch" and "Epoch" not in columns:
             continue
         if not isinstance(name, str):
@@ -104,6 +107,26 @@ def empty_index() -> pd.DatetimeIndex:
     return _index(np.empty(0, np.int64))
 
 
+@functools.lru_cache(maxsize=1024)
+def _columns_index(names: tuple[str, ...]) -> pd.Index:
+    return pd.Index(list(names))  # pandas 3 infers its str dtype here: ~50 µs, so built once per schema
+
+
 def batch_to_frame(batch: Batch) -> pd.DataFrame:
-    """A DataFrame indexed by a UTC ``DatetimeIndex`` named ``Epoch`` (ns resolution)."""
-    return pd.DataFrame(dict(batch.columns), index=_index(batch.index), copy=False)
+    """A DataFrame indexed by a UTC ``DatetimeIndex`` named ``Epoch`` (ns resolution).
+
+    Numeric columns skip ``DataFrame(dict)``'s per-column sanitising (220 µs for five columns under
+    pandas 3, more than reading a day of bars): the arrays are fresh, 1-d and of the right length,
+    so they become blocks as they are (no copy). Other columns (strings) take the public route.
+    """
+    cols = batch.columns
+    n = batch.index.shape[0]
+    arrays = list(cols.values())
+    if all(isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays):
+        try:
+            return pd.DataFrame._from_arrays(
+                arrays, columns=_columns_index(tuple(cols))._view(), index=_index(batch.index), verify_integrity=False
+            )
+        except (AttributeError, TypeError):  # pragma: no cover - pandas internals moved
+            pass
+    return pd.DataFrame(dict(cols), index=_index(batch.index), copy=False)
