@@ -181,11 +181,25 @@ def run_tenyear_build(root: str, years: int) -> dict[str, Any]:
             "year_file_apparent_bytes": max((os.path.getsize(f) for f in files), default=0)}
 
 
-def run_tenyear_read(root: str, years: int) -> dict[str, Any]:
+def _evict(root: str) -> None:
+    """Drop the bucket's files from the page cache (``POSIX_FADV_DONTNEED``; needs no privileges)."""
+    for dp, _dn, fns in os.walk(root):
+        for fn in fns:
+            fd = os.open(os.path.join(dp, fn), os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def run_tenyear_read(root: str, years: int, cold: bool) -> dict[str, Any]:
     """Open the 10-year bucket in a fresh process, read one day from its middle year, report RSS growth.
 
     The year files are memory-mapped, so the question is how many of their pages become resident:
     only those of the day (~1440 slots per column) should, not the year file nor the bucket.
+    ``cold`` first evicts the files from the page cache (an archive read); warm reads follow the
+    build, whose large page-cache folios the kernel may map whole (resident but shared, not copied).
     """
     import pandas as pd
 
@@ -194,6 +208,8 @@ def run_tenyear_read(root: str, years: int) -> dict[str, Any]:
 
     y0, _ = year_bounds(TENYEAR_FIRST + years // 2)
     s = y0 + 180 * DAY
+    if cold:
+        _evict(root)
     db = mktsframe.connect(root, read_only=True)
     pd.read_mkts(TENYEAR_KEY, start=pd.Timestamp(s - 400 * DAY, unit="s"),
                  end=pd.Timestamp(s - 400 * DAY + 60, unit="s"), backend=db)  # warm imports and the catalog
@@ -225,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="where to write the JSON result")
     ap.add_argument("--params", default="{}", help="JSON of bench.common.Params fields")
     ap.add_argument("--years", type=int, default=10)
+    ap.add_argument("--cold", action="store_true", help="tenyear-read: evict the bucket from the page cache first")
     a = ap.parse_args(argv)
     p = Params(**json.loads(a.params))
     try:
@@ -235,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         elif a.mode == "tenyear-build":
             res = run_tenyear_build(a.root, a.years)
         else:
-            res = run_tenyear_read(a.root, a.years)
+            res = run_tenyear_read(a.root, a.years, a.cold)
     except Exception as exc:  # record the failure; the orchestrator reports it and goes on
         traceback.print_exc()
         res = {"error": f"{type(exc).__name__}: {exc}"}

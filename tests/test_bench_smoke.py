@@ -15,14 +15,14 @@ def test_bench_harness_runs_on_small_data(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Server\n\nkept as is\n")
-    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--systems", "mktsframe,mktsframe-bg,memmap",
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--systems", "mktsframe,mktsframe-bg",
            "--rows", "2000", "--rounds", "1", "--repeats", "1", "--single-appends", "5", "--chunk-appends", "2",
            "--chunk-rows", "100", "--warm-min", "3", "--warm-max", "5", "--tenyear-years", "1",
            "--tenyear-reads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out), "--doc", str(doc)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    for name in ("mktsframe", "mktsframe-bg", "memmap"):
+    for name in ("mktsframe", "mktsframe-bg"):
         r = res["systems"][name]
         assert r.get("verified") is True, r
         assert r["range_rows"] == 1440

@@ -117,16 +117,21 @@ def batch_to_frame(batch: Batch) -> pd.DataFrame:
 
     Numeric columns skip ``DataFrame(dict)``'s per-column sanitising (220 µs for five columns under
     pandas 3, more than reading a day of bars): the arrays are fresh, 1-d and of the right length,
-    so they become blocks as they are (no copy). Other columns (strings) take the public route.
+    so each becomes a block as it is — no copy and no consolidation (which would copy 24 MB for
+    1M bars: +10 ms). Other columns (strings) take the public route.
     """
     cols = batch.columns
     n = batch.index.shape[0]
     arrays = list(cols.values())
     if all(isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays):
         try:
-            return pd.DataFrame._from_arrays(
-                arrays, columns=_columns_index(tuple(cols))._view(), index=_index(batch.index), verify_integrity=False
+            from pandas.core.internals.construction import arrays_to_mgr
+
+            mgr = arrays_to_mgr(
+                arrays, _columns_index(tuple(cols))._view(), _index(batch.index), verify_integrity=False,
+                consolidate=False,
             )
-        except (AttributeError, TypeError):  # pragma: no cover - pandas internals moved
+            return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
+        except (ImportError, AttributeError, TypeError):  # pragma: no cover - pandas internals moved
             pass
     return pd.DataFrame(dict(cols), index=_index(batch.index), copy=False)
