@@ -755,3 +755,68 @@ def test_ten_thousand_buckets(open_engine: Callable[..., Engine]) -> None:
     assert len(symbols) == 10_000
     assert len(q(engine, "S09999/1Min/OHLCV")) == 0
     assert len(engine.query("S0000*/1Min/OHLCV")) == 10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a read-only engine caches buckets and year-file mappings; when another process destroys and re-creates "
+    "a bucket between two reads it keeps serving the destroyed data (design question: bucket generation ids)",
+)
+def test_reader_engine_follows_destroy_and_recreate(open_engine: Callable[..., Engine]) -> None:
+    """A read-only engine (another process, in practice) never serves a destroyed bucket's data."""
+    writer = open_engine()
+    reader = open_engine(read_only=True)
+    writer.write("K/1Min/T", batch([0], x=[1.0]))
+    assert q(reader, "K/1Min/T").columns["x"].tolist() == [1.0]
+    writer.destroy("K/1Min/T")
+    with pytest.raises(BucketNotFoundError):
+        reader.query("K/1Min/T")
+    writer.write("K/1Min/T", batch([0], x=[2.0]))
+    assert q(reader, "K/1Min/T").columns["x"].tolist() == [2.0]
+    # Destroyed and re-created between two reads: same schema, then another one.
+    writer.destroy("K/1Min/T")
+    writer.write("K/1Min/T", batch([60 * NS], x=[3.0]))
+    got = q(reader, "K/1Min/T")
+    assert got.columns["x"].tolist() == [3.0]
+    assert got.index.tolist() == [60 * NS]
+    writer.destroy("K/1Min/T")
+    writer.write("K/1Min/T", batch([0], y=np.array([5], "i4")))
+    assert dict(q(reader, "K/1Min/T").columns) == {"y": [5]}
+    assert reader.info("K/1Min/T").columns == (("y", "i4"),)
+
+
+def test_readers_racing_destroy_and_recreate_see_a_bucket_or_none(engine: Engine) -> None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    schemas = [{"x": np.array([1.0, 2.0])}, {"y": np.array([7, 8], "i4"), "z": np.array(["a", "b"], "U16")}]
+
+    def churn() -> None:
+        try:
+            for i in range(150):
+                engine.write("RACE/1Min/T", Batch(np.array([0, 60 * NS], np.int64), schemas[i % 2]))
+                engine.destroy("RACE/1Min/T")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    got = q(engine, "RACE/1Min/T")
+                    info = engine.info("RACE/1Min/T")
+                except BucketNotFoundError:
+                    continue
+                assert len(got) in (0, 2)
+                assert set(got.columns) in ({"x"}, {"y", "z"})
+                assert info.rows in (0, 2)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn)] + [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, repr(errors[0])

@@ -105,11 +105,14 @@ class Bucket:
             return []
         if self._year_list is None or mtime != self._dir_mtime:
             found = []
-            with os.scandir(self.dir) as it:
-                for e in it:
-                    stem, _, ext = e.name.partition(".")
-                    if ext == "bin" and stem.lstrip("-").isdigit():
-                        found.append(int(stem))
+            try:
+                with os.scandir(self.dir) as it:
+                    for e in it:
+                        stem, _, ext = e.name.partition(".")
+                        if ext == "bin" and stem.lstrip("-").isdigit():
+                            found.append(int(stem))
+            except FileNotFoundError:  # destroyed since the stat
+                return []
             self._year_list = sorted(found)
             self._dir_mtime = mtime
         return self._year_list

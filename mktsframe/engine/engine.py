@@ -245,19 +245,29 @@ class Engine:
                 b.close()
                 return None
             return b
-        directory = self.root.joinpath(*key.parts)
-        meta = read_bucket_meta(directory)
-        if meta is None:
-            return None
-        b = Bucket(key, directory, meta, writable=not self.read_only)
-        self._buckets[key] = b
-        return b
+        # Under the apply lock: a reader must not cache a bucket that a destroy is removing.
+        with self._apply_lock:
+            b = self._buckets.get(key)
+            if b is not None:
+                return b
+            directory = self.root.joinpath(*key.parts)
+            meta = read_bucket_meta(directory)
+            if meta is None:
+                return None
+            b = Bucket(key, directory, meta, writable=not self.read_only)
+            self._buckets[key] = b
+            return b
 
     def _require(self, key: TimeBucketKey) -> Bucket:
         b = self._bucket(key)
         if b is None:
             raise BucketNotFoundError(f"no bucket {key.item_key!r} (no files returned from query parse)")
         return b
+
+    def _still_there(self, b: Bucket) -> None:
+        """Raise if ``b`` was destroyed (and maybe re-created) since it was resolved; call under the apply lock."""
+        if self._buckets.get(b.key) is not b:
+            raise BucketNotFoundError(f"no bucket {b.key.item_key!r} (no files returned from query parse)")
 
     def _require_writable(self) -> None:
         if self._closed:
@@ -472,6 +482,7 @@ class Engine:
         if limit is not None and not from_start:
             years = years[::-1]
         with self._apply_lock:
+            self._still_there(b)
             # Plan: which slots of which year files, honouring the limit, before copying anything.
             plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
             remaining = limit
@@ -516,6 +527,7 @@ class Engine:
         disk = 0
         years = b.years()
         with self._apply_lock:
+            self._still_there(b)
             for year in years:
                 yf = b.year_file(year)
                 if yf is None:
