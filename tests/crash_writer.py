@@ -1,6 +1,6 @@
 """A writer for the crash tests: a deterministic sequence of operations on one data root.
 
-Run as ``python crash_writer.py ROOT FIRST [loop|fixed N|fixed-checkpoint N]``. Operation ``n``
+Run as ``python crash_writer.py ROOT FIRST [MODE [N]]`` (modes in :func:`main`). Operation ``n``
 (see :func:`plan`) is announced with ``B n`` *before* it starts and acknowledged with ``A n``
 after the engine call returns, each line flushed, so the parent knows exactly which operations
 were acknowledged when it kills the process. ``loop`` runs until killed; the ``fixed`` modes run
@@ -87,7 +87,13 @@ def main() -> None:
     root, first = sys.argv[1], int(sys.argv[2])
     mode = sys.argv[3] if len(sys.argv) > 3 else "loop"
     count = int(sys.argv[4]) if len(sys.argv) > 4 else MAX_OPS
-    options = {"checkpoint_interval": 0.05, "wal_rotate_interval": 1000} if mode == "fixed-checkpoint" else {}
+    options: dict[str, object] = {}
+    if mode == "fixed-checkpoint":  # background checkpoints that do not rotate the log
+        options = {"checkpoint_interval": 0.05, "wal_rotate_interval": 1000}
+    elif mode == "fixed-rotate":  # a checkpoint and a new segment every few kilobytes of log
+        options = {"wal_max_bytes": 3000}
+    elif mode == "fixed-bgsync":  # MarketStore's mode: the log is synced in the background
+        options = {"background_sync": True, "sync_interval": 60.0}
     engine = Engine(root, read_only=False, **options)
     print("READY", flush=True)
     for b in range(first, min(first + count, MAX_OPS)):
