@@ -348,3 +348,26 @@ def test_read_only_handle_refuses_writes_even_beside_a_writer(tmp_root: Path, op
             call()
     assert len(pd.read_mkts("RO/1Min/OHLCV", backend=reader)) == 2
     assert writer.list_keys() == ["RO/1Min/OHLCV"]
+
+
+def test_empty_window_gives_an_empty_frame_with_the_schema(db: LocalBackend) -> None:
+    df = frame(["2024-01-02"], a=np.array([1], "u2"), s=["x"], f=np.array([True]))
+    df.to_mkts("EMPTY/1D/T", backend=db)
+    full = pd.read_mkts("EMPTY/1D/T", backend=db)
+    windows = (
+        {"start": "2025-01-01"},
+        {"end": "2023-12-31"},
+        {"limit": 0},
+        {"start": "2024-01-03", "end": "2024-01-09"},
+    )
+    for kw in windows:
+        got = pd.read_mkts("EMPTY/1D/T", backend=db, **kw)
+        assert_epoch_index(got)
+        assert len(got) == 0
+        assert list(got.columns) == ["a", "s", "f"]
+        assert got.dtypes.tolist() == full.dtypes.tolist()
+        assert got["a"].dtype == np.uint16
+    db.create("NEVER/1D/T", [("p", "f4")])
+    got = pd.read_mkts("NEVER/1D/T", backend=db)
+    assert len(got) == 0
+    assert got["p"].dtype == np.float32
