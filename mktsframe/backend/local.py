@@ -10,11 +10,12 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.engine import Engine
+from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import MktsError, ReadOnlyError
 from mktsframe.times import TimeLike, to_ns
 
@@ -128,6 +129,15 @@ class LocalBackend:
     def destroy(self, key: str) -> None:
         self._check_writable()
         self.engine.destroy(key)
+
+    def on_commit(self, listener: Callable[[CommitEvent], None]) -> Callable[[], None]:
+        """Call ``listener`` after every acknowledged change made through this process's engine.
+
+        Events arrive in commit order on the writer's thread (see :mod:`mktsframe.engine.commits`):
+        the listener must return quickly and must not write. Changes made by another process are
+        not seen. Returns a function that unregisters the listener.
+        """
+        return self.engine.commits.add(listener)
 
     def sync(self) -> None:
         """Make all writes durable now (only matters with ``background_sync``)."""

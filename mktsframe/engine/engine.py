@@ -29,6 +29,7 @@ import numpy as np
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
+from mktsframe.engine.commits import CommitEvent, CommitListeners
 from mktsframe.engine.durable import fsync_dir
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile, year_bounds
@@ -106,6 +107,8 @@ class Engine:
         self._checkpoints = 0
         self._last_checkpoint = time.monotonic()
         self.recovery = ReplayReport()
+        self.commits = CommitListeners()
+        """Listeners told of every acknowledged change, in commit order (see :mod:`.commits`)."""
         self.read_only = not self._acquire_lock(read_only)
         self._wal: WriteAheadLog | None = None
         self._thread: threading.Thread | None = None
@@ -307,6 +310,7 @@ class Engine:
                     )
                 return
             self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
+            self._announce("create", k.item_key)
 
     def write(self, key: str, batch: Batch) -> None:
         """Store ``batch`` (index in ns UTC); a bar at an existing timestamp is replaced."""
@@ -330,12 +334,15 @@ class Engine:
                     return
                 schema = validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()])
                 self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
+                self._announce("create", k.item_key)
                 bucket = self._require(k)
             arrays = _conform(bucket, cols)
             if n == 0:
                 return
             secs, arrays = _normalise(index, arrays, bucket.timeframe)
             self._log({"op": "write", "key": k.item_key}, [secs, *arrays])
+            stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
+            self._announce("write", k.item_key, batch=stored)
 
     def delete(self, key: str, *, start: int | None = None, end: int | None = None) -> int:
         """Remove bars in ``[start, end]`` (ns, inclusive at bar granularity); returns the count."""
@@ -344,7 +351,9 @@ class Engine:
             self._require_writable()
             b = self._require(k)
             s, e = _bar_range(start, end, b.timeframe)
-            return int(self._log({"op": "delete", "key": k.item_key, "start": s, "end": e}) or 0)
+            removed = int(self._log({"op": "delete", "key": k.item_key, "start": s, "end": e}) or 0)
+            self._announce("delete", k.item_key, start=start, end=end)
+            return removed
 
     def destroy(self, key: str) -> None:
         k = parse_key(key)
@@ -352,6 +361,13 @@ class Engine:
             self._require_writable()
             self._require(k)
             self._log({"op": "destroy", "key": k.item_key})
+            self._announce("destroy", k.item_key)
+
+    def _announce(self, op: Any, key: str, **detail: Any) -> None:
+        """Tell commit listeners (cheap when there are none); the caller holds the write lock."""
+        seq = self.commits.next_seq()
+        if self.commits:
+            self.commits.emit(CommitEvent(op, key, seq, **detail))
 
     def _log(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> Any:
         wal = self._wal

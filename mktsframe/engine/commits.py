@@ -1,0 +1,96 @@
+"""Commit events: what streaming subscribers and plugin triggers hear after a change is durable.
+
+The engine announces each acknowledged change (write, delete, destroy, create) to the listeners
+registered on :attr:`Engine.commits <mktsframe.engine.Engine.commits>`, in commit order, on the
+writer's thread and while the engine's write lock is held. That ordering is the point: a
+subscriber that records the last event it saw can resume from storage without gaps or
+duplicates. The price is that a listener must be quick and must not call back into the engine's
+write path (that would deadlock): it should only hand the event to a queue or another thread.
+
+A listener that raises is logged and otherwise ignored, so a broken plugin can never fail a write
+that is already durable. Replay of the write-ahead log at startup does not emit events: nobody
+can be listening yet, and the data was announced when it was first written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from mktsframe.backend.base import Batch
+
+__all__ = ["CommitEvent", "CommitListeners"]
+
+log = logging.getLogger("mktsframe.engine.commits")
+
+CommitOp = Literal["create", "write", "delete", "destroy"]
+
+
+@dataclass(frozen=True)
+class CommitEvent:
+    """One durable change to one bucket.
+
+    Attributes
+    ----------
+    op : {"create", "write", "delete", "destroy"}
+    key : str
+        Canonical bucket key, ``SYMBOL/TIMEFRAME/ATTRGROUP`` (aliases already resolved).
+    seq : int
+        Position of the change in this engine's commit order (strictly increasing per process).
+    batch : Batch or None
+        For ``write``: the rows as stored (index in int64 nanoseconds UTC, sorted, one row per
+        timestamp for fixed-timeframe buckets; columns in bucket order).
+    start, end : int or None
+        For ``delete``: the removed range in nanoseconds UTC, inclusive; ``None`` = unbounded.
+    """
+
+    op: CommitOp
+    key: str
+    seq: int
+    batch: Batch | None = None
+    start: int | None = None
+    end: int | None = None
+
+
+Listener = Callable[[CommitEvent], None]
+
+
+class CommitListeners:
+    """The registry of listeners of one engine; falsy while empty so the write path can skip work."""
+
+    def __init__(self) -> None:
+        self._listeners: tuple[Listener, ...] = ()
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._listeners)
+
+    def __len__(self) -> int:
+        return len(self._listeners)
+
+    def add(self, listener: Listener) -> Callable[[], None]:
+        """Register ``listener``; returns a function that unregisters it (idempotent)."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            with self._lock:
+                self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
+
+    def next_seq(self) -> int:
+        """Reserve the next sequence number (callers hold the engine's write lock)."""
+        self._seq += 1
+        return self._seq
+
+    def emit(self, event: CommitEvent) -> None:
+        for listener in self._listeners:  # a snapshot: add/remove during emit affects the next event
+            try:
+                listener(event)
+            except Exception:
+                log.exception("commit listener %r failed on %s %s", listener, event.op, event.key)
