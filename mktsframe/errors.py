@@ -11,6 +11,7 @@ __all__ = [
     "BucketExistsError",
     "BucketNotFoundError",
     "CorruptFileError",
+    "FunctionError",
     "InvalidKeyError",
     "LockedError",
     "MktsError",
@@ -52,3 +53,8 @@ class LockedError(MktsError):
 
 class ReadOnlyError(MktsError):
     """A write was attempted through a read-only connection."""
+
+
+class FunctionError(MktsError, ValueError):
+    """A query function (``candlecandler(...)``, ``count(*)``, a candle duration…) is malformed or
+    does not fit the data it is applied to."""

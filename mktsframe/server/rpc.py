@@ -40,6 +40,7 @@ from mktsframe.errors import (
     ReadOnlyError,
     SchemaMismatchError,
 )
+from mktsframe.functions import Call, apply_functions, parse_functions
 from mktsframe.keys import CATEGORY, parse_key
 from mktsframe.server import nmds
 from mktsframe.times import to_ns
@@ -93,6 +94,7 @@ class _QuerySpec:
     from_start: bool
     columns: list[str] | None
     native: bool
+    functions: list[Call]
 
 
 class RpcService:
@@ -246,9 +248,7 @@ class RpcService:
             raise _param_error(f"unsupported key_category {_brief(cat)} (only {CATEGORY!r})")
         if ":" not in dest and cat:
             dest = f"{dest}:{cat}"
-        functions = req.get("functions")
-        if functions:
-            raise MktsError(f"query functions are not supported yet: {_brief(functions, 200)}")
+        functions = parse_functions(req.get("functions") or [])  # bad calls fail before any data is read
         limit = req.get("limit_record_count")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise _param_error(f"limit_record_count must be a non-negative integer, got {_brief(limit)}")
@@ -272,6 +272,7 @@ class RpcService:
             from_start=from_start,
             columns=columns,
             native=native,
+            functions=functions,
         )
 
     def query(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +312,9 @@ class RpcService:
                 results = {}
                 for key, cols in wanted.items():
                     results.update(self._fetch(spec, key, cols))
+        if spec.functions:
+            # MarketStore runs the chain per bucket on the rows the query selected (after limit).
+            results = {key: apply_functions(batch, spec.functions) for key, batch in results.items()}
         groups: dict[tuple[tuple[str, str], ...], list[tuple[str, Batch]]] = {}
         for key, batch in results.items():
             sig = tuple((n, v.dtype.str) for n, v in batch.columns.items())

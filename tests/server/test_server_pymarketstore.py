@@ -239,8 +239,8 @@ def test_sql_and_functions_answer_not_supported(client: pymkts.Client, sym: str)
     with pytest.raises(Exception, match="SQL not supported yet"):
         client.sql("SELECT * FROM `AAPL/1Min/OHLCV`;")
     client.write(bars(["2024-01-02"]), f"{sym}/1Min/OHLCV")
-    with pytest.raises(Exception, match="functions are not supported yet"):
-        client.query(pymkts.Params(sym, "1Min", "OHLCV", functions=["AVG(Open)"]))
+    with pytest.raises(Exception, match="unknown function 'adjust'"):
+        client.query(pymkts.Params(sym, "1Min", "OHLCV", functions=["adjust('split')"]))
 
 
 def test_reply_timezone_localises_dataframes(server_factory) -> None:

@@ -1,0 +1,124 @@
+"""Query ``functions`` through the unmodified pymarketstore client against a live server.
+
+The data and expected values restate MarketStore's own integration tests (test_aggcandler,
+test_basic_aggfunc; MarketStore spec §12 items 16-17) plus weekly/monthly candles (#200).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pymarketstore as pymkts
+import pytest
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
+
+HOURLY = [("Epoch", "i8"), ("Open", "f4"), ("High", "f4"), ("Low", "f4"), ("Close", "f4"), ("Ask", "f4"),
+          ("Volume", "i8")]  # fmt: skip
+
+
+def ts(text: str) -> int:
+    return pd.Timestamp(text, tz="UTC").value // 10**9
+
+
+@pytest.fixture
+def client(live_server) -> pymkts.Client:
+    return pymkts.Client(live_server.rpc)
+
+
+@pytest.fixture
+def hourly(client: pymkts.Client, sym: str) -> str:
+    arr = np.zeros(4, dtype=HOURLY)
+    arr["Epoch"] = [ts(f"2024-01-02 0{h}:00") for h in range(4)]
+    arr["Open"], arr["High"], arr["Low"] = [20, 40, 60, 80], [40, 80, 120, 160], [10, 20, 30, 40]
+    arr["Close"], arr["Ask"], arr["Volume"] = [30, 60, 90, 120], [10, 30, 50, 70], [1, 2, 3, 4]
+    assert client.write(arr, f"{sym}/1H/OHLCV") == {"responses": None}
+    return sym
+
+
+def test_candlecandler_and_tickcandler(client: pymkts.Client, hourly: str) -> None:
+    def first(fn: str) -> pd.Series:
+        df = client.query(pymkts.Params(hourly, "1H", "OHLCV", functions=[fn])).first().df()
+        return df.iloc[0]
+
+    c2 = first("candlecandler('2H',Open,High,Low,Close)")
+    assert (c2.Open, c2.High, c2.Low, c2.Close) == (20, 80, 10, 60)
+    c4 = first("candlecandler('4H',Open,High,Low,Close)")
+    assert (c4.Open, c4.High, c4.Low, c4.Close) == (20, 160, 10, 120)
+    t2 = first("tickcandler('2H', Ask)")
+    assert (t2.Open, t2.High, t2.Low, t2.Close) == (10, 30, 10, 30)
+    reply = client.query(pymkts.Params(hourly, "1H", "OHLCV", functions=[
+        "candlecandler('2H',Open,High,Low,Close,Sum::Volume)"]))
+    ds = reply.first()
+    assert ds.key == f"{hourly}/1H/OHLCV"
+    assert ds.array.dtype.names == ("Epoch", "Open", "High", "Low", "Close", "Volume_SUM")
+    assert ds.array["Epoch"].tolist() == [ts("2024-01-02 00:00"), ts("2024-01-02 02:00")]
+    assert ds.array["Volume_SUM"].tolist() == [3.0, 7.0]
+
+
+def test_aggregates_apply_after_limit(client: pymkts.Client, sym: str) -> None:
+    arr = np.zeros(4, dtype=[("Epoch", "i8"), ("Example", "f4")])
+    t0 = ts("2024-01-02 00:00")
+    arr["Epoch"] = [t0, t0 + 10, t0 + 30, t0 + 60]
+    arr["Example"] = [2, 4, 6, 8]
+    client.write(arr, f"{sym}/1Sec/ORDERS")
+
+    def one(fn: str, **kw: object) -> np.ndarray:
+        return client.query(pymkts.Params(sym, "1Sec", "ORDERS", functions=[fn], **kw)).first().array
+
+    for limit, want in ((2, 3.0), (3, 4.0), (200, 5.0)):
+        assert one("AVG(Example)", limit=limit, limit_from_start=True)["Avg"].tolist() == [want]
+    assert one("AVG(Example)", limit=2)["Avg"].tolist() == [7.0]
+    assert one("MAX(Example)", limit=3, limit_from_start=True)["Max"].tolist() == [6.0]
+    assert one("MIN(Example)", limit=2)["Min"].tolist() == [6.0]
+    assert one("COUNT(*)", limit=3)["Count"].tolist() == [3]
+    for threshold, n in (("1Sec", 3), ("10Sec", 2), ("20Sec", 1), ("30Sec", 0)):
+        assert len(one(f"GAP('{threshold}')")) == n
+    gaps = one("GAP('10Sec')")
+    assert gaps["Epoch"].tolist() == [t0 + 10, t0 + 30]
+    assert gaps["End"].tolist() == [t0 + 30, t0 + 60]
+    assert gaps["Length"].tolist() == [20, 30]
+
+
+def test_weekly_and_monthly_candles_from_daily_bars(client: pymkts.Client, sym: str) -> None:
+    days = pd.date_range("2024-01-01", "2024-03-31", freq="D", tz="UTC")  # 2024-01-01 is a Monday
+    arr = np.zeros(len(days), dtype=[("Epoch", "i8"), ("Open", "f8"), ("High", "f8"), ("Low", "f8"),
+                                     ("Close", "f8"), ("Volume", "f8")])  # fmt: skip
+    arr["Epoch"] = days.as_unit("s").asi8
+    price = np.arange(len(days), dtype="f8")
+    arr["Open"], arr["High"], arr["Low"], arr["Close"], arr["Volume"] = price, price + 1, price - 1, price, 1.0
+    client.write(arr, f"{sym}/1D/OHLCV")
+    weekly = client.query(pymkts.Params(sym, "1D", "OHLCV", functions=[
+        "candlecandler('1W',Open,High,Low,Close,Sum::Volume)"])).first().df()
+    assert weekly.index[0] == pd.Timestamp("2024-01-01", tz="UTC")
+    assert (weekly.index.day_of_week == 0).all()
+    assert weekly["Volume_SUM"].iloc[0] == 7
+    assert weekly["Close"].iloc[0] == 6
+    assert weekly["High"].iloc[0] == 7
+    assert weekly["Open"].dtype == np.float64  # prices keep their type (MarketStore rounded them to f4)
+    monthly = client.query(pymkts.Params(sym, "1D", "OHLCV", functions=[
+        "candlecandler('1M',Open,High,Low,Close,Sum::Volume)"])).first().df()
+    assert list(monthly.index) == list(pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01"], utc=True))
+    assert monthly["Volume_SUM"].tolist() == [31, 29, 31]
+    assert monthly["Open"].tolist() == [0, 31, 60]
+
+
+def test_functions_on_several_symbols_and_chains(client: pymkts.Client, hourly: str, sym: str) -> None:
+    other = sym + "B"
+    arr = np.zeros(2, dtype=HOURLY)
+    arr["Epoch"] = [ts("2024-01-02 00:00"), ts("2024-01-02 05:00")]
+    client.write(arr, f"{other}/1H/OHLCV")
+    reply = client.query(pymkts.Params([hourly, other], "1H", "OHLCV", functions=[
+        "candlecandler('4H',Open,High,Low,Close)", "count(*)"]))
+    counts = {sym_: ds.array["Count"].tolist() for sym_, ds in reply.by_symbols().items()}
+    assert counts == {hourly: [1], other: [2]}
+
+
+def test_bad_functions_fail_the_query_clearly(client: pymkts.Client, hourly: str) -> None:
+    for fn, msg in (("candlecandler('5m',Open,High,Low,Close)", "ambiguous"),
+                    ("tickcandler('1H', Nope)", "no column 'Nope'"),
+                    ("median(Close)", "unknown function 'median'")):
+        with pytest.raises(Exception, match=msg):
+            client.query(pymkts.Params(hourly, "1H", "OHLCV", functions=[fn]))
+    # the data is untouched
+    assert len(client.query(pymkts.Params(hourly, "1H", "OHLCV")).first().df()) == 4
