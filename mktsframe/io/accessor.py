@@ -6,9 +6,13 @@ key a frame was read from lives in ``df.attrs["mkts_key"]``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 
 from mktsframe.backend import Backend
+from mktsframe.functions.candles import Reduction, candles
+from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.io.pandas import write_mkts
 
 __all__ = ["MktsAccessor", "ToMkts"]
@@ -24,6 +28,40 @@ class MktsAccessor:
     def key(self) -> str | None:
         """The bucket key this frame was read from, if any."""
         return self._df.attrs.get("mkts_key")
+
+    def candles(
+        self, timeframe: str, *, agg: Mapping[str, Reduction] | None = None, price: str | None = None
+    ) -> pd.DataFrame:
+        """Coarser candles of this frame of bars or ticks (one implementation with the server's).
+
+        Bars: Open = first, High = max, Low = min, Close = last, Volume (and Trades/Count) = sum,
+        matched case-insensitively; other columns are dropped unless ``agg`` names them
+        (``agg={"VWAP": "mean"}``, reductions ``first, last, max, min, sum, mean, count``).
+        Ticks (no bar columns): the ``price`` column (default ``Price``/``Last``/``Trade``) gives
+        Open/High/Low/Close and ``Size``/``Volume``/``Qty`` is summed into ``Volume``.
+
+        Windows are aligned in UTC: fixed durations on multiples since the epoch (``1D`` at
+        midnight UTC), ``W`` on Mondays, ``M`` on the 1st of the month, ``Y`` on 1 January.
+        Each candle is labelled by its window start; windows without rows give no candle.
+        A frame with a ``Symbol`` column (several buckets read at once) is aggregated per symbol.
+        """
+        df = self._df
+        labels = [c for c in ("Symbol", "Timeframe", "AttributeGroup") if c in df.columns]
+        if not labels:
+            return self._candles(df, timeframe, agg, price)
+        parts = []
+        for values, part in df.groupby(labels, sort=False):
+            out = self._candles(part.drop(columns=labels), timeframe, agg, price)
+            for j, (name, value) in enumerate(zip(labels, values if isinstance(values, tuple) else (values,),
+                                                   strict=True)):
+                out.insert(j, name, pd.Series(value, index=out.index, dtype=df[name].dtype))
+            parts.append(out)
+        return pd.concat(parts).sort_index(kind="stable")
+
+    @staticmethod
+    def _candles(df: pd.DataFrame, timeframe: str, agg: Mapping[str, Reduction] | None, price: str | None
+                 ) -> pd.DataFrame:  # fmt: skip
+        return batch_to_frame(candles(frame_to_batch(df), timeframe, agg=agg, price=price))
 
     def write(self, key: str | None = None, *, backend: Backend | None = None) -> None:
         """Store the frame in ``key`` (default: the key it was read from)."""

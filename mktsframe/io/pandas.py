@@ -9,6 +9,7 @@ import pandas as pd
 
 from mktsframe.backend import Backend, default_backend
 from mktsframe.errors import SchemaMismatchError
+from mktsframe.functions.resample import read_candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.times import TimeLike
 
@@ -23,6 +24,7 @@ def read_mkts(
     columns: Sequence[str] | None = None,
     limit: int | None = None,
     limit_from_start: bool = False,
+    timeframe: str | None = None,
     backend: Backend | None = None,
 ) -> pd.DataFrame:
     """Read bars from one or more buckets into a DataFrame.
@@ -38,6 +40,13 @@ def read_mkts(
         Columns to return (default: all).
     limit : int, optional
         Return only the last ``limit`` rows in the range, or the first with ``limit_from_start``.
+    timeframe : str, optional
+        Return candles of this duration (``'5Min'``, ``'1H'``, ``'1D'``, ``'1W'``, ``'1M'``…),
+        aggregated from the finest stored bucket of the key's symbol and attribute group whose
+        timeframe divides it (the key's own timeframe part is not used; write ``*``). ``start``/``end``
+        then select whole candles and ``limit`` counts candles. A
+        :class:`~mktsframe.errors.FunctionError` if no stored bucket is fine enough (MarketStore
+        silently read another timeframe instead). Column rules: :meth:`MktsAccessor.candles`.
     backend : Backend, optional
         Where to read; default: the root from ``MKTS_ROOT``, ``./mkts.yml`` or ``./data``.
 
@@ -55,14 +64,18 @@ def read_mkts(
         If a named bucket does not exist.
     """
     be = backend if backend is not None else default_backend()
-    results = be.query(
-        key,
-        start=start,
-        end=end,
-        columns=list(columns) if columns is not None else None,
-        limit=limit,
-        limit_from_start=limit_from_start,
-    )
+    if timeframe is not None:
+        results = read_candles(be, key, timeframe, start=start, end=end, columns=columns, limit=limit,
+                               limit_from_start=limit_from_start)  # fmt: skip
+    else:
+        results = be.query(
+            key,
+            start=start,
+            end=end,
+            columns=list(columns) if columns is not None else None,
+            limit=limit,
+            limit_from_start=limit_from_start,
+        )
     if len(results) == 1:
         (k, batch), = results.items()
         df = batch_to_frame(batch)

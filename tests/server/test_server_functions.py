@@ -122,3 +122,73 @@ def test_bad_functions_fail_the_query_clearly(client: pymkts.Client, hourly: str
             client.query(pymkts.Params(hourly, "1H", "OHLCV", functions=[fn]))
     # the data is untouched
     assert len(client.query(pymkts.Params(hourly, "1H", "OHLCV")).first().df()) == 4
+
+
+# -- the same implementation from Python: read_mkts(timeframe=) over the local engine and over HTTP --
+@pytest.fixture(params=["local", "http"])
+def backend(request: pytest.FixtureRequest, tmp_path):
+    import mktsframe
+
+    target = tmp_path / "data" if request.param == "local" else request.getfixturevalue("live_server").url
+    be = mktsframe.connect(target)
+    yield be
+    be.close()
+
+
+def minute_bars(start: str, n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100 + rng.standard_normal(n).cumsum()
+    idx = pd.date_range(start, periods=n, freq="1min", tz="UTC").as_unit("ns")
+    return pd.DataFrame({"Open": close + 0.1, "High": close + 1, "Low": close - 1, "Close": close,
+                         "Volume": rng.integers(1, 100, n)}, index=idx)  # fmt: skip
+
+
+def pandas_candles(df: pd.DataFrame, freq: str) -> pd.DataFrame:
+    r = df.resample(freq, closed="left", label="left")
+    out = r.agg({"Open": "first", "High": "max", "Low": "min", "Close": "last", "Volume": "sum"})
+    return out[r.size() > 0]
+
+
+def test_read_mkts_timeframe_aggregates_the_finest_bucket(backend, sym: str) -> None:
+    from mktsframe.errors import BucketNotFoundError, FunctionError
+
+    df = minute_bars("2024-01-02 09:30", 3 * 24 * 60)
+    df.to_mkts(f"{sym}/1Min/OHLCV", backend=backend)
+    # a coarser bucket holding different numbers must not be the source
+    stale = pandas_candles(df, "1h")
+    stale["Close"] = -1.0
+    stale.to_mkts(f"{sym}/1H/OHLCV", backend=backend)
+    got = pd.read_mkts(f"{sym}/1H/OHLCV", timeframe="4H", backend=backend)
+    want = pandas_candles(df, "4h")
+    np.testing.assert_array_equal(got.index.asi8, want.index.as_unit("ns").asi8)
+    np.testing.assert_allclose(got[["Open", "High", "Low", "Close"]].to_numpy(), want[["Open", "High", "Low", "Close"]])
+    assert got["Volume"].tolist() == want["Volume"].tolist()
+    assert got.attrs["mkts_key"] == f"{sym}/4H/OHLCV"
+    # bounds inside a candle select the whole candle; limit counts candles
+    part = pd.read_mkts(f"{sym}/*/OHLCV", "2024-01-03 01:30", "2024-01-03 06:10", timeframe="4H", backend=backend)
+    assert list(part.index) == list(pd.to_datetime(["2024-01-03 00:00", "2024-01-03 04:00"], utc=True))
+    assert part["Volume"].iloc[0] == want.loc["2024-01-03 00:00", "Volume"]
+    last2 = pd.read_mkts(f"{sym}/1Min/OHLCV", timeframe="1D", limit=2, backend=backend)
+    assert list(last2.index) == list(pd.to_datetime(["2024-01-04", "2024-01-05"], utc=True))
+    # no stored bucket fine enough: a clear error, not a silent substitute
+    pandas_candles(df, "1h").to_mkts(f"{sym}H/1H/OHLCV", backend=backend)
+    with pytest.raises(FunctionError, match=r"no stored timeframe divides 5Min \(stored: 1H\)"):
+        pd.read_mkts(f"{sym}H/1H/OHLCV", timeframe="5Min", backend=backend)
+    with pytest.raises(BucketNotFoundError):
+        pd.read_mkts(f"{sym}NONE/1Min/OHLCV", timeframe="5Min", backend=backend)
+
+
+def test_accessor_candles_equal_server_candles(client: pymkts.Client, sym: str) -> None:
+    df = minute_bars("2024-03-01", 2000, seed=4).astype({"Volume": "f8"})
+    arr = np.zeros(len(df), dtype=[("Epoch", "i8")] + [(c, "f8") for c in df.columns])
+    arr["Epoch"] = df.index.as_unit("s").asi8
+    for c in df.columns:
+        arr[c] = df[c].to_numpy()
+    client.write(arr, f"{sym}/1Min/OHLCV")
+    server = client.query(pymkts.Params(sym, "1Min", "OHLCV", functions=[
+        "candlecandler('15Min',Open,High,Low,Close,Sum::Volume)"])).first().df()
+    local = df.mkts.candles("15Min")
+    np.testing.assert_array_equal(server.index.as_unit("ns").asi8, local.index.asi8)
+    np.testing.assert_array_equal(server[["Open", "High", "Low", "Close"]].to_numpy(),
+                                  local[["Open", "High", "Low", "Close"]].to_numpy())
+    np.testing.assert_array_equal(server["Volume_SUM"].to_numpy(), local["Volume"].to_numpy())
