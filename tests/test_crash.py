@@ -96,12 +96,12 @@ def check_tree(root: Path, side: set[str]) -> None:
 
 
 class Child:
-    def __init__(self, root: Path, first: int, *args: str) -> None:
+    def __init__(self, root: Path, first: int, *args: str, writer: Path = WRITER) -> None:
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stderr = open(root.parent / f"stderr-{first}-{time.monotonic_ns()}.txt", "w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, str(WRITER), str(root), str(first), *args],
+            [sys.executable, str(writer), str(root), str(first), *args],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             text=True,

@@ -33,10 +33,14 @@ class Batch:
         int64 nanoseconds since the epoch, UTC, ascending for query results.
     columns : Mapping[str, numpy.ndarray]
         One array per column, each as long as ``index``, in bucket order.
+    variable_length : bool
+        ``True`` for rows of a tick (variable-length) bucket: ``index`` holds each record's exact
+        time, and equal timestamps may repeat (in arrival order). ``False``: bar starts, unique.
     """
 
     index: np.ndarray
     columns: Mapping[str, np.ndarray] = field(default_factory=dict)
+    variable_length: bool = False
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -64,8 +68,13 @@ class BucketInfo:
 class Backend(Protocol):
     """Storage operations on buckets addressed by ``SYMBOL/TIMEFRAME/ATTRGROUP`` keys."""
 
-    def write(self, key: str, batch: Batch) -> None:
-        """Store rows; a row at an existing bar replaces it. Creates the bucket if missing."""
+    def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
+        """Store rows. Creates the bucket if missing: a tick bucket if ``variable_length``.
+
+        Fixed buckets: a row at an existing bar replaces it. Tick buckets: rows are added at their
+        exact nanosecond, duplicates and late rows included. The flag only matters at creation (as
+        MarketStore's ``is_variable_length``): an existing bucket keeps its kind.
+        """
 
     def query(
         self,
@@ -77,8 +86,8 @@ class Backend(Protocol):
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        """Rows with ``start <= t <= end`` (ns, inclusive at bar granularity) for each bucket the
-        key names (comma lists and ``*`` allowed), in the order named.
+        """Rows with ``start <= t <= end`` (ns, inclusive at bar granularity; exact nanoseconds for
+        tick buckets) for each bucket the key names (comma lists and ``*`` allowed), in the order named.
 
         ``limit`` keeps the last N rows, or the first N with ``limit_from_start``.
         """
@@ -96,11 +105,13 @@ class Backend(Protocol):
         """Schema, extent and size of one bucket."""
         ...
 
-    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
-        """Create an empty bucket with columns ``[(name, wire_type), ...]`` (Epoch excluded)."""
+    def create(self, key: str, columns: Sequence[tuple[str, str]], *, variable_length: bool = False) -> None:
+        """Create an empty bucket with columns ``[(name, wire_type), ...]`` (Epoch excluded);
+        ``variable_length`` makes it a tick bucket."""
 
     def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
-        """Remove the rows in ``[start, end]`` (inclusive, ns); returns how many were removed."""
+        """Remove the rows in ``[start, end]`` (inclusive, ns; bar granularity for fixed buckets);
+        returns how many were removed."""
         ...
 
     def destroy(self, key: str) -> None:

@@ -105,8 +105,10 @@ class HTTPBackend:
         return out
 
     # -- Backend --------------------------------------------------------------------------------
-    def write(self, key: str, batch: Batch) -> None:
+    def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
         """Store rows (index ns → wire Epoch seconds, floored as the engine does)."""
+        if variable_length:
+            raise MktsError("tick (variable-length) writes over HTTP are not supported yet")
         index = np.asarray(batch.index)
         if index.dtype != np.int64 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
@@ -182,8 +184,10 @@ class HTTPBackend:
             disk_bytes=int(m["disk_bytes"]),
         )
 
-    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+    def create(self, key: str, columns: Sequence[tuple[str, str]], *, variable_length: bool = False) -> None:
         """Create an empty bucket; idempotent for the same schema, as on the local engine."""
+        if variable_length:
+            raise MktsError("tick (variable-length) buckets over HTTP are not supported yet")
         cols = list(columns)
         req = {
             "key": key if ":" in key else f"{key}:{CATEGORY}",

@@ -89,9 +89,9 @@ class LocalBackend:
         if self._read_only:
             raise ReadOnlyError(f"{self.engine.root} is open read-only; writes are refused")
 
-    def write(self, key: str, batch: Batch) -> None:
+    def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
         self._check_writable()
-        self.engine.write(key, batch)
+        self.engine.write(key, batch, variable_length=variable_length)
 
     def query(
         self,
@@ -118,9 +118,9 @@ class LocalBackend:
     def info(self, key: str) -> BucketInfo:
         return self.engine.info(key)
 
-    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+    def create(self, key: str, columns: Sequence[tuple[str, str]], *, variable_length: bool = False) -> None:
         self._check_writable()
-        self.engine.create(key, columns)
+        self.engine.create(key, columns, variable_length=variable_length)
 
     def delete(self, key: str, *, start: TimeLike = None, end: TimeLike = None) -> int:
         self._check_writable()

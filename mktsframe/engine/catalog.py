@@ -17,6 +17,7 @@ from typing import Any
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
+from mktsframe.engine.tick_file import TickStore
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError
 from mktsframe.keys import TimeBucketKey, parse_key
@@ -27,8 +28,17 @@ META_NAME = "bucket.json"
 FORMAT = "mktsframe-bucket"
 
 
-def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema) -> None:
-    """Create the bucket directory and its metadata atomically (temp file, rename, fsync)."""
+RECORD_TYPES = ("fixed", "variable")
+
+
+def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema, record_type: str = "fixed") -> None:
+    """Create the bucket directory and its metadata atomically (temp file, rename, fsync).
+
+    ``record_type`` is ``"fixed"`` (one row per bar, year files) or ``"variable"`` (ticks: any number
+    of rows per interval at exact nanoseconds, day partitions; see :mod:`.tick_file`).
+    """
+    if record_type not in RECORD_TYPES:
+        raise ValueError(f"record type must be one of {RECORD_TYPES}, got {record_type!r}")
     directory.mkdir(parents=True, exist_ok=True, mode=0o770)
     meta = {
         "format": FORMAT,
@@ -36,7 +46,7 @@ def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema) -> No
         "key": key.item_key,
         "timeframe": key.timeframe.name,
         "timeframe_seconds": key.timeframe.seconds,
-        "record_type": "fixed",
+        "record_type": record_type,
         "columns": [[n, t] for n, t in schema],
     }
     write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode())
@@ -55,6 +65,8 @@ def read_bucket_meta(directory: Path) -> dict[str, Any] | None:
         if meta.get("format") != FORMAT:
             raise ValueError("format")
         meta["schema"] = tuple((str(n), str(t)) for n, t in meta["columns"])
+        if meta.setdefault("record_type", "fixed") not in RECORD_TYPES:
+            raise ValueError(f"record_type {meta['record_type']!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(f"{directory / META_NAME}: unreadable bucket metadata ({exc})") from None
     return meta
@@ -91,6 +103,11 @@ class Bucket:
         self.dtypes = {n: dtype_of(t) for n, t in self.schema}
         self.timeframe = key.timeframe.seconds
         self.writable = writable
+        self.record_type: str = meta["record_type"]
+        #: The tick partitions of a variable-length bucket (``None`` for fixed buckets).
+        self.ticks: TickStore | None = None
+        if self.record_type == "variable":
+            self.ticks = TickStore(directory, key.item_key, self.schema, writable)
         self._years: dict[int, YearFile] = {}
         #: The year file of the latest write: appends land there again, skipping calendar maths.
         self.last_written: YearFile | None = None
@@ -139,6 +156,8 @@ class Bucket:
 
     def close(self) -> None:
         self.last_written = None
+        if self.ticks is not None:
+            self.ticks.close()
         for yf in self._years.values():
             yf.close()
         self._years.clear()

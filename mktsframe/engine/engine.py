@@ -31,6 +31,7 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
 from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import (
@@ -158,7 +159,7 @@ class Engine:
             if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
                 continue  # erased by a later destroy of the same key
             try:
-                self._apply(rec.meta, rec.arrays())
+                self._apply(rec.meta, rec.arrays(), seq=rec.seq, replay=True)
             except (MktsError, OSError, ValueError) as exc:
                 msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
                 log.error(msg)
@@ -232,6 +233,8 @@ class Engine:
             for b in self._buckets.values():
                 for yf in b.open_years():
                     yf.flush()
+                if b.ticks is not None:
+                    b.ticks.checkpoint()
         wal.write_checkpoint(wal.written_seq)
         self._checkpoints += 1
         self._last_checkpoint = time.monotonic()
@@ -297,23 +300,37 @@ class Engine:
         return [self._require(k) for k in named]
 
     # -- writes ---------------------------------------------------------------------------------
-    def create(self, key: str, columns: Sequence[tuple[str, str]]) -> None:
+    def create(self, key: str, columns: Sequence[tuple[str, str]], *, variable_length: bool = False) -> None:
+        """Create an empty bucket (a tick bucket if ``variable_length``); idempotent for the same schema."""
         k = parse_key(key)
-        schema = validate_schema(columns)
+        schema = _validate_schema(columns, variable_length)
+        record_type = "variable" if variable_length else "fixed"
         with self._write_lock:
             self._require_writable()
             existing = self._bucket(k)
             if existing is not None:
-                if existing.schema != schema:
+                if existing.schema != schema or existing.record_type != record_type:
                     raise BucketExistsError(
-                        f"bucket {k.item_key!r} exists with columns {list(existing.schema)}, not {list(schema)}"
+                        f"bucket {k.item_key!r} exists ({existing.record_type}) with columns "
+                        f"{list(existing.schema)}, not ({record_type}) {list(schema)}"
                     )
                 return
-            self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
-            self._announce("create", k.item_key)
+            self._log_create(k, schema, record_type)
 
-    def write(self, key: str, batch: Batch) -> None:
-        """Store ``batch`` (index in ns UTC); a bar at an existing timestamp is replaced."""
+    def _log_create(self, k: TimeBucketKey, schema: tuple[tuple[str, str], ...], record_type: str) -> None:
+        meta: dict[str, Any] = {"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]}
+        if record_type != "fixed":
+            meta["record_type"] = record_type
+        self._log(meta)
+        self._announce("create", k.item_key)
+
+    def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
+        """Store ``batch`` (index in ns UTC).
+
+        Fixed buckets: a bar at an existing timestamp is replaced. Tick buckets (created with
+        ``variable_length=True``; the flag is ignored for existing buckets): rows are added at their
+        exact nanosecond, after any rows already stored at the same time.
+        """
         k = parse_key(key)
         self._require_writable()
         if not isinstance(batch, Batch):
@@ -332,12 +349,17 @@ class Engine:
             if bucket is None:
                 if n == 0:
                     return
-                schema = validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()])
-                self._log({"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]})
-                self._announce("create", k.item_key)
+                schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
+                self._log_create(k, schema, "variable" if variable_length else "fixed")
                 bucket = self._require(k)
             arrays = _conform(bucket, cols)
             if n == 0:
+                return
+            if bucket.ticks is not None:
+                ns, arrays = sort_ticks(index, arrays)
+                self._log({"op": "write", "key": k.item_key}, [ns, *arrays])
+                stored = Batch(ns, dict(zip(bucket.names, arrays, strict=True)), True) if self.commits else None
+                self._announce("write", k.item_key, batch=stored)
                 return
             secs, arrays = _normalise(index, arrays, bucket.timeframe)
             self._log({"op": "write", "key": k.item_key}, [secs, *arrays])
@@ -345,13 +367,18 @@ class Engine:
             self._announce("write", k.item_key, batch=stored)
 
     def delete(self, key: str, *, start: int | None = None, end: int | None = None) -> int:
-        """Remove bars in ``[start, end]`` (ns, inclusive at bar granularity); returns the count."""
+        """Remove rows in ``[start, end]`` (ns, inclusive at bar granularity; exact for tick
+        buckets); returns the count."""
         k = parse_key(key)
         with self._write_lock:
             self._require_writable()
             b = self._require(k)
-            s, e = _bar_range(start, end, b.timeframe)
-            removed = int(self._log({"op": "delete", "key": k.item_key, "start": s, "end": e}) or 0)
+            if b.ticks is not None:
+                meta = {"op": "delete", "key": k.item_key, "start_ns": _int_or_none(start), "end_ns": _int_or_none(end)}
+            else:
+                s, e = _bar_range(start, end, b.timeframe)
+                meta = {"op": "delete", "key": k.item_key, "start": s, "end": e}
+            removed = int(self._log(meta) or 0)
             self._announce("delete", k.item_key, start=start, end=end)
             return removed
 
@@ -374,23 +401,27 @@ class Engine:
         assert wal is not None
         if self.wal_bypass:
             return self._apply(meta, list(arrays))
-        wal.append(meta, arrays)
+        seq = wal.append(meta, arrays)
         if not self.background_sync:
             wal.sync()
-        result = self._apply(meta, list(arrays))
+        result = self._apply(meta, list(arrays), seq=seq)
         if wal.bytes_since_checkpoint > self._wal_max_bytes:
             self._checkpoint(rotate=True)
         return result
 
     # -- applying (live and replay) -------------------------------------------------------------
-    def _apply(self, meta: dict[str, Any], arrays: list[np.ndarray]) -> Any:
+    def _apply(
+        self, meta: dict[str, Any], arrays: list[np.ndarray], seq: int | None = None, replay: bool = False
+    ) -> Any:
+        """Apply one logged operation. ``seq`` is its WAL sequence number (``None`` with
+        ``wal_bypass``): tick buckets record it, so a ``replay`` never applies a record twice."""
         op = meta["op"]
         k = parse_key(meta["key"])
         with self._apply_lock:
             if op == "create":
                 if self._bucket(k) is None:
                     schema = tuple((str(n), str(t)) for n, t in meta["columns"])
-                    write_bucket_meta(self.root.joinpath(*k.parts), k, schema)
+                    write_bucket_meta(self.root.joinpath(*k.parts), k, schema, meta.get("record_type", "fixed"))
                 return None
             if op == "destroy":
                 self._apply_destroy(k)
@@ -398,10 +429,15 @@ class Engine:
             b = self._bucket(k)
             if b is None:
                 raise BucketNotFoundError(f"no bucket {k.item_key!r}")
-            if op == "write":
+            if b.ticks is not None:  # a tick bucket: its own storage (tick_file.py)
+                if op == "write":
+                    return b.ticks.write(arrays[0], arrays[1:], seq=seq, replay=replay)
+                if op == "delete":
+                    return b.ticks.delete(meta.get("start_ns"), meta.get("end_ns"), seq=seq, replay=replay)
+            elif op == "write":
                 self._apply_write(b, arrays[0], arrays[1:])
                 return None
-            if op == "delete":
+            elif op == "delete":
                 return self._apply_delete(b, meta["start"], meta["end"])
         raise MktsError(f"unknown WAL operation {op!r}")
 
@@ -493,6 +529,11 @@ class Engine:
             if unknown:
                 raise SchemaMismatchError(f"bucket {b.key.item_key!r} has no column(s) {unknown}; it has {b.names}")
             names = [c for c in names if c != "Epoch"]
+        if b.ticks is not None:
+            with self._apply_lock:
+                self._still_there(b)
+                ns, cols = b.ticks.query(start, end, names, limit, from_start)
+            return Batch(ns, cols, True)
         s, e = _bar_range(start, end, b.timeframe)
         years = b.year_range(s, e) if limit != 0 else []
         if limit is not None and not from_start:
@@ -544,7 +585,9 @@ class Engine:
         years = b.years()
         with self._apply_lock:
             self._still_there(b)
-            for year in years:
+            if b.ticks is not None:  # exact nanoseconds already
+                rows, first, last, disk, years = b.ticks.summary()
+            for year in years if b.ticks is None else ():
                 yf = b.year_file(year)
                 if yf is None:
                     continue
@@ -552,20 +595,24 @@ class Engine:
                 disk += yf.disk_usage()
                 bounds = yf.bounds()
                 if bounds is not None:
-                    first = bounds[0] if first is None else first
-                    last = bounds[1]
+                    first = bounds[0] * NS if first is None else first
+                    last = bounds[1] * NS
         return BucketInfo(
             key=b.key.item_key,
             timeframe=b.key.timeframe.name,
             timeframe_seconds=b.timeframe,
-            record_type="fixed",
+            record_type=b.record_type,
             columns=b.schema,
             years=tuple(years),
             rows=rows,
-            first=None if first is None else first * NS,
-            last=None if last is None else last * NS,
+            first=first,
+            last=last,
             disk_bytes=disk,
         )
+
+
+def _int_or_none(v: int | None) -> int | None:
+    return None if v is None else int(v)
 
 
 def _year_of(epoch_s: int) -> int:
@@ -577,6 +624,17 @@ def _bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None,
     s = None if start is None else (int(start) // NS) // tf * tf
     e = None if end is None or int(end) >= _I64_MAX else (int(end) // NS) // tf * tf
     return s, e
+
+
+def _validate_schema(columns: Sequence[tuple[str, str]], variable_length: bool) -> tuple[tuple[str, str], ...]:
+    """:func:`validate_schema`; a tick bucket's time is its index, so ``Nanoseconds`` is reserved there."""
+    schema = validate_schema(columns)
+    if variable_length and any(n == "Nanoseconds" for n, _ in schema):
+        raise SchemaMismatchError(
+            "'Nanoseconds' is not a column of a tick bucket: the index holds each tick's exact nanosecond "
+            "(over the wire, MarketStore's Nanoseconds column is folded into it)"
+        )
+    return schema
 
 
 def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -63,22 +63,27 @@ class MktsAccessor:
                  ) -> pd.DataFrame:  # fmt: skip
         return batch_to_frame(candles(frame_to_batch(df), timeframe, agg=agg, price=price))
 
-    def write(self, key: str | None = None, *, backend: Backend | None = None) -> None:
-        """Store the frame in ``key`` (default: the key it was read from)."""
+    def write(
+        self, key: str | None = None, *, variable_length: bool = False, backend: Backend | None = None
+    ) -> None:
+        """Store the frame in ``key`` (default: the key it was read from); see :func:`write_mkts`."""
         target = key or self.key
         if target is None:
             raise ValueError("no key given and the frame was not read from mktsframe")
-        write_mkts(self._df, target, backend=backend)
+        write_mkts(self._df, target, variable_length=variable_length, backend=backend)
 
 
 class ToMkts:
-    """``df.to_mkts(key)``: the same as :func:`mktsframe.write_mkts` (pandas-flavor pattern)."""
+    """``df.to_mkts(key)``: the same as :func:`mktsframe.write_mkts` (pandas-flavor pattern).
+
+    ``df.to_mkts(key, variable_length=True)`` stores ticks (any number per interval, exact ns).
+    """
 
     def __init__(self, df: pd.DataFrame) -> None:
         self._df = df
 
-    def __call__(self, key: str, *, backend: Backend | None = None) -> None:
-        write_mkts(self._df, key, backend=backend)
+    def __call__(self, key: str, *, variable_length: bool = False, backend: Backend | None = None) -> None:
+        write_mkts(self._df, key, variable_length=variable_length, backend=backend)
 
 
 def register() -> None:

@@ -22,8 +22,12 @@ _NS = 1_000_000_000
 _UNIT_TO_NS = {"s": _NS, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
-def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
-    """The rows of ``df`` as a :class:`Batch` (index in ns UTC, columns as numpy arrays)."""
+def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC", nanoseconds_column: bool = False) -> Batch:
+    """The rows of ``df`` as a :class:`Batch` (index in ns UTC, columns as numpy arrays).
+
+    ``nanoseconds_column``: a frame timed by an integer ``Epoch`` column (seconds) takes the
+    sub-second part from its ``Nanoseconds`` column, as pymarketstore's tick frames carry it.
+    """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     idx = df.index
@@ -41,6 +45,12 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
             raise SchemaMismatchError(f"the Epoch column must hold integer epoch seconds, not {epoch.dtype}")
         ns = epoch.astype(np.int64) * _NS
         columns.remove("Epoch")
+        if nanoseconds_column and "Nanoseconds" in names:
+            nanos = df["Nanoseconds"].to_numpy()
+            if nanos.dtype.kind not in "iu" or (nanos.size and (nanos.min() < 0 or nanos.max() >= _NS)):
+                raise SchemaMismatchError("the Nanoseconds column must hold integers in [0, 999999999]")
+            ns = ns + nanos.astype(np.int64)
+            columns.remove("Nanoseconds")
     else:
         raise SchemaMismatchError(
             "the frame needs a DatetimeIndex (or an integer 'Epoch' column of epoch seconds) to be stored"
@@ -49,7 +59,7 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC") -> Batch:
         raise SchemaMismatchError(f"duplicate column names in {names}")
     cols: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
-        if name == "Epoch" and "Epoch" not in columns:
+        if name in ("Epoch", "Nanoseconds") and name not in columns:
             continue
         if not isinstance(name, str):
             raise SchemaMismatchError(f"column names must be strings, got {name!r}")

@@ -53,7 +53,8 @@ def read_mkts(
     Returns
     -------
     pandas.DataFrame
-        Indexed by a UTC ``DatetimeIndex`` named ``Epoch`` (ns). When the key names several
+        Indexed by a UTC ``DatetimeIndex`` named ``Epoch`` (ns; for a tick bucket each tick's exact
+        time, with repeated timestamps in arrival order). When the key names several
         buckets, one frame holding them all, with a ``Symbol`` column first (and ``Timeframe``
         / ``AttributeGroup`` columns if those vary), sorted by time then by the order named.
         An empty range gives an empty frame with the bucket's columns and dtypes.
@@ -116,13 +117,21 @@ def _combine(results: dict[str, object]) -> pd.DataFrame:
     return out
 
 
-def write_mkts(df: pd.DataFrame, key: str, *, backend: Backend | None = None) -> None:
+def write_mkts(
+    df: pd.DataFrame, key: str, *, variable_length: bool = False, backend: Backend | None = None
+) -> None:
     """Store a DataFrame's rows in the bucket ``key`` (created from the frame if missing).
 
-    A row at a bar that already holds data replaces it, and rows in one call that fall in the
-    same bar keep the last. The bucket's schema is fixed at creation: other columns raise
+    Fixed buckets (the default): a row at a bar that already holds data replaces it, and rows in
+    one call that fall in the same bar keep the last. Tick buckets (``variable_length=True`` when
+    the bucket is created; an existing bucket keeps its kind): every row is kept at its exact
+    nanosecond, duplicate and late timestamps included, rows at equal times in arrival order. A
+    pymarketstore-style frame with integer ``Epoch`` seconds and a ``Nanoseconds`` column has the
+    two combined into each tick's time.
+
+    The bucket's schema is fixed at creation: other columns raise
     :class:`~mktsframe.errors.SchemaMismatchError`; numeric values are converted to the bucket's
     type only when nothing is lost (floats into an ``f4`` column are rounded, as MarketStore does).
     """
     be = backend if backend is not None else default_backend()
-    be.write(key, frame_to_batch(df))
+    be.write(key, frame_to_batch(df, nanoseconds_column=variable_length), variable_length=variable_length)

@@ -1,0 +1,554 @@
+"""Tick (variable-length) buckets: any number of records per interval, each at its exact nanosecond.
+
+A tick bucket keeps one *partition file* per UTC day that holds ticks,
+``root/SYMBOL/TIMEFRAME/ATTRGROUP/YYYYMMDD.tick``. Inside, rows are sorted by time, and rows with the
+same timestamp stay in arrival order; times are stored as int64 **nanoseconds since the epoch, UTC**,
+so they come back exactly (MarketStore packed them into 32-bit fractions of the interval and lost
+precision, its issue #197). The bucket's timeframe is only a label here: it does not round anything.
+
+Like a year file, a partition is laid out by column (a time region, then one region per column, each
+``capacity`` rows, page aligned, sparse until written) so an hour of ticks is one binary search and one
+slice per column. The exact layout is in ``docs/format.md``.
+
+Crash safety, with the write-ahead log doing the durable part:
+
+* **Appends** (ticks at or after the partition's last one, the common case) write the rows past the
+  committed row count, then publish them by writing the *inactive* one of two checksummed commit slots
+  (row count and the WAL sequence number of the last record applied). A kill before that leaves the
+  rows invisible; a torn slot fails its checksum and the previous slot still holds. Readers never see
+  half an append.
+* **Everything else** (late or out-of-order ticks, deletes, growth past the capacity) is a
+  copy-on-write of the partition: the merged rows go to a temporary file that is ``fsync``'d and
+  renamed over the old one. A range rewrite therefore never leaves garbage behind (MarketStore
+  appended rewritten interval blobs at the end of the file and never reclaimed the old ones).
+* **Replay never duplicates**: each partition records the sequence number of the last WAL record it
+  holds, and replay skips records already there. A slot also keeps the *durable* state (as of the
+  last checkpoint, after ``msync``); when recovery first opens a partition it rolls it back to that
+  state, so the records after it are re-applied exactly once even if the machine lost pages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import crc32c
+import numpy as np
+
+from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.engine.durable import fsync_dir
+from mktsframe.errors import CorruptFileError
+
+__all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
+
+MAGIC = b"MKTSTICK"
+FORMAT_VERSION = 1
+PAGE = 4096
+DAY_NS = 86_400 * 1_000_000_000
+SUFFIX = ".tick"
+#: magic, version, header_size, meta_len, meta_crc32 (zlib)
+_HEAD = struct.Struct("<8sIIII")
+#: gen, nrows, seq, durable_nrows, durable_seq, then a CRC-32C of those 40 bytes
+_SLOT = struct.Struct("<QqQqQ")
+_SLOT_SIZE = 48
+_SLOT_OFFSETS = (64, 112)
+_META_OFFSET = 160
+MIN_CAPACITY = 1024
+
+
+def _round_up(n: int, to: int = PAGE) -> int:
+    return (n + to - 1) // to * to
+
+
+def _capacity_for(rows: int) -> int:
+    return max(MIN_CAPACITY, 1 << max(0, int(rows - 1).bit_length()))
+
+
+def sort_ticks(ns: np.ndarray, arrays: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rows ordered by time; rows with equal timestamps keep their order (a stable sort)."""
+    if ns.size > 1 and not (ns[1:] >= ns[:-1]).all():
+        order = np.argsort(ns, kind="stable")
+        return ns[order], [a[order] for a in arrays]
+    return ns, arrays
+
+
+def day_name(day: int) -> str:
+    """``YYYYMMDD`` of a day number (days since 1970-01-01, UTC)."""
+    return str(np.datetime64(day, "D")).replace("-", "")
+
+
+def _day_of_name(stem: str) -> int | None:
+    if len(stem) != 8 or not stem.isdigit():
+        return None
+    try:
+        return int(np.datetime64(f"{stem[:4]}-{stem[4:6]}-{stem[6:]}", "D").astype(np.int64))
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _State:
+    gen: int
+    nrows: int
+    seq: int
+    durable_nrows: int
+    durable_seq: int
+
+
+class TickPartition:
+    """One day of one tick bucket, memory-mapped. Not thread-safe: the engine serialises access."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], state: _State, mm: mmap.mmap, writable: bool) -> None:
+        self.path = path
+        self.meta = meta
+        self.day: int = meta["day"]
+        self.capacity: int = meta["capacity"]
+        self.schema: Schema = tuple((c["name"], c["type"]) for c in meta["columns"])
+        self.state = state
+        self.writable = writable
+        self.dirty = False
+        self._mm = mm
+        self.ns = np.ndarray((self.capacity,), np.int64, buffer=mm, offset=meta["ns_offset"])
+        self.columns: dict[str, np.ndarray] = {
+            c["name"]: np.ndarray((self.capacity,), dtype_of(c["type"]), buffer=mm, offset=c["offset"])
+            for c in meta["columns"]
+        }
+
+    # -- creation and opening -------------------------------------------------------------------
+    @staticmethod
+    def _meta(key: str, day: int, schema: Schema, capacity: int) -> tuple[dict[str, Any], int, int]:
+        meta: dict[str, Any] = {
+            "format": "mktsframe-tick",
+            "version": FORMAT_VERSION,
+            "key": key,
+            "record_type": "variable",
+            "day": day,
+            "day_start_ns": day * DAY_NS,
+            "capacity": capacity,
+            "columns": [{"name": n, "type": t} for n, t in schema],
+        }
+        header_size = _round_up(_META_OFFSET + len(json.dumps(meta).encode()) + 64 * (len(schema) + 2))
+        pos = header_size
+        meta["ns_offset"] = pos
+        pos += _round_up(capacity * 8)
+        for col, (_, t) in zip(meta["columns"], schema, strict=True):
+            col["offset"] = pos
+            pos += _round_up(capacity * dtype_of(t).itemsize)
+        meta["file_size"] = pos
+        return meta, header_size, pos
+
+    @classmethod
+    def write_new(
+        cls,
+        path: Path,
+        key: str,
+        day: int,
+        schema: Schema,
+        ns: np.ndarray,
+        columns: list[np.ndarray],
+        seq: int,
+    ) -> TickPartition:
+        """Write a whole partition to a temporary file, ``fsync`` it and rename it into place.
+
+        Used for new partitions and for every change that is not an append, so the old file stays
+        intact until the new one is complete and durable (it may hold rows from before the last
+        checkpoint, which the log can no longer restore).
+        """
+        n = int(ns.size)
+        meta, header_size, size = cls._meta(key, day, schema, _capacity_for(n))
+        blob = json.dumps(meta, separators=(",", ":")).encode()
+        header = bytearray(header_size)
+        _HEAD.pack_into(header, 0, MAGIC, FORMAT_VERSION, header_size, len(blob), zlib.crc32(blob))
+        state = _State(1, n, seq, n, seq)  # durable as soon as it is renamed into place
+        _pack_slot(header, _SLOT_OFFSETS[1], state)
+        header[_META_OFFSET : _META_OFFSET + len(blob)] = blob
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            parts: list[tuple[int, np.ndarray]] = [(0, np.frombuffer(bytes(header), np.uint8))]
+            if n:
+                parts.append((meta["ns_offset"], ns))
+                for col, arr in zip(meta["columns"], columns, strict=True):
+                    parts.append((col["offset"], arr))
+            for off, arr in parts:
+                buf = memoryview(np.ascontiguousarray(arr)).cast("B")
+                done = 0
+                while done < len(buf):
+                    done += os.pwrite(fd, buf[done:], off + done)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return cls.open(path, writable=True)
+
+    @classmethod
+    def open(cls, path: Path, *, writable: bool) -> TickPartition:
+        """Open and validate a partition file (header checksum, commit slots, size)."""
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        try:
+            head = os.pread(fd, PAGE, 0)
+            if len(head) < _META_OFFSET or head[:8] != MAGIC:
+                raise CorruptFileError(f"{path}: not a mktsframe tick file (bad magic number)")
+            _, version, header_size, meta_len, crc = _HEAD.unpack_from(head)
+            if version != FORMAT_VERSION:
+                raise CorruptFileError(f"{path}: unsupported tick format version {version}")
+            if not (_META_OFFSET + meta_len <= header_size <= (1 << 20)):
+                raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len})")
+            blob = os.pread(fd, meta_len, _META_OFFSET)
+            if len(blob) != meta_len or zlib.crc32(blob) != crc:
+                raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
+            meta = json.loads(blob)
+            size = os.fstat(fd).st_size
+            if size < meta["file_size"]:
+                raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {meta['file_size']})")
+            state = _read_slots(head, path)
+            if not 0 <= state.durable_nrows <= state.nrows <= meta["capacity"]:
+                raise CorruptFileError(f"{path}: commit slot holds an impossible row count {state.nrows}")
+            mm = mmap.mmap(fd, meta["file_size"], access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        return cls(path, meta, state, mm, writable)
+
+    def close(self) -> None:
+        self.ns = None  # type: ignore[assignment]
+        self.columns = {}
+        with contextlib.suppress(BufferError):  # a view is still referenced: the GC will unmap it
+            self._mm.close()
+
+    # -- state ----------------------------------------------------------------------------------
+    @property
+    def nrows(self) -> int:
+        return self.state.nrows
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last WAL record whose effects this partition holds (0: none)."""
+        return self.state.seq
+
+    def _commit(self, state: _State) -> None:
+        """Publish ``state`` in the inactive slot: one small store, checksummed, so a kill either
+        leaves the previous slot in force or the new one complete."""
+        state.gen = self.state.gen + 1
+        _pack_slot(self._mm, _SLOT_OFFSETS[state.gen % 2], state)
+        self.state = state
+        self.dirty = True
+
+    def roll_back_to_durable(self) -> bool:
+        """Forget rows published after the last checkpoint (recovery re-applies them from the log)."""
+        s = self.state
+        if s.nrows == s.durable_nrows and s.seq == s.durable_seq:
+            return False
+        self._commit(_State(0, s.durable_nrows, s.durable_seq, s.durable_nrows, s.durable_seq))
+        return True
+
+    def checkpoint(self) -> None:
+        """``msync`` the rows, then record the published state as durable (and ``msync`` that)."""
+        if not self.dirty:
+            return
+        self._mm.flush()
+        s = self.state
+        if s.durable_nrows != s.nrows or s.durable_seq != s.seq:
+            self._commit(_State(0, s.nrows, s.seq, s.nrows, s.seq))
+            self._mm.flush(0, PAGE)
+        self.dirty = False
+
+    # -- rows -----------------------------------------------------------------------------------
+    def append(self, ns: np.ndarray, columns: list[np.ndarray], seq: int | None) -> None:
+        """Add rows after the last one (caller checks order and capacity)."""
+        n0, k = self.state.nrows, int(ns.size)
+        self.ns[n0 : n0 + k] = ns
+        for (name, _), arr in zip(self.schema, columns, strict=True):
+            self.columns[name][n0 : n0 + k] = arr
+        s = self.state
+        self._commit(_State(0, n0 + k, s.seq if seq is None else seq, s.durable_nrows, s.durable_seq))
+
+    def can_append(self, first_ns: int, k: int) -> bool:
+        n = self.state.nrows
+        return n + k <= self.capacity and (n == 0 or first_ns >= int(self.ns[n - 1]))
+
+    def rows(self, lo: int, hi: int, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Copies of rows ``[lo, hi)``: the time column and the columns named."""
+        return self.ns[lo:hi].copy(), {n: self.columns[n][lo:hi].copy() for n in names}
+
+    def search(self, start: int | None, end: int | None) -> tuple[int, int]:
+        """Row range ``[lo, hi)`` with ``start <= t <= end`` (ns, both inclusive; ``None``: open)."""
+        n = self.state.nrows
+        ns = self.ns[:n]
+        lo = 0 if start is None else int(np.searchsorted(ns, start, side="left"))
+        hi = n if end is None else int(np.searchsorted(ns, end, side="right"))
+        return lo, max(lo, hi)
+
+    def disk_usage(self) -> int:
+        return os.stat(self.path).st_blocks * 512
+
+
+def _pack_slot(buf: Any, offset: int, s: _State) -> None:
+    body = _SLOT.pack(s.gen, s.nrows, s.seq, s.durable_nrows, s.durable_seq)
+    buf[offset : offset + _SLOT_SIZE] = body + struct.pack("<II", crc32c.crc32c(body), 0)
+
+
+def _read_slots(head: bytes, path: Path) -> _State:
+    best: _State | None = None
+    for off in _SLOT_OFFSETS:
+        body = head[off : off + _SLOT.size]
+        (crc,) = struct.unpack_from("<I", head, off + _SLOT.size)
+        if crc32c.crc32c(body) != crc:
+            continue
+        s = _State(*_SLOT.unpack(body))
+        if s.gen and (best is None or s.gen > best.gen):
+            best = s
+    if best is None:
+        raise CorruptFileError(f"{path}: no valid commit slot; the file is corrupt and will not be served")
+    return best
+
+
+class TickStore:
+    """The partitions of one tick bucket: writes, deletes and reads by nanosecond range.
+
+    The writer process keeps partitions open; a read-only process opens them per query (a writer in
+    another process replaces a partition by renaming, which an open mapping would not see).
+    """
+
+    def __init__(self, directory: Path, key: str, schema: Schema, writable: bool) -> None:
+        self.dir = directory
+        self.key = key
+        self.schema = schema
+        self.names = [n for n, _ in schema]
+        self.writable = writable
+        self._open: dict[int, TickPartition] = {}
+        self._days: list[int] | None = None
+        self._dir_mtime = -1
+        if writable:  # temporary files of a rewrite that a crash interrupted
+            for tmp in directory.glob(f".*{SUFFIX}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    # -- catalog --------------------------------------------------------------------------------
+    def days(self) -> list[int]:
+        """Days (since 1970-01-01 UTC) that have a partition file, ascending."""
+        try:
+            mtime = os.stat(self.dir).st_mtime_ns
+        except FileNotFoundError:
+            return []
+        if self._days is None or mtime != self._dir_mtime:
+            found = []
+            try:
+                with os.scandir(self.dir) as it:
+                    for e in it:
+                        if e.name.endswith(SUFFIX):
+                            day = _day_of_name(e.name[: -len(SUFFIX)])
+                            if day is not None:
+                                found.append(day)
+            except FileNotFoundError:
+                return []
+            self._days = sorted(found)
+            self._dir_mtime = mtime
+        return self._days
+
+    def _path(self, day: int) -> Path:
+        return self.dir / f"{day_name(day)}{SUFFIX}"
+
+    def _partition(self, day: int, *, recovering: bool = False) -> TickPartition | None:
+        p = self._open.get(day)
+        if p is not None:
+            return p
+        path = self._path(day)
+        try:
+            p = TickPartition.open(path, writable=self.writable)
+        except FileNotFoundError:
+            return None
+        if p.schema != self.schema:
+            p.close()
+            raise CorruptFileError(f"{path}: header schema disagrees with the bucket's")
+        if self.writable:
+            if recovering:
+                p.roll_back_to_durable()
+            self._open[day] = p
+        return p
+
+    def _release(self, p: TickPartition) -> None:
+        if not self.writable:
+            p.close()
+
+    def _replace(self, day: int, ns: np.ndarray, columns: list[np.ndarray], seq: int) -> None:
+        old = self._open.pop(day, None)
+        path = self._path(day)
+        if ns.size == 0:
+            path.unlink(missing_ok=True)
+            fsync_dir(self.dir)
+            p = None
+        else:
+            p = TickPartition.write_new(path, self.key, day, self.schema, ns, columns, seq)
+        if old is not None:
+            old.close()
+        if p is not None:
+            self._open[day] = p
+        self._days = None
+
+    # -- writing --------------------------------------------------------------------------------
+    def write(self, ns: np.ndarray, columns: list[np.ndarray], *, seq: int | None, replay: bool = False) -> None:
+        """Add ticks (``ns`` sorted, stable); rows at equal times go after the ones stored.
+
+        ``seq`` is the WAL record's sequence number; during ``replay`` a partition that already holds
+        it (or a later record) is left alone, which is what makes replay exact.
+        """
+        if ns.size == 0:
+            return
+        first_day, last_day = int(ns[0]) // DAY_NS, int(ns[-1]) // DAY_NS
+        if first_day == last_day:
+            groups = [(first_day, 0, ns.size)]
+        else:
+            cuts = np.searchsorted(ns, np.arange(first_day + 1, last_day + 1, dtype=np.int64) * DAY_NS).tolist()
+            edges = [0, *cuts, ns.size]
+            groups = [(first_day + i, edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
+        for day, a, z in groups:
+            part_ns = ns[a:z]
+            part_cols = [c[a:z] for c in columns]
+            p = self._partition(day, recovering=replay)
+            if p is not None and replay and seq is not None and seq <= p.seq:
+                continue  # already applied before the crash
+            new_seq = seq if seq is not None else (p.seq if p is not None else 0)
+            if p is None:
+                self._replace(day, part_ns, part_cols, new_seq)
+            elif p.can_append(int(part_ns[0]), part_ns.size):
+                p.append(part_ns, part_cols, seq)
+            else:
+                self._replace(day, *_merge(p, part_ns, part_cols, self.names), new_seq)
+
+    def delete(self, start: int | None, end: int | None, *, seq: int | None, replay: bool = False) -> int:
+        """Remove ticks with ``start <= t <= end`` (ns, inclusive); returns how many."""
+        removed = 0
+        for day in self._days_between(start, end):
+            p = self._partition(day, recovering=replay)
+            if p is None:
+                continue
+            if replay and seq is not None and seq <= p.seq:
+                continue
+            lo, hi = p.search(start, end)
+            if hi <= lo:
+                continue
+            n = p.nrows
+            keep = np.r_[0:lo, hi:n]
+            ns = p.ns[:n][keep]
+            cols = [p.columns[name][:n][keep] for name in self.names]
+            removed += hi - lo
+            self._replace(day, ns, cols, seq if seq is not None else p.seq)
+        return removed
+
+    def checkpoint(self) -> None:
+        for p in self._open.values():
+            p.checkpoint()
+
+    def close(self) -> None:
+        for p in self._open.values():
+            p.close()
+        self._open.clear()
+
+    # -- reading --------------------------------------------------------------------------------
+    def _days_between(self, start: int | None, end: int | None) -> list[int]:
+        days = self.days()
+        if start is not None:
+            days = [d for d in days if d >= start // DAY_NS]
+        if end is not None:
+            days = [d for d in days if d <= end // DAY_NS]
+        return days
+
+    def query(
+        self,
+        start: int | None,
+        end: int | None,
+        names: list[str],
+        limit: int | None,
+        from_start: bool,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Ticks with ``start <= t <= end`` (ns, inclusive), ascending; ``limit`` keeps the first or
+        last N of them."""
+        days = self._days_between(start, end) if limit != 0 else []
+        if limit is not None and not from_start:
+            days = days[::-1]
+        pieces: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+        remaining = limit
+        for day in days:
+            p = self._partition(day)
+            if p is None:
+                continue
+            try:
+                lo, hi = p.search(start, end)
+                if remaining is not None:
+                    if from_start:
+                        hi = min(hi, lo + remaining)
+                    else:
+                        lo = max(lo, hi - remaining)
+                if hi > lo:
+                    pieces.append(p.rows(lo, hi, names))
+            finally:
+                self._release(p)
+            if remaining is not None:
+                remaining -= hi - lo
+                if remaining <= 0:
+                    break
+        if limit is not None and not from_start:
+            pieces.reverse()
+        if len(pieces) == 1:
+            return pieces[0]
+        dtypes = dict(self.schema)
+        ns = np.concatenate([x[0] for x in pieces]) if pieces else np.empty(0, np.int64)
+        cols = {
+            n: np.concatenate([x[1][n] for x in pieces]) if pieces else np.empty(0, dtype_of(dtypes[n]))
+            for n in names
+        }
+        return ns, cols
+
+    def summary(self) -> tuple[int, int | None, int | None, int, list[int]]:
+        """``(rows, first ns, last ns, bytes on disk, years)`` over every partition."""
+        rows, first, last, disk = 0, None, None, 0
+        years: set[int] = set()
+        for day in self.days():
+            p = self._partition(day)
+            if p is None:
+                continue
+            try:
+                n = p.nrows
+                if n:
+                    rows += n
+                    first = int(p.ns[0]) if first is None else first
+                    last = int(p.ns[n - 1])
+                    years.add(int(np.datetime64(day, "D").astype("M8[Y]").astype(np.int64)) + 1970)
+                disk += p.disk_usage()
+            finally:
+                self._release(p)
+        return rows, first, last, disk, sorted(years)
+
+
+def _merge(
+    p: TickPartition, ns: np.ndarray, columns: list[np.ndarray], names: list[str]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The partition's rows with ``ns``/``columns`` merged in by time; at equal times the stored
+    rows (which arrived earlier) come first, each side keeping its own order."""
+    n, k = p.nrows, ns.size
+    old_ns = p.ns[:n]
+    pos = np.searchsorted(old_ns, ns, side="right") + np.arange(k)
+    is_new = np.zeros(n + k, bool)
+    is_new[pos] = True
+    out_ns = np.empty(n + k, np.int64)
+    out_ns[is_new] = ns
+    out_ns[~is_new] = old_ns
+    out_cols = []
+    for name, new in zip(names, columns, strict=True):
+        old = p.columns[name][:n]
+        col = np.empty(n + k, old.dtype)
+        col[is_new] = new
+        col[~is_new] = old
+        out_cols.append(col)
+    return out_ns, out_cols
