@@ -106,14 +106,21 @@ class HTTPBackend:
 
     # -- Backend --------------------------------------------------------------------------------
     def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
-        """Store rows (index ns → wire Epoch seconds, floored as the engine does)."""
-        if variable_length:
-            raise MktsError("tick (variable-length) writes over HTTP are not supported yet")
+        """Store rows: index ns → wire ``Epoch`` seconds (floored), plus, for ticks, MarketStore's
+        ``Nanoseconds`` column, and mktsframe's exact ``mkts_index_ns`` (so a mktsframe server keeps
+        every nanosecond even when an existing tick bucket is written without the flag)."""
         index = np.asarray(batch.index)
         if index.dtype != np.int64 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
         n = index.shape[0]
-        names, types, data = ["Epoch"], ["i8"], [memoryview(np.floor_divide(index, NS)).cast("B")]
+        epoch = np.floor_divide(index, NS)
+        names, types, data = ["Epoch"], ["i8"], [memoryview(epoch).cast("B")]
+        if variable_length:
+            if "Nanoseconds" in batch.columns:
+                raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
+            names.append("Nanoseconds")
+            types.append("i4")
+            data.append(memoryview((index - epoch * NS).astype("<i4")).cast("B"))
         for name, values in batch.columns.items():
             v = np.asarray(values)
             if v.ndim != 1 or v.shape[0] != n:
@@ -123,7 +130,9 @@ class HTTPBackend:
             types.append(wire_type(v.dtype))
             data.append(memoryview(np.ascontiguousarray(v)).cast("B"))
         ds = {"names": names, "types": types, "data": data, "length": n, "startindex": {key: 0}, "lengths": {key: n}}
-        result = self._call("DataService.Write", {"requests": [{"dataset": ds, "is_variable_length": False}]})
+        req = {"dataset": ds, "is_variable_length": bool(variable_length),
+               "mkts_index_ns": memoryview(np.ascontiguousarray(index, "<i8")).cast("B")}  # fmt: skip
+        result = self._call("DataService.Write", {"requests": [req]})
         for r in result.get("responses") or []:
             if r.get("error"):
                 raise _error(r["error"], r)
@@ -185,15 +194,15 @@ class HTTPBackend:
         )
 
     def create(self, key: str, columns: Sequence[tuple[str, str]], *, variable_length: bool = False) -> None:
-        """Create an empty bucket; idempotent for the same schema, as on the local engine."""
-        if variable_length:
-            raise MktsError("tick (variable-length) buckets over HTTP are not supported yet")
+        """Create an empty bucket (a tick bucket if ``variable_length``); idempotent for the same
+        schema, as on the local engine."""
         cols = list(columns)
         req = {
             "key": key if ":" in key else f"{key}:{CATEGORY}",
             "column_names": ["Epoch", *(str(n) for n, _ in cols)],
             "column_types": ["i8", *(t for _, t in cols)],
-            "row_type": "fixed",
+            "row_type": "variable" if variable_length else "fixed",
+            "is_variable_length": bool(variable_length),
             "mkts_exist_ok": True,
         }
         self._each("DataService.Create", [req])
@@ -279,14 +288,19 @@ def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
             raise MktsError(f"server sent {arr.shape[0]} values for column {name!r}, expected {length}")
         cols[name] = arr
     epoch = cols.pop("Epoch", np.zeros(length, np.int64))
+    variable = bool(ds.get("mkts_variable"))
+    nanos = cols.pop("Nanoseconds") if variable else None
     out = []
     for key, first in ds["startindex"].items():
         n = ds["lengths"][key]
         sl = slice(first, first + n)
         index = epoch[sl].astype(np.int64) * NS
-        out.append((key.split(":", 1)[0], Batch(index, {c: v[sl].copy() for c, v in cols.items()}), first))
+        if nanos is not None:
+            index += nanos[sl]
+        batch = Batch(index, {c: v[sl].copy() for c, v in cols.items()}, variable)
+        out.append((key.split(":", 1)[0], batch, first))
     return out
 
 
 def _head(b: Batch, n: int) -> Batch:
-    return Batch(b.index[:n], {c: v[:n] for c, v in b.columns.items()})
+    return Batch(b.index[:n], {c: v[:n] for c, v in b.columns.items()}, b.variable_length)

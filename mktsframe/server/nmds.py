@@ -154,6 +154,9 @@ def encode(
 ) -> dict[str, Any]:
     """One NMDS holding the rows of every ``(key, batch)`` (all with the same columns and types).
 
+    Tick batches (``variable_length``) get MarketStore's last column, ``Nanoseconds`` (int32): each
+    row's time is ``Epoch`` seconds + ``Nanoseconds``, exactly.
+
     Column buffers are ``memoryview``\\ s, so msgpack packs them as bin without another copy
     when a single batch is sent. ``names`` fixes the column order (default: the first batch's).
     """
@@ -174,6 +177,11 @@ def encode(
     for n, (wt, dt) in zip(names, dtypes, strict=True):  # type: ignore[misc]
         data.append(_join([b.columns[n] for _, b in parts], dt))
         types.append(wt)
+    names = list(names)
+    if parts and parts[0][1].variable_length:  # ticks: MarketStore's trailing sub-second column
+        data.append(_join([b.index - e * NS for (_, b), e in zip(parts, epochs, strict=True)], np.dtype("<i4")))
+        types.append("i4")
+        names.append("Nanoseconds")
     return {
         "names": ["Epoch", *names],
         "types": types,

@@ -65,7 +65,6 @@ MAX_REQUESTS = 10_000
 NS = 1_000_000_000
 _I64 = (-(2**63), 2**63 - 1)
 _NOT_QUERYABLE = "server is not queryable"
-_VARIABLE = "variable-length (tick) buckets are not supported yet"
 # MarketStore's DataShape type codes (GetInfo's DSV), see the MarketStore spec §1.3.
 _TYPE_CODES = {"f4": 0, "i4": 1, "f8": 2, "i8": 3, "i1": 5, "bool": 6, "i2": 9,
                "u1": 10, "u2": 11, "u4": 12, "u8": 13, "U16": 14}  # fmt: skip
@@ -206,12 +205,17 @@ class RpcService:
 
     def _schema(self, key: str) -> dict[str, np.dtype] | None:
         """Column dtypes of bucket ``key`` (Epoch excluded), ``None`` if it does not exist."""
+        found = self._bucket_kind(key)
+        return None if found is None else found[0]
+
+    def _bucket_kind(self, key: str) -> tuple[dict[str, np.dtype], bool] | None:
+        """Column dtypes and whether it is a tick bucket, ``None`` if ``key`` does not exist."""
         try:
             probe = self.backend.query(key, limit=0)
         except BucketNotFoundError:
             return None
         (batch,) = probe.values()
-        return {n: v.dtype for n, v in batch.columns.items()}
+        return {n: v.dtype for n, v in batch.columns.items()}, batch.variable_length
 
     def _requests(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         reqs = params.get("requests")
@@ -315,18 +319,27 @@ class RpcService:
         if spec.functions:
             # MarketStore runs the chain per bucket on the rows the query selected (after limit).
             results = {key: apply_functions(batch, spec.functions) for key, batch in results.items()}
-        groups: dict[tuple[tuple[str, str], ...], list[tuple[str, Batch]]] = {}
+        # Tick buckets' results end with MarketStore's Nanoseconds column (the sub-second part of each
+        # tick's time), so they never share a dataset with fixed buckets.
+        groups: dict[tuple[object, ...], list[tuple[str, Batch]]] = {}
         for key, batch in results.items():
-            sig = tuple((n, v.dtype.str) for n, v in batch.columns.items())
+            sig = (batch.variable_length, *((n, v.dtype.str) for n, v in batch.columns.items()))
             groups.setdefault(sig, []).append((key, batch))
         if len(groups) == 1:
-            return {"result": nmds.encode(results.items())}
+            return {"result": self._encode(list(results.items()), spec.native)}
         if spec.native:
-            return {"results": [nmds.encode(parts) for parts in groups.values()], "mkts_order": list(results)}
+            return {"results": [self._encode(parts, True) for parts in groups.values()], "mkts_order": list(results)}
         raise SchemaMismatchError(
             "symbols in a query must have the same data type or be filtered by common columns. "
             f"symbols={list(results)}"
         )
+
+    @staticmethod
+    def _encode(parts: list[tuple[str, Batch]], native: bool) -> dict[str, Any]:
+        ds = nmds.encode(parts)
+        if native and parts and parts[0][1].variable_length:
+            ds["mkts_variable"] = True  # HTTPBackend folds Nanoseconds back into the index
+        return ds
 
     # -- Write ----------------------------------------------------------------------------------
     def write(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -340,25 +353,37 @@ class RpcService:
         return {"responses": errors or None}
 
     def _write_one(self, i: int, req: Mapping[str, Any]) -> None:
-        if req.get("is_variable_length"):
-            raise MktsError(_VARIABLE)
+        """One WriteRequest. ``is_variable_length`` (MarketStore's flag) makes a missing bucket a tick
+        bucket and, as there, takes the ``Nanoseconds`` column as the sub-second part of each row's
+        time; into an existing tick bucket ``Nanoseconds`` is always read that way. mktsframe's
+        ``mkts_index_ns`` (int64 ns, one per row) gives the exact times directly."""
+        variable = req.get("is_variable_length") or False
+        if not isinstance(variable, bool):
+            raise _param_error(f"is_variable_length must be a boolean, got {_brief(variable)}")
         ds = nmds.decode(req.get("dataset"), what=f"requests[{i}].dataset")
         if "Epoch" not in ds.columns:
             raise SchemaMismatchError(f"requests[{i}].dataset has no Epoch column (int64 epoch seconds)")
+        exact = _index_ns(req.get("mkts_index_ns"), ds.length)
         # Validate every key of the request before writing any, so a bad one writes nothing.
-        planned: list[tuple[str, Batch]] = []
+        planned: list[tuple[str, Batch, bool]] = []
         for raw_key in ds.slices:
             key = parse_key(raw_key).item_key
             batch, _ = ds.batch(raw_key)
-            schema = self._schema(key)
-            if schema is None:
+            found = self._bucket_kind(key)
+            ticks = variable if found is None else found[1]
+            if variable or ticks:
+                batch = _fold_nanoseconds(batch)
+            if exact is not None:
+                first, count = ds.slices[raw_key]
+                batch = Batch(exact[first : first + count], batch.columns)
+            if found is None:
                 if not self.config.enable_add:
                     raise MktsError(f"cannot create bucket {key!r}: enable_add is false on this server")
             else:
-                batch = _conform(key, batch, schema)
-            planned.append((key, batch))
-        for key, batch in planned:
-            self.backend.write(key, batch)
+                batch = _conform(key, batch, found[0])
+            planned.append((key, batch, ticks))
+        for key, batch, ticks in planned:
+            self.backend.write(key, batch, variable_length=ticks)
 
     # -- Create / Destroy -----------------------------------------------------------------------
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -377,10 +402,11 @@ class RpcService:
         if not isinstance(key, str):
             raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {_brief(key)}")
         k = parse_key(key).item_key
-        if req.get("is_variable_length") or req.get("row_type", "fixed") not in ("fixed", None, ""):
-            if req.get("row_type") not in ("variable", None) and not req.get("is_variable_length"):
-                raise _param_error(f"row_type must be 'fixed' or 'variable', got {_brief(req.get('row_type'))}")
-            raise MktsError(_VARIABLE)
+        row_type = req.get("row_type") or "fixed"
+        if row_type not in ("fixed", "variable"):
+            raise _param_error(f"row_type must be 'fixed' or 'variable', got {_brief(row_type)}")
+        # MarketStore's msgpack server reads is_variable_length; pymarketstore sends row_type: honour both
+        variable = bool(req.get("is_variable_length")) or row_type == "variable"
         names = req.get("column_names") or []
         types = req.get("column_types") or []
         if not isinstance(names, list) or not isinstance(types, list) or len(names) != len(types):
@@ -395,13 +421,17 @@ class RpcService:
                 if wt != "i8":
                     raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8)")
                 continue
+            if name == "Nanoseconds" and variable:  # part of each tick's time, not a stored column
+                if wt != "i4":
+                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (must be i4)")
+                continue
             columns.append((name, wt))
         if not self.config.enable_add:
             raise MktsError(f"cannot create bucket {k!r}: enable_add is false on this server")
         with self._ddl_lock:
             if not req.get("mkts_exist_ok") and self._schema(k) is not None:
                 raise BucketExistsError(f"creation of new catalog entry failed: bucket {k!r} already exists")
-            self.backend.create(k, columns)
+            self.backend.create(k, columns, variable_length=variable)
 
     def destroy(self, params: dict[str, Any]) -> dict[str, Any]:
         """``DataService.Destroy``: one ``{error, version}`` per request; a missing key is an error."""
@@ -463,7 +493,7 @@ class RpcService:
                     "TimeFrame": info.timeframe_seconds * NS,
                     "DSV": [{"Name": "Epoch", "Type": 3}]
                     + [{"Name": n, "Type": _TYPE_CODES.get(t, -1)} for n, t in info.columns],
-                    "RecordType": 0,
+                    "RecordType": 1 if info.record_type == "variable" else 0,
                     "ServerResp": self._ok(),
                     "mkts": {
                         "key": info.key,
@@ -502,6 +532,26 @@ def _conform(key: str, batch: Batch, schema: dict[str, np.dtype]) -> Batch:
         )
     wire = {n: _wire_name(dt) for n, dt in schema.items()}
     return Batch(batch.index, {n: coerce_column(n, batch.columns[n], wire[n]) for n in schema})
+
+
+def _fold_nanoseconds(batch: Batch) -> Batch:
+    """Add a ``Nanoseconds`` column (int32, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
+    nanos = batch.columns.get("Nanoseconds")
+    if nanos is None:
+        return batch
+    if nanos.size and (int(nanos.min()) < 0 or int(nanos.max()) >= NS):
+        raise SchemaMismatchError("Nanoseconds values must be in [0, 999999999] (the sub-second part of Epoch)")
+    cols = {n: v for n, v in batch.columns.items() if n != "Nanoseconds"}
+    return Batch(batch.index + nanos.astype(np.int64), cols)
+
+
+def _index_ns(value: object, length: int) -> np.ndarray | None:
+    """mktsframe's ``mkts_index_ns``: int64 nanoseconds (little-endian bytes), one per row."""
+    if value is None:
+        return None
+    if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) != 8 * length:
+        raise _param_error(f"mkts_index_ns must be {length} little-endian int64 values (binary)")
+    return np.frombuffer(value, "<i8").astype(np.int64)
 
 
 def _wire_name(dt: np.dtype) -> str:

@@ -184,7 +184,9 @@ def test_create_empty_columns_existing_and_variable(client: pymkts.Client, sym: 
     again = client.create(f"{sym}/1Min/EMPTY", [])["responses"][0]["error"]
     assert "already exists" in again
     var = client.create(f"{sym}/1Sec/TICK", [("Epoch", "i8"), ("Bid", "f4")], isvariablelength=True)
-    assert "variable-length (tick) buckets are not supported yet" in var["responses"][0]["error"]
+    assert var["responses"][0]["error"] == ""  # row_type "variable" is honoured (MarketStore ignored it)
+    arr = client.query(pymkts.Params(sym, "1Sec", "TICK")).first().array
+    assert arr.dtype.names == ("Epoch", "Bid", "Nanoseconds")
     bad = client.create(f"{sym}/1Min/BAD", [("Epoch", "i8"), ("Bid", "c16")])
     assert "unexpected data type" in bad["responses"][0]["error"]
 
@@ -218,8 +220,10 @@ def test_write_errors_are_returned_not_raised(client: pymkts.Client, sym: str) -
     assert "unexpected data type for Epoch column" in i4_epoch["responses"][0]["error"]
     i8_nanos = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i8")]), f"{sym}/1Min/Y")
     assert "unexpected data type for Nanoseconds column" in i8_nanos["responses"][0]["error"]
-    var = client.write(bars(["2024-01-03"]), f"{sym}/1Sec/TICK", isvariablelength=True)
-    assert "variable-length (tick) buckets are not supported yet" in var["responses"][0]["error"]
+    nanos = bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i4"), ("Bid", "f4")])
+    nanos["Nanoseconds"] = 1_000_000_000
+    var = client.write(nanos, f"{sym}/1Sec/TICK", isvariablelength=True)
+    assert "Nanoseconds values must be in [0, 999999999]" in var["responses"][0]["error"]
     assert client.query(pymkts.Params(sym, "1Min", "OHLCV")).first().array.shape == (1,)
     assert set(client.list_symbols(pymkts.ListSymbolsFormat.TBK)).isdisjoint(
         {f"{sym}/1Min/X", f"{sym}/1Min/Y", f"{sym}/1Sec/TICK"}
