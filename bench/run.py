@@ -106,6 +106,23 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
+def run_meta(argv: list[str] | None, out_json: Path, peers_python: Path) -> dict[str, Any]:
+    """Date, the exact command (from the repository root), machine, library versions and the JSON path."""
+    try:
+        cmd_path = Path(sys.executable).relative_to(REPO)
+    except ValueError:
+        cmd_path = Path(sys.executable)
+    script = Path(sys.argv[0]).resolve()
+    script_s = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script)
+    command = " ".join([str(cmd_path), script_s, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
+    try:
+        json_rel = str(out_json.resolve().relative_to(REPO))
+    except ValueError:
+        json_rel = str(out_json)
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": f"cd <repo> && {command}",
+            "machine": _machine(), "versions": _versions(peers_python), "json": json_rel}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = Params()
@@ -215,22 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "write_32b_s")} if fs_ok else {}
     fsync["per_round"] = fsyncs
     ts = report.targets(agg, fsync, tenyear if "error" not in tenyear else {})
-    try:
-        cmd_path = Path(sys.executable).relative_to(REPO)
-    except ValueError:
-        cmd_path = Path(sys.executable)
-    script = Path(sys.argv[0]).resolve()
-    script_s = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else str(script)
-    command = " ".join([str(cmd_path), script_s, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
-    try:
-        json_rel = str(out_json.resolve().relative_to(REPO))
-    except ValueError:
-        json_rel = str(out_json)
     res: dict[str, Any] = {
-        "meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": f"cd <repo> && {command}",
-                 "machine": _machine(), "versions": _versions(a.peers_python), "params": asdict(params),
-                 "rounds": a.rounds, "systems": runnable, "json": json_rel,
-                 "elapsed_s": time.perf_counter() - t_start},
+        "meta": {**run_meta(argv, out_json, a.peers_python), "params": asdict(params),
+                 "rounds": a.rounds, "systems": runnable, "elapsed_s": time.perf_counter() - t_start},
         "systems": agg, "targets": report.targets_json(ts), "fsync": fsync, "tenyear": tenyear, "rounds": rounds,
     }
     out_json.write_text(json.dumps(res, indent=1))

@@ -8,6 +8,7 @@ orchestrator, :mod:`bench.run`, picks the interpreter). Modes:
 ``fsync``         latency of a 32-byte write + ``fdatasync`` on the benchmark's disk
 ``tenyear-build`` a 10-year 1Min bucket for the "one day from a 10-year bucket" RSS probe
 ``tenyear-read``  read one day from it and report how much the process's RSS grew
+``ticks NAME``    the tick protocol (``bench/tick_run.py``): a day of ticks, hour reads, 1,000-tick appends
 
 Times are seconds, sizes bytes.
 """
@@ -233,9 +234,66 @@ def run_tenyear_read(root: str, years: int, cold: bool) -> dict[str, Any]:
             "vm_size_delta_bytes": after.get("VmSize", 0) - before.get("VmSize", 0)}
 
 
+def run_ticks(name: str, root: str, tp: Any) -> dict[str, Any]:
+    """Write a day of ticks, read hours back, append 1,000-tick batches; every read is verified first."""
+    import pandas as pd
+
+    from bench.systems.ticks import TICK_SYSTEMS
+    from bench.tick_data import DAY0_NS, HOUR_NS, build_ticks, check_ticks
+
+    data = build_ticks(tp)
+    sysobj = TICK_SYSTEMS[name][0](root)
+    sysobj.name = name
+    R: dict[str, Any] = {"notes": sysobj.notes, "python": sys.executable, "pandas": pd.__version__,
+                         "day_ticks": len(data.day)}
+    try:
+        sysobj.reset()
+        sysobj.prepare_write()
+        gc.collect()
+        t0 = perf()
+        sysobj.write(data.day)
+        R["day_write_s"] = perf() - t0
+        t0 = perf()
+        sysobj.finish_write()
+        R["day_write_close_s"] = perf() - t0
+        R["size_bytes"], R["size_apparent_bytes"] = sysobj.size()
+
+        sysobj.open_read()
+        rows = []
+        for h in range(24):  # every hour checked once (also warms the caches)
+            want = data.hour(h)
+            check_ticks(sysobj.read_range(DAY0_NS + h * HOUR_NS, DAY0_NS + (h + 1) * HOUR_NS), want, f"{name} hour {h}")
+            rows.append(len(want))
+        R["hour_rows"] = med(rows)
+        k = iter(range(10**9))
+
+        def one_hour() -> object:
+            h = next(k) % 24
+            return sysobj.read_range(DAY0_NS + h * HOUR_NS, DAY0_NS + (h + 1) * HOUR_NS)
+
+        ht = time_repeated(one_hour, tp.warm_min, tp.warm_max, tp.warm_budget_s)
+        R["hour_read_s"], R["hour_read_p99_s"], R["hour_read_n"] = med(ht), p99(ht), len(ht)
+        sysobj.close()
+
+        sysobj.open_append()
+        at = time_each(sysobj.append_chunk, data.batches)
+        R["append_batch_s"], R["append_batch_p99_s"], R["append_batch_n"] = med(at), p99(at), len(at)
+        R["append_batch_rows"] = tp.batch
+        sysobj.close()
+
+        sysobj.open_read()
+        check_ticks(sysobj.read_all(), data.total(), f"{name} everything after the appends")
+        sysobj.close()
+        R["after_size_bytes"] = sysobj.size()[0]
+        R["verified"] = True
+    finally:
+        sysobj.close()
+    return R
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read"])
+    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read", "ticks"])
     ap.add_argument("name", nargs="?", help="system name (mode 'system')")
     ap.add_argument("--root", required=True, help="directory for this measurement's data")
     ap.add_argument("--out", required=True, help="where to write the JSON result")
@@ -243,9 +301,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--years", type=int, default=10)
     ap.add_argument("--cold", action="store_true", help="tenyear-read: evict the bucket from the page cache first")
     a = ap.parse_args(argv)
-    p = Params(**json.loads(a.params))
+    if a.mode == "ticks":
+        from bench.tick_data import TickParams
+
+        p: Any = TickParams(**json.loads(a.params))
+    else:
+        p = Params(**json.loads(a.params))
     try:
-        if a.mode == "system":
+        if a.mode == "ticks":
+            res = run_ticks(a.name, a.root, p)
+        elif a.mode == "system":
             res = run_system(a.name, a.root, p)
         elif a.mode == "fsync":
             res = run_fsync(a.root)

@@ -35,3 +35,21 @@ def test_bench_harness_runs_on_small_data(tmp_path: Path) -> None:
     assert "## Local engine" in text
     assert "## Server\n\nkept as is" in text
     assert "PASS" in text or "FAIL" in text
+
+
+def test_tick_bench_runs_on_small_data(tmp_path: Path) -> None:
+    out = tmp_path / "ticks.json"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Server\n\nkept as is\n")
+    cmd = [sys.executable, str(REPO / "bench" / "tick_run.py"), "--systems", "mktsframe", "--ticks", "20000",
+           "--appends", "3", "--rounds", "1", "--warm-min", "2", "--warm-max", "3", "--workdir", str(tmp_path / "w"),
+           "--out", str(out), "--doc", str(doc)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())["systems"]["mktsframe"]
+    assert r["verified"] is True, r
+    for key in ("day_write_s", "hour_read_s", "append_batch_s"):
+        assert r[key] > 0, key
+    text = doc.read_text()
+    assert "## Ticks" in text
+    assert "## Server\n\nkept as is" in text
