@@ -149,3 +149,32 @@ def test_registered_as_an_entry_point() -> None:
 
     (ep,) = [e for e in entry_points(group="mktsframe.triggers") if e.name == "ondiskagg"]
     assert ep.load() is new_trigger
+
+
+def test_real_tick_bucket_with_late_ticks(db) -> None:
+    trig = new_trigger({"destinations": ["1Min", "15Min"]})
+    trig.start(db)
+    disp = Dispatcher(db, trig)
+    rng = np.random.default_rng(9)
+    t0 = pd.Timestamp("2024-01-01", tz="UTC").value
+    all_ticks = []
+    for chunk in range(20):  # ns-precision ticks arriving in chunks; every 4th chunk is late
+        lo = (chunk if chunk % 4 else max(chunk - 10, 0)) * 60 * 10**9
+        ns = np.sort(t0 + lo + rng.integers(0, 120 * 10**9, 300))
+        ns[1::5] = ns[0::5][: len(ns[1::5])]  # duplicate timestamps
+        ns = np.maximum.accumulate(ns)
+        df = pd.DataFrame({"Price": rng.random(300) * 10, "Size": rng.integers(1, 9, 300).astype("i4")},
+                          index=pd.DatetimeIndex(ns.view("M8[ns]"), tz="UTC"))  # fmt: skip
+        df.to_mkts("TCK/1Sec/TRADE", variable_length=True, backend=db)
+        all_ticks.append(df)
+        disp.flush()
+    src = pd.read_mkts("TCK/1Sec/TRADE", backend=db)
+    assert len(src) == 6000
+    for tf, freq in (("1Min", "1min"), ("15Min", "15min")):
+        r = src.resample(freq, closed="left", label="left")
+        want = pd.DataFrame({"Open": r["Price"].first(), "High": r["Price"].max(), "Low": r["Price"].min(),
+                             "Close": r["Price"].last(), "Volume": r["Size"].sum()})[r.size() > 0]  # fmt: skip
+        got = pd.read_mkts(f"TCK/{tf}/OHLCV", backend=db)
+        np.testing.assert_array_equal(got.index.asi8, want.index.as_unit("ns").asi8)
+        np.testing.assert_allclose(got.to_numpy(np.float64), want.to_numpy(np.float64))
+    trig.stop()

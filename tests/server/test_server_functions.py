@@ -192,3 +192,56 @@ def test_accessor_candles_equal_server_candles(client: pymkts.Client, sym: str) 
     np.testing.assert_array_equal(server[["Open", "High", "Low", "Close"]].to_numpy(),
                                   local[["Open", "High", "Low", "Close"]].to_numpy())
     np.testing.assert_array_equal(server["Volume_SUM"].to_numpy(), local["Volume"].to_numpy())
+
+
+# -- ticks (variable-length buckets) end to end ------------------------------------------------
+def random_ticks(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` trades over two hours at ns precision, 20% of them sharing a timestamp with the one before."""
+    rng = np.random.default_rng(seed)
+    t0 = pd.Timestamp("2024-03-01 10:00", tz="UTC").value
+    ns = np.sort(t0 + rng.integers(0, 2 * 3600 * 10**9, n))
+    dup = rng.random(n) < 0.2
+    dup[0] = False
+    ns[dup] = ns[np.flatnonzero(dup) - 1]
+    ns = np.maximum.accumulate(ns)
+    return pd.DataFrame({"Price": (100 + rng.standard_normal(n).cumsum()).astype("f8"),
+                         "Size": rng.integers(1, 50, n).astype("i4")},
+                        index=pd.DatetimeIndex(ns.view("M8[ns]"), tz="UTC"))  # fmt: skip
+
+
+def tick_candles(ticks: pd.DataFrame, freq: str) -> pd.DataFrame:
+    r = ticks.resample(freq, closed="left", label="left")
+    out = pd.DataFrame({"Open": r["Price"].first(), "High": r["Price"].max(), "Low": r["Price"].min(),
+                        "Close": r["Price"].last(), "Volume": r["Size"].sum()})  # fmt: skip
+    return out[r.size() > 0]
+
+
+def test_tickcandler_on_a_tick_bucket(client: pymkts.Client, sym: str) -> None:
+    ticks = random_ticks(5000, seed=7)
+    arr = np.zeros(len(ticks), dtype=[("Epoch", "i8"), ("Price", "f8"), ("Size", "i4"), ("Nanoseconds", "i4")])
+    arr["Epoch"], arr["Nanoseconds"] = np.divmod(ticks.index.as_unit("ns").asi8, 10**9)
+    arr["Price"], arr["Size"] = ticks["Price"].to_numpy(), ticks["Size"].to_numpy()
+    assert client.write(arr, f"{sym}/1Sec/TRADE", isvariablelength=True) == {"responses": None}
+    got = client.query(pymkts.Params(sym, "1Sec", "TRADE", functions=[
+        "tickcandler('5Min', Price, Sum::Size)"])).first().df()
+    want = tick_candles(ticks, "5min")
+    assert list(got.columns) == ["Open", "High", "Low", "Close", "Size_SUM"]  # no Nanoseconds: candles are bars
+    np.testing.assert_array_equal(got.index.as_unit("ns").asi8, want.index.as_unit("ns").asi8)
+    np.testing.assert_array_equal(got[["Open", "High", "Low", "Close"]].to_numpy(),
+                                  want[["Open", "High", "Low", "Close"]].to_numpy())
+    assert got["Size_SUM"].tolist() == want["Volume"].astype(float).tolist()
+    n = client.query(pymkts.Params(sym, "1Sec", "TRADE", functions=["count(*)"])).first().array["Count"]
+    assert n.tolist() == [5000]
+
+
+def test_read_mkts_candles_from_a_tick_bucket(backend, sym: str) -> None:
+    ticks = random_ticks(3000, seed=8)
+    mktsframe_key = f"{sym}/1Sec/TRADE"
+    ticks.to_mkts(mktsframe_key, variable_length=True, backend=backend)
+    want = tick_candles(ticks, "1min")
+    got = pd.read_mkts(f"{sym}/*/TRADE", timeframe="1Min", backend=backend)
+    np.testing.assert_array_equal(got.index.asi8, want.index.as_unit("ns").asi8)
+    np.testing.assert_array_equal(got.to_numpy(np.float64), want.to_numpy(np.float64))
+    stored = pd.read_mkts(mktsframe_key, backend=backend)
+    assert stored.index.has_duplicates
+    pd.testing.assert_frame_equal(stored.mkts.candles("1Min"), got, check_names=False, check_freq=False)
