@@ -59,7 +59,9 @@ def group_starts(index: np.ndarray, window: Window) -> tuple[np.ndarray, np.ndar
     first, last = int(index[0]), int(index[-1])
     regular = _regular_starts(index, window)
     if regular is not None:
-        return regular, window.floor(index[regular])
+        d = window.seconds * 1_000_000_000
+        first_label = int(window.floor(index[:1])[0])
+        return regular, first_label + np.arange(regular.shape[0], dtype=np.int64) * d
     if window.count_between(first, last) <= n:
         edges = window.edges(first, last)
         pos = np.searchsorted(index, edges, side="left")
