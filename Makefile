@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers clean
+.PHONY: serve test lint bench bench-peers bench-candles clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench-peers: $(PEERS_STAMP)
 bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Candles 1Min→5Min/1H/1D on 1M bars beside pandas and ArcticDB (~1 minute): the ## Candles section.
+bench-candles: $(STAMP) $(PEERS_STAMP)
+	$(PY) bench/candles_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache

@@ -53,3 +53,19 @@ def test_tick_bench_runs_on_small_data(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "## Ticks" in text
     assert "## Server\n\nkept as is" in text
+
+
+def test_candle_bench_runs_on_small_data(tmp_path: Path) -> None:
+    out = tmp_path / "candles.json"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Server\n\nkept as is\n")
+    cmd = [sys.executable, str(REPO / "bench" / "candles_bench.py"), "--systems",
+           "mktsframe-batch,mktsframe-frame,pandas,mktsframe-read", "--rows", "3000", "--rounds", "1",
+           "--repeats", "1", "--out", str(out), "--doc", str(doc)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    systems = json.loads(out.read_text())["systems"]
+    assert all(s["verified"] is True and s["1H"] > 0 for s in systems.values()), systems
+    text = doc.read_text()
+    assert "## Candles" in text
+    assert "## Server\n\nkept as is" in text
