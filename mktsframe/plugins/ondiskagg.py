@@ -148,6 +148,7 @@ class OnDiskAgg:
     def fire(self, backend: Backend, events: Sequence[CommitEvent]) -> None:
         """Recompute the destination candles the ``events`` (in commit order) affect."""
         ranges: dict[str, list[tuple[int | None, int | None]]] = {}
+        touched: dict[str, list[np.ndarray] | None] = {}  # written times; None once a delete is among them
         done: list[int] = []
         for ev in events:
             span = self._span(ev)
@@ -155,13 +156,20 @@ class OnDiskAgg:
                 continue
             done.append(ev.seq)
             ranges.setdefault(ev.key, []).append(span)
+            times = touched.setdefault(ev.key, [])
+            if ev.op == "write" and ev.batch is not None and times is not None:
+                times.append(np.asarray(ev.batch.index, np.int64))
+            else:
+                touched[ev.key] = None
         for key, spans in ranges.items():
             if key not in self._known:
                 self._remember(key)
                 self._recompute(backend, key, None, None)  # everything: rows may predate our knowing the key
                 continue
+            parts = touched.get(key)
+            written = np.concatenate(parts) if parts else None
             for lo, hi in _merge(spans, self._unit):
-                self._recompute(backend, key, lo, hi)
+                self._recompute(backend, key, lo, hi, written=written)
         self._append([f"done {seq}" for seq in done])
         self._maybe_compact()
 
@@ -223,8 +231,13 @@ class OnDiskAgg:
             log.exception("ondiskagg: repairing %s [%s, %s] failed", key, lo, hi)
 
     def _recompute(self, backend: Backend, key: str, lo: int | None, hi: int | None,
-                   only: Iterable[Timeframe] | None = None) -> None:  # fmt: skip
-        """Rebuild every destination candle whose window meets source times ``[lo, hi]`` (None = all)."""
+                   only: Iterable[Timeframe] | None = None, written: np.ndarray | None = None) -> None:  # fmt: skip
+        """Rebuild every destination candle whose window meets source times ``[lo, hi]`` (None = all).
+
+        ``written``: when the change was only writes, their times (ns); then each destination
+        rewrites just the candles whose windows hold one of them (a new 1Min bar rewrites one 5Min
+        candle, not the day's 288), so the destinations' own commit events stay small.
+        """
         src = self._source(key)
         if src is None:
             return
@@ -240,16 +253,29 @@ class OnDiskAgg:
         a = int(self._unit.floor(np.array([lo], np.int64))[0])
         b = int(self._unit.floor(np.array([hi], np.int64))[0]) + self._unit.seconds * NS - 1
         (rows,) = backend.query(key, start=np.datetime64(a, "ns"), end=np.datetime64(b, "ns")).values()
+        if written is not None:
+            written = written[(written >= a) & (written <= b)]
         for tf in plan:
-            out = candles(rows, Window(1, "s", tf.seconds)) if len(rows) else None
+            window = Window(1, "s", tf.seconds)
+            out = candles(rows, window) if len(rows) else None
             dest = self._dest_key(src, tf, rows) if len(rows) else None
+            wins = None
+            if written is not None:
+                wins = np.unique(window.floor(written))
+                if wins.size == 0:
+                    continue
+                if out is not None:
+                    sel = np.isin(out.index, wins)
+                    out = Batch(out.index[sel], {c: v[sel] for c, v in out.columns.items()})
             if out is not None and dest is not None and len(out):
                 backend.write(dest, out)
-            self._drop_stale(backend, src, tf, a, b, out, dest)
+            lo_d, hi_d = (a, b) if wins is None else (int(wins[0]), int(wins[-1]) + tf.nanoseconds - 1)
+            self._drop_stale(backend, src, tf, lo_d, hi_d, out, dest, wins)
 
     def _drop_stale(self, backend: Backend, src: TimeBucketKey, tf: Timeframe, a: int, b: int,
-                    out: Batch | None, dest: str | None) -> None:  # fmt: skip
-        """Delete destination candles in ``[a, b]`` whose windows no longer hold source rows."""
+                    out: Batch | None, dest: str | None, wins: np.ndarray | None) -> None:  # fmt: skip
+        """Delete destination candles in ``[a, b]`` (and in ``wins``, if given) whose windows no longer
+        hold source rows."""
         keys = [dest] if dest is not None else [f"{src.symbol}/{tf.name}/{g}" for g in
                                                 dict.fromkeys([self.attribute_group or src.attribute_group, "OHLCV"])]
         for k in keys:
@@ -260,6 +286,8 @@ class OnDiskAgg:
             (have,) = found.values()
             keep = out.index if out is not None else np.empty(0, np.int64)
             stale = ~np.isin(have.index, keep)
+            if wins is not None:
+                stale &= np.isin(have.index, wins)
             if not stale.any():
                 continue
             # contiguous runs of stale rows: one delete each (there are no kept rows inside a run)

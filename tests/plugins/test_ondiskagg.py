@@ -178,3 +178,15 @@ def test_real_tick_bucket_with_late_ticks(db) -> None:
         np.testing.assert_array_equal(got.index.asi8, want.index.as_unit("ns").asi8)
         np.testing.assert_allclose(got.to_numpy(np.float64), want.to_numpy(np.float64))
     trig.stop()
+
+
+def test_a_new_bar_rewrites_one_candle_per_destination(db, agg) -> None:
+    minute_bars(0, 600, seed=1).to_mkts("AAA/1Min/OHLCV", backend=db)
+    agg.flush()
+    dest_writes: list[tuple[str, int]] = []
+    unlisten = db.on_commit(lambda ev: dest_writes.append((ev.key, len(ev.batch))) if ev.op == "write" else None)
+    minute_bars(600, 1, seed=2).to_mkts("AAA/1Min/OHLCV", backend=db)
+    agg.flush()
+    unlisten()
+    assert sorted(dest_writes) == sorted([("AAA/1Min/OHLCV", 1)] + [(f"AAA/{tf}/OHLCV", 1) for tf in DESTS])
+    assert mismatches(db, "AAA") == []
