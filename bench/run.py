@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -123,54 +124,85 @@ def run_meta(argv: list[str] | None, out_json: Path, peers_python: Path) -> dict
             "machine": _machine(), "versions": _versions(peers_python), "json": json_rel}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = Params()
-    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma list of {', '.join(SYSTEMS)}")
+def parse_args(
+    argv: list[str] | None, doc: str, params_cls: type, systems: Sequence[str], default: Sequence[str],
+    extra: Callable[[argparse.ArgumentParser], None] = lambda ap: None,
+) -> tuple[argparse.Namespace, Any, list[str]]:
+    """The command line every harness shares: systems, rounds, one option per field of ``params_cls``,
+    peers interpreter, scratch and output paths, worker timeout. Returns (args, params, system names)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = params_cls()
+    ap.add_argument("--systems", default=",".join(default), help=f"comma list of {', '.join(systems)}")
     ap.add_argument("--rounds", type=int, default=3, help="whole-suite repetitions, system order rotated")
-    for fld in fields(Params):
+    for fld in fields(params_cls):
         ap.add_argument("--" + fld.name.replace("_", "-"), type=type(getattr(d, fld.name)),
                         default=getattr(d, fld.name))
-    ap.add_argument("--tenyear-years", type=int, default=10, help="years in the RSS probe's bucket (0: skip it)")
-    ap.add_argument("--tenyear-reads", type=int, default=5, help="fresh processes reading one day from it")
+    extra(ap)
     ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a new temp dir)")
-    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/local-<date>.json)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default: bench/results/<kind>-<date>.json)")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per worker process")
     a = ap.parse_args(argv)
-    params = Params(**{f.name: getattr(a, f.name) for f in fields(Params)})
+    params = params_cls(**{f.name: getattr(a, f.name) for f in fields(params_cls)})
     names = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
+    unknown = [n for n in names if n not in systems]
     if unknown:
-        ap.error(f"unknown system(s) {unknown}; known: {list(SYSTEMS)}")
+        ap.error(f"unknown system(s) {unknown}; known: {list(systems)}")
+    return a, params, names
 
+
+def runnable_systems(
+    names: list[str], venv_of: Callable[[str], str], peers_python: Path, log: Callable[[str], None]
+) -> list[str]:
+    """``names`` without the peers whose venv is missing (each skip is logged)."""
+    out = []
+    for n in names:
+        if _interpreter(venv_of(n), peers_python) is None:
+            log(f"skipping {n}: {peers_python} is missing (create it with `make bench-peers`)")
+        else:
+            out.append(n)
+    return out
+
+
+def round_orders(runnable: list[str], rounds: int, log: Callable[[str], None]) -> Iterator[list[str]]:
+    """The systems in each round's order, rotated by one every round (logged)."""
+    for rnd in range(rounds):
+        k = rnd % max(len(runnable), 1)
+        order = runnable[k:] + runnable[:k]
+        log(f"=== round {rnd + 1}/{rounds}: {', '.join(order)}")
+        yield order
+
+
+def start_run(a: argparse.Namespace, kind: str) -> tuple[Callable[[str], None], Path, Path]:
+    """A logger with elapsed time, the scratch directory and the JSON path (``bench/results/<kind>-<date>.json``)."""
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
 
-    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-bench-"))
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix=f"mkts-{kind}-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_json = a.out or REPO / "bench" / "results" / f"local-{stamp}.json"
+    out_json = a.out or REPO / "bench" / "results" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    return log, workdir, out_json
+
+
+def main(argv: list[str] | None = None) -> int:
+    def tenyear_args(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--tenyear-years", type=int, default=10, help="years in the RSS probe's bucket (0: skip it)")
+        ap.add_argument("--tenyear-reads", type=int, default=5, help="fresh processes reading one day from it")
+
+    a, params, names = parse_args(argv, __doc__ or "", Params, list(SYSTEMS), DEFAULT_SYSTEMS, tenyear_args)
+    t_start = time.perf_counter()
+    log, workdir, out_json = start_run(a, "local")
     tmp_out = workdir / "worker.json"
 
-    runnable = []
-    for n in names:
-        if _interpreter(SYSTEMS[n][2], a.peers_python) is None:
-            log(f"skipping {n}: {a.peers_python} is missing (create it with `make bench-peers`)")
-        else:
-            runnable.append(n)
-
+    runnable = runnable_systems(names, lambda n: SYSTEMS[n][2], a.peers_python, log)
     rounds: list[dict[str, dict[str, Any]]] = []
     fsyncs: list[dict[str, Any]] = []
-    for rnd in range(a.rounds):
-        k = rnd % max(len(runnable), 1)
-        order = runnable[k:] + runnable[:k]
-        log(f"=== round {rnd + 1}/{a.rounds}: {', '.join(order)}")
+    for order in round_orders(runnable, a.rounds, log):
         this: dict[str, dict[str, Any]] = {}
         fs = _worker(Path(sys.executable), ["fsync", "--root", str(workdir / "fsync")], tmp_out, 120, log)
         fsyncs.append(fs)

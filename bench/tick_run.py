@@ -12,13 +12,11 @@ the raw JSON under ``bench/results/`` and rewrites the ``## Ticks`` section of `
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,15 @@ if str(REPO) not in sys.path:
 
 from bench import report  # noqa: E402
 from bench.common import med  # noqa: E402
-from bench.run import PEERS_PYTHON, _interpreter, _worker, run_meta  # noqa: E402
+from bench.run import (  # noqa: E402
+    _interpreter,
+    _worker,
+    parse_args,
+    round_orders,
+    run_meta,
+    runnable_systems,
+    start_run,
+)
 from bench.systems.ticks import TICK_SYSTEMS  # noqa: E402
 from bench.tick_data import TickParams  # noqa: E402
 
@@ -101,44 +107,12 @@ def section(res: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = TickParams()
-    ap.add_argument("--systems", default=",".join(TICK_SYSTEMS), help=f"comma list of {', '.join(TICK_SYSTEMS)}")
-    ap.add_argument("--rounds", type=int, default=3)
-    for fld in fields(TickParams):
-        ap.add_argument("--" + fld.name.replace("_", "-"), type=type(getattr(d, fld.name)), default=getattr(d, fld.name))
-    ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
-    ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
-    ap.add_argument("--no-doc", action="store_true")
-    ap.add_argument("--timeout", type=float, default=900.0)
-    a = ap.parse_args(argv)
-    params = TickParams(**{f.name: getattr(a, f.name) for f in fields(TickParams)})
-    names = [s.strip() for s in a.systems.split(",") if s.strip()]
-    unknown = [n for n in names if n not in TICK_SYSTEMS]
-    if unknown:
-        ap.error(f"unknown system(s) {unknown}; known: {list(TICK_SYSTEMS)}")
+    a, params, names = parse_args(argv, __doc__ or "", TickParams, list(TICK_SYSTEMS), list(TICK_SYSTEMS))
     t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
-
-    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-tickbench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    out_json = a.out or REPO / "bench" / "results" / f"ticks-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    runnable = []
-    for n in names:
-        if _interpreter(TICK_SYSTEMS[n][1], a.peers_python) is None:
-            log(f"skipping {n}: {a.peers_python} is missing (create it with `make bench-peers`)")
-        else:
-            runnable.append(n)
+    log, workdir, out_json = start_run(a, "ticks")
+    runnable = runnable_systems(names, lambda n: TICK_SYSTEMS[n][1], a.peers_python, log)
     rounds: list[dict[str, dict[str, Any]]] = []
-    for rnd in range(a.rounds):
-        k = rnd % max(len(runnable), 1)
-        order = runnable[k:] + runnable[:k]
-        log(f"=== round {rnd + 1}/{a.rounds}: {', '.join(order)}")
+    for order in round_orders(runnable, a.rounds, log):
         this: dict[str, dict[str, Any]] = {}
         for n in order:
             py = _interpreter(TICK_SYSTEMS[n][1], a.peers_python)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,6 +175,43 @@ SCHEDULE = [
 ]  # fmt: skip
 
 
+def kill_writer(
+    root: Path,
+    next_op: int,
+    mode: str,
+    delay: float,
+    rng: random.Random,
+    target: Callable[[int], int],
+    writer: Path = WRITER,
+) -> tuple[list[int], list[int], int]:
+    """Start ``writer`` at operation ``next_op`` and SIGKILL it; returns (acknowledged, begun, kills).
+
+    ``random``: after up to ``delay`` s. ``startup``: kill one writer, then the next one somewhere in
+    its start-up and recovery. Otherwise: up to ``delay`` s after operation ``target(next_op)`` begins.
+    """
+    if mode == "startup":
+        # Leave the previous crash's log un-recovered, and kill the next writer while it starts
+        # up and replays it: recovery itself must survive being interrupted.
+        child = Child(root, next_op, writer=writer)
+        child.wait_for("READY")
+        time.sleep(rng.uniform(0.0, 0.05))
+        assert child.kill() == -signal.SIGKILL, child.stderr()
+        child_ops = (child.acked(), child.begun())
+        restart = Child(root, max([next_op - 1, *child_ops[1]]) + 1, writer=writer)
+        time.sleep(rng.uniform(0.05, 1.2))  # somewhere in interpreter start, imports or recovery
+        assert restart.kill() == -signal.SIGKILL, restart.stderr()
+        return child_ops[0] + restart.acked(), child_ops[1] + restart.begun(), 2
+    child = Child(root, next_op, writer=writer)
+    child.wait_for("READY")
+    if mode == "random":
+        time.sleep(rng.uniform(0.0, delay))
+    else:
+        child.wait_for(f"B {target(next_op)}")
+        time.sleep(rng.uniform(0.0, delay))
+    assert child.kill() == -signal.SIGKILL, child.stderr()
+    return child.acked(), child.begun(), 1
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -> None:
     root = tmp_path / "data"
@@ -184,32 +221,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
     kills = verified = replayed = inflight_bulk = 0
     torn_tails = 0
     for mode, delay in SCHEDULE:
-        if mode == "startup":
-            # Leave the previous crash's log un-recovered, and kill the next writer while it starts
-            # up and replays it: recovery itself must survive being interrupted.
-            child = Child(root, next_op)
-            child.wait_for("READY")
-            time.sleep(rng.uniform(0.0, 0.05))
-            assert child.kill() == -signal.SIGKILL, child.stderr()
-            kills += 1
-            child_ops = (child.acked(), child.begun())
-            restart = Child(root, max([next_op - 1, *child_ops[1]]) + 1)
-            time.sleep(rng.uniform(0.05, 1.2))  # somewhere in interpreter start, imports or recovery
-            assert restart.kill() == -signal.SIGKILL, restart.stderr()
-            kills += 1
-            acked, begun = child_ops[0] + restart.acked(), child_ops[1] + restart.begun()
-        else:
-            child = Child(root, next_op)
-            child.wait_for("READY")
-            if mode == "random":
-                time.sleep(rng.uniform(0.0, delay))
-            else:
-                target = first_op_of(mode, next_op + rng.randint(0, 25))
-                child.wait_for(f"B {target}")
-                time.sleep(rng.uniform(0.0, delay))
-            assert child.kill() == -signal.SIGKILL, child.stderr()
-            kills += 1
-            acked, begun = child.acked(), child.begun()
+        acked, begun, killed = kill_writer(
+            root, next_op, mode, delay, rng, lambda after, m=mode: first_op_of(m, after + rng.randint(0, 25))
+        )
+        kills += killed
 
         # Acknowledged operations are certain; at most one begun operation is in flight.
         for n in acked:

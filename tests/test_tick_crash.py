@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 from mktsframe.engine import Engine
 from mktsframe.errors import BucketNotFoundError
 
-from .test_crash import Child
+from .test_crash import kill_writer
 from .tick_crash_writer import KEY, plan
 
 WRITER = Path(__file__).with_name("tick_crash_writer.py")
@@ -97,27 +95,10 @@ def test_sigkill_during_tick_writes_loses_tears_and_duplicates_nothing(tmp_path:
     next_op = 0
     kills = replayed = 0
     for mode, delay in SCHEDULE:
-        if mode == "startup":  # kill a writer, then kill the next one while it recovers
-            child = Child(root, next_op, writer=WRITER)
-            child.wait_for("READY")
-            time.sleep(rng.uniform(0.01, 0.08))
-            assert child.kill() == -signal.SIGKILL, child.stderr()
-            restart = Child(root, max([next_op - 1, *child.begun()]) + 1, writer=WRITER)
-            time.sleep(rng.uniform(0.1, 0.8))
-            assert restart.kill() == -signal.SIGKILL, restart.stderr()
-            kills += 2
-            acked, begun = child.acked() + restart.acked(), child.begun() + restart.begun()
-        else:
-            child = Child(root, next_op, writer=WRITER)
-            child.wait_for("READY")
-            if mode == "random":
-                time.sleep(rng.uniform(0.0, delay))
-            else:
-                child.wait_for(f"B {_target(mode, next_op + rng.randint(0, 5))}")
-                time.sleep(rng.uniform(0.0, delay))
-            assert child.kill() == -signal.SIGKILL, child.stderr()
-            kills += 1
-            acked, begun = child.acked(), child.begun()
+        acked, begun, killed = kill_writer(
+            root, next_op, mode, delay, rng, lambda after, m=mode: _target(m, after + rng.randint(0, 5)), WRITER
+        )
+        kills += killed
         for n in acked:
             model.apply(n)
         inflight = sorted(set(begun) - set(acked))

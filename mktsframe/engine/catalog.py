@@ -17,6 +17,7 @@ from typing import Any
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
+from mktsframe.engine.listing import NumberedFiles
 from mktsframe.engine.tick_file import TickStore
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError
@@ -92,6 +93,11 @@ def _subdirs(path: Path | os.DirEntry[str]) -> list[os.DirEntry[str]]:
         return []
 
 
+def _year_of_name(name: str) -> int | None:
+    stem, _, ext = name.partition(".")
+    return int(stem) if ext == "bin" and stem.lstrip("-").isdigit() else None
+
+
 class Bucket:
     """One bucket's metadata and its lazily opened year files."""
 
@@ -111,28 +117,11 @@ class Bucket:
         self._years: dict[int, YearFile] = {}
         #: The year file of the latest write: appends land there again, skipping calendar maths.
         self.last_written: YearFile | None = None
-        self._year_list: list[int] | None = None
-        self._dir_mtime = -1
+        self._year_list = NumberedFiles(directory, _year_of_name)
 
     def years(self) -> list[int]:
         """Years that have a file, ascending (re-listed when the directory changes)."""
-        try:
-            mtime = os.stat(self.dir).st_mtime_ns
-        except FileNotFoundError:
-            return []
-        if self._year_list is None or mtime != self._dir_mtime:
-            found = []
-            try:
-                with os.scandir(self.dir) as it:
-                    for e in it:
-                        stem, _, ext = e.name.partition(".")
-                        if ext == "bin" and stem.lstrip("-").isdigit():
-                            found.append(int(stem))
-            except FileNotFoundError:  # destroyed since the stat
-                return []
-            self._year_list = sorted(found)
-            self._dir_mtime = mtime
-        return self._year_list
+        return self._year_list.get()
 
     def year_file(self, year: int, *, create: bool = False) -> YearFile | None:
         yf = self._years.get(year)
@@ -145,7 +134,7 @@ class Bucket:
                 raise CorruptFileError(f"{path}: header schema/timeframe disagrees with {self.dir / META_NAME}")
         elif create:
             yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema)
-            self._year_list = None
+            self._year_list.invalidate()
         else:
             return None
         self._years[year] = yf

@@ -44,6 +44,7 @@ import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.listing import NumberedFiles
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
@@ -84,8 +85,10 @@ def day_name(day: int) -> str:
     return str(np.datetime64(day, "D")).replace("-", "")
 
 
-def _day_of_name(stem: str) -> int | None:
-    if len(stem) != 8 or not stem.isdigit():
+def _day_of_name(name: str) -> int | None:
+    """The day number of a partition file name ``YYYYMMDD.tick``; ``None`` for other names."""
+    stem = name[: -len(SUFFIX)]
+    if not name.endswith(SUFFIX) or len(stem) != 8 or not stem.isdigit():
         return None
     try:
         return int(np.datetime64(f"{stem[:4]}-{stem[4:6]}-{stem[6:]}", "D").astype(np.int64))
@@ -328,8 +331,7 @@ class TickStore:
         self.names = [n for n, _ in schema]
         self.writable = writable
         self._open: dict[int, TickPartition] = {}
-        self._days: list[int] | None = None
-        self._dir_mtime = -1
+        self._days = NumberedFiles(directory, _day_of_name)
         if writable:  # temporary files of a rewrite that a crash interrupted
             for tmp in directory.glob(f".*{SUFFIX}.*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -337,24 +339,7 @@ class TickStore:
     # -- catalog --------------------------------------------------------------------------------
     def days(self) -> list[int]:
         """Days (since 1970-01-01 UTC) that have a partition file, ascending."""
-        try:
-            mtime = os.stat(self.dir).st_mtime_ns
-        except FileNotFoundError:
-            return []
-        if self._days is None or mtime != self._dir_mtime:
-            found = []
-            try:
-                with os.scandir(self.dir) as it:
-                    for e in it:
-                        if e.name.endswith(SUFFIX):
-                            day = _day_of_name(e.name[: -len(SUFFIX)])
-                            if day is not None:
-                                found.append(day)
-            except FileNotFoundError:
-                return []
-            self._days = sorted(found)
-            self._dir_mtime = mtime
-        return self._days
+        return self._days.get()
 
     def _path(self, day: int) -> Path:
         return self.dir / f"{day_name(day)}{SUFFIX}"
@@ -394,7 +379,7 @@ class TickStore:
             old.close()
         if p is not None:
             self._open[day] = p
-        self._days = None
+        self._days.invalidate()
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, ns: np.ndarray, columns: list[np.ndarray], *, seq: int | None, replay: bool = False) -> None:
