@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import mktsframe
 from mktsframe.backend.base import Batch
 from mktsframe.engine import Engine
-from mktsframe.engine.tick_file import DAY_NS
+from mktsframe.engine.tick_file import DAY_NS, TickPartition
 from mktsframe.errors import BucketExistsError, SchemaMismatchError
 
 NS = 1_000_000_000
@@ -122,6 +122,30 @@ def test_late_and_out_of_order_writes_are_placed_by_time(engine: Engine) -> None
         "20240301.tick", "20240302.tick", "20240303.tick"]  # fmt: skip
 
 
+def test_late_ticks_merge_in_place_saving_overwritten_durable_rows(engine: Engine) -> None:
+    """Late ticks are merged into the partition in place (no copy of the day); checkpointed rows they
+    overwrite are first saved to the undo file, which the next checkpoint removes."""
+    path = engine.root / "EURUSD" / "1Min" / "TICK" / "20240301.tick"
+    undo = path.with_suffix(".undo")
+    engine.write(KEY, ticks(T0 + np.arange(0, 1000, 10, dtype=np.int64) * NS), variable_length=True)
+    engine.checkpoint()
+    inode = path.stat().st_ino
+    engine.write(KEY, ticks(T0 + np.arange(1000, 2000, 10, dtype=np.int64) * NS, start=100), variable_length=True)
+    engine.write(KEY, ticks([T0 + 1500 * NS, T0 + 2500 * NS], start=500), variable_length=True)
+    assert not undo.exists()  # only rows written since the checkpoint were moved
+    engine.write(KEY, ticks([T0 + 995 * NS, T0 + 5 * NS], start=501), variable_length=True)
+    assert undo.exists()
+    assert path.stat().st_ino == inode  # in place
+    engine.checkpoint()
+    assert not undo.exists()
+    got = read(engine)
+    want = np.concatenate([np.arange(0, 2000, 10), [1500, 2500, 995, 5]]) * NS + T0
+    vals = np.concatenate([np.arange(200.0), [500, 501, 501, 502]])
+    order = np.argsort(want, kind="stable")
+    np.testing.assert_array_equal(got.index, want[order])
+    np.testing.assert_array_equal(got.columns["Bid"], vals[order])
+
+
 def test_limits_and_ranges_cross_partitions(engine: Engine) -> None:
     ns = T0 + np.arange(10, dtype=np.int64) * (DAY_NS // 4)  # four ticks a day over 2.5 days
     engine.write(KEY, ticks(ns), variable_length=True)
@@ -204,6 +228,41 @@ def test_replay_restores_ticks_exactly_once(open_engine, tmp_path: Path, log_onl
             got = read(again)
             np.testing.assert_array_equal(got.index, want_ns)
             np.testing.assert_array_equal(got.columns["Bid"], want_v)
+
+
+def test_a_torn_in_place_merge_is_repaired_from_the_undo_file(open_engine, tmp_path: Path) -> None:
+    """A kill in the middle of merging late ticks in place leaves torn rows, checkpointed ones
+    included; recovery puts the saved durable rows back and re-applies the log, exactly."""
+    engine = open_engine(checkpoint_interval=3600)
+    ns = T0 + np.arange(0, 10_000, dtype=np.int64) * NS
+    engine.write(KEY, ticks(ns), variable_length=True)
+    engine.checkpoint()
+    late = T0 + np.array([100, 100, 5000], np.int64) * NS + 1
+    engine.write(KEY, ticks(late, start=-1), variable_length=True)
+    crashed = tmp_path / "crashed"
+    shutil.copytree(engine.root, crashed)
+    (crashed / ".mkts" / "lock").unlink()
+    part = crashed / "EURUSD" / "1Min" / "TICK" / "20240301.tick"
+    assert part.with_suffix(".undo").exists()
+    ns_offset = partition_meta(part)["ns_offset"]
+    data = bytearray(part.read_bytes())
+    data[ns_offset + 8 * 101 : ns_offset + 8 * 9000] = b"\xab" * (8 * 8899)  # torn from the first moved row on
+    part.write_bytes(bytes(data))
+    with Engine(crashed, read_only=False) as again:
+        assert again.recovery.problems == []
+        got = read(again)
+    want_ns = np.concatenate([ns, late])
+    order = np.argsort(want_ns, kind="stable")
+    np.testing.assert_array_equal(got.index, want_ns[order])
+    np.testing.assert_array_equal(got.columns["Bid"], np.concatenate([np.arange(10_000.0), [-1, 0, 1]])[order])
+
+
+def partition_meta(path: Path) -> dict:
+    p = TickPartition.open(path, writable=False)
+    try:
+        return p.meta
+    finally:
+        p.close()
 
 
 def test_torn_commit_slot_is_never_served(engine: Engine, tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ def plan(n: int) -> tuple:
         return ("write", day + rng.integers(0, DAY_NS, 30_000))
     times = slot + np.sort(rng.integers(0, 600 * NS, 200))
     times[rng.integers(0, 200, 20)] = times[0]  # duplicates, out of order within the batch
+    times[:10] = slot - rng.integers(1, 1200 * NS, 10)  # a little late: merged into the partition's tail
     return ("write", times)
 
 

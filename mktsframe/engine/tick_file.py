@@ -17,14 +17,17 @@ Crash safety, with the write-ahead log doing the durable part:
   (row count and the WAL sequence number of the last record applied). A kill before that leaves the
   rows invisible; a torn slot fails its checksum and the previous slot still holds. Readers never see
   half an append.
-* **Everything else** (late or out-of-order ticks, deletes, growth past the capacity) is a
-  copy-on-write of the partition: the merged rows go to a temporary file that is ``fsync``'d and
-  renamed over the old one. A range rewrite therefore never leaves garbage behind (MarketStore
-  appended rewritten interval blobs at the end of the file and never reclaimed the old ones).
+* **Late or out-of-order ticks** are merged in place from the first row after their time, then
+  published the same way; checkpointed rows about to be overwritten are first saved (``fsync``'d)
+  to an *undo file*, so a kill mid-merge only tears rows that recovery puts back or re-applies.
+* **Deletes and growth past the capacity** are a copy-on-write of the partition: the rows go to a
+  temporary file that is ``fsync``'d and renamed over the old one. A range rewrite therefore never
+  leaves garbage behind (MarketStore appended rewritten interval blobs at the end of the file and
+  never reclaimed the old ones).
 * **Replay never duplicates**: each partition records the sequence number of the last WAL record it
   holds, and replay skips records already there. A slot also keeps the *durable* state (as of the
-  last checkpoint, after ``msync``); when recovery first opens a partition it rolls it back to that
-  state, so the records after it are re-applied exactly once even if the machine lost pages.
+  last checkpoint, after ``msync``); when recovery first opens a partition it restores that state
+  (with the undo file's rows), so the records after it are re-applied exactly once even if the machine lost pages.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import crc32c
 import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
-from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
 from mktsframe.errors import CorruptFileError
 
@@ -61,6 +64,10 @@ _SLOT = struct.Struct("<QqQqQ")
 _SLOT_SIZE = 48
 _SLOT_OFFSETS = (64, 112)
 _META_OFFSET = 160
+UNDO_SUFFIX = ".undo"
+UNDO_MAGIC = b"MKTSUNDO"
+#: magic, durable_nrows, durable_seq, first saved row, rows saved; then the rows by column, CRC-32C
+_UNDO = struct.Struct("<8sQQQQ")
 MIN_CAPACITY = 1024
 
 
@@ -117,6 +124,8 @@ class TickPartition:
         self.state = state
         self.writable = writable
         self.dirty = False
+        self._undo: list[np.ndarray] | None = None  # durable rows saved before an in-place overwrite
+        self._undo_lo: int | None = None  # ... from this row to durable_nrows
         self._mm = mm
         self.ns = np.ndarray((self.capacity,), np.int64, buffer=mm, offset=meta["ns_offset"])
         self.columns: dict[str, np.ndarray] = {
@@ -194,6 +203,7 @@ class TickPartition:
         os.close(fd)
         os.replace(tmp, path)
         fsync_dir(path.parent)
+        path.with_suffix(UNDO_SUFFIX).unlink(missing_ok=True)  # it restored the replaced file
         return cls.open(path, writable=True)
 
     @classmethod
@@ -248,13 +258,42 @@ class TickPartition:
         self.state = state
         self.dirty = True
 
+    @property
+    def undo_path(self) -> Path:
+        """``YYYYMMDD.undo``: durable rows overwritten in place since the last checkpoint."""
+        return self.path.with_suffix(UNDO_SUFFIX)
+
     def roll_back_to_durable(self) -> bool:
-        """Forget rows published after the last checkpoint (recovery re-applies them from the log)."""
+        """Restore the state of the last checkpoint: put back durable rows that late ticks
+        overwrote (from the undo file) and forget rows published since (recovery re-applies them)."""
         s = self.state
-        if s.nrows == s.durable_nrows and s.seq == s.durable_seq:
+        undo = _read_undo(self.undo_path, self.schema)
+        if undo is not None and undo[:2] == (s.durable_nrows, s.durable_seq):
+            lo, arrays = undo[2], undo[3]
+            self.ns[lo : s.durable_nrows] = arrays[0]
+            for (name, _), arr in zip(self.schema, arrays[1:], strict=True):
+                self.columns[name][lo : s.durable_nrows] = arr
+            self._undo, self._undo_lo = [a.copy() for a in arrays], lo  # still the durable rows
+            self.dirty = True
+        elif s.nrows == s.durable_nrows and s.seq == s.durable_seq:
             return False
         self._commit(_State(0, s.durable_nrows, s.durable_seq, s.durable_nrows, s.durable_seq))
         return True
+
+    def _save_undo(self, lo: int) -> None:
+        """Before rows ``lo…`` are overwritten in place, make sure the durable ones among them are
+        saved (``fsync``'d) so recovery can put them back; each row is saved once per checkpoint."""
+        d = self.state.durable_nrows
+        hi = d if self._undo_lo is None else self._undo_lo
+        if lo >= hi:
+            return
+        saved = [self.ns[lo:hi].copy(), *(self.columns[n][lo:hi].copy() for n, _ in self.schema)]
+        if self._undo is not None:
+            saved = [np.concatenate([a, b]) for a, b in zip(saved, self._undo, strict=True)]
+        head = _UNDO.pack(UNDO_MAGIC, d, self.state.durable_seq, lo, d - lo)
+        body = b"".join(memoryview(np.ascontiguousarray(a)).cast("B") for a in saved)
+        write_atomic(self.undo_path, head + body + struct.pack("<I", crc32c.crc32c(body, value=crc32c.crc32c(head))))
+        self._undo, self._undo_lo = saved, lo
 
     def checkpoint(self) -> None:
         """``msync`` the rows, then record the published state as durable (and ``msync`` that)."""
@@ -266,20 +305,32 @@ class TickPartition:
             self._commit(_State(0, s.nrows, s.seq, s.nrows, s.seq))
             self._mm.flush(0, PAGE)
         self.dirty = False
+        self.undo_path.unlink(missing_ok=True)  # stale once the state it restores is superseded
+        self._undo = self._undo_lo = None
 
     # -- rows -----------------------------------------------------------------------------------
-    def append(self, ns: np.ndarray, columns: list[np.ndarray], seq: int | None) -> None:
-        """Add rows after the last one (caller checks order and capacity)."""
-        n0, k = self.state.nrows, int(ns.size)
-        self.ns[n0 : n0 + k] = ns
+    def store_tail(self, lo: int, ns: np.ndarray, columns: list[np.ndarray], seq: int | None) -> None:
+        """Replace rows ``[lo, nrows)`` with the given rows and publish them (caller checks
+        :meth:`tail_start`). ``lo == nrows`` is a plain append; durable rows about to be overwritten
+        are saved to the undo file first."""
+        self._save_undo(lo)
+        k = int(ns.size)
+        self.ns[lo : lo + k] = ns
         for (name, _), arr in zip(self.schema, columns, strict=True):
-            self.columns[name][n0 : n0 + k] = arr
+            self.columns[name][lo : lo + k] = arr
         s = self.state
-        self._commit(_State(0, n0 + k, s.seq if seq is None else seq, s.durable_nrows, s.durable_seq))
+        self._commit(_State(0, lo + k, s.seq if seq is None else seq, s.durable_nrows, s.durable_seq))
 
-    def can_append(self, first_ns: int, k: int) -> bool:
+    def tail_start(self, first_ns: int, k: int) -> int | None:
+        """Where rows from ``first_ns`` on are merged in place (the first stored row after it), or
+        ``None`` when the capacity does not suffice (then the partition is copied). Appends, the
+        common case, start at ``nrows``."""
         n = self.state.nrows
-        return n + k <= self.capacity and (n == 0 or first_ns >= int(self.ns[n - 1]))
+        if n + k > self.capacity:
+            return None
+        if n == 0 or first_ns >= int(self.ns[n - 1]):
+            return n
+        return int(np.searchsorted(self.ns[:n], first_ns, side="right"))
 
     def rows(self, lo: int, hi: int, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Copies of rows ``[lo, hi)``: the time column and the columns named."""
@@ -295,6 +346,29 @@ class TickPartition:
 
     def disk_usage(self) -> int:
         return os.stat(self.path).st_blocks * 512
+
+
+def _read_undo(path: Path, schema: Schema) -> tuple[int, int, int, list[np.ndarray]] | None:
+    """``(durable_nrows, durable_seq, first row, [ns, *columns])`` of an intact undo file, else ``None``."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(raw) < _UNDO.size + 4:
+        return None
+    magic, d, dseq, lo, n = _UNDO.unpack_from(raw)
+    body = memoryview(raw)[_UNDO.size : -4]
+    (crc,) = struct.unpack_from("<I", raw, len(raw) - 4)
+    dtypes = [np.dtype(np.int64), *(dtype_of(t) for _, t in schema)]
+    if magic != UNDO_MAGIC or crc32c.crc32c(body, value=crc32c.crc32c(raw[: _UNDO.size])) != crc:
+        return None
+    if n != d - lo or len(body) != n * sum(dt.itemsize for dt in dtypes):
+        return None
+    arrays, pos = [], 0
+    for dt in dtypes:
+        arrays.append(np.frombuffer(body, dt, n, pos))
+        pos += n * dt.itemsize
+    return d, dseq, lo, arrays
 
 
 def _pack_slot(buf: Any, offset: int, s: _State) -> None:
@@ -371,6 +445,7 @@ class TickStore:
         path = self._path(day)
         if ns.size == 0:
             path.unlink(missing_ok=True)
+            path.with_suffix(UNDO_SUFFIX).unlink(missing_ok=True)
             fsync_dir(self.dir)
             p = None
         else:
@@ -406,8 +481,10 @@ class TickStore:
             new_seq = seq if seq is not None else (p.seq if p is not None else 0)
             if p is None:
                 self._replace(day, part_ns, part_cols, new_seq)
-            elif p.can_append(int(part_ns[0]), part_ns.size):
-                p.append(part_ns, part_cols, seq)
+            elif (lo := p.tail_start(int(part_ns[0]), part_ns.size)) is not None:  # append, or late ticks
+                if lo < p.nrows:  # into rows published since the last checkpoint
+                    part_ns, part_cols = _merge(p, part_ns, part_cols, self.names, lo)
+                p.store_tail(lo, part_ns, part_cols, seq)
             else:
                 self._replace(day, *_merge(p, part_ns, part_cols, self.names), new_seq)
 
@@ -517,12 +594,12 @@ class TickStore:
 
 
 def _merge(
-    p: TickPartition, ns: np.ndarray, columns: list[np.ndarray], names: list[str]
+    p: TickPartition, ns: np.ndarray, columns: list[np.ndarray], names: list[str], lo: int = 0
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The partition's rows with ``ns``/``columns`` merged in by time; at equal times the stored
-    rows (which arrived earlier) come first, each side keeping its own order."""
-    n, k = p.nrows, ns.size
-    old_ns = p.ns[:n]
+    """The partition's rows from ``lo`` on with ``ns``/``columns`` merged in by time; at equal times
+    the stored rows (which arrived earlier) come first, each side keeping its own order."""
+    n, k = p.nrows - lo, ns.size
+    old_ns = p.ns[lo : p.nrows]
     pos = np.searchsorted(old_ns, ns, side="right") + np.arange(k)
     is_new = np.zeros(n + k, bool)
     is_new[pos] = True
@@ -531,7 +608,7 @@ def _merge(
     out_ns[~is_new] = old_ns
     out_cols = []
     for name, new in zip(names, columns, strict=True):
-        old = p.columns[name][:n]
+        old = p.columns[name][lo : p.nrows]
         col = np.empty(n + k, old.dtype)
         col[is_new] = new
         col[~is_new] = old
