@@ -35,12 +35,14 @@ from mktsframe.dtypes import WIRE_TYPES, coerce_column
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
+    FunctionError,
     InvalidKeyError,
     MktsError,
     ReadOnlyError,
     SchemaMismatchError,
 )
-from mktsframe.functions import Call, apply_functions, parse_functions
+from mktsframe.functions import Call, apply_functions, parse_functions, parse_window
+from mktsframe.functions.resample import read_candles
 from mktsframe.keys import CATEGORY, parse_key
 from mktsframe.server import nmds
 from mktsframe.times import to_ns
@@ -297,6 +299,45 @@ class RpcService:
         )
 
     def _run_query(self, spec: _QuerySpec) -> dict[str, Any]:
+        try:
+            results = self._select(spec)
+        except (BucketNotFoundError, InvalidKeyError) as missing:
+            if spec.native:
+                raise  # HTTPBackend must see exactly what the local engine does
+            results = self._candles_instead(spec, missing)
+        if spec.functions:
+            # MarketStore runs the chain per bucket on the rows the query selected (after limit).
+            results = {key: apply_functions(batch, spec.functions) for key, batch in results.items()}
+        return self._respond(spec, results)
+
+    def _candles_instead(self, spec: _QuerySpec, missing: MktsError) -> dict[str, Batch]:
+        """A timeframe nobody stored (``10Min``, ``4H``, ``1W``, ``1M``…): candles from the finest
+        stored bucket of the symbol and group whose timeframe divides it.
+
+        MarketStore read another bucket here without aggregating (``10Min`` got ``5Min`` bars,
+        ``4H`` got ``2H`` bars). ``limit`` then counts candles; ``columns`` picks among the candle
+        columns. If nothing fits, the original error stands (with the reason for a bucket-not-found).
+        """
+        parts = spec.destination.partition(":")[0].split("/")
+        if len(parts) != 3:
+            raise missing
+        tf = parts[1]
+        try:
+            parse_window(tf)
+            results = read_candles(self.backend, spec.destination, tf, start=_ts(spec.start), end=_ts(spec.end),
+                                   limit=spec.limit, limit_from_start=spec.from_start)  # fmt: skip
+        except (BucketNotFoundError, InvalidKeyError):
+            raise missing from None
+        except FunctionError as exc:
+            if isinstance(missing, BucketNotFoundError):
+                raise BucketNotFoundError(f"{missing}; {exc}") from None
+            raise missing from None
+        if spec.columns is not None:
+            results = {k: Batch(b.index, {c: b.columns[c] for c in dict.fromkeys(spec.columns) if c in b.columns})
+                       for k, b in results.items()}  # fmt: skip
+        return results
+
+    def _select(self, spec: _QuerySpec) -> dict[str, Batch]:
         if spec.columns is None or spec.native:
             results = self._fetch(spec, spec.destination, spec.columns)
         else:
@@ -316,9 +357,9 @@ class RpcService:
                 results = {}
                 for key, cols in wanted.items():
                     results.update(self._fetch(spec, key, cols))
-        if spec.functions:
-            # MarketStore runs the chain per bucket on the rows the query selected (after limit).
-            results = {key: apply_functions(batch, spec.functions) for key, batch in results.items()}
+        return results
+
+    def _respond(self, spec: _QuerySpec, results: dict[str, Batch]) -> dict[str, Any]:
         # Tick buckets' results end with MarketStore's Nanoseconds column (the sub-second part of each
         # tick's time), so they never share a dataset with fixed buckets.
         groups: dict[tuple[object, ...], list[tuple[str, Batch]]] = {}

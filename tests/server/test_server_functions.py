@@ -245,3 +245,30 @@ def test_read_mkts_candles_from_a_tick_bucket(backend, sym: str) -> None:
     stored = pd.read_mkts(mktsframe_key, backend=backend)
     assert stored.index.has_duplicates
     pd.testing.assert_frame_equal(stored.mkts.candles("1Min"), got, check_names=False, check_freq=False)
+
+
+def test_query_of_an_unstored_timeframe_returns_candles(client: pymkts.Client, sym: str) -> None:
+    """MarketStore answered 10Min with the 5Min bars and 4H with 2H bars; here they are aggregated."""
+    df = minute_bars("2024-01-01", 20 * 24 * 60, seed=5).astype({"Volume": "f8"})
+    arr = np.zeros(len(df), dtype=[("Epoch", "i8")] + [(c, "f8") for c in df.columns])
+    arr["Epoch"] = df.index.as_unit("s").asi8
+    for c in df.columns:
+        arr[c] = df[c].to_numpy()
+    client.write(arr, f"{sym}/1Min/OHLCV")
+    for tf, freq in (("10Min", "10min"), ("4H", "4h"), ("1W", "W-MON"), ("1M", "MS")):
+        got = client.query(pymkts.Params(sym, tf, "OHLCV")).first()
+        assert got.key == f"{sym}/{tf}/OHLCV"
+        want = pandas_candles(df, freq) if tf != "1W" else df.resample("W-MON", closed="left", label="left").agg(
+            {"Open": "first", "High": "max", "Low": "min", "Close": "last", "Volume": "sum"})
+        np.testing.assert_array_equal(got.df().index.as_unit("ns").asi8, want.index.as_unit("ns").asi8)
+        np.testing.assert_allclose(got.df()[list(want.columns)].to_numpy(), want.to_numpy())
+    last2 = client.query(pymkts.Params(sym, "1D", "OHLCV", limit=2, columns=["Close", "Nope"])).first().df()
+    assert list(last2.columns) == ["Close"]
+    assert list(last2.index) == list(pd.to_datetime(["2024-01-19", "2024-01-20"], utc=True))
+    with_fn = client.query(pymkts.Params(sym, "4H", "OHLCV", functions=["count(*)"])).first().array
+    assert with_fn["Count"].tolist() == [20 * 6]
+    with pytest.raises(Exception, match="no files returned from query parse"):
+        client.query(pymkts.Params(f"{sym}NOPE", "10Min", "OHLCV"))
+    client.write(arr[:10], f"{sym}X/1H/OHLCV")
+    with pytest.raises(Exception, match=r"no files returned from query parse.*no stored timeframe divides 5Min"):
+        client.query(pymkts.Params(f"{sym}X", "5Min", "OHLCV"))
