@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Candle benchmark: 1Min bars → 5Min / 1H / 1D candles, mktsframe beside pandas and ArcticDB.
 
-``python bench/candles_bench.py [--rows 1000000] [--rounds 3] [--repeats 7]``
+``python bench/candles_bench.py [--rows 1000000] [--rounds 3] [--repeats 7]`` (or ``make bench-candles``)
 
 Systems (each round runs every system in its own process, order rotated):
 
@@ -23,14 +23,11 @@ rounds. Writes ``bench/results/candles-<date>.json`` and the ``## Candles`` sect
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -48,10 +45,9 @@ SYSTEMS = {  # name → venv
     "mktsframe-batch": "main", "mktsframe-frame": "main", "pandas": "main", "pandas-pd2": "peers",
     "mktsframe-read": "main", "arcticdb-lmdb": "peers",
 }  # fmt: skip
-PEERS_PYTHON = REPO / "bench" / ".venv-peers" / "bin" / "python"
 
 
-# -- worker (runs in either venv: imports only bench.common, numpy, pandas and the system's library) --
+# -- worker (``bench.worker candles``; either venv: imports only bench.common, numpy, pandas and the system's library)
 def _reference(df: Any, rule: str) -> Any:
     r = df.resample(rule, closed="left", label="left")
     out = r.agg(AGG)
@@ -84,8 +80,11 @@ def _time(fn: Any, repeats: int) -> list[float]:
     return out
 
 
-def run_worker(name: str, root: str, rows: int, repeats: int) -> dict[str, Any]:
+def run_worker(name: str, root: str, p: CandleParams) -> dict[str, Any]:
+    """One system's measurements (``python -m bench.worker candles NAME``): every result checked first."""
     import pandas as pd
+
+    rows, repeats = p.rows, p.repeats
 
     df = make_bars(rows, EPOCH0, seed=42)
     res: dict[str, Any] = {"pandas": pd.__version__, "rows": rows}
@@ -146,19 +145,10 @@ def run_worker(name: str, root: str, rows: int, repeats: int) -> dict[str, Any]:
 
 
 # -- orchestrator ----------------------------------------------------------------------------------
-def _run(python: Path, name: str, root: Path, rows: int, repeats: int, out: Path, timeout: float) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [str(python), str(Path(__file__).resolve()), "--worker", name, "--root", str(root), "--rows", str(rows),
-           "--repeats", str(repeats), "--out", str(out)]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    if not out.exists():
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}"}
-    res: dict[str, Any] = json.loads(out.read_text())
-    out.unlink()
-    return res
+@dataclass
+class CandleParams:
+    rows: int = 1_000_000
+    repeats: int = 7
 
 
 def _fmt_ms(s: float | None) -> str:
@@ -213,58 +203,28 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--peers-python", type=Path, default=PEERS_PYTHON)
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
-    ap.add_argument("--no-doc", action="store_true")
-    ap.add_argument("--timeout", type=float, default=900.0)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--root", help=argparse.SUPPRESS)
-    a = ap.parse_args(argv)
-    if a.worker:
-        try:
-            res = run_worker(a.worker, a.root, a.rows, a.repeats)
-        except Exception as exc:  # reported to the orchestrator, which shows it
-            import traceback
-
-            res = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-        a.out.write_text(json.dumps(res))
-        return 0
-
     from bench import report
-    from bench.run import run_meta
+    from bench.run import _interpreter, _worker, parse_args, round_orders, run_meta, runnable_systems, start_run
 
-    t0 = time.perf_counter()
-    names = [n for n in a.systems.split(",") if n]
-    unknown = [n for n in names if n not in SYSTEMS]
-    if unknown:
-        ap.error(f"unknown system(s) {unknown}; known: {list(SYSTEMS)}")
-    runnable = [n for n in names if SYSTEMS[n] == "main" or a.peers_python.exists()]
-    for n in set(names) - set(runnable):
-        print(f"skipping {n}: {a.peers_python} is missing (make bench-peers)")
-    work = Path(tempfile.mkdtemp(prefix="mkts-candles-"))
+    a, params, names = parse_args(argv, __doc__ or "", CandleParams, list(SYSTEMS), list(SYSTEMS))
+    t_start = time.perf_counter()
+    log, workdir, out_json = start_run(a, "candles")
+    runnable = runnable_systems(names, SYSTEMS.__getitem__, a.peers_python, log)
     rounds: list[dict[str, Any]] = []
-    try:
-        for rnd in range(a.rounds):
-            k = rnd % len(runnable)
-            this: dict[str, Any] = {}
-            for n in runnable[k:] + runnable[:k]:
-                py = Path(sys.executable) if SYSTEMS[n] == "main" else a.peers_python
-                root = work / n
-                shutil.rmtree(root, ignore_errors=True)
-                this[n] = r = _run(py, n, root, a.rows, a.repeats, work / "out.json", a.timeout)
-                shutil.rmtree(root, ignore_errors=True)
-                print(f"[{time.perf_counter() - t0:6.1f}s] round {rnd + 1} {n:<16} "
-                      + ("  ".join(f"{tf} {_fmt_ms(r.get(tf))}" for tf in TIMEFRAMES) if "error" not in r
-                         else f"ERROR {r['error']}"), flush=True)  # fmt: skip
-            rounds.append(this)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    for order in round_orders(runnable, a.rounds, log):
+        this: dict[str, Any] = {}
+        for n in order:
+            py = _interpreter(SYSTEMS[n], a.peers_python)
+            assert py is not None
+            root = workdir / n
+            shutil.rmtree(root, ignore_errors=True)
+            r = _worker(py, ["candles", n, "--root", str(root), "--params", json.dumps(asdict(params))],
+                        workdir / "worker.json", a.timeout, log)
+            shutil.rmtree(root, ignore_errors=True)
+            this[n] = r
+            log(f"{n:<16} " + ("  ".join(f"{tf} {_fmt_ms(r.get(tf))}" for tf in TIMEFRAMES) if "error" not in r
+                               else f"ERROR {r['error']}"))  # fmt: skip
+        rounds.append(this)
     agg: dict[str, Any] = {}
     for n in runnable:
         ok = [r[n] for r in rounds if "error" not in r[n]]
@@ -275,10 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             a_n["error"] = errors[0]
         agg[n] = a_n
-    out_json = a.out or REPO / "bench" / "results" / f"candles-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
     meta = run_meta(argv, out_json, a.peers_python)
-    meta.update(rows=a.rows, rounds=a.rounds, repeats=a.repeats, elapsed_s=time.perf_counter() - t0)
+    meta.update(rows=params.rows, rounds=a.rounds, repeats=params.repeats, elapsed_s=time.perf_counter() - t_start)
     res = {"meta": meta, "systems": agg, "rounds": rounds}
     out_json.write_text(json.dumps(res, indent=1))
     text = section(res)
@@ -286,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_doc:
         old = a.doc.read_text() if a.doc.exists() else ""
         a.doc.write_text(report.update_doc(old, text, title=TITLE))
-        print(f"wrote {a.doc}")
-    print(f"wrote {out_json}")
-    return 0 if all(v.get("verified") for v in agg.values()) else 1
+        log(f"wrote {a.doc}")
+    log(f"wrote {out_json}")
+    if a.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0 if agg and all(v.get("verified") for v in agg.values()) else 1
 
 
 if __name__ == "__main__":

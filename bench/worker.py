@@ -8,6 +8,7 @@ orchestrator, :mod:`bench.run`, picks the interpreter). Modes:
 ``fsync``         latency of a 32-byte write + ``fdatasync`` on the benchmark's disk
 ``tenyear-build`` a 10-year 1Min bucket for the "one day from a 10-year bucket" RSS probe
 ``tenyear-read``  read one day from it and report how much the process's RSS grew
+``candles NAME``  1Min bars → 5Min/1H/1D candles (``bench/candles_bench.py``)
 ``ticks NAME``    the tick protocol (``bench/tick_run.py``): a day of ticks, hour reads, 1,000-tick appends
 
 Times are seconds, sizes bytes.
@@ -293,7 +294,7 @@ def run_ticks(name: str, root: str, tp: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read", "ticks"])
+    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read", "ticks", "candles"])
     ap.add_argument("name", nargs="?", help="system name (mode 'system')")
     ap.add_argument("--root", required=True, help="directory for this measurement's data")
     ap.add_argument("--out", required=True, help="where to write the JSON result")
@@ -305,11 +306,19 @@ def main(argv: list[str] | None = None) -> int:
         from bench.tick_data import TickParams
 
         p: Any = TickParams(**json.loads(a.params))
+    elif a.mode == "candles":
+        from bench.candles_bench import CandleParams
+
+        p = CandleParams(**json.loads(a.params))
     else:
         p = Params(**json.loads(a.params))
     try:
         if a.mode == "ticks":
             res = run_ticks(a.name, a.root, p)
+        elif a.mode == "candles":
+            from bench.candles_bench import run_worker
+
+            res = run_worker(a.name, a.root, p)
         elif a.mode == "system":
             res = run_system(a.name, a.root, p)
         elif a.mode == "fsync":
