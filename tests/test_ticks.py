@@ -230,15 +230,21 @@ def test_replay_restores_ticks_exactly_once(open_engine, tmp_path: Path, log_onl
             np.testing.assert_array_equal(got.columns["Bid"], want_v)
 
 
-def test_a_torn_in_place_merge_is_repaired_from_the_undo_file(open_engine, tmp_path: Path) -> None:
-    """A kill in the middle of merging late ticks in place leaves torn rows, checkpointed ones
-    included; recovery puts the saved durable rows back and re-applies the log, exactly."""
+@pytest.mark.parametrize("change", ["late ticks", "delete"])
+def test_a_torn_in_place_change_is_repaired_from_the_undo_file(open_engine, tmp_path: Path, change: str) -> None:
+    """A kill in the middle of merging late ticks (or closing the gap of a delete) in place leaves
+    torn rows, checkpointed ones included; recovery puts the saved durable rows back and re-applies
+    the log, exactly."""
     engine = open_engine(checkpoint_interval=3600)
     ns = T0 + np.arange(0, 10_000, dtype=np.int64) * NS
     engine.write(KEY, ticks(ns), variable_length=True)
     engine.checkpoint()
     late = T0 + np.array([100, 100, 5000], np.int64) * NS + 1
-    engine.write(KEY, ticks(late, start=-1), variable_length=True)
+    if change == "delete":
+        assert engine.delete(KEY, start=T0 + 101 * NS, end=T0 + 200 * NS) == 100
+        late = np.empty(0, np.int64)
+    else:
+        engine.write(KEY, ticks(late, start=-1), variable_length=True)
     crashed = tmp_path / "crashed"
     shutil.copytree(engine.root, crashed)
     (crashed / ".mkts" / "lock").unlink()
@@ -252,9 +258,11 @@ def test_a_torn_in_place_merge_is_repaired_from_the_undo_file(open_engine, tmp_p
         assert again.recovery.problems == []
         got = read(again)
     want_ns = np.concatenate([ns, late])
-    order = np.argsort(want_ns, kind="stable")
-    np.testing.assert_array_equal(got.index, want_ns[order])
-    np.testing.assert_array_equal(got.columns["Bid"], np.concatenate([np.arange(10_000.0), [-1, 0, 1]])[order])
+    want_v = np.concatenate([np.arange(10_000.0), np.arange(late.size) - 1.0])
+    keep = (want_ns < T0 + 101 * NS) | (want_ns > T0 + 200 * NS) if change == "delete" else want_ns > 0
+    order = np.argsort(want_ns[keep], kind="stable")
+    np.testing.assert_array_equal(got.index, want_ns[keep][order])
+    np.testing.assert_array_equal(got.columns["Bid"], want_v[keep][order])
 
 
 def partition_meta(path: Path) -> dict:

@@ -20,10 +20,11 @@ Crash safety, with the write-ahead log doing the durable part:
 * **Late or out-of-order ticks** are merged in place from the first row after their time, then
   published the same way; checkpointed rows about to be overwritten are first saved (``fsync``'d)
   to an *undo file*, so a kill mid-merge only tears rows that recovery puts back or re-applies.
-* **Deletes and growth past the capacity** are a copy-on-write of the partition: the rows go to a
-  temporary file that is ``fsync``'d and renamed over the old one. A range rewrite therefore never
-  leaves garbage behind (MarketStore appended rewritten interval blobs at the end of the file and
-  never reclaimed the old ones).
+* **Deletes** move the rows after the range down, in place, the same way; a range rewritten by
+  delete + write therefore reuses its space (MarketStore appended rewritten interval blobs at the
+  end of the file and never reclaimed the old ones).
+* **Growth past the capacity** is a copy of the partition into a file twice as large, ``fsync``'d
+  and renamed over the old one.
 * **Replay never duplicates**: each partition records the sequence number of the last WAL record it
   holds, and replay skips records already there. A slot also keeps the *durable* state (as of the
   last checkpoint, after ``msync``); when recovery first opens a partition it restores that state
@@ -227,7 +228,7 @@ class TickPartition:
             if size < meta["file_size"]:
                 raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {meta['file_size']})")
             state = _read_slots(head, path)
-            if not 0 <= state.durable_nrows <= state.nrows <= meta["capacity"]:
+            if not (0 <= state.nrows <= meta["capacity"] and 0 <= state.durable_nrows <= meta["capacity"]):
                 raise CorruptFileError(f"{path}: commit slot holds an impossible row count {state.nrows}")
             mm = mmap.mmap(fd, meta["file_size"], access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
         finally:
@@ -310,9 +311,9 @@ class TickPartition:
 
     # -- rows -----------------------------------------------------------------------------------
     def store_tail(self, lo: int, ns: np.ndarray, columns: list[np.ndarray], seq: int | None) -> None:
-        """Replace rows ``[lo, nrows)`` with the given rows and publish them (caller checks
-        :meth:`tail_start`). ``lo == nrows`` is a plain append; durable rows about to be overwritten
-        are saved to the undo file first."""
+        """Replace rows ``[lo, nrows)`` with the given rows (as many or more, or fewer for a delete)
+        and publish them (caller checks the capacity). ``lo == nrows`` is a plain append; durable
+        rows about to be overwritten are saved to the undo file first."""
         self._save_undo(lo)
         k = int(ns.size)
         self.ns[lo : lo + k] = ns
@@ -501,11 +502,11 @@ class TickStore:
             if hi <= lo:
                 continue
             n = p.nrows
-            keep = np.r_[0:lo, hi:n]
-            ns = p.ns[:n][keep]
-            cols = [p.columns[name][:n][keep] for name in self.names]
             removed += hi - lo
-            self._replace(day, ns, cols, seq if seq is not None else p.seq)
+            if hi - lo == n:  # the day is empty now
+                self._replace(day, np.empty(0, np.int64), [], seq if seq is not None else p.seq)
+            else:  # in place: the rows after the range move down (saved to the undo file first)
+                p.store_tail(lo, p.ns[hi:n].copy(), [p.columns[name][hi:n].copy() for name in self.names], seq)
         return removed
 
     def checkpoint(self) -> None:
