@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import mmap
 import os
 import struct
@@ -52,6 +53,8 @@ from mktsframe.engine.listing import NumberedFiles
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
+
+log = logging.getLogger("mktsframe.engine.ticks")
 
 MAGIC = b"MKTSTICK"
 FORMAT_VERSION = 1
@@ -321,6 +324,12 @@ class TickPartition:
             self.columns[name][lo : lo + k] = arr
         s = self.state
         self._commit(_State(0, lo + k, s.seq if seq is None else seq, s.durable_nrows, s.durable_seq))
+        if seq is not None and seq <= s.durable_seq:
+            # The log's numbering went backwards (its checkpoint file was lost): replay would skip this
+            # record as already applied, so make the partition durable at this number now.
+            log.warning("%s: WAL sequence %d is not above the partition's %d; checkpointing it", self.path,
+                        seq, s.durable_seq)
+            self.checkpoint()
 
     def tail_start(self, first_ns: int, k: int) -> int | None:
         """Where rows from ``first_ns`` on are merged in place (the first stored row after it), or
