@@ -100,8 +100,8 @@ def section(res: dict[str, Any]) -> str:
     out += ["", "Caveats: a shared 2-core VM, so differences under ~1.5× are noise (per-round values are in the "
             "JSON). mktsframe (durable) fdatasyncs its WAL on every write, mktsframe-bg every 0.5 s; LMDB commits its "
             "own transactions. ArcticDB runs under pandas 2 in `bench/.venv-peers`, mktsframe under pandas 3. "
-            "mktsframe's day write goes through the write-ahead log and then copies the rows into the day's "
-            "partition file (`fsync`'d), so the data is written twice.",
+            "mktsframe writes the day twice: into the write-ahead log (`fdatasync`'d before the call "
+            "returns) and into the day's partition file (made durable by the next checkpoint, as year files are).",
             f"Raw results: `{m['json']}`.", ""]
     return "\n".join(out)
 
