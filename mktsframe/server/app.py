@@ -5,6 +5,7 @@ and handed whole to :meth:`RpcService.handle` in a worker thread, so decoding, d
 encoding never run on the event loop; the engine's own locks serialise writes through the WAL
 and let reads proceed between commits. The engine is opened on startup and closed (checkpointed,
 WAL trimmed, write lock released) on shutdown, after uvicorn has let in-flight requests finish.
+Plugins (``triggers:``, ``bgworkers:``) start after the engine opens and stop before it closes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from mktsframe.backend import Backend, connect
 from mktsframe.config import Config
+from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, RpcService, content_codec, request_error
 
 __all__ = ["create_app", "server_version"]
@@ -43,6 +45,18 @@ def open_backend(config: Config) -> Backend:
     return connect(config.root_path(), config=config, read_only=not config.init_wal_cache)
 
 
+def _start_plugins(backend: Backend, config: Config) -> Plugins | None:
+    """The configured triggers and bgworkers, started before requests are accepted (a plugin that
+    fails to load is logged and skipped; one that cannot start at all never stops the server)."""
+    if not (config.triggers or config.bgworkers):
+        return None
+    try:
+        return start_plugins(backend, config)
+    except Exception:
+        log.exception("plugins not started")
+        return None
+
+
 def create_app(config: Config, *, backend: Backend | None = None) -> Starlette:
     """The ASGI app serving ``config`` (or ``backend``, which the caller then owns and closes)."""
     version = server_version()
@@ -54,11 +68,15 @@ def create_app(config: Config, *, backend: Backend | None = None) -> Starlette:
         be = backend if backend is not None else await anyio.to_thread.run_sync(open_backend, config)
         service = RpcService(be, config, version)
         app.state.service = service
+        plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
+        app.state.plugins = plugins
         log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
         try:
             yield
         finally:
             service.stopping = True
+            if plugins is not None:
+                await anyio.to_thread.run_sync(plugins.stop)
             if backend is None:
                 await anyio.to_thread.run_sync(be.close)
                 log.info("engine closed cleanly")
