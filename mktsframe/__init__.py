@@ -37,9 +37,25 @@ __all__ = [
     "__version__",
     "connect",
     "load_config",
+    "load_ipython_extension",
     "read_mkts",
     "set_default_backend",
     "write_mkts",
 ]
+
+
+
+def load_ipython_extension(ip: object) -> None:
+    """``%load_ext mktsframe``: the ``%mkts`` magic (see :mod:`mktsframe.magics`)."""
+    from mktsframe.magics import load_ipython_extension as load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip: object) -> None:
+    from mktsframe.magics import unload_ipython_extension as unload
+
+    unload(ip)
+
 
 _register()
