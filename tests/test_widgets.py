@@ -1,0 +1,90 @@
+"""The symbol browser, driven headless by setting widget state (as a front end would)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("ipywidgets")
+import mktsframe
+from mktsframe.backend.local import LocalBackend
+from mktsframe.widgets.browser import SymbolBrowser
+
+from .helpers import frame, ohlcv
+
+
+def check_browser(db: mktsframe.Backend, key: str, other: str) -> None:
+    """Shared by the local and the HTTP tests: ``key`` has 1Min OHLCV bars on 2024-01-02..03."""
+    b = SymbolBrowser(db, max_rows=100)
+    assert list(b.key.options) == sorted([key, other])
+    b.key.value = key
+    # A new key shows its last day; the table and chart hold the last max_rows bars.
+    assert (b.start.value, b.end.value) == (dt.date(2024, 1, 3), dt.date(2024, 1, 3))
+    want = mktsframe.read_mkts(key, "2024-01-03", "2024-01-03 23:59", limit=100, backend=db)
+    pd.testing.assert_frame_equal(b.frame, want)
+    assert b.chart.value.count('class="candle"') == 100
+    assert f"{key}: 100 bars" in b.status.value
+    assert "<table" in b.table.value
+
+    # The front end sends a new date range (DatePicker state is an ISO date dict).
+    b.start.set_state({"value": {"year": 2024, "month": 0, "date": 2}})
+    b.end.set_state({"value": {"year": 2024, "month": 0, "date": 2}})
+    b.max_rows.value = 2000
+    assert b.frame is not None
+    assert b.frame.index[0] == pd.Timestamp("2024-01-02", tz="UTC")
+    assert b.frame.index[-1] == pd.Timestamp("2024-01-02 23:59", tz="UTC")
+    assert len(b.frame) == 1440
+
+    b.chart_kind.value = "line"
+    assert 'class="line"' in b.chart.value
+    assert 'class="candle"' not in b.chart.value
+    points = b.chart.value.split('points="')[1].split('"')[0].split()
+    assert len(points) == 1440
+
+    b.start.value = dt.date(2024, 1, 5)
+    assert "ends (2024-01-02) before it starts" in b.status.value
+    assert b.frame is None
+    b.end.value = dt.date(2024, 1, 6)
+    assert b.frame is not None
+    assert b.frame.empty
+    assert "no bars in this range" in b.chart.value
+
+    state = b.key.get_state()
+    assert state["_model_name"] == "DropdownModel"
+    assert state["index"] == list(b.key.options).index(key)
+
+
+def test_browser_local(db: LocalBackend) -> None:
+    mktsframe.write_mkts(ohlcv("2024-01-02", 2 * 1440, seed=5), "BTC/1Min/OHLCV", backend=db)
+    mktsframe.write_mkts(frame(["2024-01-02", "2024-01-03"], Price=[1.5, 2.5]), "ETH/1D/TRADES", backend=db)
+    check_browser(db, "BTC/1Min/OHLCV", "ETH/1D/TRADES")
+
+
+def test_browser_line_for_non_ohlc_buckets_and_errors(db: LocalBackend, tmp_path: Path) -> None:
+    mktsframe.write_mkts(frame(["2024-01-02", "2024-01-03"], Price=[1.5, 2.5], N=np.array([1, 2])), "ETH/1D/TRADES",
+                         backend=db)
+    b = SymbolBrowser(db)
+    assert b.key.value == "ETH/1D/TRADES"
+    assert b.frame is not None
+    assert len(b.frame) == 1  # the last day
+    b.start.value = dt.date(2024, 1, 1)
+    assert len(b.frame) == 2
+    assert 'class="line"' in b.chart.value  # no OHLC columns: a line of the first numeric column
+    assert "(Price)" in b.chart.value
+
+    mktsframe.write_mkts(ohlcv("2024-01-02", 3, seed=1), "BTC/1Min/OHLCV", backend=db)
+    b.refresh_keys()
+    assert b.key.value == "ETH/1D/TRADES"
+    db.destroy("ETH/1D/TRADES")
+    b.refresh()
+    assert "BucketNotFoundError" in b.status.value
+    assert b.frame is None
+
+    empty = SymbolBrowser(str(tmp_path / "empty"))
+    assert empty.key.value is None
+    assert "no buckets yet" in empty.status.value
+    empty.backend.close()
