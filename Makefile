@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(PY) -m ruff check mktsframe tests bench
 	$(PY) -m pytest
 
+# The Sphinx site (docs/*.md plus the API from docstrings) into docs/_build/html; warnings are errors.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 # Peers needing other library versions (ArcticDB: pandas < 3) live in their own venv.
 PEERS := bench/.venv-peers
 PEERS_STAMP := $(PEERS)/.installed
@@ -43,4 +47,4 @@ bench-candles: $(STAMP) $(PEERS_STAMP)
 	$(PY) bench/candles_bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache docs/_build

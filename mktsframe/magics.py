@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from mktsframe.backend import Backend, connect, set_default_backend
 from mktsframe.errors import MktsError
@@ -75,7 +75,6 @@ class MktsMagics(Magics):
         self._keys: list[str] | None = None
 
     # -- dispatch -------------------------------------------------------------------------------
-    @no_var_expand
     @line_cell_magic
     def mkts(self, line: str, cell: str | None = None) -> Any:
         """Work with a mktsframe store; ``%mkts`` alone shows the commands."""

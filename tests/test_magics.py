@@ -82,6 +82,15 @@ def test_cell_query(ip: InteractiveShell, root: Path) -> None:
     assert ip.user_ns["bars"].attrs["mkts_key"] == "BTC/1D/OHLCV"
 
 
+def test_line_expands_python_variables_but_the_cell_body_does_not(ip: InteractiveShell, root: Path) -> None:
+    ip.user_ns["where"] = str(root)
+    run(ip, "%mkts connect {where}")
+    ip.user_ns["n"] = 2
+    assert len(run(ip, "%mkts read BTC/1D/OHLCV --limit $n")) == 2
+    with pytest.raises(UsageError, match="invalid int value: '\\$n'"):
+        run(ip, "%%mkts\nBTC/1D/OHLCV --limit $n\n")
+
+
 def test_cell_sql(ip: InteractiveShell, root: Path) -> None:
     run(ip, f"%mkts connect {root}")
     cell = "%%mkts\nSELECT Close FROM `BTC/1D/OHLCV` LIMIT 3\n"
