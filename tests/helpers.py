@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,3 +49,15 @@ def tree(path: Path) -> set[str]:
         for name in dirnames + filenames:
             out.add(os.path.relpath(os.path.join(dirpath, name), path))
     return out
+
+
+def ipython_shell() -> Any:
+    """The process's IPython InteractiveShell (a singleton), with history kept in memory only."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    if not InteractiveShell.initialized():
+        config = Config()
+        config.HistoryManager.hist_file = ":memory:"
+        return InteractiveShell.instance(config=config)
+    return InteractiveShell.instance()

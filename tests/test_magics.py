@@ -18,12 +18,12 @@ from IPython.core.interactiveshell import InteractiveShell
 import mktsframe
 from mktsframe.backend import set_default_backend
 
-from .helpers import assert_epoch_index, ohlcv
+from .helpers import assert_epoch_index, ipython_shell, ohlcv
 
 
 @pytest.fixture
 def ip(tmp_path: Path) -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "mktsframe")
     yield shell
     shell.run_line_magic("unload_ext", "mktsframe")

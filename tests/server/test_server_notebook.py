@@ -9,7 +9,7 @@ from live_helpers import ServerProcess
 
 import mktsframe
 from mktsframe.backend import set_default_backend
-from tests.helpers import ohlcv
+from tests.helpers import ipython_shell, ohlcv
 from tests.test_widgets import check_browser
 
 xr = pytest.importorskip("xarray")
@@ -56,10 +56,8 @@ def test_xarray_over_http(live_server: ServerProcess, remote: tuple[mktsframe.Ba
 
 
 def test_magic_over_http(live_server: ServerProcess, remote: tuple[mktsframe.Backend, str, str]) -> None:
-    from IPython.core.interactiveshell import InteractiveShell
-
     _, key, _ = remote
-    ip = InteractiveShell.instance()
+    ip = ipython_shell()
     ip.run_line_magic("load_ext", "mktsframe")
     try:
         ip.run_line_magic("mkts", f"connect {live_server.url}")
