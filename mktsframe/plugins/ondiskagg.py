@@ -107,6 +107,7 @@ class OnDiskAgg:
         self._journal: Path | None = None
         self._fd: int | None = None
         self._known: set[str] = set()
+        self._pending: dict[int, tuple[str, int | None, int | None]] = {}  # journaled, not yet fired
         self._unlisten: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -170,8 +171,26 @@ class OnDiskAgg:
             written = np.concatenate(parts) if parts else None
             for lo, hi in _merge(spans, self._unit):
                 self._recompute(backend, key, lo, hi, written=written)
+        done += self._recover_dropped(backend, done)
         self._append([f"done {seq}" for seq in done])
         self._maybe_compact()
+
+    def _recover_dropped(self, backend: Backend, delivered: list[int]) -> list[int]:
+        """Recompute changes the framework never delivered (its queue was full and dropped them).
+
+        Events arrive in commit order, so a journaled change older than the newest delivered one
+        will never come: it was dropped. Returns the sequence numbers it handled.
+        """
+        for seq in delivered:
+            self._pending.pop(seq, None)
+        newest = max(delivered, default=0)
+        lost = sorted(seq for seq in list(self._pending) if seq < newest)
+        if lost:
+            log.warning("ondiskagg: %d change(s) were never delivered (queue overflow?); recomputing them", len(lost))
+        for seq in lost:
+            key, lo, hi = self._pending.pop(seq)
+            self._recompute_logged(backend, key, lo, hi)
+        return lost
 
     def _unseen_sources(self, backend: Backend) -> list[str]:
         """Stored keys matching ``on`` that were never aggregated (e.g. killed before their first fire)."""
@@ -208,6 +227,7 @@ class OnDiskAgg:
             return  # unknown keys get a full recompute when first fired
         span = self._span(ev)
         if span is not None:
+            self._pending[ev.seq] = (ev.key, *span)
             self._append([f"dirty {ev.seq} {ev.key} {_num(span[0])} {_num(span[1])}"])
 
     # -- recomputation ---------------------------------------------------------------------------

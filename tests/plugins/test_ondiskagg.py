@@ -190,3 +190,17 @@ def test_a_new_bar_rewrites_one_candle_per_destination(db, agg) -> None:
     unlisten()
     assert sorted(dest_writes) == sorted([("AAA/1Min/OHLCV", 1)] + [(f"AAA/{tf}/OHLCV", 1) for tf in DESTS])
     assert mismatches(db, "AAA") == []
+
+
+def test_events_the_framework_dropped_are_recomputed_at_the_next_fire(db, agg) -> None:
+    minute_bars(0, 600, seed=1).to_mkts("AAA/1Min/OHLCV", backend=db)
+    agg.flush()
+    late = minute_bars(100, 3, seed=5)
+    late["Low"] = np.float32(-1e6)
+    late.to_mkts("AAA/1Min/OHLCV", backend=db)
+    with agg._lock:
+        agg.events.clear()  # a full queue: the framework dropped this event
+    minute_bars(600, 5, seed=6).to_mkts("AAA/1Min/OHLCV", backend=db)
+    agg.flush()
+    assert pd.read_mkts("AAA/1H/OHLCV", backend=db)["Low"].iloc[1] == np.float32(-1e6)
+    assert mismatches(db, "AAA") == []
