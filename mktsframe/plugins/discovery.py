@@ -24,6 +24,13 @@ log = logging.getLogger("mktsframe.plugins")
 TRIGGER_GROUP = "mktsframe.triggers"
 WORKER_GROUP = "mktsframe.bgworkers"
 
+#: The built-in plugins, as declared in pyproject.toml; used when the installed metadata lacks them
+#: (a source tree on ``PYTHONPATH``, or an editable install made before a plugin was added).
+BUILTINS = {
+    TRIGGER_GROUP: {"ondiskagg": "mktsframe.plugins.ondiskagg:new_trigger"},
+    WORKER_GROUP: {"gdaxfeeder": "mktsframe.plugins.candle_feeder:new_bgworker"},
+}
+
 
 class PluginError(MktsError, ValueError):
     """A plugin entry cannot be loaded (unknown module, bad entry, factory failed)."""
@@ -40,16 +47,11 @@ def find_factory(module: Any, group: str) -> Any:
     if not isinstance(module, str) or not module.strip():
         raise PluginError(f"plugin entry needs a 'module:' string, got {module!r}")
     if ":" in module and "/" not in module:
-        mod_name, _, attr = module.partition(":")
-        try:
-            obj: Any = importlib.import_module(mod_name.strip())
-            for part in attr.strip().split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise PluginError(f"cannot import plugin {module!r}: {exc}") from exc
-        return obj
+        return _import(module)
     name = plugin_name(module)
     found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found and name in BUILTINS.get(group, {}):
+        return _import(BUILTINS[group][name])
     if not found:
         known = sorted({ep.name for ep in entry_points(group=group)})
         raise PluginError(f"no plugin {name!r} in entry-point group {group} (installed: {', '.join(known) or 'none'})")
@@ -60,3 +62,15 @@ def find_factory(module: Any, group: str) -> Any:
         return found[0].load()
     except Exception as exc:
         raise PluginError(f"cannot load plugin {name!r} ({found[0].value}): {exc}") from exc
+
+
+def _import(target: str) -> Any:
+    """The object of ``package.module:attribute``."""
+    mod_name, _, attr = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name.strip())
+        for part in attr.strip().split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot import plugin {target!r}: {exc}") from exc
+    return obj
