@@ -73,6 +73,7 @@ class MktsMagics(Magics):
         self.backend: Backend | None = None
         self.target: str | None = None
         self._keys: list[str] | None = None
+        self._previous_default: Backend | None = None
 
     # -- dispatch -------------------------------------------------------------------------------
     @line_cell_magic
@@ -104,7 +105,7 @@ class MktsMagics(Magics):
             raise
         self.close()
         self.backend, self.target, self._keys = backend, args[0], keys
-        set_default_backend(backend)
+        self._previous_default = set_default_backend(backend)
         print(f"connected to {args[0]} ({len(keys)} buckets)")
 
     def _ls(self, args: list[str]) -> list[str]:
@@ -201,9 +202,9 @@ class MktsMagics(Magics):
         """Drop the connection (the completer hook stays installed but then offers nothing)."""
         self._keys = None
         if self.backend is not None:
-            set_default_backend(None)
+            set_default_backend(self._previous_default)  # what the notebook used before connect
             self.backend.close()
-            self.backend = None
+            self.backend = self.target = self._previous_default = None
 
 
 def run_sql(sql: str, backend: Backend) -> pd.DataFrame:

@@ -73,6 +73,22 @@ def test_connect_ls_info_read(ip: InteractiveShell, root: Path, capsys: pytest.C
     assert list(both["Symbol"]) == ["BTC", "ETH", "BTC", "ETH"]
 
 
+def test_connect_replaces_and_unload_restores_the_default_backend(ip: InteractiveShell, root: Path) -> None:
+    mine = mktsframe.connect(root / "other")
+    set_default_backend(mine)
+    try:
+        run(ip, f"%mkts connect {root}")
+        run(ip, f"%mkts connect {root}")  # reconnecting keeps what was there before the first connect
+        assert len(mktsframe.read_mkts("BTC/1D/OHLCV")) == 30
+        ip.run_line_magic("unload_ext", "mktsframe")
+        with pytest.raises(mktsframe.BucketNotFoundError):
+            mktsframe.read_mkts("BTC/1D/OHLCV")  # the notebook's own default again
+        ip.run_line_magic("load_ext", "mktsframe")
+    finally:
+        set_default_backend(None)
+        mine.close()
+
+
 def test_cell_query(ip: InteractiveShell, root: Path) -> None:
     run(ip, f"%mkts connect {root}")
     df = run(ip, "%%mkts\n# the last hour\nETH/1Min/OHLCV --start '2024-01-02 09:00'\n")
