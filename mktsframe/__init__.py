@@ -15,6 +15,7 @@ from mktsframe.errors import (
     MktsError,
     ReadOnlyError,
     SchemaMismatchError,
+    SQLError,
 )
 from mktsframe.io import read_mkts, write_mkts
 from mktsframe.io.accessor import register as _register
@@ -33,6 +34,7 @@ __all__ = [
     "LockedError",
     "MktsError",
     "ReadOnlyError",
+    "SQLError",
     "SchemaMismatchError",
     "__version__",
     "connect",

@@ -16,6 +16,7 @@ __all__ = [
     "LockedError",
     "MktsError",
     "ReadOnlyError",
+    "SQLError",
     "SchemaMismatchError",
 ]
 
@@ -58,3 +59,16 @@ class ReadOnlyError(MktsError):
 class FunctionError(MktsError, ValueError):
     """A query function (``candlecandler(...)``, ``count(*)``, a candle duration…) is malformed or
     does not fit the data it is applied to."""
+
+
+class SQLError(MktsError, ValueError):
+    """A SQL statement could not be parsed or run.
+
+    ``line`` and ``col`` (1-based) give the position of a syntax error when known; the message
+    repeats them and shows the statement with a caret under the offending token.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, col: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.col = col
