@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import pandas as pd
 
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.config import Config
@@ -40,6 +42,7 @@ from mktsframe.errors import (
     MktsError,
     ReadOnlyError,
     SchemaMismatchError,
+    SQLError,
 )
 from mktsframe.functions import Call, apply_functions, parse_functions, parse_window
 from mktsframe.functions.resample import read_candles
@@ -64,6 +67,8 @@ SERVER_ERROR = -32000
 
 #: Most sub-requests accepted in one call: bounds the work one request can queue.
 MAX_REQUESTS = 10_000
+#: Longest SQL statement accepted (characters): bounds parsing work per request.
+MAX_SQL_CHARS = 100_000
 NS = 1_000_000_000
 _I64 = (-(2**63), 2**63 - 1)
 _NOT_QUERYABLE = "server is not queryable"
@@ -96,6 +101,7 @@ class _QuerySpec:
     columns: list[str] | None
     native: bool
     functions: list[Call]
+    sql: str | None = None
 
 
 class RpcService:
@@ -243,7 +249,11 @@ class RpcService:
     def _parse_query(self, i: int, req: Mapping[str, Any]) -> _QuerySpec:
         if req.get("is_sqlstatement"):
             stmt = req.get("sql_statement")
-            raise MktsError(f"SQL not supported yet (requests[{i}]: {_brief(stmt, 200)})")
+            if not isinstance(stmt, str) or not stmt.strip():
+                raise _param_error(f"requests[{i}].sql_statement must be a non-empty string")
+            if len(stmt) > MAX_SQL_CHARS:
+                raise _param_error(f"requests[{i}].sql_statement is longer than {MAX_SQL_CHARS} characters")
+            return _QuerySpec("", None, None, None, False, None, False, [], sql=stmt)
         dest = req.get("destination")
         if not isinstance(dest, str) or dest.count("/") < 2:
             raise InvalidKeyError(
@@ -298,7 +308,22 @@ class RpcService:
             limit_from_start=spec.from_start,
         )
 
+    def _run_sql(self, stmt: str) -> dict[str, Any]:
+        """An ``is_sqlstatement`` request: the rows in the usual NMDS, keyed ``<statement>:SQL``.
+
+        As in MarketStore the key is the statement text (pymarketstore keeps the part before the
+        first ``:``), and results without a time column are stamped ``Epoch`` = now.
+        """
+        from mktsframe.sql import execute
+
+        if not self.config.enable_add and re.match(r"\s*insert\b", stmt, re.IGNORECASE):
+            raise ReadOnlyError("INSERT INTO is disabled on this server (enable_add: false)")
+        frame = execute(stmt, self.backend)
+        return {"result": nmds.encode([(stmt, sql_batch(frame))], key_suffix=":SQL")}
+
     def _run_query(self, spec: _QuerySpec) -> dict[str, Any]:
+        if spec.sql is not None:
+            return self._run_sql(spec.sql)
         try:
             results = self._select(spec)
         except (BucketNotFoundError, InvalidKeyError) as missing:
@@ -563,6 +588,43 @@ class RpcService:
             "uptime": f"{up // 3600}h{up // 60 % 60}m{up % 60}s",
             "timezone": self.config.timezone,
         }
+
+
+def sql_batch(frame: pd.DataFrame) -> Batch:
+    """A SQL result frame as a :class:`Batch` the wire can carry.
+
+    The ``Epoch`` index becomes the time (rows without one get the current second); timestamp
+    columns become int64 ns, nullable integers float64 (NA → NaN), text ``U16``. Text longer than
+    16 characters and duplicate column names are refused rather than silently changed.
+    """
+    n = len(frame)
+    if isinstance(frame.index, pd.DatetimeIndex):
+        index = frame.index.as_unit("ns").asi8
+    else:
+        index = np.full(n, time.time_ns() // NS * NS, np.int64)
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise SQLError(f"the result has duplicate column names {names}; name them with AS")
+    columns: dict[str, np.ndarray] = {}
+    for i, name in enumerate(names):
+        s = frame.iloc[:, i]
+        dtype = s.dtype
+        if pd.api.types.is_datetime64_any_dtype(dtype):
+            values = s.dt.tz_localize(None).to_numpy("M8[ns]").view(np.int64) if getattr(dtype, "tz", None) \
+                else s.to_numpy("M8[ns]").view(np.int64)
+        elif isinstance(dtype, np.dtype) and dtype.kind in "iufb":
+            values = s.to_numpy()
+        elif pd.api.types.is_bool_dtype(dtype) and not s.isna().any():
+            values = s.to_numpy(bool)
+        elif pd.api.types.is_numeric_dtype(dtype):
+            values = s.to_numpy(np.float64, na_value=np.nan)
+        else:
+            text = s.astype(str).to_numpy(dtype=object) if n else np.empty(0, object)
+            if n and max(len(t) for t in text) > 16:
+                raise SQLError(f"column {name!r} holds text longer than 16 characters (the wire carries U16)")
+            values = text.astype("U16") if n else np.empty(0, "U16")
+        columns[name] = values
+    return Batch(np.ascontiguousarray(index, np.int64), columns)
 
 
 def _conform(key: str, batch: Batch, schema: dict[str, np.dtype]) -> Batch:

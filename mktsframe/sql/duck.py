@@ -24,6 +24,15 @@ __all__ = ["available", "run"]
 _INSTALL = "full SQL needs DuckDB: pip install 'mktsframe[sql]'"
 
 
+#: DuckDB settings for every connection: the SQL may come from a network client.
+_SAFE_CONFIG = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
+
+
 def available() -> bool:
     """Whether duckdb and pyarrow can be imported."""
     try:
@@ -66,14 +75,17 @@ def run(tree: Any, backend: Backend) -> pd.DataFrame:
         raise SQLError(_INSTALL)
     from sqlglot import exp
 
+    if not isinstance(tree, exp.Query):
+        raise SQLError(f"only SELECT queries run through DuckDB, not {tree.key.upper()}")
     tree = tree.copy()
-    con = duckdb.connect()
+    # Statements may come from the network: no files, no extensions, no settings changes.
+    con = duckdb.connect(config=_SAFE_CONFIG)
     try:
         registered: dict[str, str] = {}
         ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
         for table in list(tree.find_all(exp.Table)):
             name = table_name(table)
-            if name in ctes or name.count("/") != 2:
+            if not isinstance(table.this, exp.Identifier) or name in ctes or name.count("/") != 2:
                 continue
             if name not in registered:
                 registered[name] = f"mkts_{len(registered)}"

@@ -101,9 +101,11 @@ class InsertPlan:
 
 def parse_statement(sql: str) -> Any:
     """Parse one statement with sqlglot; syntax errors become :class:`SQLError` with a position."""
-    import sqlglot
-    from sqlglot.errors import ParseError, TokenError
-
+    try:
+        import sqlglot
+        from sqlglot.errors import ParseError, TokenError
+    except ImportError:
+        raise SQLError("SQL needs sqlglot: pip install 'mktsframe[sql]'") from None
     text = sql.strip().rstrip(";").strip()
     if not text:
         raise SQLError("empty SQL statement")
@@ -237,7 +239,7 @@ def _select(tree: Any) -> SelectPlan:
         raise NotNative("SELECT without FROM")
     node = src.this
     source: str | SelectPlan
-    if isinstance(node, exp.Table):
+    if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
         source = table_name(node)
     elif isinstance(node, exp.Subquery) and isinstance(node.this, exp.Select):
         source = _select(node.this)

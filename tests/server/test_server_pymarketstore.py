@@ -239,9 +239,7 @@ def test_string16_and_column_names(client: pymkts.Client, sym: str) -> None:
     assert arr["Name"].tolist() == ["añ€😀", "x" * 16]
 
 
-def test_sql_and_functions_answer_not_supported(client: pymkts.Client, sym: str) -> None:
-    with pytest.raises(Exception, match="SQL not supported yet"):
-        client.sql("SELECT * FROM `AAPL/1Min/OHLCV`;")
+def test_functions_answer_not_supported(client: pymkts.Client, sym: str) -> None:
     client.write(bars(["2024-01-02"]), f"{sym}/1Min/OHLCV")
     with pytest.raises(Exception, match="unknown function 'adjust'"):
         client.query(pymkts.Params(sym, "1Min", "OHLCV", functions=["adjust('split')"]))
