@@ -1,8 +1,10 @@
-"""``mktsframe`` / ``marketstore`` command line: ``init`` and ``start`` (the full shell comes later).
+"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``.
 
 ``mktsframe init`` writes the commented default ``mkts.yml`` here; ``mktsframe start`` runs the
 server exactly like ``python -m mktsframe.server`` (same flags), as MarketStore's
-``marketstore init`` / ``marketstore start`` did.
+``marketstore init`` / ``marketstore start`` did. ``connect --dir PATH | --url HOST:PORT`` opens
+the interactive shell (or runs a script from stdin); ``load`` and ``sql`` run one CSV load or one
+statement without the shell. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mktsframe.backend.base import Backend
 from mktsframe.config import DEFAULT_CONFIG_TEXT
 
 __all__ = ["main"]
@@ -34,6 +37,68 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target(args: argparse.Namespace) -> str:
+    if args.url:
+        url = args.url
+        return url if "://" in url else f"http://{url}"
+    return str(args.dir) if args.dir else ""
+
+
+def _open(args: argparse.Namespace) -> Backend:
+    from mktsframe.backend import connect
+
+    target = _target(args)
+    return connect(target or None)
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from mktsframe.shell import run
+
+    backend = _open(args)
+    try:
+        return run(backend, _target(args) or "the default root")
+    finally:
+        backend.close()
+
+
+def _load(args: argparse.Namespace) -> int:
+    from mktsframe.io.csv_loader import load_csv
+    from mktsframe.shell.output import go_time
+
+    backend = _open(args)
+    try:
+        r = load_csv(
+            args.key, args.csv, args.description, backend=backend, create=not args.no_create, chunk_rows=args.chunk_rows
+        )
+    finally:
+        backend.close()
+    span = f" from {go_time(r.first)} to {go_time(r.last)}" if r.first is not None and r.last is not None else ""
+    print(f"{r.rows} rows written to {r.key}{span} in {r.seconds:.2f} s")
+    return 0
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from mktsframe.shell.output import format_table, write_csv
+    from mktsframe.sql import execute
+
+    backend = _open(args)
+    try:
+        df = execute(args.statement, backend)
+    finally:
+        backend.close()
+    if args.csv:
+        write_csv(df, sys.stdout, header=True)
+    else:
+        print(format_table(df) if len(df) else "No results")
+    return 0
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--dir", "-d", type=Path, help="data root directory (local engine)")
+    g.add_argument("--url", "-u", help="server, as host:port or http://host:port")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mktsframe`` and ``marketstore`` console scripts; returns the exit code."""
     from mktsframe import __version__
@@ -50,6 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     add_arguments(p_start)
     p_start.set_defaults(func=_start)
+    p_conn = sub.add_parser("connect", help="interactive shell (MarketStore's commands and SQL) on a root or server")
+    _add_target(p_conn)
+    p_conn.add_argument(
+        "-c",
+        "--disable-variable-compression",
+        action="store_true",
+        help="accepted for MarketStore compatibility; has no effect",
+    )
+    p_conn.set_defaults(func=_connect)
+    p_load = sub.add_parser("load", help="load a CSV file into a bucket (all or nothing)")
+    p_load.add_argument("key", help="SYMBOL/TIMEFRAME/ATTRGROUP")
+    p_load.add_argument("csv", type=Path, help="the CSV file")
+    p_load.add_argument("description", nargs="?", type=Path, help="MarketStore loader control file (YAML)")
+    p_load.add_argument("--no-create", action="store_true", help="fail if the bucket does not exist")
+    p_load.add_argument("--chunk-rows", type=int, default=1_000_000, help="lines parsed at a time")
+    _add_target(p_load)
+    p_load.set_defaults(func=_load)
+    p_sql = sub.add_parser("sql", help="run one SQL statement and print the result")
+    p_sql.add_argument("statement")
+    p_sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    _add_target(p_sql)
+    p_sql.set_defaults(func=_sql)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
