@@ -47,7 +47,9 @@ def test_plain_csv_with_header_round_trips(db, tmp_path) -> None:
 
 def test_header_matching_is_case_insensitive_and_ignores_extra_columns(db, tmp_path) -> None:
     db.create(KEY, [("Close", "f8")])
-    path = write(tmp_path, "bars.csv", "epoch,Note,CLOSE\n2024-01-02T09:30:00Z,x,1.5\n2024-01-02T09:31:00+01:00,y,2.5\n")
+    path = write(
+        tmp_path, "bars.csv", "epoch,Note,CLOSE\n2024-01-02T09:30:00Z,x,1.5\n2024-01-02T09:31:00+01:00,y,2.5\n"
+    )
     load_csv(KEY, path, backend=db, progress=False)
     df = mktsframe.read_mkts(KEY, backend=db)
     assert df["Close"].tolist() == [2.5, 1.5]  # 09:31+01:00 is 08:31 UTC
@@ -120,23 +122,35 @@ def test_progress_line_goes_to_stderr(db, tmp_path, capsys) -> None:
 
 def test_marketstore_description_no_header_timezone_and_microsecond_suffix(db, tmp_path) -> None:
     db.create(KEY, OHLCV)
-    desc = write(tmp_path, "desc.yaml", 'firstRowHasColumnNames: false\ntimeFormat: "20060102 15:04:05"\n'
-                                        'timeZone: "US/Eastern"\ncolumnNameMap: [Epoch, Open, High, Low, Close, Volume]\n')
+    desc = write(
+        tmp_path,
+        "desc.yaml",
+        'firstRowHasColumnNames: false\ntimeFormat: "20060102 15:04:05"\n'
+        'timeZone: "US/Eastern"\ncolumnNameMap: [Epoch, Open, High, Low, Close, Volume]\n',
+    )
     data = write(tmp_path, "ticks.csv", "20161230 09:37:57 140000,1,2,3,4,5\n20160703 09:38:00 000000,6,7,8,9,10\n")
     db.create("T/1Sec/OHLCV", OHLCV)
     load_csv("T/1Sec/OHLCV", data, desc, backend=db, progress=False)
     df = mktsframe.read_mkts("T/1Sec/OHLCV", backend=db)
     # EDT in July (UTC-4), EST in December (UTC-5); the .14 s is floored by the 1Sec bucket.
-    assert df.index.tolist() == [pd.Timestamp("2016-07-03 13:38:00", tz="UTC"),
-                                 pd.Timestamp("2016-12-30 14:37:57", tz="UTC")]
+    assert df.index.tolist() == [
+        pd.Timestamp("2016-07-03 13:38:00", tz="UTC"),
+        pd.Timestamp("2016-12-30 14:37:57", tz="UTC"),
+    ]
     assert df["Volume"].tolist() == [10, 5]
 
 
 def test_description_renames_header_and_joins_date_and_time(db, tmp_path) -> None:
     db.create(KEY, OHLCV)
-    desc = write(tmp_path, "d.yaml", "firstRowHasColumnNames: true\ntimeFormat: \"1/2/2006 3:04:05 PM\"\n"
-                                     "columnNameMap: [Epoch-date, Epoch-time, Open, High, Low, Close, Volume]\n")
-    data = write(tmp_path, "d.csv", "Date,Time,O,H,L,C,V\n1/2/2024,9:30:00 AM,1,2,3,4,5\n1/2/2024,1:05:00 PM,6,7,8,9,10\n")
+    desc = write(
+        tmp_path,
+        "d.yaml",
+        'firstRowHasColumnNames: true\ntimeFormat: "1/2/2006 3:04:05 PM"\n'
+        "columnNameMap: [Epoch-date, Epoch-time, Open, High, Low, Close, Volume]\n",
+    )
+    data = write(
+        tmp_path, "d.csv", "Date,Time,O,H,L,C,V\n1/2/2024,9:30:00 AM,1,2,3,4,5\n1/2/2024,1:05:00 PM,6,7,8,9,10\n"
+    )
     load_csv(KEY, data, desc, backend=db, progress=False)
     df = mktsframe.read_mkts(KEY, backend=db)
     assert df.index.tolist() == [pd.Timestamp("2024-01-02 09:30", tz="UTC"), pd.Timestamp("2024-01-02 13:05", tz="UTC")]
@@ -180,12 +194,21 @@ def test_python_and_command_line_entry_points(tmp_path) -> None:
 
     path = write(tmp_path, "bars.csv", HEADER + rows(4))
     root = tmp_path / "root"
-    out = subprocess.run([sys.executable, "-m", "mktsframe.cli", "load", KEY, str(path), "--dir", str(root)],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mktsframe.cli", "load", KEY, str(path), "--dir", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "4 rows written to TSLA/1Min/OHLCV from 2024-01-02 09:30:00 +0000 UTC" in out.stdout
     bad = write(tmp_path, "bad.csv", HEADER + rows(1) + "x,1,2,3,4,5\n")
-    out = subprocess.run([sys.executable, "-m", "mktsframe.cli", "load", KEY, str(bad), "--dir", str(root)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "mktsframe.cli", "load", KEY, str(bad), "--dir", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     assert "line 3: cannot read time 'x'" in out.stderr
     with mktsframe.connect(root) as db:
