@@ -17,7 +17,7 @@ import pandas as pd
 
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.errors import SQLError
-from mktsframe.sql.parse import table_name
+from mktsframe.sql.parse import marketstore_time_to_iso, table_name
 
 __all__ = ["available", "run"]
 
@@ -97,6 +97,10 @@ def run(tree: Any, backend: Backend) -> pd.DataFrame:
                     alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
                 )
             )
+        for lit in list(tree.find_all(exp.Literal)):  # MarketStore's '2006-01-02-15:04' → ISO
+            iso = marketstore_time_to_iso(str(lit.this)) if lit.is_string else None
+            if iso is not None:
+                lit.replace(exp.Literal.string(iso))
         try:
             df = con.execute(tree.sql(dialect="duckdb")).df()
         except duckdb.Error as exc:

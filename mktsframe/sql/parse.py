@@ -117,6 +117,9 @@ def parse_statement(sql: str) -> Any:
         if col and err.get("highlight"):  # sqlglot reports the token's last column; point at its first
             col = max(1, col - len(err["highlight"]) + 1)
         desc = err.get("description") or str(exc)
+        m = re.match(r"Required keyword: '(\w+)' missing for <class '[\w.]*?(\w+)'>", desc)
+        if m:  # sqlglot's wording names its classes; say what is incomplete instead
+            desc = f"incomplete {m.group(2).upper()} ({m.group(1)} missing)"
         raise SQLError(_at(f"SQL syntax error: {desc}", text, line, col), line=line, col=col) from None
     except TokenError as exc:
         raise SQLError(f"SQL syntax error: {exc}") from None
@@ -133,6 +136,14 @@ def _at(message: str, text: str, line: int | None, col: int | None) -> str:
     lines = text.splitlines() or [text]
     src = lines[min(line, len(lines)) - 1]
     return f"{message} at line {line}, column {col}\n  {src}\n  {' ' * max(col - 1, 0)}^"
+
+
+def marketstore_time_to_iso(text: str) -> str | None:
+    """``'2006-01-02-15:04[:05[.f]] [UTC]'`` (MarketStore's form) as ISO 8601, else ``None``."""
+    m = _MS_TIME.match(text.strip())
+    if not m or (m.group(3) or "UTC").upper() not in ("UTC", "GMT", "Z"):
+        return None
+    return f"{m.group(1)} {m.group(2)}"
 
 
 def epoch_literal_ns(value: Any) -> int:
