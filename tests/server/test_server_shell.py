@@ -37,7 +37,7 @@ def test_same_session_on_a_directory_and_on_a_server(live_server, sym, tmp_path)
     assert local.returncode == remote.returncode == 1  # the variable bucket is refused
     assert remote.stderr == local.stderr
     assert "variable-length (tick) buckets are not supported yet" in remote.stderr
-    # Byte for byte the same output, including \\getinfo, \\trim and the computed candle.
+    # Byte for byte the same output, including getinfo, trim and the computed candle.
     assert remote.stdout == local.stdout
     assert "2024-01-02 09:31:00 +0000 UTC  1.625" in remote.stdout
     assert "Removed 1 rows" in remote.stdout
