@@ -3,22 +3,28 @@
 The scan pushes down what it safely can: the Epoch range (as inclusive bounds, which select whole
 bars), the columns needed, and ``LIMIT`` when nothing filters or aggregates the rows. Every
 predicate is then applied exactly to the rows read, so pushed-down bounds never change results.
+
+MarketStore's functions in select lists (``count``/``avg``/``min``/``max``, ``candlecandler``,
+``tickcandler``, ``gap``) are computed by :mod:`mktsframe.functions`, the one implementation the
+server's ``functions`` query field uses too; several aggregates in one select list give one row.
 """
 
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mktsframe.backend.base import Backend
+from mktsframe.backend.base import Backend, Batch
 from mktsframe.errors import SQLError
+from mktsframe.functions import FUNCTIONS, Call
+from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.io.pandas import read_mkts, write_mkts
-from mktsframe.sql import aggregates
-from mktsframe.sql.parse import InsertPlan, Predicate, SelectPlan
+from mktsframe.sql.parse import Aggregate, InsertPlan, Predicate, SelectPlan
 
 __all__ = ["run_insert", "run_select"]
 
@@ -34,11 +40,12 @@ def run_select(p: SelectPlan, backend: Backend) -> pd.DataFrame:
     df = _filter(df, p.where)
     if p.function is not None:
         f = p.function
-        df = aggregates.CANDLE_FUNCTIONS[f.name](df, f.literals, f.columns, f.named)
+        call = Call(f.name, f.literals, f.columns, f.named, f.text)
+        df = batch_to_frame(FUNCTIONS[f.name](frame_to_batch(df), call))
     elif p.aggregates:
-        df = aggregates.aggregate(df, [(a.name, a.column, a.alias) for a in p.aggregates])
+        df = _aggregates(df, p.aggregates)
     elif p.columns is not None:
-        picked = [aggregates.resolve_column(df, c) for c, _ in p.columns]
+        picked = [_match(list(df.columns), c) for c, _ in p.columns]
         df = df[picked]
         renames = {old: alias for old, (_, alias) in zip(picked, p.columns, strict=True) if alias}
         if renames:
@@ -46,6 +53,36 @@ def run_select(p: SelectPlan, backend: Backend) -> pd.DataFrame:
     if p.limit is not None:
         df = df.iloc[: p.limit]
     return df
+
+
+def _aggregates(df: pd.DataFrame, aggs: list[Aggregate]) -> pd.DataFrame:
+    """One row at ``Epoch`` = now holding every aggregate (``Count``, ``Avg``, ``Min``, ``Max`` or aliases).
+
+    Over no rows ``count`` is 0 and the others are NaN (the functions return no row for them).
+    """
+    batch = frame_to_batch(df)
+    out: dict[str, np.ndarray] = {}
+    index = None
+    for a in aggs:
+        call = Call(a.name, (), ("*",) if a.column is None else (a.column,), (), a.text)
+        res = FUNCTIONS[a.name](batch, call)
+        ((label, values),) = res.columns.items()
+        label = a.alias or label
+        if label in out:
+            raise SQLError(f"two results would be named {label!r}; name them with AS")
+        if len(res):
+            index = res.index
+        out[label] = np.asarray(values)
+    if index is None:
+        return batch_to_frame(Batch(np.empty(0, np.int64), out))
+    out = {k: v if len(v) else np.full(1, np.nan) for k, v in out.items()}
+    return batch_to_frame(Batch(index, out))
+
+
+def _now_row(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A one-row result at ``Epoch`` = now (whole seconds), as MarketStore stamps computed rows."""
+    now = time.time_ns() // 1_000_000_000 * 1_000_000_000
+    return batch_to_frame(Batch(np.array([now], np.int64), columns))
 
 
 def _scan(p: SelectPlan, backend: Backend) -> pd.DataFrame:
@@ -80,6 +117,7 @@ def _scan(p: SelectPlan, backend: Backend) -> pd.DataFrame:
 
 
 def _match(names: list[str], name: str) -> str:
+    """The column ``name`` refers to: exact match first, then the one equal ignoring case."""
     if name in names:
         return name
     folded = [n for n in names if n.lower() == name.lower()]
@@ -97,7 +135,7 @@ def _filter(df: pd.DataFrame, preds: list[Predicate]) -> pd.DataFrame:
             values: Any = df.index.asi8
             literal: Any = int(pred.value)
         else:
-            values = df[aggregates.resolve_column(df, pred.column)].to_numpy()
+            values = df[_match(list(df.columns), pred.column)].to_numpy()
             literal = _literal_for(pred, values)
         mask &= np.asarray(_CMP[pred.op](values, literal), dtype=bool)
     return df[mask]
@@ -133,4 +171,4 @@ def run_insert(p: InsertPlan, rows: pd.DataFrame, backend: Backend) -> pd.DataFr
         raise SQLError("INSERT INTO needs an Epoch time column in the SELECT result")
     if len(rows):
         write_mkts(rows, p.target, backend=backend)
-    return aggregates.aggregate_result({"Rows Written": np.array([len(rows)], np.int64)})
+    return _now_row({"Rows Written": np.array([len(rows)], np.int64)})

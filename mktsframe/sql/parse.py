@@ -68,6 +68,7 @@ class FunctionCall:
     columns: tuple[str, ...]
     named: tuple[tuple[str, str], ...]
     alias: str | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Aggregate:
     name: str
     column: str | None
     alias: str | None = None
+    text: str = ""
 
 
 @dataclass
@@ -310,12 +312,12 @@ def _aggregate(node: Any, alias: str | None) -> Aggregate:
     if isinstance(arg, exp.Star) or (isinstance(arg, exp.Column) and isinstance(arg.this, exp.Star)):
         if name != "count":
             raise SQLError(f"{name}(*) is not defined; name a column")
-        return Aggregate(name, None, alias)
+        return Aggregate(name, None, alias, node.sql(dialect=READ_DIALECT))
     if node.args.get("distinct") or isinstance(arg, exp.Distinct):
         raise NotNative(f"{name}(DISTINCT ...) is beyond MarketStore's SQL")
     if not isinstance(arg, exp.Column):
         raise NotNative(f"{name}() of an expression is beyond MarketStore's SQL")
-    return Aggregate(name, arg.name, alias)
+    return Aggregate(name, arg.name, alias, node.sql(dialect=READ_DIALECT))
 
 
 def _function(node: Any, alias: str | None) -> FunctionCall:
@@ -335,7 +337,8 @@ def _function(node: Any, alias: str | None) -> FunctionCall:
             named.append((arg.this.name, str(target) if target is not None else to.sql(dialect=READ_DIALECT)))
         else:
             raise SQLError(f"unexpected argument {arg.sql(dialect=READ_DIALECT)!r} to {node.name}()")
-    return FunctionCall(node.name.lower(), tuple(literals), tuple(columns), tuple(named), alias)
+    text = node.sql(dialect=READ_DIALECT)
+    return FunctionCall(node.name.lower(), tuple(literals), tuple(columns), tuple(named), alias, text)
 
 
 def _conjuncts(node: Any) -> list[Predicate]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import mktsframe
-from mktsframe.errors import BucketNotFoundError, InvalidKeyError, SQLError
+from mktsframe.errors import BucketNotFoundError, FunctionError, InvalidKeyError, SQLError
 from mktsframe.sql import execute
 from mktsframe.sql.parse import epoch_literal_ns
 
@@ -63,6 +63,9 @@ def test_aggregates(db, bars) -> None:
     assert list(agg.columns) == ["Avg", "Min", "top"]
     assert agg.iloc[0].tolist() == [bars.Open.mean(), 10.0, 129.0]
     assert agg["Min"].dtype == np.float32
+    empty = execute("SELECT count(*), avg(Open) FROM `AAPL/1Min/OHLCV` WHERE Epoch > '2030-01-01'", db)
+    assert empty["Count"].tolist() == [0]
+    assert np.isnan(empty["Avg"].iloc[0])
     with pytest.raises(SQLError, match="two results would be named 'Min'"):
         execute("SELECT min(Open), min(Close) FROM `AAPL/1Min/OHLCV`", db)
 
@@ -184,7 +187,7 @@ def test_other_errors(db, bars) -> None:
         execute("SELECT * FROM `AAPL/1Min/OHLCV` LIMIT", db)
     with pytest.raises(SQLError, match="expected one SQL statement"):
         execute("select 1; select 2", db)
-    with pytest.raises(SQLError, match="invalid candle duration"):
+    with pytest.raises(FunctionError, match="invalid candle duration '5Q'"):
         execute("select candlecandler('5Q', Open, High, Low, Close) from `AAPL/1Min/OHLCV`", db)
 
 
