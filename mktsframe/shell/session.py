@@ -41,7 +41,6 @@ TYPE_NAMES = {
 WIRE_NAMES = {v: k for k, v in TYPE_NAMES.items() if k != "int8"}
 COMMANDS = ("create", "destroy", "getinfo", "help", "load", "o", "quit", "show", "stop", "timing", "trim", "q", "?")
 _SHOW_WORDS = {"between", "and"}
-_VARIABLE = "variable-length (tick) buckets are not supported yet; create a fixed bucket"
 
 HELP = {
     "help": """Commands (prefix matches, e.g. \\sh for \\show); any other line is SQL:
@@ -223,10 +222,8 @@ class MktsShell(cmd.Cmd):
         if row_type not in ("fixed", "variable"):
             raise ValueError(f'Record type "{args[2]}" is not one of fixed or variable')
         columns = parse_shape(shape)
-        if row_type == "variable":
-            raise MktsError(_VARIABLE)
         try:
-            self.backend.create(key, columns)
+            self.backend.create(key, columns, variable_length=row_type == "variable")
         except MktsError as exc:
             raise MktsError(f"Creation of new catalog entry failed: {exc}") from None
         self._keys = None

@@ -59,6 +59,8 @@ def test_create_load_show_getinfo_trim_destroy(db, tmp_path) -> None:
         f"\\load {KEY} {csv_file(tmp_path)}",
         f"\\show {KEY} 2024-01-02",
         f"\\getinfo {KEY}",
+        "\\create TICKS/1Sec/TICK Bid,Ask/float64 variable",
+        "\\getinfo TICKS/1Sec/TICK",
         f"\\trim {KEY} 2024-01-02T09:31",
         f"\\sh {KEY} between 2024-01-01 and 2024-01-03",
         f"\\destroy {KEY}",
@@ -72,9 +74,11 @@ def test_create_load_show_getinfo_trim_destroy(db, tmp_path) -> None:
     assert "Latest Year: 2024\nRecord Type: fixed\nTimeframe: 1Min (60 s)\n" in out
     assert "Columns: Epoch:int64, Open:float32, Volume:int64\nRows: 2\n" in out
     assert "Removed 1 rows from TSLA/1Min/OHLCV\n" in out
+    assert "Key: TICKS/1Sec/TICK\nLatest Year" in out
+    assert "Record Type: variable" in out
     assert out.count("2024-01-02 09:31:00 +0000 UTC  1.625") == 1  # gone after \trim
     assert out.endswith(f"Successfully removed catalog entry: {KEY}\n")
-    assert db.list_keys() == []
+    assert db.list_keys() == ["TICKS/1Sec/TICK"]
 
 
 def test_sql_lines_and_output_redirect(db, tmp_path) -> None:
@@ -109,7 +113,7 @@ def test_sql_lines_and_output_redirect(db, tmp_path) -> None:
 def test_errors_go_to_stderr_and_the_session_goes_on(db, tmp_path) -> None:
     out, err, shell = run_lines(
         db,
-        "\\create X/1Min/T Bid/float32 variable",
+        "\\create X/1Min/T Bid/float32 sometimes",
         "\\create X/1Min/T Bid/float99 fixed",
         "SELEC 1",
         "select * from `NOPE/1Min/X`",
@@ -122,7 +126,7 @@ def test_errors_go_to_stderr_and_the_session_goes_on(db, tmp_path) -> None:
     )
     assert shell.failures == 7
     errors = err.splitlines()
-    assert "Error: variable-length (tick) buckets are not supported yet; create a fixed bucket" in errors
+    assert 'Error: Record type "sometimes" is not one of fixed or variable' in errors
     assert "Error: 'Bid/float99': unknown type 'float99'" in err
     assert "SQL syntax error" in err
     assert "line 1, column 7" in err

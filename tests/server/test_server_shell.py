@@ -34,9 +34,9 @@ def test_same_session_on_a_directory_and_on_a_server(live_server, sym, tmp_path)
     ]) + "\n"  # fmt: skip
     local = connect(["--dir", str(tmp_path / "root")], script, tmp_path)
     remote = connect(["--url", f"127.0.0.1:{live_server.port}"], script, tmp_path)
-    assert local.returncode == remote.returncode == 1  # the variable bucket is refused
-    assert remote.stderr == local.stderr
-    assert "variable-length (tick) buckets are not supported yet" in remote.stderr
+    assert local.returncode == remote.returncode == 0, remote.stderr
+    assert remote.stderr == local.stderr == ""
+    assert f"Successfully created a new catalog entry: {sym}/1Min/TICK" in remote.stdout
     # Byte for byte the same output, including getinfo, trim and the computed candle.
     assert remote.stdout == local.stdout
     assert "2024-01-02 09:31:00 +0000 UTC  1.625" in remote.stdout
