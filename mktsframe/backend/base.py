@@ -12,13 +12,16 @@ fixed-timeframe buckets return the start of each bar. ``start``/``end`` argument
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
 from mktsframe.times import TimeLike
+
+if TYPE_CHECKING:
+    from mktsframe.streaming.subscription import Subscription
 
 __all__ = ["Backend", "Batch", "BucketInfo"]
 
@@ -116,6 +119,22 @@ class Backend(Protocol):
 
     def destroy(self, key: str) -> None:
         """Remove a bucket and all its data."""
+
+    def subscribe(
+        self,
+        pattern: str | Iterable[str],
+        *,
+        since: TimeLike = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        max_rows: int = 100_000,
+        policy: Literal["drop_oldest", "disconnect"] = "drop_oldest",
+    ) -> Subscription:
+        """Hear every committed write to buckets matching ``pattern`` (``*/1Min/*``, ``BTC/*/*``).
+
+        Iterate the result (``async for``/``for``) or pass ``callback``; ``since`` (ns or any time)
+        replays stored rows at or after it first. See :mod:`mktsframe.streaming`.
+        """
+        ...
 
     def close(self) -> None:
         """Release files, locks and connections."""

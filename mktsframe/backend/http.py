@@ -15,8 +15,8 @@ This is the only module that imports httpx, so swapping the HTTP client is a one
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlunparse
 
 import httpx
@@ -29,7 +29,11 @@ from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import wire_type
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
+from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
 from mktsframe.times import TimeLike, to_ns
+
+if TYPE_CHECKING:
+    from mktsframe.streaming.subscription import Subscription
 
 __all__ = ["HTTPBackend"]
 
@@ -215,6 +219,25 @@ class HTTPBackend:
 
     def destroy(self, key: str) -> None:
         self._each("DataService.Destroy", [{"key": key}])
+
+    def subscribe(
+        self,
+        pattern: str | Iterable[str],
+        *,
+        since: TimeLike = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        policy: OverflowPolicy = "drop_oldest",
+    ) -> Subscription:
+        """Hear the server's commits to buckets matching ``pattern`` over its ``/ws``.
+
+        Returns once the server confirmed the subscription (every write acknowledged after that
+        is delivered). Needs the ``websockets`` package (``mktsframe[stream]``)."""
+        from mktsframe.streaming.ws_client import subscribe_ws
+
+        return subscribe_ws(
+            self.url, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy, timeout=self.timeout
+        )
 
     def close(self) -> None:
         if not self._closed:

@@ -10,14 +10,19 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.engine import Engine
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import MktsError, ReadOnlyError
+from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
 from mktsframe.times import TimeLike, to_ns
+
+if TYPE_CHECKING:
+    from mktsframe.streaming.subscription import Subscription
 
 __all__ = ["LocalBackend", "open_local"]
 
@@ -138,6 +143,24 @@ class LocalBackend:
         not seen. Returns a function that unregisters the listener.
         """
         return self.engine.commits.add(listener)
+
+    def subscribe(
+        self,
+        pattern: str | Iterable[str],
+        *,
+        since: TimeLike = None,
+        callback: Callable[[dict[str, Any]], Any] | None = None,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        policy: OverflowPolicy = "drop_oldest",
+    ) -> Subscription:
+        """Hear this process's commits to buckets matching ``pattern`` (see :mod:`mktsframe.streaming`).
+
+        Listening starts before this returns. Changes made by other processes are not heard."""
+        from mktsframe.streaming.local import subscribe_local
+
+        return subscribe_local(
+            self.engine, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy
+        )
 
     def sync(self) -> None:
         """Make all writes durable now (only matters with ``background_sync``)."""

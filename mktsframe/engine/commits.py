@@ -83,6 +83,11 @@ class CommitListeners:
 
         return remove
 
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the latest change (0 before any); stable while the engine's write lock is held."""
+        return self._seq
+
     def next_seq(self) -> int:
         """Reserve the next sequence number (callers hold the engine's write lock)."""
         self._seq += 1

@@ -13,6 +13,7 @@ read-only and read the year files directly.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -20,7 +21,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,16 @@ class Engine:
         with self._write_lock:
             if self._wal is not None:
                 self._wal.sync()
+
+    @contextlib.contextmanager
+    def commit_barrier(self) -> Iterator[int]:
+        """Hold off every change while the block runs; yields the ``seq`` of the last commit so far.
+
+        Streaming uses it to cut a snapshot exactly between two commits (see
+        :mod:`mktsframe.streaming.resume`). Writers wait meanwhile, so keep the block short.
+        """
+        with self._write_lock:
+            yield self.commits.last_seq
 
     def checkpoint(self) -> None:
         """Flush year files to disk and advance the checkpoint (normally automatic)."""

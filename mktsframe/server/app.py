@@ -1,4 +1,4 @@
-"""The starlette application: ``/rpc`` (POST, HEAD), ``/heartbeat``, and the engine's lifespan.
+"""The starlette application: ``/rpc`` (POST, HEAD), ``/ws`` (push stream), ``/heartbeat``, and the lifespan.
 
 The app is a thin async shell. Each ``/rpc`` body is read here (bounded by ``max_body_bytes``)
 and handed whole to :meth:`RpcService.handle` in a worker thread, so decoding, disk work and
@@ -10,6 +10,7 @@ Plugins (``triggers:``, ``bgworkers:``) start after the engine opens and stop be
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -18,12 +19,15 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from mktsframe.backend import Backend, connect
+from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, RpcService, content_codec, request_error
+from mktsframe.server.ws import stream_endpoint
+from mktsframe.streaming.hub import CommitHub
 
 __all__ = ["create_app", "server_version"]
 
@@ -70,6 +74,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> Starlette:
         app.state.service = service
         plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
         app.state.plugins = plugins
+        # One commit listener for all /ws connections; fan-out happens on this event loop.
+        hub = CommitHub(be.engine, loop=asyncio.get_running_loop()) if isinstance(be, LocalBackend) else None
+        app.state.hub = hub
         log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
         try:
             yield
@@ -77,6 +84,8 @@ def create_app(config: Config, *, backend: Backend | None = None) -> Starlette:
             service.stopping = True
             if plugins is not None:
                 await anyio.to_thread.run_sync(plugins.stop)
+            if hub is not None:
+                hub.close()
             if backend is None:
                 await anyio.to_thread.run_sync(be.close)
                 log.info("engine closed cleanly")
@@ -114,6 +123,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> Starlette:
         routes=[
             Route("/rpc", rpc, methods=["POST", "HEAD", "GET", "PUT", "DELETE", "PATCH"]),
             Route("/heartbeat", heartbeat, methods=["GET", "HEAD"]),
+            WebSocketRoute("/ws", stream_endpoint),
         ],
         lifespan=lifespan,
     )

@@ -106,7 +106,8 @@ def serve(config: Config) -> None:
         port=config.listen_port,
         loop="uvloop" if _has("uvloop") else "asyncio",
         http="httptools" if _has("httptools") else "h11",
-        ws="none",
+        ws="websockets-sansio" if _has("websockets") else "none",
+        ws_per_message_deflate=False,  # deflate costs CPU on binary msgpack
         lifespan="on",
         log_level=level,
         access_log=level == "debug",

@@ -1,0 +1,150 @@
+"""``/ws``: MarketStore's push stream, compatible with pymarketstore's ``StreamConn``.
+
+Protocol (binary msgpack frames; see :mod:`mktsframe.streaming.messages` for the payloads):
+
+* The client sends ``{"streams": ["BTC/*/*", "*/1Min/OHLCV"]}``. A valid message *replaces* the
+  connection's patterns and is echoed back byte for byte; an invalid pattern gets
+  ``{"error": "<stream> is an invalid stream"}`` and the old set stays; an empty list leaves the
+  set unchanged (and is echoed); undecodable messages are logged and ignored. Whether buckets
+  exist is not checked.
+* Every committed write to a matching bucket is pushed as one ``{"key", "data"}`` message per
+  stored row, immediately (MarketStore pushes only the last row, and holds bars longer than
+  1Min until they close; mktsframe streams every write by default, no trigger needed).
+* mktsframe extensions in the subscribe message (see :mod:`mktsframe.streaming.ws_client`):
+  ``mkts_since`` replays from storage first, ``mkts_notices`` adds delete/destroy notices,
+  ``mkts_max_rows``/``mkts_policy`` set this connection's queue (never above the server's bound).
+
+Each connection has a bounded :class:`~mktsframe.streaming.feed.Feed` filled by the app's
+:class:`~mktsframe.streaming.hub.CommitHub` and drained by its own sender task, so a slow reader
+only ever fills its own queue (policy ``drop_oldest`` by default; ``disconnect`` closes with code
+1008). On shutdown uvicorn closes every socket (code 1012) within ``stop_grace_period``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import msgpack
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from mktsframe.errors import InvalidKeyError
+from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed
+from mktsframe.streaming.hub import CommitHub, Subscriber
+from mktsframe.streaming.messages import Chunk, Notice
+from mktsframe.streaming.patterns import StreamPatterns
+from mktsframe.streaming.resume import snapshot_since
+from mktsframe.streaming.ws_client import CLOSE_SLOW_CONSUMER
+
+__all__ = ["stream_endpoint"]
+
+log = logging.getLogger("mktsframe.server.ws")
+
+
+@dataclass(eq=False)
+class _CatchUp:
+    """A queued request to replay storage (processed by the sender, in order with the echo)."""
+
+    patterns: StreamPatterns
+    since: int
+    seq: int = 0
+    key: str | None = None
+
+    def __len__(self) -> int:
+        return 0
+
+
+async def stream_endpoint(websocket: WebSocket) -> None:
+    hub: CommitHub | None = getattr(websocket.app.state, "hub", None)
+    await websocket.accept()
+    if hub is None:  # a backend without a local engine (nothing to hear)
+        await websocket.close(1011, "this server has no local engine to stream")
+        return
+    feed = Feed(DEFAULT_MAX_ROWS)
+    subscriber = hub.subscribe(StreamPatterns(), feed)
+    sender = asyncio.create_task(_send(websocket, feed, hub))
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            raw = message.get("bytes")
+            if raw is None:
+                raw = (message.get("text") or "").encode()
+            _handle_subscribe(raw, subscriber, feed)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.unsubscribe(subscriber)
+        feed.close()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+
+
+def _handle_subscribe(raw: bytes, subscriber: Subscriber, feed: Feed) -> None:
+    try:
+        request: Any = msgpack.unpackb(raw, raw=False)
+    except Exception as exc:
+        log.info("ignoring an undecodable /ws message (%s)", exc)
+        return
+    if not isinstance(request, dict) or not isinstance(request.get("streams"), list):
+        log.info("ignoring a /ws message without a 'streams' list")
+        return
+    try:
+        patterns = StreamPatterns(request["streams"])
+    except InvalidKeyError as exc:
+        feed.put(Notice({"error": str(exc)}))
+        return
+    if patterns:
+        subscriber.patterns = patterns
+    subscriber.notices = bool(request.get("mkts_notices"))
+    max_rows = request.get("mkts_max_rows")
+    if isinstance(max_rows, int) and max_rows >= 1:
+        feed.max_rows = min(max_rows, DEFAULT_MAX_ROWS)
+    if request.get("mkts_policy") in ("drop_oldest", "disconnect"):
+        feed.policy = request["mkts_policy"]
+    feed.put(Notice(request, raw=raw))
+    since = request.get("mkts_since")
+    if isinstance(since, int) and not isinstance(since, bool):
+        feed.put(_CatchUp(subscriber.patterns, since))
+
+
+async def _send(websocket: WebSocket, feed: Feed, hub: CommitHub) -> None:
+    skip: tuple[int, StreamPatterns] | None = None
+    try:
+        while True:
+            items, dropped = feed.take()
+            if dropped:
+                await websocket.send_bytes(msgpack.packb({"notice": "dropped", "dropped": dropped}))
+            for item in items:
+                if isinstance(item, _CatchUp):
+                    skip = await _replay(websocket, hub, item)
+                    continue
+                if skip is not None and 0 < item.seq <= skip[0] and skip[1].matches(item.key):
+                    continue
+                for frame in item.frames():
+                    await websocket.send_bytes(frame)
+            if items or dropped:
+                continue
+            if feed.closed:
+                if feed.overflowed:
+                    await websocket.close(CLOSE_SLOW_CONSUMER, f"more than {feed.max_rows} rows behind")
+                return
+            await feed.wait_async()
+    except (WebSocketDisconnect, RuntimeError, OSError):  # the peer went away mid-send
+        return
+
+
+async def _replay(websocket: WebSocket, hub: CommitHub, req: _CatchUp) -> tuple[int, StreamPatterns]:
+    variable = hub.record_types.variable
+    snap = await anyio.to_thread.run_sync(snapshot_since, hub.engine, req.patterns, req.since, variable)
+    for key, batch in snap.batches.items():
+        for frame in Chunk(snap.seq, key, batch, variable(key)).frames():
+            await websocket.send_bytes(frame)
+    await websocket.send_bytes(msgpack.packb({"notice": "caught_up", "rows": snap.rows, "seq": snap.seq}))
+    return snap.seq, req.patterns

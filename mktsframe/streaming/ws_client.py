@@ -1,0 +1,121 @@
+"""Subscriptions over a server's ``/ws`` (what ``HTTPBackend.subscribe`` returns).
+
+The socket is read by a daemon thread (``websockets``' threaded client) that only decodes frames
+and appends them to the subscription's bounded feed, so a slow consumer is handled the same way
+as in process. The subscribe message is MarketStore's ``{"streams": [...]}`` plus mktsframe's
+extensions, which MarketStore and the pymarketstore client never send:
+
+* ``mkts_since`` (int, ns UTC): replay rows from storage first (see :mod:`.resume`);
+* ``mkts_notices`` (bool): also send delete/destroy notices;
+* ``mkts_max_rows`` / ``mkts_policy``: this connection's queue bound and overflow policy on
+  the server (see :mod:`.feed`).
+
+:func:`subscribe_ws` returns once the server has echoed the subscription, so every write
+acknowledged after that is delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import msgpack
+
+from mktsframe.errors import InvalidKeyError, MktsError
+from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed, OverflowPolicy, SlowConsumerError
+from mktsframe.streaming.messages import Message
+from mktsframe.streaming.patterns import stream_list
+from mktsframe.streaming.subscription import Received, Subscription
+from mktsframe.times import TimeLike, to_ns
+
+__all__ = ["subscribe_ws", "ws_url"]
+
+log = logging.getLogger("mktsframe.streaming")
+
+#: WebSocket close code the server uses for a ``policy="disconnect"`` subscriber that fell behind.
+CLOSE_SLOW_CONSUMER = 1008
+
+
+def ws_url(rpc_url: str) -> str:
+    """``http://h:p/rpc`` → ``ws://h:p/ws`` (pymarketstore's derivation)."""
+    parts = urlparse(rpc_url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    path = parts.path[: -len("/rpc")] if parts.path.endswith("/rpc") else parts.path.rstrip("/")
+    return urlunparse(parts._replace(scheme=scheme, path=path + "/ws", query="", fragment=""))
+
+
+def subscribe_ws(
+    rpc_url: str,
+    pattern: str | Iterable[str],
+    *,
+    since: TimeLike = None,
+    callback: Callable[[Message], Any] | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    policy: OverflowPolicy = "drop_oldest",
+    timeout: float = 30.0,
+) -> Subscription:
+    """Subscribe over ``/ws`` of the server at ``rpc_url``."""
+    try:
+        from websockets.exceptions import ConnectionClosed
+        from websockets.sync.client import connect
+    except ImportError:  # pragma: no cover - depends on the install
+        raise MktsError("subscribing to a server needs 'websockets': pip install 'mktsframe[stream]'") from None
+    streams = stream_list(pattern)
+    feed = Feed(max_rows, policy)  # validates max_rows and policy before connecting
+    request: dict[str, Any] = {"streams": list(streams), "mkts_notices": True, "mkts_max_rows": int(max_rows),
+                               "mkts_policy": policy}
+    since_ns = to_ns(since, name="since")
+    if since_ns is not None:
+        request["mkts_since"] = since_ns
+    url = ws_url(rpc_url)
+    try:
+        # Entered as a context manager: the only form websockets >= 17.1 accepts without a warning.
+        ws = contextlib.ExitStack().enter_context(
+            connect(url, open_timeout=timeout, close_timeout=min(timeout, 5.0), compression=None, max_size=None)
+        )
+    except (OSError, TimeoutError) as exc:
+        raise MktsError(f"cannot open the stream at {url}: {exc}") from None
+    except Exception as exc:  # websockets' handshake errors (e.g. HTTP 404 from a server without /ws)
+        raise MktsError(f"{url} refused the stream: {exc}") from None
+    try:
+        ws.send(msgpack.packb(request, use_bin_type=True))
+        echo = msgpack.unpackb(ws.recv(timeout), raw=False)
+    except (TimeoutError, ConnectionClosed, ValueError) as exc:
+        ws.close()
+        raise MktsError(f"{url} did not confirm the subscription: {exc}") from None
+    if isinstance(echo, dict) and "error" in echo:
+        ws.close()
+        raise InvalidKeyError(str(echo["error"]))
+
+    sub = Subscription(feed, streams=streams, on_close=ws.close)
+
+    def read() -> None:
+        try:
+            for frame in ws:
+                try:
+                    msg = msgpack.unpackb(frame if isinstance(frame, bytes) else frame.encode(), raw=False)
+                except ValueError:
+                    log.warning("ignoring an undecodable stream frame from %s", url)
+                    continue
+                if isinstance(msg, dict):
+                    feed.put(Received(msg))
+            # a clean close by the server (e.g. it is shutting down)
+            if not sub.closed:
+                sub.fail(MktsError(f"the server closed the stream {url}"))
+        except ConnectionClosed as exc:
+            if sub.closed:
+                return
+            rcvd = exc.rcvd
+            if rcvd is not None and rcvd.code == CLOSE_SLOW_CONSUMER:
+                sub.fail(SlowConsumerError(f"the server disconnected this slow subscriber ({rcvd.reason})"))
+            else:
+                sub.fail(MktsError(f"the stream {url} was closed: {exc}"))
+
+    threading.Thread(target=read, name=f"mkts-ws {url}", daemon=True).start()
+    if callback is not None:
+        sub.start_callback(callback)
+    return sub
