@@ -779,11 +779,6 @@ def test_large_logs_checkpoint_early(open_engine: Callable[..., Engine]) -> None
     assert len(q(engine, "K/1Min/T")) == 20_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a read-only engine caches buckets and year-file mappings; when another process destroys and re-creates "
-    "a bucket between two reads it keeps serving the destroyed data (design question: bucket generation ids)",
-)
 def test_reader_engine_follows_destroy_and_recreate(open_engine: Callable[..., Engine]) -> None:
     """A read-only engine (another process, in practice) never serves a destroyed bucket's data."""
     writer = open_engine()

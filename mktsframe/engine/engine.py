@@ -32,6 +32,7 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
 from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile, year_bounds
@@ -112,6 +113,11 @@ class Engine:
         self.commits = CommitListeners()
         """Listeners told of every acknowledged change, in commit order (see :mod:`.commits`)."""
         self.read_only = not self._acquire_lock(read_only)
+        if not self.read_only or self._meta_dir.is_dir():
+            self._generation: DestroyGeneration | None = DestroyGeneration(self._meta_dir, writable=not self.read_only)
+        else:
+            self._generation = None  # a read-only root no writer has opened yet: nothing to follow
+        self._seen_generation = self._generation.value() if self._generation is not None else None
         self._wal: WriteAheadLog | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -191,6 +197,8 @@ class Engine:
             for b in self._buckets.values():
                 b.close()
             self._buckets.clear()
+            if self._generation is not None:
+                self._generation.close()
             self._closed = True
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -255,12 +263,10 @@ class Engine:
 
     # -- catalog --------------------------------------------------------------------------------
     def _bucket(self, key: TimeBucketKey) -> Bucket | None:
+        if self.read_only:
+            self._follow_destroys()
         b = self._buckets.get(key)
         if b is not None:
-            if self.read_only and not b.dir.exists():  # destroyed by the writer process
-                self._buckets.pop(key, None)
-                b.close()
-                return None
             return b
         # Under the apply lock: a reader must not cache a bucket that a destroy is removing.
         with self._apply_lock:
@@ -274,6 +280,25 @@ class Engine:
             b = Bucket(key, directory, meta, writable=not self.read_only)
             self._buckets[key] = b
             return b
+
+    def _follow_destroys(self) -> None:
+        """Read-only engines: forget cached buckets once the writer process has destroyed any.
+
+        A destroyed key may have been re-created since with other data or another schema, so
+        nothing cached from before may be served (see :mod:`.generation`). Buckets are dropped,
+        not closed: a thread of this process may still be copying out of their mappings.
+        """
+        gen = self._generation
+        if gen is None:
+            if self._meta_dir.is_dir():  # the writer has started since this engine opened
+                self._generation = DestroyGeneration(self._meta_dir, writable=False)
+                self._seen_generation = None
+            return self._buckets.clear()
+        value = gen.value()
+        if value is None or value != self._seen_generation:
+            with self._apply_lock:
+                self._buckets.clear()
+                self._seen_generation = value
 
     def _require(self, key: TimeBucketKey) -> Bucket:
         b = self._bucket(key)
@@ -495,6 +520,8 @@ class Engine:
             trash.mkdir(exist_ok=True)
             target = trash / uuid.uuid4().hex
             os.replace(directory, target)  # atomic: the bucket is gone or intact, never half-deleted
+            assert self._generation is not None
+            self._generation.bump()  # read-only processes drop what they cached of it
         # Also when replaying a destroy that a crash interrupted after the move: no empty parents left.
         for parent in (directory.parent, directory.parent.parent):
             try:

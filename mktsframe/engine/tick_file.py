@@ -335,8 +335,9 @@ class TickPartition:
         if seq is not None and seq <= s.durable_seq:
             # The log's numbering went backwards (its checkpoint file was lost): replay would skip this
             # record as already applied, so make the partition durable at this number now.
-            log.warning("%s: WAL sequence %d is not above the partition's %d; checkpointing it", self.path,
-                        seq, s.durable_seq)
+            log.warning(
+                "%s: WAL sequence %d is not above the partition's %d; checkpointing it", self.path, seq, s.durable_seq
+            )
             self.checkpoint()
 
     def tail_start(self, first_ns: int, k: int) -> int | None:
@@ -595,8 +596,7 @@ class TickStore:
         dtypes = dict(self.schema)
         ns = np.concatenate([x[0] for x in pieces]) if pieces else np.empty(0, np.int64)
         cols = {
-            n: np.concatenate([x[1][n] for x in pieces]) if pieces else np.empty(0, dtype_of(dtypes[n]))
-            for n in names
+            n: np.concatenate([x[1][n] for x in pieces]) if pieces else np.empty(0, dtype_of(dtypes[n])) for n in names
         }
         return ns, cols
 
