@@ -111,7 +111,10 @@ class LocalBackend:
         return self.engine.query(
             key,
             start=to_ns(start, name="start"),
-            end=to_ns(end, name="end"), columns=columns, limit=limit, limit_from_start=limit_from_start
+            end=to_ns(end, name="end"),
+            columns=columns,
+            limit=limit,
+            limit_from_start=limit_from_start,
         )
 
     def list_symbols(self) -> list[str]:
@@ -144,6 +147,17 @@ class LocalBackend:
         """
         return self.engine.commits.add(listener)
 
+    def replayed_changes(self) -> list[tuple[str, str, int | None, int | None]]:
+        """Changes the engine replayed from its write-ahead log when it opened: ``(op, key,
+        start_ns, end_ns)``, times inclusive, UTC, ``None`` = unbounded.
+
+        Empty after a clean close. After a crash these were acknowledged, but commit listeners of
+        the crashed process may never have heard of them: a trigger keeping derived data (e.g.
+        ``ondiskagg``) recomputes them at start. Every change a listener missed is here, because
+        the engine checkpoints only after its listeners have been told.
+        """
+        return list(self.engine.recovery.changes)
+
     def subscribe(
         self,
         pattern: str | Iterable[str],
@@ -158,9 +172,7 @@ class LocalBackend:
         Listening starts before this returns. Changes made by other processes are not heard."""
         from mktsframe.streaming.local import subscribe_local
 
-        return subscribe_local(
-            self.engine, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy
-        )
+        return subscribe_local(self.engine, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy)
 
     def sync(self) -> None:
         """Make all writes durable now (only matters with ``background_sync``)."""

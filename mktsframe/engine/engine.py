@@ -166,7 +166,9 @@ class Engine:
             if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
                 continue  # erased by a later destroy of the same key
             try:
-                self._apply(rec.meta, rec.arrays(), seq=rec.seq, replay=True)
+                arrays = rec.arrays()
+                self._apply(rec.meta, arrays, seq=rec.seq, replay=True)
+                self.recovery.changes.append(self._replayed_change(rec.meta, arrays))
             except (MktsError, OSError, ValueError) as exc:
                 msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
                 log.error(msg)
@@ -179,6 +181,23 @@ class Engine:
                 len(self.recovery.problems),
             )
         self._checkpoint(rotate=True)
+
+    def _replayed_change(
+        self, meta: dict[str, Any], arrays: list[np.ndarray]
+    ) -> tuple[str, str, int | None, int | None]:
+        """``(op, key, start_ns, end_ns)`` of a record just replayed (see ``ReplayReport.changes``)."""
+        op, key = str(meta.get("op")), str(meta.get("key", ""))
+        b = self._bucket(parse_key(key)) if op in ("write", "delete") else None
+        if b is None:
+            return op, key, None, None
+        if b.ticks is not None:  # tick records carry nanoseconds
+            if op == "delete":
+                return op, key, meta.get("start_ns"), meta.get("end_ns")
+            return op, key, int(arrays[0].min()), int(arrays[0].max())
+        if op == "delete":  # bar starts in seconds; the last bar runs to its end
+            s, e = meta.get("start"), meta.get("end")
+            return op, key, None if s is None else s * NS, None if e is None else (e + b.timeframe) * NS - 1
+        return op, key, int(arrays[0].min()) * NS, int(arrays[0].max()) * NS
 
     def close(self) -> None:
         """Checkpoint, delete the log and release the write lock. Idempotent."""
@@ -431,6 +450,11 @@ class Engine:
         seq = self.commits.next_seq()
         if self.commits:
             self.commits.emit(CommitEvent(op, key, seq, **detail))
+        # Checkpoint a large log only now, after the listeners: a change they may not have heard
+        # of (a crash before this line) is then always after the checkpoint, so replay reports it.
+        wal = self._wal
+        if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
+            self._checkpoint(rotate=True)
 
     def _log(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> Any:
         wal = self._wal
@@ -440,10 +464,7 @@ class Engine:
         seq = wal.append(meta, arrays)
         if not self.background_sync:
             wal.sync()
-        result = self._apply(meta, list(arrays), seq=seq)
-        if wal.bytes_since_checkpoint > self._wal_max_bytes:
-            self._checkpoint(rotate=True)
-        return result
+        return self._apply(meta, list(arrays), seq=seq)
 
     # -- applying (live and replay) -------------------------------------------------------------
     def _apply(

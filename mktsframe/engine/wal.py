@@ -73,6 +73,10 @@ class ReplayReport:
     records: int = 0
     skipped_bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    #: ``(op, key, start_ns, end_ns)`` of every replayed record, in log order (times inclusive, UTC;
+    #: ``None`` = unbounded or not a time-ranged op). These changes were acknowledged before the
+    #: crash but commit listeners may never have heard of them (see ``LocalBackend.replayed_changes``).
+    changes: list[tuple[str, str, int | None, int | None]] = field(default_factory=list)
 
 
 def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:

@@ -26,6 +26,9 @@ repaired at the next :meth:`OnDiskAgg.start`):
   or delete of a known source the moment it commits (a commit listener on the local engine, one
   ``write(2)`` — it survives the process being killed), and a ``done`` line once its candles are
   written; ``start`` recomputes every range still dirty;
+* a kill after a source change is durable but before its ``dirty`` line is covered by the
+  engine: such a change is always replayed from the write-ahead log at the next open
+  (``LocalBackend.replayed_changes``), and ``start`` recomputes every replayed range;
 * ``start`` also recomputes each destination's tail, from its last candle to the source's end;
 * the first time a source key is seen, all of it is aggregated (so rows written before it was
   known — e.g. before a crash that preceded its first aggregation — are covered); with ``on``
@@ -123,7 +126,7 @@ class OnDiskAgg:
             state.mkdir(parents=True, exist_ok=True)
             self._journal = state / ("_".join(t.name for t in self.destinations) + ".journal")
             pending, self._known = self._read_journal()
-            for key, lo, hi in pending:
+            for key, lo, hi in pending + self._replayed(backend):
                 self._recompute_logged(backend, key, lo, hi)
             for key in sorted(self._known):
                 self._repair_tail(backend, key)
@@ -191,6 +194,15 @@ class OnDiskAgg:
             key, lo, hi = self._pending.pop(seq)
             self._recompute_logged(backend, key, lo, hi)
         return lost
+
+    def _replayed(self, backend: Backend) -> list[tuple[str, int | None, int | None]]:
+        """Known sources' ranges the engine replayed after a crash: changes that may have been
+        acknowledged after the journal last heard of anything (a kill between the two)."""
+        replayed = getattr(backend, "replayed_changes", None)
+        if replayed is None:
+            return []
+        return [(key, lo, hi) for op, key, lo, hi in replayed()
+                if op in ("write", "delete") and key in self._known and self._source(key) is not None]  # fmt: skip
 
     def _unseen_sources(self, backend: Backend) -> list[str]:
         """Stored keys matching ``on`` that were never aggregated (e.g. killed before their first fire)."""

@@ -4,6 +4,9 @@
 overwritten bar in the middle, a late bar, a delete, a new symbol) and SIGKILL itself before the
 trigger hears of them: a kill between the source write and the aggregate write.
 ``during``: write chunks forever while another thread fires the trigger; the parent kills it.
+``unjournaled``: SIGKILL itself inside the commit of a late overwrite, before the trigger's own
+listener journals it (a listener registered first kills the process): the change is durable, the
+journal never heard of it.
 Prints ``READY`` once the first aggregation is done.
 """
 
@@ -27,6 +30,14 @@ from agg_helpers import DESTS, Dispatcher, minute_bars
 def main() -> None:
     root, mode = sys.argv[1], sys.argv[2]
     db = mktsframe.connect(root, read_only=False)
+    armed = threading.Event()
+
+    def kill_on_commit(ev: object) -> None:
+        if armed.is_set():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if mode == "unjournaled":
+        db.on_commit(kill_on_commit)  # registered before the trigger's listener, so heard first
     trig = new_trigger({"destinations": DESTS})
     trig.start(db)
     disp = Dispatcher(db, trig)
@@ -41,6 +52,11 @@ def main() -> None:
         db.delete("AAA/1Min/OHLCV", start="2024-01-01 05:00", end="2024-01-01 05:59")  # a whole hour
         minute_bars(60 * 30, 10, seed=4).to_mkts("BBB/1Min/OHLCV", backend=db)  # a symbol never aggregated
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "unjournaled":
+        late = minute_bars(1000, 3, seed=3)
+        late["Low"] = np.float32(-10_000)
+        armed.set()
+        late.to_mkts("AAA/1Min/OHLCV", backend=db)  # killed inside this call, after the WAL commit
     stop = threading.Event()
 
     def pump() -> None:
