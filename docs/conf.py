@@ -1,6 +1,9 @@
 """Sphinx configuration: ``make docs`` (or ``python -m sphinx -W -b html docs docs/_build/html``).
 
-Sources are Markdown (MyST). The reference pages (``format.md``, ``server.md``,
+Sources are Markdown (MyST, through myst-nb) and the repository's notebooks (``docs/notebooks``
+links to ``../notebooks``): they are rendered as stored, without outputs, because the test suite
+already executes them (``tests/test_notebooks.py``) and a docs build should not start servers.
+The reference pages (``format.md``, ``server.md``,
 ``benchmarks.md``...) are the same files the repository shows on its own; the API pages pull
 numpydoc docstrings from the package.
 """
@@ -15,14 +18,15 @@ copyright = "2026, mktsframe contributors"
 release = version = mktsframe.__version__
 
 extensions = [
-    "myst_parser",
+    "myst_nb",
     "numpydoc",
     "sphinx.ext.autodoc",
     "sphinx.ext.intersphinx",
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}  # numpydoc's autosummary wants .rst
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst: numpydoc autosummary
 exclude_patterns = ["_build", "**/.ipynb_checkpoints"]
 myst_enable_extensions = ["colon_fence", "deflist"]
+nb_execution_mode = "off"
 myst_heading_anchors = 3
 # Illustrative JSON in format.md elides with "..."; Pygments falls back to plain text, which is fine.
 suppress_warnings = ["misc.highlighting_failure"]

@@ -23,6 +23,8 @@ def test_sphinx_build_without_warnings(tmp_path: Path) -> None:
     # Every markdown page in docs/ is part of the site (the Reference toctree globs them).
     for page in DOCS.glob("*.md"):
         assert (out / f"{page.stem}.html").is_file(), page.name
+    for nb in ("quickstart", "from-marketstore"):  # the notebooks, rendered through myst-nb
+        assert "read_mkts" in (out / "notebooks" / f"{nb}.html").read_text(), nb
     api = (out / "guide" / "api.html").read_text()
     for name in ("MktsAccessor.write", "MktsAccessor.key", "read_mkts", "open_mkts_dataset", "SymbolBrowser"):
         assert name in api, name
