@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("sphinx")
 pytest.importorskip("pydata_sphinx_theme")
+pytest.importorskip("myst_nb")
 
 DOCS = Path(__file__).parent.parent / "docs"
 
