@@ -203,8 +203,16 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench import report
-    from bench.run import _interpreter, _worker, parse_args, round_orders, run_meta, runnable_systems, start_run
+    from bench.run import (
+        _interpreter,
+        _worker,
+        finish_run,
+        parse_args,
+        round_orders,
+        run_meta,
+        runnable_systems,
+        start_run,
+    )
 
     a, params, names = parse_args(argv, __doc__ or "", CandleParams, list(SYSTEMS), list(SYSTEMS))
     t_start = time.perf_counter()
@@ -238,16 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_meta(argv, out_json, a.peers_python)
     meta.update(rows=params.rows, rounds=a.rounds, repeats=params.repeats, elapsed_s=time.perf_counter() - t_start)
     res = {"meta": meta, "systems": agg, "rounds": rounds}
-    out_json.write_text(json.dumps(res, indent=1))
-    text = section(res)
-    print(text)
-    if not a.no_doc:
-        old = a.doc.read_text() if a.doc.exists() else ""
-        a.doc.write_text(report.update_doc(old, text, title=TITLE))
-        log(f"wrote {a.doc}")
-    log(f"wrote {out_json}")
-    if a.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish_run(a, log, workdir, out_json, res, section(res), TITLE)
     return 0 if agg and all(v.get("verified") for v in agg.values()) else 1
 
 

@@ -189,6 +189,22 @@ def start_run(a: argparse.Namespace, kind: str) -> tuple[Callable[[str], None], 
     return log, workdir, out_json
 
 
+def finish_run(a: argparse.Namespace, log: Callable[[str], None], workdir: Path, out_json: Path,
+               res: dict[str, Any], section: str, title: str) -> None:  # fmt: skip
+    """Write the raw results, print the Markdown ``section`` and put it in place of ``title`` in
+    ``a.doc`` (unless ``--no-doc``), then remove the scratch directory if :func:`start_run` made it."""
+    out_json.write_text(json.dumps(res, indent=1))
+    print(section)
+    if not a.no_doc:
+        a.doc.parent.mkdir(parents=True, exist_ok=True)
+        old = a.doc.read_text() if a.doc.exists() else ""
+        a.doc.write_text(report.update_doc(old, section, title=title))
+        log(f"wrote {a.doc}")
+    log(f"wrote {out_json}")
+    if a.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     def tenyear_args(ap: argparse.ArgumentParser) -> None:
         ap.add_argument("--tenyear-years", type=int, default=10, help="years in the RSS probe's bucket (0: skip it)")

@@ -29,6 +29,7 @@ from bench.common import med  # noqa: E402
 from bench.run import (  # noqa: E402
     _interpreter,
     _worker,
+    finish_run,
     parse_args,
     round_orders,
     run_meta,
@@ -134,16 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                  "rounds": a.rounds, "systems": runnable, "elapsed_s": time.perf_counter() - t_start},
         "systems": agg, "rounds": rounds,
     }
-    out_json.write_text(json.dumps(res, indent=1))
-    text = section(res)
-    print(text)
-    if not a.no_doc:
-        old = a.doc.read_text() if a.doc.exists() else ""
-        a.doc.write_text(report.update_doc(old, text, title=TITLE))
-        log(f"wrote {a.doc}")
-    log(f"wrote {out_json}")
-    if a.workdir is None:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish_run(a, log, workdir, out_json, res, section(res), TITLE)
     return 0 if all(v["verified"] for v in agg.values()) else 1
 
 
