@@ -168,11 +168,11 @@ def du(path: str) -> tuple[int, int]:
     return alloc, appar
 
 
-def proc_status() -> dict[str, int]:
-    """Memory fields of ``/proc/self/status`` (VmRSS, VmHWM, RssAnon, RssFile, VmSize) in bytes."""
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """Memory fields of ``/proc/PID/status`` (VmRSS, VmHWM, RssAnon, RssFile, VmSize) in bytes."""
     out: dict[str, int] = {}
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 k, _, v = line.partition(":")
                 if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "VmSize"):
@@ -182,10 +182,10 @@ def proc_status() -> dict[str, int]:
     return out
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux ``clear_refs`` 5)."""
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset a process's peak RSS (VmHWM) to its current RSS (Linux ``clear_refs`` 5; default: this one)."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
             f.write("5")
         return True
     except OSError:

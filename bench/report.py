@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 OURS, OURS_BG = "mktsframe", "mktsframe-bg"
-MEMMAP, PANDAS, ARCTIC = "memmap", "pandas-inmem", "arcticdb-lmdb"
+MEMMAP, PANDAS, ARCTIC, HDF5 = "memmap", "pandas-inmem", "arcticdb-lmdb", "hdf5-table"
+SERVER_SYSTEMS = {"server-pymarketstore": "pymarketstore", "server-http": "HTTP backend"}
 
 
 def aggregate(rounds: list[dict[str, dict[str, Any]]], names: list[str]) -> dict[str, dict[str, Any]]:
@@ -51,13 +52,16 @@ class Target:
     what: str
     value: float | None
     op: str
-    limit: float
+    limit: float | None  # None: a figure the issue asks for, without a threshold
     detail: str
+    unit: str = "×"
 
     @property
     def status(self) -> str:
         if self.value is None:
             return "n/a"
+        if self.limit is None:
+            return "measured"
         ok = self.value <= self.limit if self.op == "<=" else self.value >= self.limit
         return "PASS" if ok else "FAIL"
 
@@ -99,6 +103,33 @@ def targets(agg: dict[str, dict[str, Any]], fsync: dict[str, Any], tenyear: dict
                     _ratio(float(peak), float(yf)) if peak is not None and yf else None, "<=", 0.1,
                     "cold, fresh process: neither the year file nor the bucket becomes resident"))
     return t
+
+
+def server_targets(agg: dict[str, dict[str, Any]], serve: dict[str, Any]) -> list[Target]:
+    """Issue 3's targets: the server over loopback against the local peers of the same run."""
+    g = lambda n, k: _get(agg, n, k)  # noqa: E731
+    t: list[Target] = []
+    for name, label in SERVER_SYSTEMS.items():
+        if name not in agg:
+            continue
+        t += [Target(f"{label} one-day query ÷ HDF5 one-day read", _ratio(g(name, "range_s"), g(HDF5, "range_s")),
+                     "<=", 1.0, "MarketStore's claim: a network query no slower than local HDF5 (1,440 rows)"),
+              Target(f"{label} one-day query ÷ ArcticDB one-day read", _ratio(g(name, "range_s"), g(ARCTIC, "range_s")),
+                     "<=", 1.0, "stretch: no slower than local ArcticDB lib.read(date_range=)"),
+              Target(f"{label} queries/s, {int(g(name, 'qps_clients') or 8)} concurrent clients", g(name, "qps"), "",
+                     None, "one-day queries, client processes on the same 2 CPUs as the server", "q/s"),
+              Target(f"{label} ingest, 10,000-row batches", _ratio(g(name, "rows_written"), g(name, "bulk_write_s")),
+                     "", None, "bulk write of the bar set, each batch fdatasync'd before the reply", "rows/s")]
+    for kind, r in serve.items():
+        if isinstance(r, dict) and "peak_rss_delta_bytes" in r:
+            t.append(Target(f"server peak RSS growth serving a {serve.get('years', 10)}-year bucket ({kind}) ÷ result size",
+                            _ratio(float(r["peak_rss_delta_bytes"]), float(serve["result_bytes"])), "<=",
+                            SERVER_RSS_LIMIT, f"one query for all {serve['rows']:,} rows (32-byte records)"))
+    return t
+
+
+#: Bounded server memory: a whole-bucket reply may cost at most this many times the result's size.
+SERVER_RSS_LIMIT = 2.0
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -180,9 +211,20 @@ def text_table(rows: list[list[str]]) -> str:
 def target_rows(ts: list[Target]) -> list[list[str]]:
     rows = [["target", "measured", "required", "result", "how"]]
     for t in ts:
-        rows.append([t.what, fmt_x(t.value) if t.value is not None else "–", f"{t.op} {t.limit:g}×", t.status,
-                     t.detail])
+        if t.value is None:
+            val = "–"
+        elif t.unit == "×":
+            val = fmt_x(t.value)
+        else:
+            val = f"{t.value:,.0f} {t.unit}"
+        req = "–" if t.limit is None else f"{t.op} {t.limit:g}{t.unit}"
+        rows.append([t.what, val, req, t.status, t.detail])
     return rows
+
+
+def targets_from_json(ts: list[dict[str, Any]]) -> list[Target]:
+    keys = ("what", "value", "op", "limit", "detail", "unit")
+    return [Target(**{k: t[k] for k in keys if k in t}) for t in ts]
 
 
 def section(res: dict[str, Any]) -> str:
@@ -190,7 +232,7 @@ def section(res: dict[str, Any]) -> str:
     m = res["meta"]
     agg = res["systems"]
     names = m["systems"]
-    ts = [Target(**{k: t[k] for k in ("what", "value", "op", "limit", "detail")}) for t in res["targets"]]
+    ts = targets_from_json(res["targets"])
     f = res.get("fsync", {})
     ty = res.get("tenyear", {})
     out = [
@@ -240,6 +282,11 @@ def section(res: dict[str, Any]) -> str:
             "",
         ]
     out += ["### Targets (issue 2)", "", markdown_table(target_rows(ts)), ""]
+    if res.get("server_targets"):
+        out += ["### Targets (issue 3)", "",
+                "The server over loopback (`python -m mktsframe.server`, durable), measured in this run by the same "
+                "protocol as the local systems above (rows server-pymarketstore and server-http).", "",
+                markdown_table(target_rows(targets_from_json(res["server_targets"]))), ""]
     if "memmap-pd2" in agg and "range_s" in agg.get("memmap-pd2", {}):
         r1 = _ratio(_get(agg, OURS, "range_s"), _get(agg, "memmap-pd2", "range_s"))
         r2 = _ratio(_get(agg, OURS, "tail100_s"), _get(agg, "memmap-pd2", "tail100_s"))

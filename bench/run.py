@@ -3,7 +3,8 @@
 
 Systems (see ``bench/systems/``): mktsframe durable and with ``background_sync``, a raw
 ``numpy.memmap`` baseline, an in-memory DataFrame (``pd.concat``), ArcticDB (LMDB), pandas
-HDFStore (``format='table'``) and Parquet (pyarrow). Each system and round runs in its own process
+HDFStore (``format='table'``) and Parquet (pyarrow); and mktsframe's server over loopback with the
+pymarketstore client and with the HTTP backend (``bench/systems/server.py``, issue 3's targets). Each system and round runs in its own process
 (:mod:`bench.worker`); ArcticDB needs pandas < 3, so the peers run from ``bench/.venv-peers``
 (``make bench-peers`` creates it from ``bench/requirements-peers.txt``) and their JSON is merged here.
 The run also measures a 32-byte write + ``fdatasync`` on the same disk each round and the RSS of
@@ -268,6 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             tenyear["verified"] = tenyear["verified"] and tenyear["warm"]["verified"]
             if not tenyear["verified"]:
                 tenyear["error"] = "one-day read from the 10-year bucket returned wrong rows"
+            if any(n in report.SERVER_SYSTEMS for n in runnable):
+                tenyear["serve"] = _worker(Path(sys.executable), ["tenyear-serve", "--root", str(root), "--rows",
+                                                                  str(build["rows"])], tmp_out, a.timeout, log)
+                tenyear["serve"]["years"] = a.tenyear_years
+                log("  served whole, server peak RSS growth: " + ", ".join(
+                    f"{k} +{report.fmt_b(v.get('peak_rss_delta_bytes'))}" for k, v in tenyear["serve"].items()
+                    if isinstance(v, dict)))
             log(f"  one day: peak RSS +{report.fmt_b(tenyear['peak_rss_delta_bytes'])} cold, "
                 f"+{report.fmt_b(tenyear['warm']['peak_rss_delta_bytes'])} warm "
                 f"(year file {report.fmt_b(tenyear.get('year_file_apparent_bytes'))}, bucket on disk "
@@ -280,10 +288,12 @@ def main(argv: list[str] | None = None) -> int:
                                                      "write_32b_s")} if fs_ok else {}
     fsync["per_round"] = fsyncs
     ts = report.targets(agg, fsync, tenyear if "error" not in tenyear else {})
+    server_ts = report.server_targets(agg, tenyear.get("serve", {}))
     res: dict[str, Any] = {
         "meta": {**run_meta(argv, out_json, a.peers_python), "params": asdict(params),
                  "rounds": a.rounds, "systems": runnable, "elapsed_s": time.perf_counter() - t_start},
-        "systems": agg, "targets": report.targets_json(ts), "fsync": fsync, "tenyear": tenyear, "rounds": rounds,
+        "systems": agg, "targets": report.targets_json(ts),
+        "server_targets": report.targets_json(server_ts), "fsync": fsync, "tenyear": tenyear, "rounds": rounds,
     }
     out_json.write_text(json.dumps(res, indent=1))
 
@@ -294,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(report.target_rows(ts)))
     print()
+    if server_ts:
+        print(report.text_table(report.target_rows(server_ts)))
+        print()
     if not a.no_doc:
         a.doc.parent.mkdir(parents=True, exist_ok=True)
         old = a.doc.read_text() if a.doc.exists() else ""

@@ -8,6 +8,7 @@ orchestrator, :mod:`bench.run`, picks the interpreter). Modes:
 ``fsync``         latency of a 32-byte write + ``fdatasync`` on the benchmark's disk
 ``tenyear-build`` a 10-year 1Min bucket for the "one day from a 10-year bucket" RSS probe
 ``tenyear-read``  read one day from it and report how much the process's RSS grew
+``tenyear-serve`` serve it with ``python -m mktsframe.server`` and read it whole over loopback: the server's RSS
 ``candles NAME``  1Min bars → 5Min/1H/1D candles (``bench/candles_bench.py``)
 ``ticks NAME``    the tick protocol (``bench/tick_run.py``): a day of ticks, hour reads, 1,000-tick appends
 
@@ -113,9 +114,12 @@ def run_system(name: str, root: str, p: Params) -> dict[str, Any]:
         check_same(sysobj.tail(100), total.iloc[-100:], f"{name} tail after appends")
         sysobj.close()
         R["after_size_bytes"] = sysobj.size()[0]
+        if hasattr(sysobj, "measure_extra"):  # e.g. the server systems' concurrent queries/s
+            R.update(sysobj.measure_extra(data, p))
         R["verified"] = True
     finally:
         sysobj.close()
+        sysobj.shutdown()
     end = proc_status()
     R["rss_base_bytes"] = base.get("VmRSS")
     R["peak_rss_bytes"] = end.get("VmHWM")
@@ -294,12 +298,14 @@ def run_ticks(name: str, root: str, tp: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read", "ticks", "candles"])
+    ap.add_argument("mode", choices=["system", "fsync", "tenyear-build", "tenyear-read", "tenyear-serve", "ticks",
+                                     "candles"])
     ap.add_argument("name", nargs="?", help="system name (mode 'system')")
     ap.add_argument("--root", required=True, help="directory for this measurement's data")
     ap.add_argument("--out", required=True, help="where to write the JSON result")
     ap.add_argument("--params", default="{}", help="JSON of bench.common.Params fields")
     ap.add_argument("--years", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=0, help="tenyear-serve: rows in the bucket")
     ap.add_argument("--cold", action="store_true", help="tenyear-read: evict the bucket from the page cache first")
     a = ap.parse_args(argv)
     if a.mode == "ticks":
@@ -325,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             res = run_fsync(a.root)
         elif a.mode == "tenyear-build":
             res = run_tenyear_build(a.root, a.years)
+        elif a.mode == "tenyear-serve":
+            from bench.systems.server import serve_bucket_rss
+
+            res = serve_bucket_rss(a.root, a.rows)
         else:
             res = run_tenyear_read(a.root, a.years, a.cold)
     except Exception as exc:  # record the failure; the orchestrator reports it and goes on

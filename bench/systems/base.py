@@ -48,6 +48,10 @@ class System:
     def close(self) -> None:
         """Release files and handles."""
 
+    def shutdown(self) -> None:
+        """End of the measurement: stop whatever the system started (a server process)."""
+        self.close()
+
     def read_all(self) -> pd.DataFrame:
         raise NotImplementedError
 
