@@ -69,3 +69,33 @@ def test_candle_bench_runs_on_small_data(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "## Candles" in text
     assert "## Server\n\nkept as is" in text
+
+
+def test_server_systems_run_in_the_local_bench(tmp_path: Path) -> None:
+    """server-pymarketstore and server-http go through the same worker protocol beside a local peer, the
+    issue-3 targets table is written, and no server process outlives the run."""
+    out = tmp_path / "bench.json"
+    doc = tmp_path / "benchmarks.md"
+    work = tmp_path / "work"
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--systems", "mktsframe,server-pymarketstore,server-http",
+           "--rows", "3000", "--rounds", "1", "--repeats", "1", "--single-appends", "3", "--chunk-appends", "2",
+           "--chunk-rows", "100", "--warm-min", "3", "--warm-max", "5", "--tenyear-years", "1",
+           "--tenyear-reads", "1", "--workdir", str(work), "--out", str(out), "--doc", str(doc)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for name in ("server-pymarketstore", "server-http"):
+        r = res["systems"][name]
+        assert r.get("verified") is True, r
+        assert r["range_rows"] == 1440
+        assert r["qps"] > 0
+        assert r["rows_written"] == 3000
+        assert r["server_peak_rss_bytes"] > 0
+    serve = res["tenyear"]["serve"]
+    assert serve["pymarketstore"]["verified"] is True, serve
+    assert serve["http"]["verified"] is True, serve
+    statuses = {t["what"].split(" ")[0]: t["status"] for t in res["server_targets"]}
+    assert statuses.keys() >= {"pymarketstore", "HTTP", "server"}
+    assert "### Targets (issue 3)" in doc.read_text()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(work) not in ps, "a server process outlived the benchmark"
