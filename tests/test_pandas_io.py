@@ -174,6 +174,33 @@ def test_frames_that_cannot_be_stored_are_refused(db: LocalBackend, df: pd.DataF
     assert db.list_keys() == []
 
 
+def test_frame_layouts_keep_each_value_under_its_name() -> None:
+    """Columns are read straight from pandas' blocks: whatever the block layout, values stay with names."""
+    from mktsframe.io.frames import frame_to_batch
+
+    idx = pd.date_range("2024-01-01", periods=3, freq="1min", tz="UTC")
+    grid = np.asfortranarray(np.arange(12, dtype="f8").reshape(3, 4))  # one block, column-major
+    cases = [
+        pd.DataFrame(grid, columns=["a", "b", "c", "d"], index=idx),
+        pd.DataFrame({"a": [1, 2, 3], "b": [0.5, 1.5, 2.5], "c": np.array([7, 8, 9], "f4"), "d": [True, False, True]},
+                     index=idx)[["d", "b", "a", "c"]],  # interleaved dtypes, reordered
+        pd.DataFrame({"s": ["x", "y", "z"], "a": [1.0, 2.0, 3.0]}, index=idx),  # a string column beside numbers
+    ]
+    split = pd.DataFrame({"a": [1.0, 2.0, 3.0]}, index=idx)
+    split["b"] = np.array([4, 5, 6], "i2")  # an unconsolidated second block
+    split["a2"] = split["a"] * 10
+    cases.append(split)
+    for df in cases:
+        for rows in (df, df.iloc[1:2].copy(), df.iloc[::2]):
+            batch = frame_to_batch(rows)
+            assert list(batch.columns) == list(rows.columns)
+            for name in rows.columns:
+                np.testing.assert_array_equal(batch.columns[name], rows[name].to_numpy(), err_msg=name)
+            assert batch.index.tolist() == rows.index.as_unit("ns").asi8.tolist()
+    renamed = cases[0].rename(columns={"a": "A"})
+    assert list(frame_to_batch(renamed).columns) == ["A", "b", "c", "d"]
+
+
 def test_nullable_and_string_extension_dtypes(db: LocalBackend) -> None:
     idx = pd.DatetimeIndex(["2024-01-01", "2024-01-02"], tz="UTC")
     df = pd.DataFrame(

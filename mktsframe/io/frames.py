@@ -27,44 +27,99 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC", nanoseconds_column: boo
 
     ``nanoseconds_column``: a frame timed by an integer ``Epoch`` column (seconds) takes the
     sub-second part from its ``Nanoseconds`` column, as pymarketstore's tick frames carry it.
+
+    This runs once per write, so a 1-row append pays it in full: column names are cached per
+    column index and numeric columns are taken as views of pandas' blocks (~10 µs per frame in
+    all instead of ~35 µs through the public accessors).
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
     idx = df.index
-    names = list(df.columns.to_numpy(dtype=object))  # a pandas 3 str Index iterates slowly: convert once
-    columns = list(names)
+    names, problem = _column_names(df.columns)
+    skip: tuple[str, ...] = ()
     if isinstance(idx, pd.DatetimeIndex):
         if idx.hasnans:
             raise SchemaMismatchError("the index contains NaT; every row needs a timestamp")
-        if idx.tz is None and tz != "UTC":
+        if tz != "UTC" and idx.tz is None:
             idx = idx.tz_localize(tz)
-        ns = idx.asi8 * _UNIT_TO_NS[idx.unit]  # asi8 is UTC for tz-aware indexes
+        unit = idx.unit
+        ns = idx.asi8  # UTC for tz-aware indexes; copied so the batch never aliases the frame
+        ns = ns.copy() if unit == "ns" else ns * _UNIT_TO_NS[unit]
     elif "Epoch" in names:
         epoch = df["Epoch"].to_numpy()
         if epoch.dtype.kind not in "iu":
             raise SchemaMismatchError(f"the Epoch column must hold integer epoch seconds, not {epoch.dtype}")
         ns = epoch.astype(np.int64) * _NS
-        columns.remove("Epoch")
+        skip = ("Epoch",)
         if nanoseconds_column and "Nanoseconds" in names:
             nanos = df["Nanoseconds"].to_numpy()
             if nanos.dtype.kind not in "iu" or (nanos.size and (nanos.min() < 0 or nanos.max() >= _NS)):
                 raise SchemaMismatchError("the Nanoseconds column must hold integers in [0, 999999999]")
             ns = ns + nanos.astype(np.int64)
-            columns.remove("Nanoseconds")
+            skip = ("Epoch", "Nanoseconds")
     else:
         raise SchemaMismatchError(
             "the frame needs a DatetimeIndex (or an integer 'Epoch' column of epoch seconds) to be stored"
         )
-    if len(set(names)) != len(names):
-        raise SchemaMismatchError(f"duplicate column names in {names}")
+    if problem is not None:
+        raise SchemaMismatchError(problem)
+    arrays = _block_arrays(df, len(names))
     cols: dict[str, np.ndarray] = {}
     for i, name in enumerate(names):
-        if name in ("Epoch", "Nanoseconds") and name not in columns:
+        if name in skip:
             continue
-        if not isinstance(name, str):
-            raise SchemaMismatchError(f"column names must be strings, got {name!r}")
-        cols[name] = _column_values(name, df, i)
+        arr = arrays[i]
+        cols[name] = arr if arr is not None else _column_values(name, df, i)
     return Batch(np.asarray(ns, dtype=np.int64), cols)
+
+
+#: Column names per column index, keyed by the identity of the index's data (frames cut from one
+#: frame share it), which is kept alive here so the identity cannot be reused. Bounded.
+_NAMES: dict[int, tuple[object, tuple[str, ...], str | None]] = {}
+_NAMES_MAX = 256
+
+
+def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
+    """The names of ``columns`` and what is wrong with them (duplicates, non-strings) or ``None``.
+
+    Reading a pandas 3 ``str`` index costs ~9 µs even for five names, so the answer is cached.
+    """
+    data = getattr(columns, "_data", None)
+    if data is not None:
+        hit = _NAMES.get(id(data))
+        if hit is not None and hit[0] is data:
+            return hit[1], hit[2]
+    names = tuple(columns.to_numpy(dtype=object))  # a pandas 3 str Index iterates slowly: convert once
+    problem = None
+    if len(set(names)) != len(names):
+        problem = f"duplicate column names in {list(names)}"
+    else:
+        bad = next((n for n in names if not isinstance(n, str)), None)
+        if bad is not None:
+            problem = f"column names must be strings, got {bad!r}"
+    if data is not None:
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[id(data)] = (data, names, problem)
+    return names, problem
+
+
+def _block_arrays(df: pd.DataFrame, ncols: int) -> list[np.ndarray | None]:
+    """Each column's values as a 1-d view of its pandas block where that is a numpy array of a
+    storable kind; ``None`` for the others (and for all if pandas' internals moved)."""
+    out: list[np.ndarray | None] = [None] * ncols
+    try:
+        blocks = df._mgr.blocks
+        for blk in blocks:
+            values = blk.values
+            if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.kind in "iufb":
+                locs = blk.mgr_locs.indexer
+                positions = range(locs.start, locs.stop, locs.step or 1) if isinstance(locs, slice) else locs.tolist()
+                for j, pos in enumerate(positions):
+                    out[pos] = values[j]
+    except AttributeError:  # pragma: no cover - pandas internals moved: every column takes the slow path
+        return [None] * ncols
+    return out
 
 
 def _column_values(name: str, df: pd.DataFrame, i: int) -> np.ndarray:
