@@ -318,17 +318,18 @@ def _segment(root: Path) -> Path:
     return seg
 
 
-def _frame_offsets(seg: Path) -> list[int]:
+def _frame_offsets(seg: Path) -> tuple[list[int], int]:
+    """Offsets of the frames in a segment, and where the last one ends (its preallocated zero tail begins)."""
     data = seg.read_bytes()
     offsets, pos = [], 0
-    while pos < len(data):
+    while pos < len(data) and data[pos : pos + 4] == b"MKW1":
         offsets.append(pos)
         meta_len, data_len = (
             int.from_bytes(data[pos + 4 : pos + 8], "little"),
             int.from_bytes(data[pos + 8 : pos + 12], "little"),
         )
         pos += 24 + meta_len + data_len
-    return offsets
+    return offsets, pos
 
 
 def _expect(ops: list[int]) -> Model:
@@ -366,8 +367,10 @@ def test_damaged_log_records_are_reported_skipped_and_never_served(
 ) -> None:
     root = _copy(crashed, tmp_path / "data", log_only=True)  # nothing applied: all comes from the log
     seg = _segment(root)
-    data = bytearray(seg.read_bytes())
-    offsets = _frame_offsets(seg)
+    whole = seg.read_bytes()
+    offsets, logged = _frame_offsets(seg)
+    assert not any(whole[logged:])  # the preallocated rest of the segment is zero
+    data = bytearray(whole[:logged])  # damage the records; the zero tail is put back after them
     assert len(offsets) == N_FIXED + 1
     last = offsets[-1]
 
@@ -393,7 +396,7 @@ def test_damaged_log_records_are_reported_skipped_and_never_served(
     elif damage == "flip-two-records":
         data[frame_of(3) + 30] ^= 0x10
         data[frame_of(8) + 30] ^= 0x10
-    seg.write_bytes(bytes(data))
+    seg.write_bytes(bytes(data) + bytes(max(0, len(whole) - len(data))))
 
     for engine in _open_twice(root):
         problems = engine.recovery.problems

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mktsframe.engine.wal import MAGIC, ReplayReport, WriteAheadLog
+from mktsframe.engine.wal import MAGIC, PREALLOCATE, ReplayReport, WriteAheadLog
 
 ARRAYS = [
     np.arange(5, dtype="<i8"),
@@ -118,10 +118,10 @@ def test_a_corrupt_checkpoint_means_a_full_replay(tmp_path: Path, damage: bytes,
 
 
 def _frames(path: Path) -> list[tuple[int, int]]:
-    """(offset, length) of each frame in a segment."""
+    """(offset, length) of each frame in a segment, up to its preallocated zero tail."""
     data = path.read_bytes()
     out, pos = [], 0
-    while pos < len(data):
+    while pos < len(data) and data[pos : pos + 4] == MAGIC:
         _, meta_len, data_len, _, _ = struct.unpack_from("<4sIIQI", data, pos)
         length = 24 + meta_len + data_len
         out.append((pos, length))
@@ -137,8 +137,9 @@ def test_damage_anywhere_costs_only_the_damaged_records(tmp_path: Path, n: int, 
     wal.close()
     (seg,) = wal.segments()
     data = bytearray(seg.read_bytes())
-    a = int(where * (len(data) - 1))
-    b = min(len(data), a + size)
+    logged = _logged_bytes(seg)  # damage the records, not the zero tail after them
+    a = int(where * (logged - 1))
+    b = min(logged, a + size)
     rng = np.random.default_rng(seed)
     noise = rng.integers(1, 256, b - a, dtype=np.uint8)  # XOR with non-zero: every byte really changes
     data[a:b] = (np.frombuffer(bytes(data[a:b]), np.uint8) ^ noise).tobytes()
@@ -166,6 +167,12 @@ def _frames_from_sizes(n: int) -> list[tuple[int, int]]:
 _FRAME_CACHE: dict[tuple[str, int], list[tuple[int, int]]] = {}
 
 
+def _logged_bytes(seg: Path) -> int:
+    """Where the records of a segment end and its preallocated zero tail begins."""
+    off, length = _frames(seg)[-1]
+    return off + length
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(n=st.integers(1, 6), cut=st.floats(0, 1))
 def test_truncation_keeps_exactly_the_whole_records(tmp_path: Path, n: int, cut: float) -> None:
@@ -173,9 +180,10 @@ def test_truncation_keeps_exactly_the_whole_records(tmp_path: Path, n: int, cut:
     wal, _ = _log(directory, n)
     wal.close()
     (seg,) = wal.segments()
-    data = seg.read_bytes()
+    data = seg.read_bytes()[: _logged_bytes(seg)]
+    assert not any(seg.read_bytes()[len(data) :])  # the rest is the preallocated zero tail
     at = int(cut * len(data))
-    seg.write_bytes(data[:at])
+    seg.write_bytes(data[:at])  # a log truncated by a crash (or written before preallocation)
     got, report, _again = _replay(directory)
     whole = [i for i, (off, length) in enumerate(_pristine(n)) if off + length <= at]
     assert got == [(i + 1, i) for i in whole]
@@ -215,3 +223,92 @@ def test_garbage_between_segments_and_magic_lookalikes(tmp_path: Path) -> None:
     assert got == [(1, 0), (2, 1), (3, 2)]
     assert len(report.problems) == 1
     assert first.name in report.problems[0]
+
+
+# -- preallocated segments ------------------------------------------------------------------------
+
+
+def test_segments_are_preallocated_and_end_in_a_clean_zero_tail(tmp_path: Path) -> None:
+    wal, _ = _log(tmp_path, 5)
+    (seg,) = wal.segments()
+    logged = _logged_bytes(seg)
+    size = seg.stat().st_size
+    assert size >= logged + PREALLOCATE // 2  # the file did not grow record by record
+    assert not any(seg.read_bytes()[logged:])
+    wal.close()
+    got, report, again = _replay(tmp_path)
+    assert got == [(i + 1, i) for i in range(5)]
+    assert report.problems == []
+    assert report.skipped_bytes == 0
+    assert again.next_seq == 6
+
+
+def test_records_larger_than_the_preallocation_and_across_its_boundary(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.start_segment()
+    big = np.arange(PREALLOCATE // 8 + 1000, dtype="<i8")  # one record longer than a preallocation step
+    small = [np.full(3000, i, "<i8") for i in range(3000)]  # 24 KB each: crosses several steps
+    wal.append({"op": "write", "key": "A/1Min/T"}, [big])
+    for i, a in enumerate(small):
+        wal.append({"op": "write", "key": "A/1Min/T", "i": i}, [a])
+    wal.sync()
+    wal.close()
+    report = ReplayReport()
+    records = list(WriteAheadLog(tmp_path).replay(report))
+    assert report.problems == []
+    assert len(records) == 1 + len(small)
+    assert records[0].arrays()[0].tobytes() == big.tobytes()
+    assert all(r.arrays()[0].tolist() == [r.meta["i"]] * 3000 for r in records[1:])
+
+
+def test_a_torn_record_before_the_zero_tail_is_reported_at_its_own_size(tmp_path: Path) -> None:
+    wal, _ = _log(tmp_path, 4)
+    wal.close()
+    (seg,) = wal.segments()
+    frames = _frames(seg)
+    last_off, last_len = frames[-1]
+    data = bytearray(seg.read_bytes())
+    keep = last_len // 2
+    data[last_off + keep : last_off + last_len] = bytes(last_len - keep)  # the second half never reached the disk
+    seg.write_bytes(bytes(data))
+    got, report, again = _replay(tmp_path)
+    assert got == [(1, 0), (2, 1), (3, 2)]
+    assert len(report.problems) == 1
+    assert "torn tail" in report.problems[0]
+    assert report.skipped_bytes <= keep  # the record's surviving bytes, not the preallocated megabytes
+    assert again.next_seq == 4  # the torn record's number is reused: it was never acknowledged
+
+
+def test_a_zeroed_record_in_the_middle_does_not_end_the_log(tmp_path: Path) -> None:
+    """Unsynced pages can reach the disk out of order (background sync): a hole is not the end."""
+    wal, _ = _log(tmp_path, 5)
+    wal.close()
+    (seg,) = wal.segments()
+    off, length = _frames(seg)[2]
+    data = bytearray(seg.read_bytes())
+    data[off : off + length] = bytes(length)
+    seg.write_bytes(bytes(data))
+    got, report, _ = _replay(tmp_path)
+    assert got == [(1, 0), (2, 1), (4, 3), (5, 4)]
+    assert len(report.problems) == 1
+    assert "corrupt record" in report.problems[0]
+
+
+def test_a_leftover_segment_of_the_same_name_is_replaced(tmp_path: Path) -> None:
+    """Replay sets ``next_seq`` past every valid record, so a file with the next segment's name holds none."""
+    wal, _ = _log(tmp_path, 2)
+    wal.close()
+    stale = tmp_path / f"{3:020d}.wal"
+    stale.write_bytes(b"\x07" * 100)  # e.g. the torn first record of a segment started before a crash
+    report = ReplayReport()
+    again = WriteAheadLog(tmp_path)
+    assert [r.seq for r in again.replay(report)] == [1, 2]
+    assert report.problems
+    again.start_segment()
+    assert again._segment == stale
+    again.append({"op": "write", "key": "K2/1Min/T", "i": 2}, [np.full(3, 2, "<i8")])
+    again.sync()
+    again.close()
+    got, report, _ = _replay(tmp_path)
+    assert got == [(1, 0), (2, 1), (3, 2)]
+    assert report.problems == []

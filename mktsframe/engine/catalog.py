@@ -103,10 +103,13 @@ class Bucket:
 
     def __init__(self, key: TimeBucketKey, directory: Path, meta: dict[str, Any], writable: bool) -> None:
         self.key = key
+        self.item_key = key.item_key  # built from its parts on every access: cached for the write path
         self.dir = directory
         self.schema: Schema = meta["schema"]
         self.names = [n for n, _ in self.schema]
         self.dtypes = {n: dtype_of(t) for n, t in self.schema}
+        #: The column dtypes in schema order (what a write's columns are checked against first).
+        self.dtype_list = tuple(self.dtypes[n] for n in self.names)
         self.timeframe = key.timeframe.seconds
         self.writable = writable
         self.record_type: str = meta["record_type"]

@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ log = logging.getLogger("mktsframe.engine")
 
 NS = 1_000_000_000
 _I64_MAX = np.iinfo(np.int64).max
+_I8 = np.dtype(np.int64)
 
 
 class Engine:
@@ -391,7 +392,7 @@ class Engine:
         if not isinstance(batch, Batch):
             raise TypeError(f"expected a Batch, got {type(batch).__name__}")
         index = np.asarray(batch.index)
-        if index.dtype != np.int64 or index.ndim != 1:
+        if index.dtype != _I8 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
         n = index.shape[0]
         cols = {name: np.asarray(v) for name, v in batch.columns.items()}
@@ -417,9 +418,11 @@ class Engine:
                 self._announce("write", k.item_key, batch=stored)
                 return
             secs, arrays = _normalise(index, arrays, bucket.timeframe)
-            self._log({"op": "write", "key": k.item_key}, [secs, *arrays])
+            b, item_key = bucket, bucket.item_key
+            apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
+            self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
             stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
-            self._announce("write", k.item_key, batch=stored)
+            self._announce("write", item_key, batch=stored)
 
     def delete(self, key: str, *, start: int | None = None, end: int | None = None) -> int:
         """Remove rows in ``[start, end]`` (ns, inclusive at bar granularity; exact for tick
@@ -456,15 +459,22 @@ class Engine:
         if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
             self._checkpoint(rotate=True)
 
-    def _log(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> Any:
+    def _log(
+        self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = (), apply: Callable[[], Any] | None = None
+    ) -> Any:
+        """Log one operation, make it durable (unless ``background_sync``), then apply it.
+
+        ``apply`` applies it directly when the caller already resolved what :meth:`_apply` would
+        look up again from ``meta`` (a fixed-bucket write: its bucket); it must not need the ``seq``.
+        """
         wal = self._wal
         assert wal is not None
         if self.wal_bypass:
-            return self._apply(meta, list(arrays))
+            return apply() if apply is not None else self._apply(meta, list(arrays))
         seq = wal.append(meta, arrays)
         if not self.background_sync:
             wal.sync()
-        return self._apply(meta, list(arrays), seq=seq)
+        return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
 
     # -- applying (live and replay) -------------------------------------------------------------
     def _apply(
@@ -498,11 +508,21 @@ class Engine:
                 return self._apply_delete(b, meta["start"], meta["end"])
         raise MktsError(f"unknown WAL operation {op!r}")
 
+    def _apply_fixed(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
+        """Apply a live write to a fixed bucket that the caller resolved under the write lock (so
+        no destroy can have intervened): what :meth:`_apply` does for it, without the lookups."""
+        with self._apply_lock:
+            self._apply_write(b, secs, arrays)
+
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
         first, last = int(secs[0]), int(secs[-1])
         yf = b.last_written
         if yf is not None and yf.year_start <= first and last < yf.year_end:  # appends: same year again
-            yf.write((secs - yf.year_start) // b.timeframe, dict(zip(b.names, arrays, strict=True)))
+            tf, n = b.timeframe, secs.shape[0]
+            if last - first == (n - 1) * tf:  # sorted and unique, so a contiguous run of bars
+                yf.write_run((first - yf.year_start) // tf, n, arrays)
+            else:
+                yf.write((secs - yf.year_start) // tf, dict(zip(b.names, arrays, strict=True)))
             return
         y_first, y_last = _year_of(first), _year_of(last)
         if y_first == y_last:
@@ -698,6 +718,10 @@ def _validate_schema(columns: Sequence[tuple[str, str]], variable_length: bool) 
 
 def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Columns in bucket order and dtype, or a :class:`SchemaMismatchError` naming the difference."""
+    if len(cols) == len(bucket.dtype_list):  # the usual case, checked first: same names, order and types
+        arrays = list(cols.values())
+        if list(cols) == bucket.names and all(a.dtype == t for a, t in zip(arrays, bucket.dtype_list, strict=True)):
+            return arrays
     if set(cols) != set(bucket.names):
         missing = [n for n in bucket.names if n not in cols]
         extra = [n for n in cols if n not in bucket.names]

@@ -9,10 +9,17 @@ Each record is one frame::
     magic b"MKW1" | u32 meta_len | u32 data_len | u64 seq | u32 crc32c | meta | data
 
 ``meta`` is a msgpack map describing the operation; ``data`` is the raw bytes of its arrays
-(appended with ``writev``, never copied into the frame). The CRC-32C covers the header fields,
-``meta`` and ``data``, so a torn or corrupted record is detected and never replayed; replay then
-resynchronises on the next valid frame, so one bad record does not cost the ones after it
+(large ones written with ``pwritev``, never copied into the frame). The CRC-32C covers the header
+fields, ``meta`` and ``data``, so a torn or corrupted record is detected and never replayed; replay
+then resynchronises on the next valid frame, so one bad record does not cost the ones after it
 (MarketStore either refused to start, #165, or moved the whole log aside).
+
+Segments are preallocated (``posix_fallocate``, ``PREALLOCATE`` bytes at a time) and records are
+written in place at the end of the log, so the file's size does not change with every record:
+``fdatasync`` of an append that grows the file also commits the size to the file-system journal,
+which on ext4 made a durable 1-row write ~35 % slower. The unused rest of a segment reads as
+zeros; replay ends cleanly at an all-zero tail, and bytes that are neither a valid frame nor part
+of that zero tail are reported as torn or corrupt, exactly as before.
 
 Records at or below the checkpoint are never applied again, and every operation the engine logs
 is idempotent (fixed-slot writes, range deletes, destroys), so a crash during replay is harmless.
@@ -20,6 +27,7 @@ is idempotent (fixed-slot writes, range deletes, destroys), so a crash during re
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -40,11 +48,17 @@ log = logging.getLogger("mktsframe.wal")
 
 MAGIC = b"MKW1"
 _HEAD = struct.Struct("<4sIIQI")  # magic, meta_len, data_len, seq, crc
+_HEAD_NO_CRC = struct.Struct("<4sIIQ")
+_CRC = struct.Struct("<I")
 _CKPT = struct.Struct("<8sQI")  # magic, seq, crc
 _CKPT_MAGIC = b"MKCKPT01"
 #: Upper bounds that a frame header must respect; anything larger is treated as corruption.
 MAX_META = 1 << 20
 MAX_DATA = 1 << 34
+#: Bytes added to a segment's allocation whenever the next record does not fit in it.
+PREALLOCATE = 4 << 20
+#: Frames up to this size are assembled into one buffer and written with one ``pwrite``.
+_JOIN_MAX = 1 << 16
 
 
 @dataclass
@@ -79,6 +93,12 @@ class ReplayReport:
     changes: list[tuple[str, str, int | None, int | None]] = field(default_factory=list)
 
 
+def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    while len(buf):
+        n = os.pwrite(fd, buf, offset)
+        buf, offset = buf[n:], offset + n
+
+
 def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:
     value = crc32c.crc32c(head)
     for p in parts:
@@ -97,6 +117,9 @@ class WriteAheadLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = None
         self._segment: Path | None = None
+        self._pos = 0  # where the next frame goes in the open segment
+        self._allocated = 0  # bytes of the open segment that are allocated (its size)
+        self._packed_meta: dict[tuple[Any, ...], bytes] = {}
         self.next_seq = 1
         self.written_seq = 0
         self.synced_seq = 0
@@ -129,10 +152,16 @@ class WriteAheadLog:
         return sorted(p for p in self.dir.glob("*.wal") if p.stem.isdigit())
 
     def start_segment(self) -> None:
-        """Close the current segment and start a new one at ``next_seq``."""
+        """Close the current segment and start a new one at ``next_seq``.
+
+        A file of that name can only be left from a run that logged no valid record into it
+        (replay sets ``next_seq`` past every record it sees), so it is truncated. Space is
+        allocated by the first append, so a segment that stays empty costs nothing.
+        """
         self.close()
         self._segment = self.dir / f"{self.next_seq:020d}.wal"
-        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(self._segment, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._pos = self._allocated = 0
         fsync_dir(self.dir)
 
     def drop_checkpointed(self) -> None:
@@ -154,25 +183,61 @@ class WriteAheadLog:
     # -- appending ------------------------------------------------------------------------------
     def append(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> int:
         """Append one record (not yet durable: call :meth:`sync`). Returns its sequence number."""
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             raise RuntimeError("write-ahead log is not open for writing")
         arrays = [np.ascontiguousarray(a) for a in arrays]
-        meta = {**meta, "arrays": [(a.dtype.str, a.size) for a in arrays]}
-        packed = msgpack.packb(meta, use_bin_type=True)
-        parts: list[bytes | memoryview] = [packed, *(memoryview(a).cast("B") for a in arrays)]
-        data_len = sum(len(p) for p in parts[1:])
+        packed = self._pack_meta(meta, tuple([(a.dtype.str, a.size) for a in arrays]))
+        data_len = sum([a.nbytes for a in arrays])
         seq = self.next_seq
-        head = _HEAD.pack(MAGIC, len(packed), data_len, seq, 0)[:-4]
-        frame = [head + struct.pack("<I", _crc(head, parts)), *parts]
-        total = sum(len(p) for p in frame)
-        written = os.writev(self._fd, frame)
-        while written < total:  # short write (rare): finish the rest
-            flat = b"".join(bytes(p) for p in frame)
-            written += os.write(self._fd, flat[written:])
-        self.next_seq += 1
+        head = _HEAD_NO_CRC.pack(MAGIC, len(packed), data_len, seq)
+        total = _HEAD.size + len(packed) + data_len
+        pos = self._pos
+        if pos + total > self._allocated:
+            self._preallocate(pos + total)
+        if total <= _JOIN_MAX:  # small: one buffer, one checksum call, one system call
+            body = b"".join([packed, *[a.tobytes() for a in arrays]])
+            frame = b"".join((head, _CRC.pack(crc32c.crc32c(body, value=crc32c.crc32c(head))), body))
+            written = os.pwrite(fd, frame, pos)
+            if written < total:  # short write (rare): finish the rest
+                _pwrite_all(fd, memoryview(frame)[written:], pos + written)
+        else:
+            parts: list[bytes | memoryview] = [packed, *(memoryview(a).cast("B") for a in arrays)]
+            frame_parts = [head + _CRC.pack(_crc(head, parts)), *parts]
+            written = os.pwritev(fd, frame_parts, pos)
+            if written < total:
+                _pwrite_all(fd, memoryview(b"".join(frame_parts))[written:], pos + written)
+        self._pos = pos + total
+        self.next_seq = seq + 1
         self.written_seq = seq
         self.bytes_since_checkpoint += total
         return seq
+
+    def _pack_meta(self, meta: dict[str, Any], arrays: tuple[tuple[str, int], ...]) -> bytes:
+        """``meta`` plus its ``arrays`` list, msgpack'd; the common ``{op, key}`` metas are cached
+        (a 1-row append logs the same bytes every time, and packing them cost ~6 µs)."""
+        if len(meta) != 2 or "op" not in meta or "key" not in meta:
+            return msgpack.packb({**meta, "arrays": arrays}, use_bin_type=True)  # type: ignore[no-any-return]
+        cache_key = (meta["op"], meta["key"], arrays)
+        packed = self._packed_meta.get(cache_key)
+        if packed is None:
+            if len(self._packed_meta) >= 4096:
+                self._packed_meta.clear()
+            packed = msgpack.packb({**meta, "arrays": arrays}, use_bin_type=True)
+            self._packed_meta[cache_key] = packed
+        return packed
+
+    def _preallocate(self, needed: int) -> None:
+        """Grow the open segment's allocation past ``needed`` bytes (zero-filled, ``PREALLOCATE`` steps)."""
+        assert self._fd is not None
+        size = max(needed, self._allocated) + PREALLOCATE
+        try:
+            os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+        except OSError as exc:  # no preallocation on this file system: plain growth still works
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            return
+        self._allocated = size
 
     def sync(self) -> None:
         """Make every appended record durable (``fdatasync``)."""
@@ -197,15 +262,21 @@ class WriteAheadLog:
             while pos < size:
                 frame = self._frame_at(view, pos)
                 if frame is None:
+                    tail = np.frombuffer(data, np.uint8, offset=pos)
+                    if not tail.any():
+                        break  # the preallocated, never-written rest of the segment
                     nxt = data.find(MAGIC, pos + 1)
                     while nxt != -1 and self._frame_at(view, nxt) is None:
                         nxt = data.find(MAGIC, nxt + 1)
-                    end = size if nxt == -1 else nxt
+                    # a torn tail ends at its last byte that is not preallocated zero
+                    end = pos + int(np.flatnonzero(tail)[-1]) + 1 if nxt == -1 else nxt
                     what = "torn tail" if nxt == -1 else "corrupt record(s)"
                     msg = f"WAL {seg.name}: {what} of {end - pos} bytes at offset {pos} failed its checksum; skipped"
                     log.warning(msg)
                     report.problems.append(msg)
                     report.skipped_bytes += end - pos
+                    if nxt == -1:
+                        break
                     pos = end
                     continue
                 seq, meta, payload, length = frame

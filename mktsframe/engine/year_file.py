@@ -329,12 +329,39 @@ class YearFile:
             for name, col in self.columns.items():
                 col[slots] = values[name]
             self.presence[slots] = 1
+        self._widen_bounds(first, last + 1)
+        self.dirty = True
+
+    def write_run(self, first: int, n: int, values: list[np.ndarray]) -> None:
+        """Store ``n`` rows at the contiguous slots ``first, first+1, ...`` (the common append).
+
+        ``values`` holds every column in schema order, already of the bucket's dtype. Cheaper than
+        :meth:`write` for small appends (~3 µs for a row): no slot array and no dict.
+        """
+        stop = first + n
+        if first < 0 or stop > self.nslots:
+            raise ValueError(f"{self.path}: slot out of range")
+        if n >= _PWRITE_MIN_ROWS:
+            self._pwrite(first, dict(zip(self.columns, values, strict=True)))
+        elif n == 1:  # scalar stores: a third of the cost of 1-element slice assignments
+            for col, v in zip(self.columns.values(), values, strict=True):
+                col[first] = v[0]
+            self.presence[first] = 1
+        else:
+            sl = slice(first, stop)
+            for col, v in zip(self.columns.values(), values, strict=True):
+                col[sl] = v
+            self.presence[sl] = 1
+        self._widen_bounds(first, stop)
+        self.dirty = True
+
+    def _widen_bounds(self, first: int, stop: int) -> None:
+        """Move the watermarks out to cover slots ``[first, stop)`` that now hold rows."""
         lo, hi = self.lo, self.hi
         if lo == hi:
-            self._set_bounds(first, last + 1)
-        elif first < lo or last >= hi:
-            self._set_bounds(min(lo, first), max(hi, last + 1))
-        self.dirty = True
+            self._set_bounds(first, stop)
+        elif first < lo or stop > hi:
+            self._set_bounds(min(lo, first), max(hi, stop))
 
     def _pwrite(self, first: int, values: dict[str, np.ndarray]) -> None:
         """Bulk load of contiguous slots via ``pwrite``: filling fresh pages through the mapping costs a
