@@ -531,3 +531,60 @@ def test_crash_after_rotations_and_with_background_sync(tmp_path: Path, mode: st
         expected = _expect(list(range(ops)))
         assert expected.same_data(seen), _explain([expected], seen, [], [])
         assert seen.side == expected.side
+
+
+def test_runs_of_consecutive_bars_are_logged_without_their_times_and_replay_exactly_once(tmp_path: Path) -> None:
+    """A write of consecutive bars is a ``write_run`` record: its first bar's time, then the columns."""
+    from mktsframe.backend.base import Batch
+    from mktsframe.engine.wal import ReplayReport, WriteAheadLog
+
+    src = tmp_path / "src"
+    year_end = 1_735_689_600  # 2025-01-01 00:00 UTC: the first run crosses into a new year file
+    runs = [(year_end - 60 * 500, 1_000), (year_end + 60 * 2_000, 16), (year_end + 60 * 5_000, 3)]
+
+    def batch(start_s: int, n: int, base: float) -> Batch:
+        secs = start_s + 60 * np.arange(n, dtype=np.int64)
+        return Batch(secs * NS, {"x": base + np.arange(n, dtype="f8"), "y": (secs % 97).astype("i4")})
+
+    engine = Engine(src, read_only=False, checkpoint_interval=3600)
+    try:
+        for i, (start, n) in enumerate(runs):
+            engine.write("R/1Min/T", batch(start, n, 1_000.0 * i))
+        (seg,) = sorted((src / ".mkts" / "wal").glob("*.wal"))
+        report = ReplayReport()
+        records = list(WriteAheadLog(seg.parent).replay(report))  # read while the writer is still open
+    finally:
+        for copy in ("log", "damaged"):  # the log as a crash leaves it
+            shutil.copytree(src / ".mkts" / "wal", tmp_path / copy / ".mkts" / "wal")
+        engine.close()
+    writes = [r for r in records if r.meta["op"] in ("write", "write_run")]
+    assert [r.meta["op"] for r in writes] == ["write_run", "write_run", "write"]  # 3 rows: below the threshold
+    assert [r.meta.get("start") for r in writes[:2]] == [runs[0][0], runs[1][0]]
+    assert len(writes[0].data) == 1_000 * (8 + 4)  # columns only: no int64 time per row
+
+    def expected() -> tuple[list[int], list[float]]:
+        got = [batch(s, n, 1_000.0 * i) for i, (s, n) in enumerate(runs)]
+        return [int(t) for b in got for t in b.index], [float(v) for b in got for v in b.columns["x"]]
+
+    root = tmp_path / "log"
+    for engine in _open_twice(root):
+        assert engine.recovery.problems == []
+        out = engine.query("R/1Min/T")["R/1Min/T"]
+        assert (out.index.tolist(), out.columns["x"].tolist()) == expected()
+        assert out.columns["y"].tolist() == [int(t // NS % 97) for t in out.index]
+        assert engine.info("R/1Min/T").years == (2024, 2025)
+
+    # A damaged run record costs exactly that record: the run after it is still replayed.
+    damaged = tmp_path / "damaged"
+    (seg,) = sorted((damaged / ".mkts" / "wal").glob("*.wal"))
+    offsets, _ = _frame_offsets(seg)
+    data = bytearray(seg.read_bytes())
+    data[offsets[-2] + 40] ^= 0x5A  # the frames: create, run, run, write; hit the second run
+    seg.write_bytes(bytes(data))
+    for engine in _open_twice(damaged):
+        assert len(engine.recovery.problems) == 1
+        assert "corrupt record" in engine.recovery.problems[0]
+        out = engine.query("R/1Min/T")["R/1Min/T"]
+        times = expected()[0]
+        assert out.index.tolist() == times[:1_000] + times[1_016:]
+

@@ -53,6 +53,8 @@ log = logging.getLogger("mktsframe.engine")
 NS = 1_000_000_000
 _I64_MAX = np.iinfo(np.int64).max
 _I8 = np.dtype(np.int64)
+#: Writes of at least this many consecutive bars are logged as ``write_run`` records (no times).
+_RUN_MIN_ROWS = 16
 
 
 class Engine:
@@ -167,9 +169,9 @@ class Engine:
             if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
                 continue  # erased by a later destroy of the same key
             try:
-                arrays = rec.arrays()
-                self._apply(rec.meta, arrays, seq=rec.seq, replay=True)
-                self.recovery.changes.append(self._replayed_change(rec.meta, arrays))
+                meta, arrays = _expand_run(rec.meta, rec.arrays())
+                self._apply(meta, arrays, seq=rec.seq, replay=True)
+                self.recovery.changes.append(self._replayed_change(meta, arrays))
             except (MktsError, OSError, ValueError) as exc:
                 msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
                 log.error(msg)
@@ -420,7 +422,12 @@ class Engine:
             secs, arrays = _normalise(index, arrays, bucket.timeframe)
             b, item_key = bucket, bucket.item_key
             apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
-            self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
+            first = int(secs[0])
+            if n >= _RUN_MIN_ROWS and int(secs[-1]) - first == (secs.shape[0] - 1) * b.timeframe and arrays:
+                # consecutive bars: log the first bar's time instead of every row's (8 bytes a row less to sync)
+                self._log({"op": "write_run", "key": item_key, "start": first}, arrays, apply=apply)
+            else:
+                self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
             stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
             self._announce("write", item_key, batch=stored)
 
@@ -688,6 +695,17 @@ class Engine:
             last=last,
             disk_bytes=disk,
         )
+
+
+def _expand_run(meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """A logged ``write_run`` (consecutive bars from ``start``, times not logged) as the ``write``
+    it stands for: its bar-start seconds put back in front of its columns. Other records pass through."""
+    if meta.get("op") != "write_run":
+        return meta, arrays
+    tf = parse_key(meta["key"]).timeframe.seconds
+    start = int(meta["start"])
+    secs = np.arange(start, start + arrays[0].shape[0] * tf, tf, dtype=np.int64)
+    return {"op": "write", "key": meta["key"]}, [secs, *arrays]
 
 
 def _int_or_none(v: int | None) -> int | None:

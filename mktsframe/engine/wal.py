@@ -58,7 +58,7 @@ MAX_DATA = 1 << 34
 #: Bytes added to a segment's allocation whenever the next record does not fit in it.
 PREALLOCATE = 4 << 20
 #: Frames up to this size are assembled into one buffer and written with one ``pwrite``.
-_JOIN_MAX = 1 << 16
+_JOIN_MAX = 4096
 
 
 @dataclass
