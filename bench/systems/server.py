@@ -303,6 +303,38 @@ class HttpServerSystem(ServerSystem):
              "write_mkts in 10,000-row batches / pd.read_mkts(key, start=, end=) / pd.read_mkts(key, limit=100)")
 
 
+class PeakAnon:
+    """The highest RssAnon (bytes) of the server while the block runs, sampled every ``interval`` s.
+
+    The kernel keeps only the peak of all RSS (VmHWM), which also counts the page cache of the
+    memory-mapped year files a whole-bucket read maps in (shared, reclaimable); what the server
+    itself allocates to answer is its anonymous memory.
+    """
+
+    def __init__(self, server: ServerProcess, interval: float = 0.002) -> None:
+        import threading
+
+        self.server, self.interval = server, interval
+        self.peak, self.samples = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            anon = self.server.status().get("RssAnon", 0)
+            self.peak, self.samples = max(self.peak, anon), self.samples + 1
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakAnon:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def serve_bucket_rss(root: str, rows: int) -> dict[str, Any]:
     """Serve an existing root, query the whole of ``KEY`` once per client kind, report the server's RSS.
 
@@ -320,9 +352,10 @@ def serve_bucket_rss(root: str, rows: int) -> dict[str, Any]:
             before = server.status()
             assert server.proc is not None
             reset_peak_rss(server.proc.pid)
-            t0 = time.perf_counter()
-            df = client.read_all()
-            took = time.perf_counter() - t0
+            with PeakAnon(server) as anon:
+                t0 = time.perf_counter()
+                df = client.read_all()
+                took = time.perf_counter() - t0
             ok = len(df) == rows
             del df
             gc.collect()
@@ -330,6 +363,8 @@ def serve_bucket_rss(root: str, rows: int) -> dict[str, Any]:
             client.close()
             out[kind] = {"read_s": took, "verified": ok, "idle_rss_bytes": before.get("VmRSS"),
                          "peak_rss_delta_bytes": after["VmHWM"] - before["VmRSS"],
+                         "peak_anon_delta_bytes": anon.peak - before.get("RssAnon", 0),
+                         "anon_samples": anon.samples,
                          "rss_anon_after_delta_bytes": after.get("RssAnon", 0) - before.get("RssAnon", 0)}
     finally:
         server.stop()

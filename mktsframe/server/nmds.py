@@ -15,7 +15,7 @@ request did not already bring.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from mktsframe.backend.base import Batch
 from mktsframe.dtypes import MAX_COLUMNS, WIRE_TYPES, wire_type
 from mktsframe.errors import SchemaMismatchError
 
-__all__ = ["CATEGORY_SUFFIX", "DecodedDataset", "decode", "encode", "wire_type_of"]
+__all__ = ["CATEGORY_SUFFIX", "DecodedDataset", "EpochSeconds", "decode", "encode", "wire_type_of"]
 
 NS = 1_000_000_000
 #: MarketStore appends the key category to result keys; pymarketstore keeps the part before ``:``.
@@ -157,8 +157,9 @@ def encode(
     Tick batches (``variable_length``) get MarketStore's last column, ``Nanoseconds`` (int32): each
     row's time is ``Epoch`` seconds + ``Nanoseconds``, exactly.
 
-    Column buffers are ``memoryview``\\ s, so msgpack packs them as bin without another copy
-    when a single batch is sent. ``names`` fixes the column order (default: the first batch's).
+    Column buffers are ``memoryview``\\ s (no copy when a single batch is sent) and ``Epoch`` is an
+    :class:`EpochSeconds`, converted while it is sent; :func:`mktsframe.server.rpc.encode` packs
+    them. ``names`` fixes the column order (default: the first batch's).
     """
     parts = list(parts)
     if names is None:
@@ -171,15 +172,15 @@ def encode(
         startindex[key + key_suffix] = row
         lengths[key + key_suffix] = len(b)
         row += len(b)
-    epochs = [np.floor_divide(b.index, NS) for _, b in parts]
-    data: list[Any] = [_join(epochs, np.dtype("<i8"))]
+    ticks = bool(parts) and parts[0][1].variable_length
+    data: list[Any] = [EpochSeconds([b.index for _, b in parts])]
     types = ["i8"]
     for n, (wt, dt) in zip(names, dtypes, strict=True):  # type: ignore[misc]
         data.append(_join([b.columns[n] for _, b in parts], dt))
         types.append(wt)
     names = list(names)
-    if parts and parts[0][1].variable_length:  # ticks: MarketStore's trailing sub-second column
-        data.append(_join([b.index - e * NS for (_, b), e in zip(parts, epochs, strict=True)], np.dtype("<i4")))
+    if ticks:  # MarketStore's trailing sub-second column
+        data.append(_join([b.index - np.floor_divide(b.index, NS) * NS for _, b in parts], np.dtype("<i4")))
         types.append("i4")
         names.append("Nanoseconds")
     return {
@@ -190,6 +191,30 @@ def encode(
         "startindex": startindex,
         "lengths": lengths,
     }
+
+
+class EpochSeconds:
+    """The wire ``Epoch`` column (int64 seconds, little-endian) of ns index arrays, computed a slice at
+    a time as it is sent: a whole-bucket reply never holds a second copy of its timestamps.
+
+    ``bytes(col)`` builds it whole (small replies, JSON).
+    """
+
+    #: Rows converted per slice (1 MiB of output).
+    SLICE_ROWS = 1 << 17
+
+    def __init__(self, index_ns: Sequence[np.ndarray]) -> None:
+        self.index_ns = list(index_ns)
+        self.nbytes = 8 * sum(len(a) for a in self.index_ns)
+
+    def slices(self) -> Iterator[memoryview]:
+        for a in self.index_ns:
+            for i in range(0, len(a), self.SLICE_ROWS):
+                sec = np.floor_divide(a[i : i + self.SLICE_ROWS], NS).astype("<i8", copy=False)
+                yield memoryview(sec).cast("B")
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.slices())
 
 
 def _wire_dtype(name: str, values: np.ndarray) -> tuple[str, np.dtype]:

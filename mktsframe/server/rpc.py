@@ -23,7 +23,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from mktsframe.keys import CATEGORY, parse_key
 from mktsframe.server import nmds
 from mktsframe.times import to_ns
 
-__all__ = ["JSON", "MSGPACK", "RpcError", "RpcService"]
+__all__ = ["JSON", "MSGPACK", "Reply", "RpcError", "RpcService"]
 
 log = logging.getLogger("mktsframe.server")
 
@@ -140,7 +141,7 @@ class RpcService:
         return self.config.queryable and not self.stopping
 
     # -- envelope -------------------------------------------------------------------------------
-    def handle(self, body: bytes, content_type: str) -> bytes | None:
+    def handle(self, body: bytes, content_type: str) -> Reply | None:
         """Decode one request body, run it, and encode the reply (``None``: notification)."""
         codec_json = content_type == JSON
         req_id: Any = None
@@ -185,7 +186,10 @@ class RpcService:
         except Exception as exc:  # a bug: report it, keep serving
             log.exception("internal error handling a request")
             reply = _error_reply(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}", None, req_id)
-        return encode(reply, codec_json)
+        try:
+            return encode(reply, codec_json)
+        except ValueError as exc:  # a result too large for the wire format
+            return encode(_error_reply(INVALID_PARAMS, str(exc), "ValueError", req_id), codec_json)
 
     # -- helpers --------------------------------------------------------------------------------
     def _require_queryable(self) -> None:
@@ -704,6 +708,8 @@ def _unbase64(obj: Any) -> Any:
 
 
 def _json_default(v: Any) -> Any:
+    if isinstance(v, nmds.EpochSeconds):
+        v = bytes(v)
     if isinstance(v, (bytes, bytearray, memoryview)):
         return base64.b64encode(v).decode("ascii")
     if isinstance(v, np.integer):
@@ -711,11 +717,95 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"cannot encode {type(v).__name__} as JSON")
 
 
-def encode(reply: Mapping[str, Any], as_json: bool) -> bytes:
+class Reply:
+    """A reply body as buffers to send in order (``nbytes`` in all), released as they are sent.
+
+    A large msgpack reply is never packed whole: its column buffers go out as they are (views of
+    the engine's result arrays, in slices of at most :data:`SEND_SLICE_BYTES`) and the Epoch
+    column is converted slice by slice, so serving a result costs about its own size once, not
+    the result plus its epochs plus a packed copy (plus a transport copy).
+    """
+
+    def __init__(self, parts: list[Any]) -> None:
+        self._parts = parts
+        self.nbytes = sum(_nbytes(p) for p in parts)
+
+    def buffers(self) -> Iterator[bytes | memoryview]:
+        """The body in order; each part is dropped (and its memory freed) once it has been handed out."""
+        parts, self._parts = self._parts, []
+        parts.reverse()
+        while parts:
+            part = parts.pop()
+            if isinstance(part, nmds.EpochSeconds):
+                yield from part.slices()
+            elif isinstance(part, bytes) or _nbytes(part) <= SEND_SLICE_BYTES:
+                yield part
+            else:
+                view = memoryview(part).cast("B")
+                for i in range(0, len(view), SEND_SLICE_BYTES):
+                    yield view[i : i + SEND_SLICE_BYTES]
+                del view
+            del part
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.buffers())
+
+
+#: Binary values from this size on are sent as separate buffers instead of packed into the reply.
+STREAM_MIN_BYTES = 1 << 20
+#: Largest piece handed to the transport at once (it waits for the socket between pieces).
+SEND_SLICE_BYTES = 1 << 20
+_BIN32_MAX = 2**32 - 1
+
+
+def _nbytes(v: Any) -> int:
+    if isinstance(v, nmds.EpochSeconds):
+        return v.nbytes
+    return memoryview(v).nbytes
+
+
+def _set_aside(v: Any, token: bytes, big: list[Any]) -> Any:
+    """``v`` with each large binary value appended to ``big`` and replaced by ``token`` + its number.
+
+    A module-level function on purpose: a recursive closure would be a reference cycle holding
+    ``big`` (the whole result) until the cyclic garbage collector happens to run.
+    """
+    if isinstance(v, dict):
+        return {k: _set_aside(x, token, big) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_set_aside(x, token, big) for x in v]
+    if isinstance(v, nmds.EpochSeconds) and v.nbytes < STREAM_MIN_BYTES:
+        return bytes(v)
+    if isinstance(v, (nmds.EpochSeconds, bytes, bytearray, memoryview)) and _nbytes(v) >= STREAM_MIN_BYTES:
+        if _nbytes(v) > _BIN32_MAX:
+            raise ValueError(f"a reply column of {_nbytes(v):,} bytes exceeds msgpack's 4 GiB; query less at once")
+        big.append(v)
+        return token + (len(big) - 1).to_bytes(4, "little")
+    return v
+
+
+def _pack_parts(reply: Mapping[str, Any]) -> list[Any]:
+    """msgpack ``reply`` with every large binary value left out of the packed bytes: the packed
+    pieces and those values (as msgpack bin32 each) in order, ready for :class:`Reply`."""
+    token = uuid.uuid4().bytes[:12]  # marks where each large value goes; never occurs by chance
+    big: list[Any] = []
+    head = msgpack.packb(_set_aside(reply, token, big), use_bin_type=True)
+    parts: list[Any] = []
+    pos = 0
+    for i, value in enumerate(big):
+        marker = b"\xc4\x10" + token + i.to_bytes(4, "little")  # the placeholder, packed as bin8
+        at = head.index(marker, pos)
+        parts += [head[pos:at], b"\xc6" + _nbytes(value).to_bytes(4, "big"), value]
+        pos = at + len(marker)
+    parts.append(head[pos:])
+    return parts
+
+
+def encode(reply: Mapping[str, Any], as_json: bool) -> Reply:
     """A reply body in the request's codec (binary as msgpack bin, or base64 in JSON)."""
     if as_json:
-        return json.dumps(reply, default=_json_default, separators=(",", ":")).encode()
-    return msgpack.packb(reply, use_bin_type=True)
+        return Reply([json.dumps(reply, default=_json_default, separators=(",", ":")).encode()])
+    return Reply(_pack_parts(reply))
 
 
 def content_codec(header: str | None) -> str | None:
@@ -726,4 +816,4 @@ def content_codec(header: str | None) -> str | None:
 
 def request_error(message: str, code: int, as_json: bool) -> bytes:
     """An error reply for a request that could not even be read (id unknown)."""
-    return encode(_error_reply(code, message, None, None), as_json)
+    return bytes(encode(_error_reply(code, message, None, None), as_json))

@@ -75,6 +75,27 @@ def _has(module: str) -> bool:
     return True
 
 
+#: glibc ``mallopt`` parameter number of ``M_MMAP_THRESHOLD``.
+_M_MMAP_THRESHOLD = -3
+
+
+def give_back_large_blocks(threshold: int = 1 << 20) -> bool:
+    """Have glibc ``mmap`` every allocation of ``threshold`` bytes or more, so freed result arrays go
+    back to the OS at once. By default glibc raises that threshold after the first large free (up
+    to 32 MiB, then keeps such blocks in its heap): a server that once answered a whole-bucket
+    query would stay that much bigger. Returns whether the setting was applied (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def serve(config: Config) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM.
 
@@ -114,6 +135,7 @@ def serve(config: Config) -> None:
         server_header=False,
         timeout_graceful_shutdown=config.stop_grace_period or None,
     )
+    give_back_large_blocks()
     for reason in unsupported_settings(config):
         log.warning("mkts.yml %s", reason)
     log.info("mktsframe server: root %s, http://%s:%d/rpc", config.root_path(), host, config.listen_port)
