@@ -10,7 +10,7 @@ pymarketstore client and with the HTTP backend (``bench/systems/server.py``, iss
 The run also measures a 32-byte write + ``fdatasync`` on the same disk each round and the RSS of
 reading one day from a 10-year bucket. It prints the table and the issue's targets (PASS/FAIL),
 saves the raw JSON under ``bench/results/`` and rewrites the ``## Local engine`` section of
-``docs/benchmarks.md`` (other sections are kept).
+``docs/benchmarks.md`` and, when the server systems ran, its ``## Server`` section (others are kept).
 
 Method as in the shared anchors: medians over repeats, rounds with the system order rotated,
 every result verified against the source data. Times are seconds, sizes bytes.
@@ -310,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_doc:
         a.doc.parent.mkdir(parents=True, exist_ok=True)
         old = a.doc.read_text() if a.doc.exists() else ""
-        a.doc.write_text(report.update_doc(old, report.section(res)))
+        text = report.update_doc(old, report.section(res))
+        if server_ts:
+            text = report.update_doc(text, report.server_section(res), "## Server")
+        a.doc.write_text(text)
         log(f"wrote {a.doc}")
     log(f"wrote {out_json}")
     if a.workdir is None:

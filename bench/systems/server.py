@@ -294,13 +294,14 @@ class PymktsServerSystem(ServerSystem):
     kind = "pymarketstore"
     notes = ("python -m mktsframe.server on loopback (durable), unmodified pymarketstore 0.22: "
              "Client.write(records) in 10,000-row batches, Client.query(Params(start=, end=)).first().df(), "
-             "Params(limit=100)")
+             "Params(limit=100); size on disk includes the running server's write-ahead log")
 
 
 class HttpServerSystem(ServerSystem):
     kind = "http"
     notes = ("python -m mktsframe.server on loopback (durable), mktsframe.connect('http://...') with "
-             "write_mkts in 10,000-row batches / pd.read_mkts(key, start=, end=) / pd.read_mkts(key, limit=100)")
+             "write_mkts in 10,000-row batches / pd.read_mkts(key, start=, end=) / pd.read_mkts(key, limit=100); "
+             "size on disk includes the running server's write-ahead log")
 
 
 class PeakAnon:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -116,9 +115,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
     return RpcFront(site, headers, limit)
 
 
-#: Worker threads for ``/rpc`` bodies (decode, disk work, encode): enough to keep both the disk and
-#: the CPUs busy while some requests wait on a commit.
-RPC_THREADS = min(32, (os.cpu_count() or 1) + 4)
+#: Worker threads for ``/rpc`` bodies (decode, disk work, encode). Writers queue on the engine's write
+#: lock inside their thread, so the pool must be large enough that waiting writers never leave a read
+#: without a thread (anyio's default, which served this before, is 40 too).
+RPC_THREADS = 40
 
 
 class RpcFront:
