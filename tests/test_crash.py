@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pytest
@@ -26,6 +27,14 @@ from mktsframe.errors import BucketNotFoundError, CorruptFileError
 from .crash_writer import BASE_S, BULK_ROWS, KEY, NS, SLOTS, plan
 
 WRITER = Path(__file__).with_name("crash_writer.py")
+
+
+class _Model(Protocol):
+    def copy(self: M) -> M: ...
+    def apply(self, n: int) -> None: ...
+
+
+M = TypeVar("M", bound=_Model)
 
 
 # -- the expected state ------------------------------------------------------------------------
@@ -40,10 +49,14 @@ class Model:
     side: set[str] = field(default_factory=set)
 
     def copy(self) -> Model:
-        return Model(self.b.copy(), self.r.copy(), set(self.side))
+        return type(self)(self.b.copy(), self.r.copy(), set(self.side))
+
+    def plan(self, n: int) -> tuple:
+        """Operation ``n`` of the writer this model follows."""
+        return plan(n)
 
     def apply(self, n: int) -> None:
-        op = plan(n)
+        op = self.plan(n)
         if op[0] == "write":
             self.b[op[1]] = n
             self.r[op[1]] = np.arange(op[1].size)
@@ -59,9 +72,9 @@ class Model:
         return bool(np.array_equal(self.b, other.b) and np.array_equal(self.r[present], other.r[present]))
 
 
-def observe(engine: Engine) -> Model:
+def observe(engine: Engine, model: type[Model] = Model) -> Model:
     """The root's state, after checking that every row is internally consistent (not torn)."""
-    seen = Model()
+    seen = model()
     seen.side = set(engine.list_keys()) - {KEY}
     try:
         (got,) = engine.query(KEY).values()
@@ -179,7 +192,7 @@ def kill_writer(
     root: Path,
     next_op: int,
     mode: str,
-    delay: float,
+    delay: float | tuple[float, float],
     rng: random.Random,
     target: Callable[[int], int],
     writer: Path = WRITER,
@@ -188,6 +201,7 @@ def kill_writer(
 
     ``random``: after up to ``delay`` s. ``startup``: kill one writer, then the next one somewhere in
     its start-up and recovery. Otherwise: up to ``delay`` s after operation ``target(next_op)`` begins.
+    A ``(low, high)`` delay kills at a time drawn from that window instead.
     """
     if mode == "startup":
         # Leave the previous crash's log un-recovered, and kill the next writer while it starts
@@ -204,10 +218,10 @@ def kill_writer(
     child = Child(root, next_op, writer=writer)
     child.wait_for("READY")
     if mode == "random":
-        time.sleep(rng.uniform(0.0, delay))
+        time.sleep(rng.uniform(*delay) if isinstance(delay, tuple) else rng.uniform(0.0, delay))
     else:
         child.wait_for(f"B {target(next_op)}")
-        time.sleep(rng.uniform(0.0, delay))
+        time.sleep(rng.uniform(*delay) if isinstance(delay, tuple) else rng.uniform(0.0, delay))
     assert child.kill() == -signal.SIGKILL, child.stderr()
     return child.acked(), child.begun(), 1
 
@@ -227,15 +241,8 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
         kills += killed
 
         # Acknowledged operations are certain; at most one begun operation is in flight.
-        for n in acked:
-            model.apply(n)
-        inflight = sorted(set(begun) - set(acked))
-        assert len(inflight) <= 2  # one per killed process
-        alternatives = [model]
-        for n in inflight:
-            alternatives = [m for a in alternatives for m in (a, _applied(a, n))]
-            if plan(n)[0] == "write" and plan(n)[1].size == BULK_ROWS:
-                inflight_bulk += 1
+        alternatives, inflight = outcomes(model, acked, begun)
+        inflight_bulk += sum(plan(n)[0] == "write" and plan(n)[1].size == BULK_ROWS for n in inflight)
 
         with Engine(root, read_only=False) as engine:  # must open, whatever was interrupted
             replayed += engine.recovery.records
@@ -263,10 +270,23 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_write(tmp_path: Path) -
     )  # fmt: skip
 
 
-def _applied(model: Model, n: int) -> Model:
+def _applied(model: M, n: int) -> M:
     out = model.copy()
     out.apply(n)
     return out
+
+
+def outcomes(model: M, acked: list[int], begun: list[int]) -> tuple[list[M], list[int]]:
+    """Apply the acknowledged operations to ``model``; return every state the root may now hold
+    (each operation in flight at a kill applied or not) and those operations."""
+    for n in acked:
+        model.apply(n)
+    inflight = sorted(set(begun) - set(acked))
+    assert len(inflight) <= 2  # one per killed process
+    alternatives = [model]
+    for n in inflight:
+        alternatives = [m for a in alternatives for m in (a, _applied(a, n))]
+    return alternatives, inflight
 
 
 def _explain(alternatives: list[Model], seen: Model, acked: list[int], inflight: list[int]) -> str:

@@ -14,7 +14,7 @@ import pytest
 from mktsframe.engine import Engine
 from mktsframe.errors import BucketNotFoundError
 
-from .test_crash import kill_writer
+from .test_crash import kill_writer, outcomes
 from .tick_crash_writer import KEY, plan
 
 WRITER = Path(__file__).with_name("tick_crash_writer.py")
@@ -99,13 +99,7 @@ def test_sigkill_during_tick_writes_loses_tears_and_duplicates_nothing(tmp_path:
             root, next_op, mode, delay, rng, lambda after, m=mode: _target(m, after + rng.randint(0, 5)), WRITER
         )
         kills += killed
-        for n in acked:
-            model.apply(n)
-        inflight = sorted(set(begun) - set(acked))
-        assert len(inflight) <= 2
-        alternatives = [model]
-        for n in inflight:
-            alternatives = [m for a in alternatives for m in (a, _applied(a, n))]
+        alternatives, inflight = outcomes(model, acked, begun)
         with Engine(root, read_only=False) as engine:
             replayed += engine.recovery.records
             assert all("torn tail" in p for p in engine.recovery.problems), engine.recovery.problems
@@ -120,9 +114,3 @@ def test_sigkill_during_tick_writes_loses_tears_and_duplicates_nothing(tmp_path:
     assert model.ns.size > 10_000
     logging.getLogger(__name__).warning("tick crash test: %d kills, %d operations, %d WAL records replayed, "
                                         "%d ticks", kills, next_op, replayed, model.ns.size)
-
-
-def _applied(model: TickModel, n: int) -> TickModel:
-    out = model.copy()
-    out.apply(n)
-    return out

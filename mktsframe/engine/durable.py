@@ -1,15 +1,38 @@
-"""Making file-system changes durable: the two primitives every engine module needs.
+"""Making file-system changes durable: the primitives every engine module needs.
 
 A rename or a new file is only durable once its *directory* is ``fsync``'d, and a file is only
 replaced atomically by writing a temporary file, ``fsync``'ing it and renaming it over the old one.
+Large writes that must be durable go through :func:`pwrite_durable`, which keeps the disk busy
+while the rest is still being copied.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-__all__ = ["fsync_dir", "write_atomic"]
+__all__ = ["fsync_dir", "pwrite_durable", "write_atomic"]
+
+#: Bytes copied per ``pwrite`` before write-back of that piece is started (see :func:`pwrite_durable`).
+WRITEBACK_CHUNK = 1 << 20
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _load_sync_file_range() -> Any:
+    """Linux's ``sync_file_range(2)`` from the C library, or ``None`` where there is none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 def fsync_dir(path: Path) -> None:
@@ -32,3 +55,23 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def pwrite_durable(fd: int, parts: Sequence[tuple[int, memoryview]]) -> None:
+    """Write each ``(offset, bytes)`` part at its offset in ``fd`` and ``fdatasync``: durable on return.
+
+    Why not one ``pwrite`` then ``fdatasync``: the copy into the page cache (~14 ms for 32 MB) and
+    the disk write (~40 ms) would run one after the other. Here every ``WRITEBACK_CHUNK`` bytes
+    copied are handed to the disk at once (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which only
+    *starts* write-back and does not wait), so the disk works while the next chunk is copied; the
+    final ``fdatasync`` waits for the rest and flushes the metadata and the device cache, and is
+    what durability rests on. Without ``sync_file_range`` (not Linux) it is plain pwrite + fdatasync.
+    """
+    for offset, buf in parts:
+        done, size = 0, len(buf)
+        while done < size:
+            n = os.pwrite(fd, buf[done : done + WRITEBACK_CHUNK], offset + done)
+            if _sync_file_range is not None:
+                _sync_file_range(fd, offset + done, n, _SYNC_FILE_RANGE_WRITE)
+            done += n
+    os.fdatasync(fd)

@@ -2,6 +2,8 @@
 
 Write path (one writer lock): validate and normalise → append to the WAL → ``fdatasync``
 (unless ``background_sync``) → apply to the memory-mapped year files under the apply lock.
+Large durable writes into empty slots are stored once instead, in the year files, between two small
+WAL records; replay rolls back one left without its commit (:meth:`Engine._write_direct`).
 Readers take the apply lock only while they copy, so they never see half a write and never wait
 longer than one apply. Checkpoints ``msync`` the dirty year files and then record the last
 applied sequence number; WAL segments older than the checkpoint are deleted every
@@ -51,6 +53,8 @@ __all__ = ["Engine"]
 log = logging.getLogger("mktsframe.engine")
 
 NS = 1_000_000_000
+#: Writes of at least this many bytes of values take the direct path (:meth:`Engine._write_direct`).
+DIRECT_MIN_BYTES = 4 << 20
 _I64_MAX = np.iinfo(np.int64).max
 _I8 = np.dtype(np.int64)
 #: Writes of at least this many consecutive bars are logged as ``write_run`` records (no times).
@@ -111,6 +115,9 @@ class Engine:
         self._wal_max_bytes = wal_max_bytes
         self.wal_bypass = wal_bypass
         self._checkpoints = 0
+        # Whether some kept WAL segment holds a write, delete or destroy (which, replayed, could change
+        # rows a direct write stored only in the year files): see _write_direct.
+        self._log_replays_over_rows = True
         self._last_checkpoint = time.monotonic()
         self.recovery = ReplayReport()
         self.commits = CommitListeners()
@@ -160,6 +167,7 @@ class Engine:
         if trash.exists():
             shutil.rmtree(trash, ignore_errors=True)
         records = list(self._wal.replay(self.recovery))
+        committed = {rec.meta.get("direct") for rec in records if rec.meta.get("op") == "commit"}
         last_destroy: dict[str, int] = {}
         for rec in records:
             if rec.meta.get("op") == "destroy":
@@ -169,9 +177,17 @@ class Engine:
             if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
                 continue  # erased by a later destroy of the same key
             try:
-                meta, arrays = _expand_run(rec.meta, rec.arrays())
-                self._apply(meta, arrays, seq=rec.seq, replay=True)
-                self.recovery.changes.append(self._replayed_change(meta, arrays))
+                op = rec.meta.get("op")
+                if op == "commit":
+                    continue  # read with its direct record
+                if op == "direct":
+                    change = self._replay_direct(parse_key(key), rec.meta["ranges"], rec.seq, rec.seq in committed)
+                else:
+                    meta, arrays = _expand_run(rec.meta, rec.arrays())
+                    self._apply(meta, arrays, seq=rec.seq, replay=True)
+                    change = self._replayed_change(meta, arrays)
+                if change is not None:
+                    self.recovery.changes.append(change)
             except (MktsError, OSError, ValueError) as exc:
                 msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
                 log.error(msg)
@@ -282,6 +298,7 @@ class Engine:
         if rotate or self._checkpoints % self._rotate_every == 0:
             wal.start_segment()
             wal.drop_checkpointed()
+            self._log_replays_over_rows = False
 
     # -- catalog --------------------------------------------------------------------------------
     def _bucket(self, key: TimeBucketKey) -> Bucket | None:
@@ -421,13 +438,14 @@ class Engine:
                 return
             secs, arrays = _normalise(index, arrays, bucket.timeframe)
             b, item_key = bucket, bucket.item_key
-            apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
-            first = int(secs[0])
-            if n >= _RUN_MIN_ROWS and int(secs[-1]) - first == (secs.shape[0] - 1) * b.timeframe and arrays:
-                # consecutive bars: log the first bar's time instead of every row's (8 bytes a row less to sync)
-                self._log({"op": "write_run", "key": item_key, "start": first}, arrays, apply=apply)
-            else:
-                self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
+            if not self._write_direct(bucket, secs, arrays):
+                apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
+                first = int(secs[0])
+                if n >= _RUN_MIN_ROWS and int(secs[-1]) - first == (secs.shape[0] - 1) * b.timeframe and arrays:
+                    # consecutive bars: log the first bar's time instead of every row's (8 bytes a row less to sync)
+                    self._log({"op": "write_run", "key": item_key, "start": first}, arrays, apply=apply)
+                else:
+                    self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
             stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
             self._announce("write", item_key, batch=stored)
 
@@ -455,6 +473,65 @@ class Engine:
             self._log({"op": "destroy", "key": k.item_key})
             self._announce("destroy", k.item_key)
 
+    def _write_direct(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> bool:
+        """A large write into empty slots, stored once: in the year files, not in the log too.
+
+        Returns ``False`` (nothing done: log it as usual) unless the write is durable (not
+        ``background_sync`` nor ``wal_bypass``), at least ``DIRECT_MIN_BYTES``, covers consecutive
+        bars and every year's range is empty and outside the watermarks (appends, back-fills).
+        Then, under the write lock (format and crash reasoning: ``docs/format.md``):
+
+        0. if a kept log segment holds a write, delete or destroy, checkpoint and rotate first, so
+           that replay can never re-apply an older record over rows that live only in year files;
+        1. log a ``direct`` record naming the slot ranges (no data) and ``fdatasync`` the log;
+        2. ``pwrite`` the rows into the year files and ``fdatasync`` them (invisible to readers:
+           outside the watermarks);
+        3. move the watermarks over them, all years at once under the apply lock;
+        4. log a ``commit`` record naming the ``direct`` one and ``fdatasync``: the write is done.
+
+        Replay clears the ranges of a ``direct`` record without its ``commit`` (interrupted, never
+        acknowledged, maybe torn; the slots held nothing before) and re-publishes those of a
+        committed one. Cost: the rows cross the page cache and the disk once, plus two small
+        synced records (the log path writes them twice and syncs both copies' worth of bytes).
+        """
+        if self.background_sync or self.wal_bypass or sum(a.nbytes for a in arrays) < DIRECT_MIN_BYTES:
+            return False
+        tf = b.timeframe
+        if (int(secs[-1]) - int(secs[0])) // tf + 1 != secs.size:  # sorted and unique: so consecutive
+            return False
+        plan: list[tuple[YearFile, int, int, int]] = []  # year file, first slot, rows from, rows to
+        with self._apply_lock:
+            for year, a, z in _year_spans(secs):
+                yf = b.year_file(year, create=True)
+                assert yf is not None
+                s0 = (int(secs[a]) - yf.year_start) // tf
+                if not yf.unpublished(s0, s0 + z - a):
+                    return False
+                plan.append((yf, s0, a, z))
+        wal = self._wal
+        assert wal is not None
+        if self._log_replays_over_rows:
+            self._checkpoint(rotate=True)
+        ranges = [[yf.year, s0, s0 + z - a] for yf, s0, a, z in plan]
+        seq = wal.append({"op": "direct", "key": b.key.item_key, "ranges": ranges})
+        wal.sync()
+        try:
+            for yf, s0, a, z in plan:
+                yf.store_durable(s0, {name: arr[a:z] for name, arr in zip(b.names, arrays, strict=True)})
+        except BaseException:
+            with self._apply_lock:  # never leave torn bytes where a later write could widen over them
+                for yf, s0, a, z in plan:
+                    yf.clear(s0, s0 + z - a)
+            self._log_replays_over_rows = True  # the uncommitted record must go before the next direct write
+            raise
+        with self._apply_lock:
+            for yf, s0, a, z in plan:
+                yf.publish(s0, s0 + z - a)
+            b.last_written = plan[-1][0]
+        wal.append({"op": "commit", "key": b.key.item_key, "direct": seq})
+        wal.sync()
+        return True
+
     def _announce(self, op: Any, key: str, **detail: Any) -> None:
         """Tell commit listeners (cheap when there are none); the caller holds the write lock."""
         seq = self.commits.next_seq()
@@ -479,6 +556,8 @@ class Engine:
         if self.wal_bypass:
             return apply() if apply is not None else self._apply(meta, list(arrays))
         seq = wal.append(meta, arrays)
+        if meta["op"] != "create":
+            self._log_replays_over_rows = True
         if not self.background_sync:
             wal.sync()
         return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
@@ -521,6 +600,34 @@ class Engine:
         with self._apply_lock:
             self._apply_write(b, secs, arrays)
 
+    def _replay_direct(
+        self, k: TimeBucketKey, ranges: list[list[int]], seq: int, committed: bool
+    ) -> tuple[str, str, int | None, int | None] | None:
+        """Replay of a ``direct`` record (see :meth:`_write_direct`). Committed: its rows are durable in
+        the year files; widen the watermarks over them again (their update may not have reached the
+        disk) and report the change. Not committed: it was never acknowledged and may be torn, so
+        clear its slots. A missing bucket or year file: nothing of it was written."""
+        b = self._bucket(k)
+        spans = []
+        with self._apply_lock:
+            for year, s0, s1 in ranges if b is not None else ():
+                yf = b.year_file(int(year))  # type: ignore[union-attr]
+                if yf is None:
+                    continue
+                if committed:
+                    yf.publish(int(s0), int(s1))
+                else:
+                    yf.clear(int(s0), int(s1))
+                spans.append((yf.year_start + int(s0) * yf.timeframe, yf.year_start + (int(s1) - 1) * yf.timeframe))
+        if not committed:
+            msg = f"WAL record {seq}: unacknowledged direct write to {k.item_key} {ranges} rolled back"
+            log.warning(msg)
+            self.recovery.rolled_back.append(msg)
+            return None
+        if not spans:
+            return None
+        return "write", k.item_key, min(s for s, _ in spans) * NS, max(e for _, e in spans) * NS
+
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
         first, last = int(secs[0]), int(secs[-1])
         yf = b.last_written
@@ -531,15 +638,7 @@ class Engine:
             else:
                 yf.write((secs - yf.year_start) // tf, dict(zip(b.names, arrays, strict=True)))
             return
-        y_first, y_last = _year_of(first), _year_of(last)
-        if y_first == y_last:
-            bounds = [(y_first, 0, secs.size)]
-        else:
-            # secs is sorted: cut at each 1 January (a per-row datetime64[Y] cast cost 40 ms per 1M rows)
-            cuts = np.searchsorted(secs, [year_bounds(y)[0] for y in range(y_first + 1, y_last + 1)]).tolist()
-            edges = [0, *cuts, secs.size]
-            bounds = [(y_first + i, edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
-        for year, a, z in bounds:
+        for year, a, z in _year_spans(secs):
             yf = b.year_file(year, create=True)
             assert yf is not None
             slots = (secs[a:z] - yf.year_start) // b.timeframe
@@ -714,6 +813,17 @@ def _int_or_none(v: int | None) -> int | None:
 
 def _year_of(epoch_s: int) -> int:
     return int(np.datetime64(epoch_s, "s").astype("M8[Y]").astype(np.int64)) + 1970
+
+
+def _year_spans(secs: np.ndarray) -> list[tuple[int, int, int]]:
+    """``(year, a, z)``: rows ``secs[a:z]`` fall in ``year`` (``secs`` sorted epoch seconds)."""
+    y_first, y_last = _year_of(int(secs[0])), _year_of(int(secs[-1]))
+    if y_first == y_last:
+        return [(y_first, 0, secs.size)]
+    # cut at each 1 January (a per-row datetime64[Y] cast cost 40 ms per 1M rows)
+    cuts = np.searchsorted(secs, [year_bounds(y)[0] for y in range(y_first + 1, y_last + 1)]).tolist()
+    edges = [0, *cuts, secs.size]
+    return [(y_first + i, edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
 
 
 def _bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None, int | None]:

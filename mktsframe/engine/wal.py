@@ -91,6 +91,8 @@ class ReplayReport:
     #: ``None`` = unbounded or not a time-ranged op). These changes were acknowledged before the
     #: crash but commit listeners may never have heard of them (see ``LocalBackend.replayed_changes``).
     changes: list[tuple[str, str, int | None, int | None]] = field(default_factory=list)
+    #: Direct writes that were interrupted before being acknowledged, and cleared (not a problem).
+    rolled_back: list[str] = field(default_factory=list)
 
 
 def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:

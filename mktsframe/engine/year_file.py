@@ -10,6 +10,9 @@ touches only the pages of the columns asked for. The file is created at full siz
 Durability is the write-ahead log's job (``wal.py``): year files are written through the page
 cache and made durable at checkpoints, and every change since the last checkpoint is replayed
 from the log after a crash, so a torn year-file write is always repaired before it is served.
+Large writes into empty slots skip the log (``Engine._write_direct``): :meth:`YearFile.store_durable`
+syncs them here, outside the watermarks, and a crash before they are published and committed
+is rolled back with :meth:`YearFile.clear`.
 The header is checksummed and a bad one raises :class:`~mktsframe.errors.CorruptFileError`.
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
-from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.durable import fsync_dir, pwrite_durable
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
@@ -367,19 +370,69 @@ class YearFile:
         """Bulk load of contiguous slots via ``pwrite``: filling fresh pages through the mapping costs a
         page fault per 4 KiB (35 ms for 1M bars), write() fills the same page cache (MAP_SHARED sees it) in
         half that."""
-        n = next(iter(values.values())).shape[0] if values else 0
-        parts = [(self._layout.presence_offset + first, np.ones(n, np.uint8))]
-        for (name, col), off in zip(self.columns.items(), self._layout.column_offsets, strict=True):
-            parts.append((off + first * col.dtype.itemsize, np.ascontiguousarray(values[name], dtype=col.dtype)))
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            for off, arr in parts:
-                buf = memoryview(arr).cast("B")
+            for off, buf in self._regions(first, values):
                 done = 0
                 while done < len(buf):
                     done += os.pwrite(fd, buf[done:], off + done)
         finally:
             os.close(fd)
+
+    def _regions(self, first: int, values: dict[str, np.ndarray]) -> list[tuple[int, memoryview]]:
+        """File offsets and bytes of contiguous rows from slot ``first``: each column, then presence."""
+        n = next(iter(values.values())).shape[0] if values else 0
+        parts = []
+        for (name, col), off in zip(self.columns.items(), self._layout.column_offsets, strict=True):
+            arr = np.ascontiguousarray(values[name], dtype=col.dtype)
+            parts.append((off + first * col.dtype.itemsize, memoryview(arr).cast("B")))
+        parts.append((self._layout.presence_offset + first, memoryview(np.ones(n, np.uint8))))
+        return parts
+
+    # -- direct writes (see Engine._write_direct and docs/format.md) -----------------------------
+    def unpublished(self, s0: int, s1: int) -> bool:
+        """Whether slots ``[s0, s1)`` are empty *and* outside the watermarks, so readers ignore them.
+
+        Such a range can be written without the apply lock and published afterwards by
+        :meth:`publish`, and cleared after a crash without touching any acknowledged row.
+        """
+        lo, hi = self.lo, self.hi
+        outside = lo == hi or s0 >= hi or s1 <= lo
+        return 0 <= s0 < s1 <= self.nslots and outside and not self.presence[s0:s1].any()
+
+    def store_durable(self, first: int, values: dict[str, np.ndarray]) -> None:
+        """Write contiguous rows from slot ``first`` with ``pwrite`` and ``fdatasync`` them.
+
+        Values go before presence bytes, but nothing becomes visible until :meth:`publish` moves
+        the watermarks over the rows: call it only on an :meth:`unpublished` range.
+        """
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            pwrite_durable(fd, self._regions(first, values))
+        finally:
+            os.close(fd)
+
+    def publish(self, s0: int, s1: int) -> None:
+        """Widen the watermarks over ``[s0, s1)`` after :meth:`store_durable` (under the apply lock)."""
+        lo, hi = self.lo, self.hi
+        if lo == hi:
+            self._set_bounds(s0, s1)
+        else:
+            self._set_bounds(min(lo, s0), max(hi, s1))
+        self.dirty = True
+
+    def clear(self, s0: int, s1: int) -> None:
+        """Zero slots ``[s0, s1)`` whatever the watermarks say (rolling back an interrupted direct
+        write, whose bytes may lie beyond them), then recompute the watermarks."""
+        self._zero(s0, s1)
+        lo, hi = self.lo, self.hi
+        self._set_bounds(*self._scan_bounds(min(lo, s0), max(hi, s1)) if lo != hi else (0, 0))
+        self.dirty = True
+
+    def _zero(self, s0: int, s1: int) -> None:
+        self.presence[s0:s1] = 0
+        for col in self.columns.values():
+            col[s0:s1] = col.dtype.type(0) if col.dtype.kind != "U" else ""
 
     def delete(self, s0: int, s1: int) -> int:
         """Remove the rows in slots ``[s0, s1)``; returns how many were present."""
@@ -387,9 +440,7 @@ class YearFile:
         if s1 <= s0:
             return 0
         removed = int(np.count_nonzero(self.presence[s0:s1]))
-        self.presence[s0:s1] = 0
-        for col in self.columns.values():
-            col[s0:s1] = col.dtype.type(0) if col.dtype.kind != "U" else ""
+        self._zero(s0, s1)
         self._set_bounds(*self._scan_bounds(self.lo, self.hi))
         self.dirty = True
         return removed
