@@ -2,8 +2,10 @@
 
 Two variants: the durable default (every write ``fdatasync``'d before it returns) and
 ``background_sync=True`` (the log is synced every 0.5 s, MarketStore's default behaviour).
-The bulk write goes through the write-ahead log like any other write; the year files are
-``msync``'d by the checkpoint at close, outside the timing (as no peer's close is timed either).
+The durable bulk write (1M bars into an empty bucket) takes the engine's direct path: the rows are
+``fdatasync``'d into the year files between two synced WAL records (``docs/format.md``); with
+``background_sync`` it goes through the log. The checkpoint at close is outside the timing (as no
+peer's close is timed either).
 """
 
 from __future__ import annotations
