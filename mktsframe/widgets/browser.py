@@ -18,11 +18,10 @@ import pandas as pd
 from mktsframe.backend import Backend, connect
 from mktsframe.errors import MktsError
 from mktsframe.io.pandas import read_mkts
-from mktsframe.widgets.svg_chart import candles_svg, line_svg
+from mktsframe.widgets.html import error_html, table_html
+from mktsframe.widgets.svg_chart import chart_svg
 
 __all__ = ["SymbolBrowser"]
-
-_OHLC = ("Open", "High", "Low", "Close")
 
 
 class SymbolBrowser(widgets.VBox):
@@ -117,22 +116,13 @@ class SymbolBrowser(widgets.VBox):
         if len(df):
             title += f" from {df.index[0]:%Y-%m-%d %H:%M:%S} to {df.index[-1]:%Y-%m-%d %H:%M:%S} UTC"
         self.status.value = escape(title)
-        self.chart.value = self._chart(df, title)
-        self.table.value = df.iloc[::-1].to_html(max_rows=50, classes="mkts-table", border=0)
-
-    def _chart(self, df: pd.DataFrame, title: str) -> str:
-        if self.chart_kind.value == "candles" and all(c in df.columns for c in _OHLC):
-            return candles_svg(df, title)
-        numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-        column = "Close" if "Close" in numeric else (numeric[0] if numeric else None)
-        if column is None:
-            return ""
-        return line_svg(df[column], f"{title} ({column})")
+        self.chart.value = chart_svg(df, title, self.chart_kind.value)
+        self.table.value = table_html(df)
 
     def _error(self, exc: Exception) -> None:
         self.frame = None
         self.chart.value = self.table.value = ""
-        self.status.value = f'<span style="color:#c62828">{escape(type(exc).__name__)}: {escape(str(exc))}</span>'
+        self.status.value = error_html(exc)
 
 
 def _day_start(day: dt.date | None) -> pd.Timestamp | None:

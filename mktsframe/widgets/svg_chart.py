@@ -11,7 +11,9 @@ from html import escape
 import numpy as np
 import pandas as pd
 
-__all__ = ["candles_svg", "line_svg"]
+__all__ = ["candles_svg", "chart_svg", "line_svg"]
+
+OHLC = ("Open", "High", "Low", "Close")
 
 WIDTH, HEIGHT, PAD = 720, 260, 24
 UP, DOWN, LINE = "#26a69a", "#ef5350", "#1f77b4"
@@ -74,3 +76,16 @@ def line_svg(series: pd.Series, title: str = "") -> str:
     points = " ".join(f"{x[i]:.1f},{y[i]:.1f}" for i in np.flatnonzero(ok))
     body = f'<polyline class="line" fill="none" stroke="{LINE}" stroke-width="1.5" points="{points}"/>'
     return _frame(body, title, lo, hi)
+
+
+def chart_svg(df: pd.DataFrame, title: str = "", kind: str = "candles") -> str:
+    """The widgets' chart of a frame: candles when ``kind`` is ``"candles"`` and the frame has
+    Open/High/Low/Close, else a line of ``Close`` (or the first numeric column); ``""`` when no
+    column is numeric."""
+    if kind == "candles" and all(c in df.columns for c in OHLC):
+        return candles_svg(df, title)
+    numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
+    column = "Close" if "Close" in numeric else (numeric[0] if numeric else None)
+    if column is None:
+        return ""
+    return line_svg(df[column], f"{title} ({column})")

@@ -1,4 +1,4 @@
-"""The notebook features against a live server: the browser widget, the magic and xarray over HTTP."""
+"""The notebook features against a live server: the browser and live widgets, the magic and xarray over HTTP."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from live_helpers import ServerProcess
 import mktsframe
 from mktsframe.backend import set_default_backend
 from tests.helpers import ipython_shell, ohlcv
+from tests.test_live_view import check_live_view
 from tests.test_widgets import check_browser
 
 xr = pytest.importorskip("xarray")
@@ -44,6 +45,17 @@ class _OnlyOurKeys:
 def test_browser_over_http(remote: tuple[mktsframe.Backend, str, str]) -> None:
     db, key, other = remote
     check_browser(_OnlyOurKeys(db, [key, other]), key, other)  # type: ignore[arg-type]
+
+
+def test_live_view_over_http(live_server: ServerProcess, sym: str) -> None:
+    """The live view fed by ``/ws``: the server pushes what another client writes through ``/rpc``."""
+    key, other = f"{sym}/1Min/OHLCV", f"{sym}/1D/TRADES"
+    with mktsframe.connect(live_server.url) as db:
+        try:
+            check_live_view(db, key, other)
+        finally:
+            for k in (key, other):
+                db.destroy(k)
 
 
 def test_xarray_over_http(live_server: ServerProcess, remote: tuple[mktsframe.Backend, str, str]) -> None:
