@@ -195,3 +195,124 @@ def test_shutdown_closes_streams(server_factory):
         assert int.from_bytes(frame.data[:2], "big") == 1012  # "service restart"
         sub.close()
         ws.close()
+
+
+def test_tick_pushes_carry_nanoseconds_to_streamconn(live_server, sym):
+    """pymarketstore writes a tick bucket; a StreamConn subscriber gets one message per tick with
+    MarketStore's Epoch (seconds) + Nanoseconds, duplicates included, in time order."""
+    key = f"{sym}/1Sec/TICK"
+    ws = connect_streamconn(live_server, [f"{sym}/*/TICK"])
+    try:
+        recv(ws)
+        ns = np.array([T0 * NS + 999_999_999, T0 * NS + 7, T0 * NS + 7, (T0 + 1) * NS], dtype=np.int64)
+        arr = np.zeros(4, dtype=[("Epoch", "i8"), ("Bid", "f4"), ("Nanoseconds", "i4")])
+        arr["Epoch"], arr["Nanoseconds"] = np.divmod(ns, NS)
+        arr["Bid"] = [1.0, 2.0, 3.0, 4.0]
+        pymkts.Client(live_server.rpc).write(arr, key, isvariablelength=True)
+        got = [recv(ws) for _ in range(4)]
+    finally:
+        ws.close()
+    assert [m["key"] for m in got] == [key] * 4
+    assert [(m["data"]["Epoch"], m["data"]["Nanoseconds"]) for m in got] == [
+        (T0, 7), (T0, 7), (T0, 999_999_999), (T0 + 1, 0)]  # fmt: skip
+    assert sorted(m["data"]["Bid"] for m in got[:2]) == [2.0, 3.0]
+    assert list(got[0]["data"]) == ["Epoch", "Bid", "Nanoseconds"]
+
+
+WIDE = [("Epoch", "i8")] + [(f"Column{i:02d}", "f8") for i in range(24)]  # ~400-byte push messages
+
+
+def wide_bars(first: int, n: int) -> np.ndarray:
+    arr = np.zeros(n, dtype=WIDE)
+    arr["Epoch"] = T0 + 60 * np.arange(first, first + n)
+    arr["Column00"] = np.arange(first, first + n)
+    return arr
+
+
+def raw_subscriber(server, request: dict):
+    """A WebSocket that subscribes with mktsframe's extensions and is then not read."""
+    ws = StreamConn(ws_endpoint(server))._connect()
+    ws.send(msgpack.dumps(request), opcode=0x2)
+    assert recv(ws) == request
+    return ws
+
+
+def read_until_close(ws, timeout: float = 20.0) -> tuple[list[dict], int | None]:
+    """Every message up to the server's close frame, and its close code."""
+    ws.settimeout(timeout)
+    out = []
+    while True:
+        opcode, frame = ws.recv_data_frame(control_frame=True)
+        if opcode == 0x8:
+            return out, int.from_bytes(frame.data[:2], "big") if len(frame.data) >= 2 else None
+        if opcode == 0x2:
+            out.append(msgpack.loads(frame.data))
+
+
+def test_slow_subscriber_does_not_hold_the_writer_or_others(live_server, sym):
+    """A subscriber that stops reading (its socket buffers fill, ~30 MB pushed) only loses its own
+    oldest rows: every write is acknowledged, a fast subscriber gets every row, and the slow one,
+    when it reads again, gets what fitted, a "dropped" notice, then the newest rows: each row once."""
+    key = f"{sym}/1Min/WIDE"
+    total, per_write = 80_000, 4_000
+    slow = raw_subscriber(live_server, {"streams": [key], "mkts_max_rows": 500})
+    fast_rows: list[int] = []
+    fast_other: list[dict] = []
+
+    def on_fast(msg: dict) -> None:
+        if "data" in msg:
+            fast_rows.append(int(msg["data"]["Column00"]))
+        else:
+            fast_other.append(msg)
+
+    with mf.connect(live_server.url) as db:
+        fast = db.subscribe(key, callback=on_fast)
+        try:
+            client = pymkts.Client(live_server.rpc)
+            for first in range(0, total, per_write):
+                assert client.write(wide_bars(first, per_write), key) == {"responses": None}
+            deadline = time.monotonic() + 60
+            while len(fast_rows) < total and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            fast.close()
+    assert fast_rows == list(range(total))
+    assert fast_other == []
+    slow.settimeout(20)
+    rows: list[int] = []
+    dropped = 0
+    while not rows or rows[-1] != total - 1:
+        msg = msgpack.loads(slow.recv())
+        if "notice" in msg:
+            assert msg["notice"] == "dropped"
+            dropped += msg["dropped"]
+        else:
+            rows.append(int(msg["data"]["Column00"]))
+    slow.close()
+    assert dropped > 0
+    assert len(rows) + dropped == total
+    assert rows == sorted(set(rows))  # in order, no duplicate
+    assert rows[-500:] == list(range(total - 500, total))  # the newest rows survive
+
+
+def test_policy_disconnect_closes_a_slow_subscriber(live_server, sym):
+    """``disconnect``: the server closes a subscriber that fell more than its bound behind with
+    code 1008; over the HTTP backend an overflowing subscription raises SlowConsumerError."""
+    from mktsframe.streaming import SlowConsumerError
+
+    key = f"{sym}/1Min/WIDE"
+    slow = raw_subscriber(live_server, {"streams": [key], "mkts_max_rows": 500, "mkts_policy": "disconnect"})
+    client = pymkts.Client(live_server.rpc)
+    with mf.connect(live_server.url) as db:
+        sub = db.subscribe(key, max_rows=100, policy="disconnect")  # never read: its own feed overflows
+        for first in range(0, 80_000, 400):  # each write fits the bound: only a backlog overflows it
+            client.write(wide_bars(first, 400), key)
+        with pytest.raises(SlowConsumerError):
+            list(sub)  # what was kept, then the error
+        sub.close()
+    got, code = read_until_close(slow)
+    slow.close()
+    assert code == 1008
+    assert 0 < len(got) < 80_000
+    epochs = [m["data"]["Epoch"] for m in got]
+    assert epochs == [T0 + 60 * i for i in range(len(got))]  # what was sent before the close: no gap
