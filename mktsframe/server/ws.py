@@ -136,6 +136,10 @@ async def _send(websocket: WebSocket, feed: Feed, hub: CommitHub) -> None:
                     await websocket.close(CLOSE_SLOW_CONSUMER, f"more than {feed.max_rows} rows behind")
                 return
             await feed.wait_async()
+            # Let whatever became ready with this commit run before the sends: above all the writer's
+            # /rpc handler, whose worker thread finished just after handing us the commit. Its
+            # acknowledgement then leaves before the N subscribers' frames, not after them.
+            await asyncio.sleep(0)
     except (WebSocketDisconnect, RuntimeError, OSError):  # the peer went away mid-send
         return
 
