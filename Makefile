@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench: $(STAMP) $(PEERS_STAMP)
 # Candles 1Min→5Min/1H/1D on 1M bars beside pandas and ArcticDB (~1 minute): the ## Candles section.
 bench-candles: $(STAMP) $(PEERS_STAMP)
 	$(PY) bench/candles_bench.py $(BENCH_ARGS)
+
+# /ws push latency and writers' throughput, 1 and 100 subscribers over loopback (~10 minutes): the ## Streaming section.
+bench-stream: $(STAMP)
+	$(PY) bench/stream_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache docs/_build

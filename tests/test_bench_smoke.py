@@ -99,3 +99,21 @@ def test_server_systems_run_in_the_local_bench(tmp_path: Path) -> None:
     assert "### Targets (issue 3)" in doc.read_text()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(work) not in ps, "a server process outlived the benchmark"
+
+
+def test_stream_bench_runs_on_small_data(tmp_path: Path) -> None:
+    out = tmp_path / "stream.json"
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Server\n\nkept as is\n")
+    cmd = [sys.executable, str(REPO / "bench" / "stream_bench.py"), "--rounds", "1", "--subscribers", "3",
+           "--procs", "2", "--latency-writes", "10", "--pace-ms", "2", "--throughput-writes", "20",
+           "--burst-rows", "200", "--burst-batch", "50", "--out", str(out), "--doc", str(doc)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    med = json.loads(out.read_text())["median"]
+    for k in ("p50_1_ms", "p99_3_ms", "pushed_msgs_per_s", "writes_per_s_0", "writes_per_s_3", "throughput_ratio"):
+        assert med[k] > 0, k
+    text = doc.read_text()
+    assert "## Streaming" in text
+    assert "## Server\n\nkept as is" in text
+    assert "PASS" in text or "FAIL" in text
