@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import statistics
 import subprocess
@@ -64,7 +65,8 @@ class StreamParams:
     subscribers: int = 100
     procs: int = 4
     latency_writes: int = 300
-    pace_ms: float = 5.0
+    pace_ms: float = 5.0  # between latency writes with 1 subscriber
+    pace_many_ms: float = 25.0  # ... with --subscribers (100 pushes a write must not queue up)
     throughput_writes: int = 1000
     burst_rows: int = 5000
     burst_batch: int = 100
@@ -247,10 +249,10 @@ def one_round(url: str, p: StreamParams, log: Any) -> dict[str, Any]:
 
         subs = Subscribers(url, p.subscribers, p.procs)
         try:
-            w.paced(20, p.pace_ms)
+            w.paced(20, p.pace_many_ms)
             subs.wait_for(20)
             subs.reset()
-            calls = w.paced(p.latency_writes, p.pace_ms)
+            calls = w.paced(p.latency_writes, p.pace_many_ms)
             subs.wait_for(p.latency_writes)
             lat, _ = subs.collect()
             out[f"latency_{p.subscribers}"] = latency_ms(lat, calls)
@@ -310,14 +312,16 @@ def section(res: dict[str, Any]) -> str:
         TITLE,
         "",
         f"Generated {m['date']} by `{m['command']}` (`make bench-stream`); {m['machine']}. Server, writer and "
-        f"subscriber processes share the machine over loopback. Medians of {p['rounds']} rounds; "
+        f"subscriber processes share the machine over loopback (1-minute load average {res['load'][0]:.1f} before, "
+        f"{res['load'][1]:.1f} after: other work ran too). Medians of {p['rounds']} rounds; "
         f"raw results `{m['json']}`.",
         "",
         f"Setup: `python -m mktsframe.server` on a fresh root; one writer (`HTTPBackend`, 1-row writes to "
         f"`{KEY}`); subscribers are mktsframe's WebSocket client (`subscribe(..., callback=)`), {n} of them "
         f"spread over {p['procs']} processes. Latency = subscriber callback's `time.monotonic_ns()` minus the "
         f"writer's, stamped in the row just before the write call (one CLOCK_MONOTONIC for all processes), "
-        f"so it includes the write RPC and commit; writes paced {p['pace_ms']:g} ms apart, "
+        f"so it includes the write RPC and commit; writes paced {p['pace_ms']:g} ms apart "
+        f"({p['pace_many_ms']:g} ms with {n} subscribers), "
         f"{p['latency_writes']} per round, pooled over all subscribers. Throughput: {p['throughput_writes']} "
         f"1-row writes back to back. Pushed messages/s: {p['burst_rows']:,} rows in {p['burst_batch']}-row "
         f"writes, messages delivered to all {n} subscribers ÷ (last receive − first write). Every phase "
@@ -376,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     p = StreamParams(**{k: getattr(a, k) for k in asdict(d)})
     log, workdir, out_json = start_run(a, "stream")
+    load_before = os.getloadavg()[0]
     proc = None
     try:
         proc, url = start_server(workdir / "data", workdir / "server.log")
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "meta": run_meta(argv, out_json, Path(sys.executable)),
         "params": asdict(p),
+        "load": [load_before, os.getloadavg()[0]],
         "median": aggregate(rounds, p.subscribers),
         "rounds": rounds,
     }
