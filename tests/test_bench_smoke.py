@@ -106,8 +106,9 @@ def test_stream_bench_runs_on_small_data(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Server\n\nkept as is\n")
     cmd = [sys.executable, str(REPO / "bench" / "stream_bench.py"), "--rounds", "1", "--subscribers", "3",
-           "--procs", "2", "--latency-writes", "10", "--pace-ms", "2", "--throughput-writes", "20",
-           "--burst-rows", "200", "--burst-batch", "50", "--out", str(out), "--doc", str(doc)]  # fmt: skip
+           "--procs", "2", "--latency-writes", "10", "--pace-ms", "2", "--pace-many-ms", "2",
+           "--throughput-writes", "20", "--burst-rows", "200", "--burst-batch", "50",
+           "--out", str(out), "--doc", str(doc)]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     med = json.loads(out.read_text())["median"]
