@@ -30,9 +30,7 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +38,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +45,7 @@ if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable as a
     sys.path.insert(0, str(REPO))
 
 from bench.run import finish_run, run_meta, start_run  # noqa: E402
-from bench.server_bench import free_port  # noqa: E402
+from bench.systems.server import ServerProcess  # noqa: E402
 
 KEY = "BENCH/1Min/LAT"
 TITLE = "## Streaming"
@@ -346,28 +343,6 @@ def section(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def start_server(root: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mktsframe.server", "--root", str(root), "--port", str(port), "--host", "127.0.0.1"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/heartbeat", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the server did not start")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = StreamParams()
@@ -381,19 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     p = StreamParams(**{k: getattr(a, k) for k in asdict(d)})
     log, workdir, out_json = start_run(a, "stream")
     load_before = os.getloadavg()[0]
-    proc = None
+    server = ServerProcess(workdir / "data", workdir / "server.log")
     try:
-        proc, url = start_server(workdir / "data", workdir / "server.log")
-        log(f"server at {url}")
-        rounds = [one_round(url, p, log) for _ in range(p.rounds)]
+        log(f"server at {server.url}")
+        rounds = [one_round(server.url, p, log) for _ in range(p.rounds)]
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        server.stop()
     res = {
         "meta": run_meta(argv, out_json, Path(sys.executable)),
         "params": asdict(p),
