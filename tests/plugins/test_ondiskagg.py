@@ -130,12 +130,17 @@ def test_sigkill_while_firing_is_repaired_at_start(tmp_path: Path) -> None:
         assert proc.wait(60) == -signal.SIGKILL
         db = mktsframe.connect(root, read_only=False)
         try:
-            trig = new_trigger({"destinations": DESTS})
-            trig.start(db)
-            assert mismatches(db, "AAA") == []
-            trig.stop()
+            assert_repaired_at_start(db)
         finally:
             db.close()
+
+
+def assert_repaired_at_start(db) -> None:
+    """Starting the trigger on a crashed root makes every destination match the source again."""
+    trig = new_trigger({"destinations": DESTS})
+    trig.start(db)
+    assert mismatches(db, "AAA") == []
+    trig.stop()
 
 
 def test_expected_reference_is_not_our_implementation() -> None:
@@ -218,9 +223,6 @@ def test_sigkill_after_commit_before_the_journal_hears_of_it(tmp_path: Path) -> 
         assert (src["Low"] == np.float32(-10_000)).sum() == 3  # the late overwrite was acknowledged
         assert mismatches(db, "AAA") != []  # and never aggregated
         assert any(op == "write" and key == "AAA/1Min/OHLCV" for op, key, _, _ in db.replayed_changes())
-        trig = new_trigger({"destinations": DESTS})
-        trig.start(db)
-        assert mismatches(db, "AAA") == []
-        trig.stop()
+        assert_repaired_at_start(db)
     finally:
         db.close()
