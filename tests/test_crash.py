@@ -277,16 +277,37 @@ def _applied(model: M, n: int) -> M:
 
 
 def outcomes(model: M, acked: list[int], begun: list[int]) -> tuple[list[M], list[int]]:
-    """Apply the acknowledged operations to ``model``; return every state the root may now hold
-    (each operation in flight at a kill applied or not) and those operations."""
-    for n in acked:
-        model.apply(n)
+    """Every state the root may now hold, and the operations that were in flight at a kill.
+
+    Operations run one after another, so they are applied in their order: an acknowledged one to
+    every alternative, an in-flight one (begun, killed before its acknowledgement, possibly durable)
+    applied or not. Order matters: in ``startup`` mode the first writer may be killed inside
+    operation n after it became durable, and the second writer's n+1 (a delete) then acts on it.
+    """
     inflight = sorted(set(begun) - set(acked))
     assert len(inflight) <= 2  # one per killed process
     alternatives = [model]
-    for n in inflight:
-        alternatives = [m for a in alternatives for m in (a, _applied(a, n))]
+    for n in sorted(set(acked) | set(inflight)):
+        if n in inflight:
+            alternatives = [m for a in alternatives for m in (a, _applied(a, n))]
+        else:
+            for a in alternatives:
+                a.apply(n)
     return alternatives, inflight
+
+
+def test_an_in_flight_operation_is_placed_before_the_acknowledged_ones_after_it() -> None:
+    # Writer 1 is killed inside bulk write 12 after it became durable; writer 2 deletes 1,000 of its
+    # rows (13). The root then holds 12 minus the deleted rows, not 12 applied after the delete.
+    alternatives, inflight = outcomes(Model(), acked=[13], begun=[12, 13])
+    assert inflight == [12]
+    rows = plan(12)[1]
+    lo, hi = plan(13)[1:]
+    applied = [m for m in alternatives if (m.b == 12).any()]
+    assert len(alternatives) == 2
+    assert len(applied) == 1
+    assert (applied[0].b[rows] == 12).sum() == BULK_ROWS - (hi - lo + 1)
+    assert (applied[0].b[lo : hi + 1] == -1).all()
 
 
 def _explain(alternatives: list[Model], seen: Model, acked: list[int], inflight: list[int]) -> str:
