@@ -94,6 +94,7 @@ class Exchange:
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(data)))
             h.end_headers()
+            rec["sent"] = time.monotonic()  # before the body: the client cannot have the answer sooner
             h.wfile.write(data)
         except OSError:
             pass  # the client gave up (a timeout fault)
