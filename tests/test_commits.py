@@ -102,3 +102,28 @@ def test_wal_bypass_still_announces(open_engine):
     engine.commits.add(lambda e: got.append(e.op))
     engine.write("Z/1Min/OHLCV", bars([T0], [1.0]))
     assert got == ["create", "write"]
+
+
+def test_before_checkpoint_hooks_run_before_the_log_is_checkpointed(open_engine, caplog):
+    engine = open_engine()
+    seen: list[tuple[int, int]] = []  # (checkpointed seq, events heard) when the hook ran
+    events: list[str] = []
+
+    def hook() -> None:
+        seen.append((engine._wal.checkpoint_seq, len(events)))
+
+    def broken() -> None:
+        raise OSError("disk gone")
+
+    remove = engine.commits.add(lambda e: events.append(e.op), before_checkpoint=hook)
+    engine.commits.add(lambda e: None, before_checkpoint=broken)
+    engine.write("Z/1Min/OHLCV", bars([T0, T0 + 60], [1.0, 2.0]))
+    before = engine._wal.checkpoint_seq
+    engine.checkpoint()
+    assert seen == [(before, 2)]  # every event told, nothing checkpointed yet
+    assert engine._wal.checkpoint_seq > before  # a failing hook is logged, the checkpoint happens
+    assert "before_checkpoint hook" in caplog.text
+    remove()
+    engine.write("Z/1Min/OHLCV", bars([T0 + 120], [3.0]))
+    engine.checkpoint()
+    assert len(seen) == 1

@@ -138,14 +138,18 @@ class LocalBackend:
         self._check_writable()
         self.engine.destroy(key)
 
-    def on_commit(self, listener: Callable[[CommitEvent], None]) -> Callable[[], None]:
+    def on_commit(
+        self, listener: Callable[[CommitEvent], None], before_checkpoint: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
         """Call ``listener`` after every acknowledged change made through this process's engine.
 
         Events arrive in commit order on the writer's thread (see :mod:`mktsframe.engine.commits`):
         the listener must return quickly and must not write. Changes made by another process are
-        not seen. Returns a function that unregisters the listener.
+        not seen. ``before_checkpoint`` runs before each checkpoint of the write-ahead log, so a
+        listener that journals events can make them durable first. Returns a function that
+        unregisters both.
         """
-        return self.engine.commits.add(listener)
+        return self.engine.commits.add(listener, before_checkpoint)
 
     def replayed_changes(self) -> list[tuple[str, str, int | None, int | None]]:
         """Changes the engine replayed from its write-ahead log when it opened: ``(op, key,

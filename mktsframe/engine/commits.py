@@ -10,6 +10,12 @@ write path (that would deadlock): it should only hand the event to a queue or an
 A listener that raises is logged and otherwise ignored, so a broken plugin can never fail a write
 that is already durable. Replay of the write-ahead log at startup does not emit events: nobody
 can be listening yet, and the data was announced when it was first written.
+
+A listener that keeps its own record of events (ondiskagg's journal) may also register a
+``before_checkpoint`` hook. The engine calls it just before a checkpoint makes the log records
+so far unnecessary for replay: it is the listener's moment to make what it recorded durable
+(fsync), because after the checkpoint a change it lost in a power failure is no longer replayed
+and reported by :meth:`LocalBackend.replayed_changes <mktsframe.backend.local.LocalBackend.replayed_changes>`.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class CommitListeners:
 
     def __init__(self) -> None:
         self._listeners: tuple[Listener, ...] = ()
+        self._hooks: tuple[Callable[[], None], ...] = ()  # before_checkpoint
         self._lock = threading.Lock()
         self._seq = 0
 
@@ -72,16 +79,28 @@ class CommitListeners:
     def __len__(self) -> int:
         return len(self._listeners)
 
-    def add(self, listener: Listener) -> Callable[[], None]:
-        """Register ``listener``; returns a function that unregisters it (idempotent)."""
+    def add(self, listener: Listener, before_checkpoint: Callable[[], None] | None = None) -> Callable[[], None]:
+        """Register ``listener`` (and its ``before_checkpoint`` hook, see the module docstring);
+        returns a function that unregisters both (idempotent)."""
+        hooks = () if before_checkpoint is None else (before_checkpoint,)
         with self._lock:
             self._listeners = (*self._listeners, listener)
+            self._hooks = (*self._hooks, *hooks)
 
         def remove() -> None:
             with self._lock:
                 self._listeners = tuple(x for x in self._listeners if x is not listener)
+                self._hooks = tuple(x for x in self._hooks if x not in hooks)
 
         return remove
+
+    def before_checkpoint(self) -> None:
+        """Run the ``before_checkpoint`` hooks (the engine's write lock is held); failures are logged."""
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("before_checkpoint hook %r failed", hook)
 
     @property
     def last_seq(self) -> int:

@@ -292,6 +292,7 @@ class Engine:
                     yf.flush()
                 if b.ticks is not None:
                     b.ticks.checkpoint()
+        self.commits.before_checkpoint()  # listeners' own records durable before replay forgets
         wal.write_checkpoint(wal.written_seq)
         self._checkpoints += 1
         self._last_checkpoint = time.monotonic()

@@ -226,3 +226,27 @@ def test_sigkill_after_commit_before_the_journal_hears_of_it(tmp_path: Path) -> 
         assert_repaired_at_start(db)
     finally:
         db.close()
+
+
+def test_journal_is_fsynced_before_each_checkpoint_of_the_log(db, agg, monkeypatch) -> None:
+    # Power loss: a dirty line must be durable before the engine stops replaying its change.
+    import os
+
+    order: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        order.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    minute_bars(0, 30).to_mkts("AAA/1Min/OHLCV", backend=db)
+    agg.flush()  # the source is known from now on: its changes get dirty lines
+    monkeypatch.setattr(os, "fsync", fsync)
+    minute_bars(30, 5).to_mkts("AAA/1Min/OHLCV", backend=db)
+    assert not any(path.endswith(".journal") for path in order)  # the line alone is not synced
+    db.engine.checkpoint()
+    monkeypatch.undo()
+    assert any(path.endswith(".journal") for path in order), order
+    agg.flush()
+    assert mismatches(db, "AAA") == []
+
