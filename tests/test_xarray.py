@@ -198,3 +198,40 @@ def test_distributed_local_cluster(root: Path) -> None:
     for j, sym in enumerate(("AAA", "BBB")):
         want = pd.Series(expected(root, f"{sym}/1D/OHLCV", "Close", grid), index=grid).resample("1MS").mean()
         np.testing.assert_allclose(monthly.values[:, j], want.to_numpy(), rtol=1e-6)
+
+
+def test_tick_bucket_opens_with_exact_repeated_times_read_lazily(tmp_path: Path) -> None:
+    root = tmp_path / "ticks"
+    idx = pd.DatetimeIndex(
+        np.array(
+            ["2024-01-02T23:59:59.999999999", "2024-01-03T00:00:00.000000001", "2024-01-03T00:00:00.000000001",
+             "2024-01-03T00:00:00.000000001", "2024-01-03T12:00:00.5", "2024-01-04T00:00:00"],
+            dtype="M8[ns]",
+        ),
+        tz="UTC",
+    )  # fmt: skip
+    ticks = pd.DataFrame({"Price": np.arange(6) + 0.5, "Size": np.arange(10, 16, dtype="i4")}, index=idx)
+    with mktsframe.connect(root) as db:
+        mktsframe.write_mkts(ticks, "BTC/1Sec/TICK", variable_length=True, backend=db)
+        mktsframe.write_mkts(ticks.iloc[:2], "AAA/1Sec/TICK", variable_length=True, backend=db)
+    with xr.open_dataset(root, engine="mkts", keys="BTC/1Sec/TICK") as ds:
+        assert ds.Price.dims == ("time",)
+        assert ds.symbol.item() == "BTC"
+        np.testing.assert_array_equal(ds.time.values, idx.tz_convert(None).to_numpy())  # exact ns, repeats kept
+        assert ds.Size.dtype == np.int32  # no grid, no holes: stored types
+        with opened_files() as files:
+            np.testing.assert_array_equal(ds.Price.isel(time=slice(2, 5)).values, [2.5, 3.5, 4.5])
+        assert files == set()  # tick day files are not year files: nothing else was read
+        np.testing.assert_array_equal(ds.Size.isel(time=slice(None, None, -2)).values, [15, 13, 11])
+        assert ds.Size.isel(time=3).item() == 13
+        np.testing.assert_array_equal(ds.Size.values, ticks["Size"].to_numpy())
+        np.testing.assert_array_equal(ds.Price.sel(time="2024-01-03").values, [1.5, 2.5, 3.5, 4.5])
+    with xr.open_dataset(root, engine="mkts", keys="BTC/1Sec/TICK", chunks={}) as ds:
+        assert ds.Price.chunks == ((1, 4, 1),)  # one chunk per UTC day
+        np.testing.assert_array_equal(ds.Price.values, ticks["Price"].to_numpy())
+    with xr.open_dataset(
+        root, engine="mkts", keys="BTC/1Sec/TICK", start="2024-01-03T00:00:00.000000001", end="2024-01-03T12:00"
+    ) as ds:
+        np.testing.assert_array_equal(ds.Size.values, [11, 12, 13])  # exact ns bounds
+    with pytest.raises(ValueError, match="one key at a time"):
+        xr.open_dataset(root, engine="mkts", keys=["BTC/1Sec/TICK", "AAA/1Sec/TICK"])

@@ -12,6 +12,12 @@ With ``chunks={}`` xarray makes one dask chunk per calendar year (UTC) and symbo
 year files on disk. Arrays opened from a path or URL pickle as that target: dask workers in
 other processes reconnect on their own (read-only for a local root).
 
+Tick buckets (``variable_length``) have no grid: one opens alone as dims ``("time",)``, the
+``time`` coordinate holding every tick's exact nanosecond (duplicates kept, in arrival order) and
+``symbol`` a scalar coordinate. Opening reads the tick times only (8 bytes a tick); values are
+read on access by position, with one dask chunk per UTC day (the tick files' partitioning). The
+Dataset is a view of the ticks present at open time: reopen it to see later writes.
+
 Like the pandas layer, this module speaks only the :class:`~mktsframe.backend.base.Backend`
 protocol. Times are tz-naive ``datetime64[ns]`` in UTC (xarray has no time zones); the ``time``
 coordinate says so in ``attrs["timezone"]``.
@@ -163,6 +169,43 @@ class MktsColumnArray(BackendArray):
         return out[0 if isinstance(tsel, int) else slice(None), 0 if isinstance(ssel, int) else slice(None)]
 
 
+class MktsTickArray(BackendArray):
+    """One column of one tick bucket, by tick position: shape ``(tick,)``.
+
+    ``times`` is the ``time`` coordinate read at open (int64 ns UTC, sorted, duplicates in
+    arrival order). Positions ``lo..hi`` are the rows the bucket returns for
+    ``[times[lo], times[hi]]``, starting ``lo - (first position at times[lo])`` rows in: ticks
+    sharing a nanosecond come back in the order they were stored.
+    """
+
+    def __init__(self, source: _Source, key: str, column: str, times: np.ndarray, dtype: np.dtype[Any]) -> None:
+        self.source = source
+        self.key = key
+        self.column = column
+        self.times = times
+        self.shape = (times.shape[0],)
+        self.dtype = dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._read)
+
+    def _read(self, key: tuple[int | slice, ...]) -> np.ndarray:
+        (sel,) = key
+        positions = range(self.shape[0])[sel] if isinstance(sel, slice) else range(sel, sel + 1)
+        if not len(positions):
+            return np.empty(0, dtype=self.dtype)
+        lo, hi = min(positions[0], positions[-1]), max(positions[0], positions[-1])
+        t_lo, t_hi = int(self.times[lo]), int(self.times[hi])
+        (batch,) = self.source.backend().query(self.key, start=_at(t_lo), end=_at(t_hi), columns=[self.column]).values()
+        first = lo - int(np.searchsorted(self.times, t_lo, side="left"))
+        stop = first + hi - lo + 1
+        if len(batch) < stop or not np.array_equal(np.asarray(batch.index)[first:stop], self.times[lo : hi + 1]):
+            raise RuntimeError(f"ticks of {self.key} changed since the Dataset was opened: open it again")
+        values = np.asarray(batch.columns[self.column])[first:stop]
+        out = values[np.asarray(positions) - lo]
+        return out[0] if isinstance(sel, int) else out
+
+
 def open_mkts_dataset(
     source: str | os.PathLike[str] | Backend,
     keys: str | Sequence[str],
@@ -181,10 +224,10 @@ def open_mkts_dataset(
         backend (which cannot be pickled: use a path or URL with dask distributed).
     keys : str or list of str
         Bucket keys with the same timeframe, one per symbol; comma lists and ``*`` are expanded
-        (``"AAPL,MSFT/1Min/OHLCV"``, ``"*/1D/OHLCV"``).
+        (``"AAPL,MSFT/1Min/OHLCV"``, ``"*/1D/OHLCV"``). A tick bucket opens alone.
     start, end : time, optional
         Bounds of the time grid (inclusive, at bar granularity; zone-less means UTC). Default:
-        the first and last bar of the buckets.
+        the first and last bar of the buckets. For ticks: exact nanosecond bounds.
     columns : list of str, optional
         Columns to open as variables (default: all).
     drop_variables : str or list of str, optional
@@ -195,7 +238,9 @@ def open_mkts_dataset(
     xarray.Dataset
         Dims ``time`` (``datetime64[ns]``, UTC) and ``symbol``; numeric variables are floating
         point (integer columns become ``float64``) so bars without data can be NaN; the original
-        bucket type is in each variable's ``attrs["mkts_dtype"]``.
+        bucket type is in each variable's ``attrs["mkts_dtype"]``. A tick bucket: dim ``time``
+        only (exact, possibly repeated nanoseconds), ``symbol`` a scalar coordinate, variables in
+        their stored types.
     """
     if isinstance(source, (str, os.PathLike)):
         target = _check_target(os.fspath(source))
@@ -288,17 +333,19 @@ def _build(
 
     # Schemas from an empty query (limit=0 reads no year file).
     schemas: list[dict[str, np.dtype[Any]]] = []
+    ticks: list[str] = []
     for k in names:
         (batch,) = backend.query(k, limit=0).values()
         schemas.append({c: np.asarray(a).dtype for c, a in batch.columns.items()})
-    all_columns = list(dict.fromkeys(c for s in schemas for c in s))
-    if columns is not None:
-        unknown = [c for c in columns if c not in all_columns]
-        if unknown:
-            raise ValueError(f"no column(s) {unknown} in {names}; they have {all_columns}")
-        all_columns = list(dict.fromkeys(columns))
-    dropped = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
-    all_columns = [c for c in all_columns if c not in dropped]
+        ticks += [k] if batch.variable_length else []
+    all_columns = _chosen_columns(names, schemas, columns, drop_variables)
+    if ticks:
+        if len(names) > 1:
+            raise ValueError(
+                f"tick bucket(s) {ticks} open one key at a time (each has its own tick times), not with {names}; "
+                "for a common grid read candles: pd.read_mkts(key, timeframe=...)"
+            )
+        return _build_ticks(source, names[0], schemas[0], all_columns, start, end)
 
     t0, t1 = _extent(backend, names, schemas, start, end, step)
     n = 0 if t0 is None or t1 is None or t1 < t0 else (t1 - t0) // step + 1
@@ -328,6 +375,65 @@ def _build(
         "timeframe": parsed[0].timeframe.name,
         "attribute_group": ",".join(dict.fromkeys(k.attribute_group for k in parsed)),
         "mkts_keys": ",".join(names),
+    }
+    return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+
+def _chosen_columns(
+    names: list[str],
+    schemas: list[dict[str, np.dtype[Any]]],
+    columns: Sequence[str] | None,
+    drop_variables: str | Iterable[str] | None,
+) -> list[str]:
+    """The columns to open: ``columns`` (checked) or all, less ``drop_variables``."""
+    chosen = list(dict.fromkeys(c for s in schemas for c in s))
+    if columns is not None:
+        unknown = [c for c in columns if c not in chosen]
+        if unknown:
+            raise ValueError(f"no column(s) {unknown} in {names}; they have {chosen}")
+        chosen = list(dict.fromkeys(columns))
+    dropped = {drop_variables} if isinstance(drop_variables, str) else set(drop_variables or ())
+    return [c for c in chosen if c not in dropped]
+
+
+def _build_ticks(
+    source: _Source,
+    key: str,
+    schema: dict[str, np.dtype[Any]],
+    columns: list[str],
+    start: TimeLike,
+    end: TimeLike,
+) -> xr.Dataset:
+    """A tick bucket as dims ``("time",)``: the tick times are read now, values on access."""
+    k = parse_key(key)
+    lo, hi = to_ns(start, name="start"), to_ns(end, name="end")
+    first_column = list(schema)[:1]
+    (b,) = source.backend().query(
+        key, start=_at(lo), end=_at(hi), columns=first_column, limit=MAX_GRID + 1, limit_from_start=True
+    ).values()
+    if len(b) > MAX_GRID:
+        raise ValueError(f"{key} holds more than {MAX_GRID:,} ticks in that range; pass start=/end= to open fewer")
+    times = np.asarray(b.index, dtype=np.int64)
+    days = np.unique(times // (86_400 * NS), return_counts=True)[1]
+    chunks = {"time": tuple(int(n) for n in days) or (0,)}
+    variables = {
+        c: xr.Variable(
+            ("time",),
+            indexing.LazilyIndexedArray(MktsTickArray(source, key, c, times, schema[c])),
+            attrs={"mkts_dtype": schema[c].str.lstrip("<>|=")},
+            encoding={"preferred_chunks": chunks},
+        )
+        for c in columns
+    }
+    coords = {
+        "time": xr.Variable("time", times.view("M8[ns]"), attrs={"timezone": "UTC"}),
+        "symbol": xr.Variable((), np.array(k.symbol)),
+    }
+    attrs = {
+        "timeframe": k.timeframe.name,
+        "attribute_group": k.attribute_group,
+        "mkts_keys": key,
+        "record_type": "variable",
     }
     return xr.Dataset(variables, coords=coords, attrs=attrs)
 

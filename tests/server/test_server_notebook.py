@@ -67,6 +67,22 @@ def test_xarray_over_http(live_server: ServerProcess, remote: tuple[mktsframe.Ba
     np.testing.assert_array_equal(got, want)
 
 
+def test_xarray_tick_bucket_over_http(live_server: ServerProcess, sym: str) -> None:
+    key = f"{sym}/1Sec/TICK"
+    times = ["2024-01-03T00:00:00.000000001"] * 2 + ["2024-01-04T09:30:00.25"]
+    idx = pd.DatetimeIndex(np.array(times, "M8[ns]"), tz="UTC")
+    ticks = pd.DataFrame({"Price": [1.5, 2.5, 3.5], "Size": np.array([1, 2, 3], "i8")}, index=idx)
+    with mktsframe.connect(live_server.url) as db:
+        mktsframe.write_mkts(ticks, key, variable_length=True, backend=db)
+        try:
+            with xr.open_dataset(live_server.url, engine="mkts", keys=key, chunks={}) as ds:
+                assert ds.Price.chunks == ((2, 1),)
+                np.testing.assert_array_equal(ds.time.values, idx.tz_convert(None).to_numpy())
+                np.testing.assert_array_equal(ds.Size.isel(time=slice(1, None)).values, [2, 3])
+        finally:
+            db.destroy(key)
+
+
 def test_magic_over_http(live_server: ServerProcess, remote: tuple[mktsframe.Backend, str, str]) -> None:
     _, key, _ = remote
     ip = ipython_shell()
