@@ -5,7 +5,14 @@ looks like a bucket key (``"AAPL/1Min/OHLCV"``, also comma lists and ``*`` symbo
 through the backend and handed to DuckDB as an Arrow table: the numpy column buffers are wrapped,
 not copied (strings excepted). ``Epoch`` is a ``TIMESTAMP_NS`` column (UTC); multi-bucket keys add
 a ``Symbol`` column. References are renamed to the registered tables and aliased back to the key,
-so ``"AAPL/1Min/OHLCV".Close`` still resolves. The whole bucket is read (no range push-down yet).
+so ``"AAPL/1Min/OHLCV".Close`` still resolves.
+
+Range push-down: a bucket is read only over the ``Epoch`` range its ``SELECT``'s ``WHERE`` implies
+(comparisons and ``BETWEEN`` with time literals, joined by ``AND`` at the top of the clause),
+widened by a day on each side so that however DuckDB reads a literal (an offset, a zone) the rows
+it keeps are all there. DuckDB still applies the whole ``WHERE``: the push-down only spares reading
+the years and days no row can come from. Anything else (``OR``, functions of ``Epoch``, numbers)
+reads the whole bucket.
 """
 
 from __future__ import annotations
@@ -17,11 +24,12 @@ import pandas as pd
 
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.errors import SQLError
-from mktsframe.sql.parse import marketstore_time_to_iso, table_name
+from mktsframe.sql.parse import epoch_literal_ns, marketstore_time_to_iso, table_name
 
 __all__ = ["available", "run"]
 
 _INSTALL = "full SQL needs DuckDB: pip install 'mktsframe[sql]'"
+_PAD_NS = 86_400 * 1_000_000_000  # push-down bounds are widened by a day (see the module docstring)
 
 
 #: DuckDB settings for every connection: the SQL may come from a network client.
@@ -83,13 +91,25 @@ def run(tree: Any, backend: Backend) -> pd.DataFrame:
     try:
         registered: dict[str, str] = {}
         ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
-        for table in list(tree.find_all(exp.Table)):
+        buckets = [
+            t
+            for t in tree.find_all(exp.Table)
+            if isinstance(t.this, exp.Identifier) and table_name(t) not in ctes and table_name(t).count("/") == 2
+        ]
+        ranges: dict[str, tuple[int | None, int | None]] = {}
+        for table in buckets:  # the union of what every reference to a bucket needs
+            lo, hi = pushed_range(table)
+            if table_name(table) in ranges:
+                lo0, hi0 = ranges[table_name(table)]
+                lo = None if lo is None or lo0 is None else min(lo, lo0)
+                hi = None if hi is None or hi0 is None else max(hi, hi0)
+            ranges[table_name(table)] = (lo, hi)
+        for table in buckets:
             name = table_name(table)
-            if not isinstance(table.this, exp.Identifier) or name in ctes or name.count("/") != 2:
-                continue
             if name not in registered:
                 registered[name] = f"mkts_{len(registered)}"
-                con.register(registered[name], _arrow_table(backend.query(name)))
+                lo, hi = ranges[name]
+                con.register(registered[name], _arrow_table(backend.query(name, start=_at(lo), end=_at(hi))))
             alias = table.alias or name
             table.replace(
                 exp.Table(
@@ -108,6 +128,68 @@ def run(tree: Any, backend: Backend) -> pd.DataFrame:
     finally:
         con.close()
     return _indexed(df)
+
+
+def _at(ns: int | None) -> np.datetime64 | None:
+    return None if ns is None else np.datetime64(ns, "ns")
+
+
+def pushed_range(table: Any) -> tuple[int | None, int | None]:
+    """Inclusive ns bounds on ``table``'s ``Epoch`` implied by the ``WHERE`` of its own ``SELECT``
+    (``None``: unbounded), widened by a day: a superset of the rows the statement can use."""
+    from sqlglot import exp
+
+    select = table.find_ancestor(exp.Select)
+    where = select.args.get("where") if select is not None else None
+    if where is None:
+        return None, None
+    own = [t for t in select.find_all(exp.Table) if t.find_ancestor(exp.Select) is select]
+    qualifier = table.alias_or_name
+
+    def is_epoch(e: Any) -> bool:
+        if not isinstance(e, exp.Column) or e.name.lower() != "epoch":
+            return False
+        return e.table == qualifier if e.table else len(own) == 1
+
+    def time_of(e: Any) -> int | None:
+        if isinstance(e, exp.Cast) and e.to.is_type(*exp.DataType.TEMPORAL_TYPES):
+            e = e.this
+        if not isinstance(e, exp.Literal) or not e.is_string:
+            return None  # numbers do not compare with a TIMESTAMP_NS in DuckDB; anything else: unknown
+        try:
+            return epoch_literal_ns(e.this)
+        except (SQLError, ValueError, TypeError, OverflowError):
+            return None
+
+    lo: int | None = None
+    hi: int | None = None
+
+    def bound(low: int | None = None, high: int | None = None) -> None:
+        nonlocal lo, hi
+        if low is not None:
+            lo = low if lo is None else max(lo, low)
+        if high is not None:
+            hi = high if hi is None else min(hi, high)
+
+    flip = {exp.GT: exp.LT, exp.GTE: exp.LTE, exp.LT: exp.GT, exp.LTE: exp.GTE, exp.EQ: exp.EQ}
+    for term in where.this.flatten() if isinstance(where.this, exp.And) else [where.this]:
+        term = term.unnest()
+        if isinstance(term, exp.Between) and is_epoch(term.this):
+            bound(time_of(term.args["low"]), time_of(term.args["high"]))
+            continue
+        if type(term) not in flip:
+            continue
+        left, right, kind = term.this, term.expression, type(term)
+        if is_epoch(right):
+            left, right, kind = right, left, flip[kind]
+        if not is_epoch(left):
+            continue
+        t = time_of(right)
+        if kind in (exp.GT, exp.GTE, exp.EQ):
+            bound(low=t)
+        if kind in (exp.LT, exp.LTE, exp.EQ):
+            bound(high=t)
+    return (None if lo is None else lo - _PAD_NS), (None if hi is None else hi + _PAD_NS)
 
 
 def _indexed(df: pd.DataFrame) -> pd.DataFrame:

@@ -144,6 +144,55 @@ def test_duckdb_joins_windows_and_group_by(db, bars) -> None:
     pd.testing.assert_frame_equal(same, bars.iloc[30:61], check_freq=False)
 
 
+class _Recording:
+    """The real backend, remembering the ranges queried (to see the push-down)."""
+
+    def __init__(self, db) -> None:
+        self._db, self.ranges = db, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._db, name)
+
+    def query(self, key, start=None, end=None, **kw):
+        self.ranges.append((key, start, end))
+        return self._db.query(key, start=start, end=end, **kw)
+
+
+def test_duckdb_reads_only_the_epoch_range_the_where_implies(db) -> None:
+    idx = pd.date_range("2019-06-01", "2022-06-01", freq="1D", tz="UTC", name="Epoch").as_unit("ns")
+    days = pd.DataFrame({"Close": np.arange(len(idx), dtype="f8")}, index=idx)
+    mktsframe.write_mkts(days, "AAA/1D/OHLCV", backend=db)
+    mktsframe.write_mkts(days * 2, "BBB/1D/OHLCV", backend=db)
+    rec = _Recording(db)
+    day = pd.Timedelta("1D")
+    lo, hi = pd.Timestamp("2020-03-01", tz="UTC"), pd.Timestamp("2020-03-10", tz="UTC")
+
+    sql = "SELECT * FROM `AAA/1D/OHLCV` WHERE Epoch >= '2020-03-01' AND Epoch < '2020-03-10'"
+    got = execute(sql, rec, engine="duckdb")
+    pd.testing.assert_frame_equal(got, days[lo : hi - day], check_freq=False)
+    assert [(k, pd.Timestamp(s, tz="UTC"), pd.Timestamp(e, tz="UTC")) for k, s, e in rec.ranges] == [
+        ("AAA/1D/OHLCV", lo - day, hi + day)
+    ]
+
+    rec.ranges.clear()  # a join: each side bounded by its own conditions; the result is unchanged
+    got = execute(
+        'SELECT a.Epoch, a.Close, b.Close AS b FROM "AAA/1D/OHLCV" a LEFT JOIN "BBB/1D/OHLCV" b '
+        "ON a.Epoch = b.Epoch WHERE a.Epoch BETWEEN '2020-03-01' AND '2020-03-09' "
+        "AND (b.Epoch <= '2020-03-05-00:00' OR b.Epoch IS NULL) ORDER BY a.Epoch",
+        rec,
+        engine="duckdb",
+    )
+    assert got["b"].tolist() == (days["Close"][lo : lo + 4 * day] * 2).tolist()  # b matched every day
+    bounded = [(k, s is not None, e is not None) for k, s, e in rec.ranges]
+    assert bounded == [("AAA/1D/OHLCV", True, True), ("BBB/1D/OHLCV", False, False)]
+
+    rec.ranges.clear()  # OR at the top, a number: no push-down, still right
+    sql = "SELECT count(*) AS n FROM `AAA/1D/OHLCV` WHERE Epoch >= '2022-05-31' OR Close < 2"
+    got = execute(sql, rec, engine="duckdb")
+    assert got["n"].tolist() == [4]
+    assert [(s, e) for _, s, e in rec.ranges] == [(None, None)]
+
+
 def test_duckdb_is_sandboxed(db, bars, tmp_path) -> None:
     secret = tmp_path / "secret.csv"
     secret.write_text("a\n1\n")
