@@ -323,7 +323,11 @@ class RpcService:
         if not self.config.enable_add and re.match(r"\s*insert\b", stmt, re.IGNORECASE):
             raise ReadOnlyError("INSERT INTO is disabled on this server (enable_add: false)")
         frame = execute(stmt, self.backend)
-        return {"result": nmds.encode([(stmt, sql_batch(frame))], key_suffix=":SQL")}
+        batch = sql_batch(frame)
+        ds = nmds.encode([(stmt, batch)], key_suffix=":SQL")
+        if batch.variable_length:
+            ds["mkts_variable"] = True  # as for tick queries: HTTPBackend folds Nanoseconds back
+        return {"result": ds}
 
     def _run_query(self, spec: _QuerySpec) -> dict[str, Any]:
         if spec.sql is not None:
@@ -597,9 +601,11 @@ class RpcService:
 def sql_batch(frame: pd.DataFrame) -> Batch:
     """A SQL result frame as a :class:`Batch` the wire can carry.
 
-    The ``Epoch`` index becomes the time (rows without one get the current second); timestamp
-    columns become int64 ns, nullable integers float64 (NA → NaN), text ``U16``. Text longer than
-    16 characters and duplicate column names are refused rather than silently changed.
+    The ``Epoch`` index becomes the time (rows without one get the current second); times with a
+    sub-second part travel as tick results do, ``Epoch`` seconds plus a trailing ``Nanoseconds``
+    column, so nothing is rounded away. Timestamp columns become int64 ns, nullable integers
+    float64 (NA → NaN), text ``U16``. Text longer than 16 characters and duplicate column names
+    are refused rather than silently changed.
     """
     n = len(frame)
     if isinstance(frame.index, pd.DatetimeIndex):
@@ -628,7 +634,11 @@ def sql_batch(frame: pd.DataFrame) -> Batch:
                 raise SQLError(f"column {name!r} holds text longer than 16 characters (the wire carries U16)")
             values = text.astype("U16") if n else np.empty(0, "U16")
         columns[name] = values
-    return Batch(np.ascontiguousarray(index, np.int64), columns)
+    index = np.ascontiguousarray(index, np.int64)
+    sub_second = bool(np.any(index % NS))
+    if sub_second and "Nanoseconds" in columns:
+        raise SQLError("the result's times have a sub-second part, sent as a Nanoseconds column: rename yours with AS")
+    return Batch(index, columns, variable_length=sub_second)
 
 
 def _conform(key: str, batch: Batch, schema: dict[str, np.dtype]) -> Batch:

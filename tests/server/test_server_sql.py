@@ -104,6 +104,22 @@ def test_full_sql_through_duckdb(client, sym, minute_bars) -> None:
     assert arr["ma"].tolist() == [10.5, 11.0, 12.0]
 
 
+def test_sub_second_times_keep_their_nanoseconds(client, sym) -> None:
+    ticks = np.array(
+        [(1_700_000_000, 5, 1.5), (1_700_000_000, 999_999_999, 2.5), (1_700_000_001, 0, 3.5)],
+        dtype=[("Epoch", "i8"), ("Nanoseconds", "i4"), ("Price", "f8")],
+    )
+    client.write(ticks, f"{sym}/1Sec/TICK", isvariablelength=True)
+    arr = client.sql(f"SELECT * FROM `{sym}/1Sec/TICK`").first().array
+    assert arr.dtype.names == ("Epoch", "Price", "Nanoseconds")
+    assert arr["Epoch"].tolist() == [1_700_000_000, 1_700_000_000, 1_700_000_001]
+    assert arr["Nanoseconds"].tolist() == [5, 999_999_999, 0]
+    duck = client.sql(f'SELECT Epoch, Price * 2 AS p2 FROM "{sym}/1Sec/TICK" ORDER BY Epoch DESC').first().array
+    assert duck["Nanoseconds"].tolist() == [0, 999_999_999, 5]
+    bars = client.sql(f"SELECT count(*) FROM `{sym}/1Sec/TICK`").first().array
+    assert "Nanoseconds" not in bars.dtype.names  # whole seconds: the usual result
+
+
 def test_sql_errors_reach_the_client(client, sym, minute_bars) -> None:
     with pytest.raises(Exception, match=r"line 1, column 14"):
         client.sql(f"SELECT * FRM `{sym}/1Min/OHLCV`")
