@@ -110,6 +110,8 @@ class Bucket:
         self.dtypes = {n: dtype_of(t) for n, t in self.schema}
         #: The column dtypes in schema order (what a write's columns are checked against first).
         self.dtype_list = tuple(self.dtypes[n] for n in self.names)
+        #: Bytes of one row's values (all columns).
+        self.row_bytes = sum(dt.itemsize for dt in self.dtype_list)
         self.timeframe = key.timeframe.seconds
         self.writable = writable
         self.record_type: str = meta["record_type"]

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ _I64_MAX = np.iinfo(np.int64).max
 _I8 = np.dtype(np.int64)
 #: Writes of at least this many consecutive bars are logged as ``write_run`` records (no times).
 _RUN_MIN_ROWS = 16
+#: Up to this many rows, a write's bar times are computed with Python ints (numpy's per-call cost dominates).
+_SMALL_ROWS = 32
 
 
 class Engine:
@@ -415,20 +418,19 @@ class Engine:
         if index.dtype != _I8 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
         n = index.shape[0]
-        cols = {name: np.asarray(v) for name, v in batch.columns.items()}
-        for name, v in cols.items():
-            if v.ndim != 1 or v.shape[0] != n:
-                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
         with self._write_lock:
             self._require_writable()
             bucket = self._bucket(k)
-            if bucket is None:
-                if n == 0:
-                    return
-                schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
-                self._log_create(k, schema, "variable" if variable_length else "fixed")
-                bucket = self._require(k)
-            arrays = _conform(bucket, cols)
+            arrays = _usual_columns(bucket, batch.columns, n) if bucket is not None else None
+            if arrays is None:  # a new bucket, or columns that need checking and converting
+                cols = _checked_columns(batch.columns, n)
+                if bucket is None:
+                    if n == 0:
+                        return
+                    schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
+                    self._log_create(k, schema, "variable" if variable_length else "fixed")
+                    bucket = self._require(k)
+                arrays = _conform(bucket, cols)
             if n == 0:
                 return
             if bucket.ticks is not None:
@@ -441,10 +443,9 @@ class Engine:
             b, item_key = bucket, bucket.item_key
             if not self._write_direct(bucket, secs, arrays):
                 apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
-                first = int(secs[0])
-                if n >= _RUN_MIN_ROWS and int(secs[-1]) - first == (secs.shape[0] - 1) * b.timeframe and arrays:
+                if n >= _RUN_MIN_ROWS and arrays and int(secs[-1]) - int(secs[0]) == (secs.shape[0] - 1) * b.timeframe:
                     # consecutive bars: log the first bar's time instead of every row's (8 bytes a row less to sync)
-                    self._log({"op": "write_run", "key": item_key, "start": first}, arrays, apply=apply)
+                    self._log({"op": "write_run", "key": item_key, "start": int(secs[0])}, arrays, apply=apply)
                 else:
                     self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
             stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
@@ -495,7 +496,7 @@ class Engine:
         committed one. Cost: the rows cross the page cache and the disk once, plus two small
         synced records (the log path writes them twice and syncs both copies' worth of bytes).
         """
-        if self.background_sync or self.wal_bypass or sum(a.nbytes for a in arrays) < DIRECT_MIN_BYTES:
+        if self.background_sync or self.wal_bypass or secs.shape[0] * b.row_bytes < DIRECT_MIN_BYTES:
             return False
         tf = b.timeframe
         if (int(secs[-1]) - int(secs[0])) // tf + 1 != secs.size:  # sorted and unique: so consecutive
@@ -845,9 +846,32 @@ def _validate_schema(columns: Sequence[tuple[str, str]], variable_length: bool) 
     return schema
 
 
+def _usual_columns(bucket: Bucket, columns: Mapping[str, Any], n: int) -> list[np.ndarray] | None:
+    """The columns as a list if they are exactly the bucket's (same names in the same order, numpy
+    arrays of its dtypes, ``n`` rows each: what :func:`frame_to_batch` makes of a frame that was
+    written before), else ``None``. One pass instead of :func:`_checked_columns` + :func:`_conform`,
+    which a 1-row append would pay ~6 µs for."""
+    if len(columns) != len(bucket.names) or list(columns) != bucket.names:
+        return None
+    arrays = list(columns.values())
+    for a, t in zip(arrays, bucket.dtype_list, strict=True):
+        if type(a) is not np.ndarray or a.dtype != t or a.shape != (n,):
+            return None
+    return arrays
+
+
+def _checked_columns(columns: Mapping[str, Any], n: int) -> dict[str, np.ndarray]:
+    """Every column as a 1-d array of ``n`` rows, or a :class:`SchemaMismatchError` naming the one that is not."""
+    cols = {name: np.asarray(v) for name, v in columns.items()}
+    for name, v in cols.items():
+        if v.ndim != 1 or v.shape[0] != n:
+            raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
+    return cols
+
+
 def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Columns in bucket order and dtype, or a :class:`SchemaMismatchError` naming the difference."""
-    if len(cols) == len(bucket.dtype_list):  # the usual case, checked first: same names, order and types
+    if len(cols) == len(bucket.dtype_list):  # same names, order and types: nothing to convert
         arrays = list(cols.values())
         if list(cols) == bucket.names and all(a.dtype == t for a, t in zip(arrays, bucket.dtype_list, strict=True)):
             return arrays
@@ -864,14 +888,20 @@ def _conform(bucket: Bucket, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def _normalise(index: np.ndarray, arrays: list[np.ndarray], tf: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Bar-start seconds, sorted, one row per bar (the last written wins)."""
-    secs = index // NS if tf == 1 else index // (tf * NS) * tf  # one division, not two
-    if secs.size > 1 and not (secs[1:] > secs[:-1]).all():
-        order = np.argsort(secs, kind="stable")
-        secs = secs[order]
-        keep = np.empty(secs.size, bool)
-        keep[-1] = True
-        np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
-        idx = order[keep]
-        secs = secs[keep]
-        arrays = [a[idx] for a in arrays]
-    return secs, arrays
+    if index.shape[0] <= _SMALL_ROWS:  # Python ints: two ufunc calls cost ~6 µs, a 1-row append's largest step
+        step = tf * NS
+        bars = [v // step * tf for v in index.tolist()]
+        secs = np.array(bars, np.int64)
+        if len(bars) == 1 or all(a < b for a, b in itertools.pairwise(bars)):
+            return secs, arrays
+    else:
+        secs = index // NS if tf == 1 else index // (tf * NS) * tf  # one division, not two
+        if (secs[1:] > secs[:-1]).all():
+            return secs, arrays
+    order = np.argsort(secs, kind="stable")
+    secs = secs[order]
+    keep = np.empty(secs.size, bool)
+    keep[-1] = True
+    np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
+    idx = order[keep]
+    return secs[keep], [a[idx] for a in arrays]
