@@ -2,14 +2,12 @@
 
 It speaks MarketStore's msgpack JSON-RPC (the same wire pymarketstore uses), plus a few
 mktsframe extensions (``mkts_*`` request keys and ``DataService.Delete``) so that every
-operation behaves exactly as on the local engine. One :class:`httpx.Client` is kept per backend,
-so connections are reused (keep-alive); every call has a timeout.
+operation behaves exactly as on the local engine. One :class:`~.http_pool.ConnectionPool` is kept
+per backend, so connections are reused (keep-alive) by any number of threads; every call has a timeout.
 
 Errors: a server-side mktsframe error comes back with its class name and is re-raised as the
 same class (``BucketNotFoundError`` for a missing bucket, ``SchemaMismatchError``...); an
 unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
-
-This is the only module that imports httpx, so swapping the HTTP client is a one-file change.
 """
 
 from __future__ import annotations
@@ -19,13 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlunparse
 
-import httpx
 import msgpack
 import numpy as np
 import pandas as pd
 
 from mktsframe import errors
 from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.backend.http_pool import ConnectionPool
 from mktsframe.dtypes import wire_type
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
@@ -63,11 +61,7 @@ class HTTPBackend:
         path = parts.path.rstrip("/") or "/rpc"
         self.url = urlunparse(parts._replace(path=path, query="", fragment=""))
         self.timeout = float(timeout)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout),
-            headers={"Content-Type": _MSGPACK, "Accept": _MSGPACK},
-            limits=httpx.Limits(max_keepalive_connections=8),
-        )
+        self._pool = ConnectionPool(self.url, {"Content-Type": _MSGPACK, "Accept": _MSGPACK}, self.timeout)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -79,15 +73,15 @@ class HTTPBackend:
             raise MktsError(f"{self.url}: connection is closed")
         body = msgpack.packb({"jsonrpc": "2.0", "method": method, "id": "1", "params": params}, use_bin_type=True)
         try:
-            resp = self._client.post(self.url, content=body)
-        except httpx.TimeoutException as exc:
+            status, content = self._pool.post(body)
+        except TimeoutError as exc:
             raise MktsError(f"server at {self.url} did not answer within {self.timeout:g} s ({exc})") from None
-        except httpx.TransportError as exc:
+        except OSError as exc:
             raise MktsError(f"cannot reach the mktsframe server at {self.url}: {exc or type(exc).__name__}") from None
-        if resp.status_code != 200:
-            raise MktsError(f"{self.url} answered HTTP {resp.status_code}: {resp.text[:300]}")
+        if status != 200:
+            raise MktsError(f"{self.url} answered HTTP {status}: {content[:300].decode('utf-8', 'replace')}")
         try:
-            reply = msgpack.unpackb(resp.content, raw=False)
+            reply = msgpack.unpackb(content, raw=False)
         except ValueError as exc:
             raise MktsError(f"{self.url} sent a reply that is not msgpack ({exc})") from None
         if not isinstance(reply, dict):
@@ -242,7 +236,7 @@ class HTTPBackend:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._client.close()
+            self._pool.close()
 
     def __enter__(self) -> HTTPBackend:
         return self
