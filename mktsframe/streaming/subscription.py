@@ -24,7 +24,7 @@ from mktsframe.streaming.messages import Chunk, Message
 from mktsframe.streaming.patterns import StreamPatterns
 from mktsframe.streaming.resume import Snapshot
 
-__all__ = ["Prelude", "Received", "Subscription"]
+__all__ = ["Prelude", "Received", "Subscription", "call_back"]
 
 log = logging.getLogger("mktsframe.streaming")
 
@@ -164,16 +164,20 @@ class Subscription:
         def run() -> None:
             try:
                 for msg in self:
-                    try:
-                        callback(msg)
-                    except Exception:
-                        log.exception("subscription callback %r failed", callback)
+                    call_back(callback, msg)
             except Exception as exc:  # e.g. a dropped connection: hand it to close()/the owner
                 log.warning("subscription %s ended: %s", list(self.streams), exc)
 
         self._thread = threading.Thread(target=run, name=f"mkts-subscription {self.streams[0]}", daemon=True)
         self._thread.start()
         return self
+
+    def join_on_close(self, thread: threading.Thread) -> None:
+        """Have :meth:`close` wait for ``thread``, which delivers this subscription's messages
+        (a ``/ws`` reader that calls the callback itself)."""
+        if self._thread is not None:
+            raise RuntimeError("this subscription already has a delivering thread")
+        self._thread = thread
 
     def fail(self, exc: BaseException) -> None:
         """End the subscription with ``exc`` (raised to the consumer after pending messages)."""
@@ -208,3 +212,11 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def call_back(callback: Callable[[Message], Any], msg: Message) -> None:
+    """``callback(msg)``; an exception is logged and never ends the subscription."""
+    try:
+        callback(msg)
+    except Exception:
+        log.exception("subscription callback %r failed", callback)

@@ -1,8 +1,14 @@
 """Subscriptions over a server's ``/ws`` (what ``HTTPBackend.subscribe`` returns).
 
-The socket is read by a daemon thread (``websockets``' threaded client) that only decodes frames
-and appends them to the subscription's bounded feed, so a slow consumer is handled the same way
-as in process. The subscribe message is MarketStore's ``{"streams": [...]}`` plus mktsframe's
+One daemon thread per subscription reads its socket (:class:`~.ws_socket.WsSocket`) and decodes
+the frames. Iterated (``for``/``async for``/``get``), the subscription gets them through its
+bounded feed, so a slow consumer is handled as in process. With ``callback=``, that thread calls
+the callback itself, one thread switch per message fewer: while a callback runs, rows wait in
+the server's queue for this connection, which applies the same ``max_rows`` and ``policy`` (a
+``"dropped"`` notice, or a close that ends the subscription with :class:`SlowConsumerError`), so
+a slow callback still never slows the writers or other subscribers.
+
+The subscribe message is MarketStore's ``{"streams": [...]}`` plus mktsframe's
 extensions, which MarketStore and the pymarketstore client never send:
 
 * ``mkts_since`` (int, ns UTC): replay rows from storage first (see :mod:`.resume`);
@@ -16,7 +22,6 @@ acknowledged after that is delivered.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -29,7 +34,7 @@ from mktsframe.errors import InvalidKeyError, MktsError
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed, OverflowPolicy, SlowConsumerError
 from mktsframe.streaming.messages import Message
 from mktsframe.streaming.patterns import stream_list
-from mktsframe.streaming.subscription import Received, Subscription
+from mktsframe.streaming.subscription import Received, Subscription, call_back
 from mktsframe.times import TimeLike, to_ns
 
 __all__ = ["subscribe_ws", "ws_url"]
@@ -61,7 +66,8 @@ def subscribe_ws(
     """Subscribe over ``/ws`` of the server at ``rpc_url``."""
     try:
         from websockets.exceptions import ConnectionClosed
-        from websockets.sync.client import connect
+
+        from mktsframe.streaming.ws_socket import WsSocket
     except ImportError:  # pragma: no cover - depends on the install
         raise MktsError("subscribing to a server needs 'websockets': pip install 'mktsframe[stream]'") from None
     streams = stream_list(pattern)
@@ -73,10 +79,7 @@ def subscribe_ws(
         request["mkts_since"] = since_ns
     url = ws_url(rpc_url)
     try:
-        # Entered as a context manager: the only form websockets >= 17.1 accepts without a warning.
-        ws = contextlib.ExitStack().enter_context(
-            connect(url, open_timeout=timeout, close_timeout=min(timeout, 5.0), compression=None, max_size=None)
-        )
+        ws = WsSocket(url, timeout)
     except (OSError, TimeoutError) as exc:
         raise MktsError(f"cannot open the stream at {url}: {exc}") from None
     except Exception as exc:  # websockets' handshake errors (e.g. HTTP 404 from a server without /ws)
@@ -84,7 +87,7 @@ def subscribe_ws(
     try:
         ws.send(msgpack.packb(request, use_bin_type=True))
         echo = msgpack.unpackb(ws.recv(timeout), raw=False)
-    except (TimeoutError, ConnectionClosed, ValueError) as exc:
+    except (OSError, ConnectionClosed, ValueError) as exc:  # OSError includes TimeoutError
         ws.close()
         raise MktsError(f"{url} did not confirm the subscription: {exc}") from None
     if isinstance(echo, dict) and "error" in echo:
@@ -93,29 +96,38 @@ def subscribe_ws(
 
     sub = Subscription(feed, streams=streams, on_close=ws.close)
 
+    def deliver(msg: Message) -> None:
+        if callback is not None:
+            call_back(callback, msg)
+        else:
+            feed.put(Received(msg))
+
     def read() -> None:
         try:
-            for frame in ws:
+            for frame in ws.messages():
                 try:
-                    msg = msgpack.unpackb(frame if isinstance(frame, bytes) else frame.encode(), raw=False)
+                    msg = msgpack.unpackb(frame, raw=False)
                 except ValueError:
                     log.warning("ignoring an undecodable stream frame from %s", url)
                     continue
                 if isinstance(msg, dict):
-                    feed.put(Received(msg))
-            # a clean close by the server (e.g. it is shutting down)
-            if not sub.closed:
-                sub.fail(MktsError(f"the server closed the stream {url}"))
-        except ConnectionClosed as exc:
+                    deliver(msg)
+        except ConnectionClosed:
             if sub.closed:
                 return
-            rcvd = exc.rcvd
+            rcvd = ws.close_received
             if rcvd is not None and rcvd.code == CLOSE_SLOW_CONSUMER:
-                sub.fail(SlowConsumerError(f"the server disconnected this slow subscriber ({rcvd.reason})"))
+                error: MktsError = SlowConsumerError(f"the server disconnected this slow subscriber ({rcvd.reason})")
+            elif rcvd is not None:
+                error = MktsError(f"the server closed the stream {url} ({rcvd.code} {rcvd.reason})".rstrip())
             else:
-                sub.fail(MktsError(f"the stream {url} was closed: {exc}"))
+                error = MktsError(f"the stream {url} was closed")
+            sub.fail(error)
+            if callback is not None:
+                log.warning("subscription %s ended: %s", list(streams), error)
 
-    threading.Thread(target=read, name=f"mkts-ws {url}", daemon=True).start()
+    reader = threading.Thread(target=read, name=f"mkts-ws {url}", daemon=True)
     if callback is not None:
-        sub.start_callback(callback)
+        sub.join_on_close(reader)
+    reader.start()
     return sub

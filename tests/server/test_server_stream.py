@@ -256,6 +256,31 @@ def test_slow_subscriber_does_not_hold_the_writer_or_others(live_server, sym):
     key = f"{sym}/1Min/WIDE"
     total, per_write = 80_000, 4_000
     slow = raw_subscriber(live_server, {"streams": [key], "mkts_max_rows": 500})
+    try:
+        fast_rows, fast_other = write_with_a_fast_subscriber(live_server, key, total, per_write)
+        slow.settimeout(20)
+        rows: list[int] = []
+        dropped = 0
+        while not rows or rows[-1] != total - 1:
+            msg = msgpack.loads(slow.recv())
+            if "notice" in msg:
+                assert msg["notice"] == "dropped"
+                dropped += msg["dropped"]
+            else:
+                rows.append(int(msg["data"]["Column00"]))
+    finally:
+        slow.close()
+    assert fast_rows == list(range(total))
+    assert fast_other == []
+    assert dropped > 0
+    assert len(rows) + dropped == total
+    assert rows == sorted(set(rows))  # in order, no duplicate
+    assert rows[-500:] == list(range(total - 500, total))  # the newest rows survive
+
+
+def write_with_a_fast_subscriber(server, key: str, total: int, per_write: int) -> tuple[list[int], list[dict]]:
+    """Write ``total`` wide rows (pymarketstore, ``per_write`` a call) while an HTTP-backend callback
+    subscriber reads them; returns the ``Column00`` values it got and its other messages."""
     fast_rows: list[int] = []
     fast_other: list[dict] = []
 
@@ -265,10 +290,10 @@ def test_slow_subscriber_does_not_hold_the_writer_or_others(live_server, sym):
         else:
             fast_other.append(msg)
 
-    with mf.connect(live_server.url) as db:
+    with mf.connect(server.url) as db:
         fast = db.subscribe(key, callback=on_fast)
         try:
-            client = pymkts.Client(live_server.rpc)
+            client = pymkts.Client(server.rpc)
             for first in range(0, total, per_write):
                 assert client.write(wide_bars(first, per_write), key) == {"responses": None}
             deadline = time.monotonic() + 60
@@ -276,23 +301,7 @@ def test_slow_subscriber_does_not_hold_the_writer_or_others(live_server, sym):
                 time.sleep(0.05)
         finally:
             fast.close()
-    assert fast_rows == list(range(total))
-    assert fast_other == []
-    slow.settimeout(20)
-    rows: list[int] = []
-    dropped = 0
-    while not rows or rows[-1] != total - 1:
-        msg = msgpack.loads(slow.recv())
-        if "notice" in msg:
-            assert msg["notice"] == "dropped"
-            dropped += msg["dropped"]
-        else:
-            rows.append(int(msg["data"]["Column00"]))
-    slow.close()
-    assert dropped > 0
-    assert len(rows) + dropped == total
-    assert rows == sorted(set(rows))  # in order, no duplicate
-    assert rows[-500:] == list(range(total - 500, total))  # the newest rows survive
+    return fast_rows, fast_other
 
 
 def test_policy_disconnect_closes_a_slow_subscriber(live_server, sym):
@@ -302,16 +311,18 @@ def test_policy_disconnect_closes_a_slow_subscriber(live_server, sym):
 
     key = f"{sym}/1Min/WIDE"
     slow = raw_subscriber(live_server, {"streams": [key], "mkts_max_rows": 500, "mkts_policy": "disconnect"})
-    client = pymkts.Client(live_server.rpc)
-    with mf.connect(live_server.url) as db:
-        sub = db.subscribe(key, max_rows=100, policy="disconnect")  # never read: its own feed overflows
-        for first in range(0, 80_000, 400):  # each write fits the bound: only a backlog overflows it
-            client.write(wide_bars(first, 400), key)
-        with pytest.raises(SlowConsumerError):
-            list(sub)  # what was kept, then the error
-        sub.close()
-    got, code = read_until_close(slow)
-    slow.close()
+    try:
+        client = pymkts.Client(live_server.rpc)
+        with mf.connect(live_server.url) as db:
+            sub = db.subscribe(key, max_rows=100, policy="disconnect")  # never read: its own feed overflows
+            for first in range(0, 80_000, 400):  # each write fits the bound: only a backlog overflows it
+                client.write(wide_bars(first, 400), key)
+            with pytest.raises(SlowConsumerError):
+                list(sub)  # what was kept, then the error
+            sub.close()
+        got, code = read_until_close(slow)
+    finally:
+        slow.close()
     assert code == 1008
     assert 0 < len(got) < 80_000
     epochs = [m["data"]["Epoch"] for m in got]
