@@ -368,7 +368,7 @@ def server_section(res: dict[str, Any]) -> str:
         "Reading the figures: a one-day query costs the server about 0.3 ms of work (decode, engine read, "
         "encode, measured in-process); the rest is HTTP over loopback and the client. pymarketstore's part is "
         "fixed: `requests` costs about 1.4 ms more per call than httpx against a minimal ASGI app, and its "
-        "decode plus `DataSet.df()` about 2.4 ms (measured alone); the HTTP backend uses httpx and builds the "
+        "decode plus `DataSet.df()` about 2.4 ms (measured alone); the HTTP backend posts with the standard library's http.client over kept-alive connections and builds the "
         "frame from the column buffers. Large replies are streamed from the result's "
         "column buffers (see [server](server.md)), so serving a whole bucket costs the server about the "
         "result once, and it gives that memory back. On this shared 2-CPU machine other jobs ran alongside, "
