@@ -1,12 +1,14 @@
-"""The starlette application: ``/rpc`` (POST, HEAD), ``/ws`` (push stream), ``/heartbeat``, and the lifespan.
+"""The ASGI application: ``/rpc`` (POST, HEAD), ``/ws`` (push stream), ``/heartbeat``, and the lifespan.
 
 The app is a thin async shell. Each ``/rpc`` body is read here (bounded by ``max_body_bytes``)
 and handed whole to :meth:`RpcService.handle` in a worker thread, so decoding, disk work and
 encoding never run on the event loop; the engine's own locks serialise writes through the WAL
 and let reads proceed between commits.
 
-``/rpc`` is a plain ASGI handler in front of starlette (which serves ``/heartbeat`` and ``/ws``):
-it is the hot path — a one-day query costs the server ~0.3 ms of work, and starlette's request,
+``/rpc`` and ``/ws`` are plain ASGI handlers in front of starlette (which serves ``/heartbeat``).
+``/ws`` needs uvicorn's own ``send`` to push rows without an ASGI message per frame
+(:mod:`mktsframe.server.ws_push`). ``/rpc`` is the hot path — a one-day query costs the server
+~0.3 ms of work, and starlette's request,
 response and middleware objects cost about as much again per call. The worker threads are a
 dedicated pool (``loop.run_in_executor``), cheaper per hop than anyio's limiter-guarded threads.
 
@@ -28,7 +30,7 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mktsframe.backend import Backend, connect
@@ -36,7 +38,8 @@ from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, Reply, RpcService, content_codec, request_error
-from mktsframe.server.ws import stream_endpoint
+from mktsframe.server.ws import serve_stream
+from mktsframe.server.ws_push import PushBatcher
 from mktsframe.streaming.hub import CommitHub
 
 __all__ = ["create_app", "server_version"]
@@ -85,8 +88,10 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
         app.state.plugins = plugins
         # One commit listener for all /ws connections; fan-out happens on this event loop.
-        hub = CommitHub(be.engine, loop=asyncio.get_running_loop()) if isinstance(be, LocalBackend) else None
+        loop = asyncio.get_running_loop()
+        hub = CommitHub(be.engine, loop=loop) if isinstance(be, LocalBackend) else None
         app.state.hub = hub
+        app.state.push = PushBatcher(loop)
         log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
         try:
             yield
@@ -108,7 +113,6 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
     site = Starlette(
         routes=[
             Route("/heartbeat", heartbeat, methods=["GET", "HEAD"]),
-            WebSocketRoute("/ws", stream_endpoint),
         ],
         lifespan=lifespan,
     )
@@ -122,7 +126,7 @@ RPC_THREADS = 40
 
 
 class RpcFront:
-    """``/rpc`` as a plain ASGI handler; everything else (lifespan, ``/heartbeat``, ``/ws``) goes
+    """``/rpc`` and ``/ws`` as plain ASGI handlers; everything else (lifespan, ``/heartbeat``) goes
     to the starlette ``site``, whose ``state`` this exposes."""
 
     def __init__(self, site: Starlette, headers: dict[str, str], limit: int) -> None:
@@ -138,6 +142,9 @@ class RpcFront:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/rpc":
             await self._rpc(scope, receive, send)
+            return
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await serve_stream(scope, receive, send, self.site.state)
             return
         try:
             await self.site(scope, receive, send)

@@ -14,10 +14,12 @@ Protocol (binary msgpack frames; see :mod:`mktsframe.streaming.messages` for the
   ``mkts_since`` replays from storage first, ``mkts_notices`` adds delete/destroy notices,
   ``mkts_max_rows``/``mkts_policy`` set this connection's queue (never above the server's bound).
 
-Each connection has a bounded :class:`~mktsframe.streaming.feed.Feed` filled by the app's
-:class:`~mktsframe.streaming.hub.CommitHub` and drained by its own sender task, so a slow reader
-only ever fills its own queue (policy ``drop_oldest`` by default; ``disconnect`` closes with code
-1008). On shutdown uvicorn closes every socket (code 1012) within ``stop_grace_period``.
+Each connection has a bounded :class:`~mktsframe.streaming.feed.Feed` drained by its own sender
+task, so a slow reader only ever fills its own queue (policy ``drop_oldest`` by default;
+``disconnect`` closes with code 1008). The app's :class:`~mktsframe.streaming.hub.CommitHub` hands
+each commit to the connection's :class:`_Outlet`, which writes the rows straight to the socket
+(:mod:`mktsframe.server.ws_push`) while nothing is queued there, and queues them otherwise. On
+shutdown uvicorn closes every socket (code 1012) within ``stop_grace_period``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from typing import Any
 
 import anyio.to_thread
 import msgpack
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mktsframe.errors import InvalidKeyError
+from mktsframe.server.ws_push import DirectTransport, PushBatcher, direct_transport
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed
 from mktsframe.streaming.hub import CommitHub, Subscriber
 from mktsframe.streaming.messages import Chunk, Notice
@@ -40,7 +44,7 @@ from mktsframe.streaming.patterns import StreamPatterns
 from mktsframe.streaming.resume import snapshot_since
 from mktsframe.streaming.ws_client import CLOSE_SLOW_CONSUMER
 
-__all__ = ["stream_endpoint"]
+__all__ = ["serve_stream"]
 
 log = logging.getLogger("mktsframe.server.ws")
 
@@ -58,15 +62,51 @@ class _CatchUp:
         return 0
 
 
-async def stream_endpoint(websocket: WebSocket) -> None:
-    hub: CommitHub | None = getattr(websocket.app.state, "hub", None)
+class _Outlet:
+    """Where the hub puts this connection's commits (on the event loop): straight to the socket
+    while that cannot overtake or bypass anything, else into the bounded feed for the sender."""
+
+    def __init__(self, feed: Feed, direct: DirectTransport | None, batcher: PushBatcher | None) -> None:
+        self.feed = feed
+        self.direct = direct
+        self.batcher = batcher
+        self.sending = False
+        """The sender holds items it took from the feed and has not sent yet."""
+        self.skip: tuple[int, StreamPatterns] | None = None
+        """After a ``since`` replay: commits up to this seq, to these patterns, were replayed."""
+
+    def put(self, item: Chunk | Notice | _CatchUp) -> None:
+        direct, batcher = self.direct, self.batcher
+        if direct is None or batcher is None:
+            self.feed.put(item)
+        elif (isinstance(item, Chunk) and not self.sending and self.feed.idle() and not self.replayed(item)
+                and direct.writable()):
+            batcher.push(direct, item)
+        else:
+            batcher.flush(direct)  # rows already on their way go first
+            self.feed.put(item)
+
+    def close(self) -> None:
+        self.feed.close()
+
+    def replayed(self, item: Chunk | Notice) -> bool:
+        skip = self.skip
+        return skip is not None and 0 < item.seq <= skip[0] and skip[1].matches(item.key)
+
+
+async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -> None:
+    """The ASGI handler of ``/ws``; ``state`` is the app's (``hub``, ``push``). Called with the
+    server's own ``send`` (not a middleware's wrapper), so rows can be written directly."""
+    websocket = WebSocket(scope, receive, send)
+    hub: CommitHub | None = getattr(state, "hub", None)
     await websocket.accept()
     if hub is None:  # a backend without a local engine (nothing to hear)
         await websocket.close(1011, "this server has no local engine to stream")
         return
     feed = Feed(DEFAULT_MAX_ROWS)
-    subscriber = hub.subscribe(StreamPatterns(), feed)
-    sender = asyncio.create_task(_send(websocket, feed, hub))
+    outlet = _Outlet(feed, direct_transport(send), getattr(state, "push", None))
+    subscriber = hub.subscribe(StreamPatterns(), outlet)
+    sender = asyncio.create_task(_send(websocket, outlet, hub))
     try:
         while True:
             message = await websocket.receive()
@@ -75,7 +115,7 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             raw = message.get("bytes")
             if raw is None:
                 raw = (message.get("text") or "").encode()
-            _handle_subscribe(raw, subscriber, feed)
+            _handle_subscribe(raw, subscriber, outlet)
     except WebSocketDisconnect:
         pass
     finally:
@@ -86,7 +126,9 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             await sender
 
 
-def _handle_subscribe(raw: bytes, subscriber: Subscriber, feed: Feed) -> None:
+def _handle_subscribe(raw: bytes, subscriber: Subscriber, outlet: _Outlet) -> None:
+    """Apply one subscribe message; the echo, errors and replays are queued in order with the rows."""
+    feed = outlet.feed
     try:
         request: Any = msgpack.unpackb(raw, raw=False)
     except Exception as exc:
@@ -98,7 +140,7 @@ def _handle_subscribe(raw: bytes, subscriber: Subscriber, feed: Feed) -> None:
     try:
         patterns = StreamPatterns(request["streams"])
     except InvalidKeyError as exc:
-        feed.put(Notice({"error": str(exc)}))
+        outlet.put(Notice({"error": str(exc)}))
         return
     if patterns:
         subscriber.patterns = patterns
@@ -108,24 +150,25 @@ def _handle_subscribe(raw: bytes, subscriber: Subscriber, feed: Feed) -> None:
         feed.max_rows = min(max_rows, DEFAULT_MAX_ROWS)
     if request.get("mkts_policy") in ("drop_oldest", "disconnect"):
         feed.policy = request["mkts_policy"]
-    feed.put(Notice(request, raw=raw))
+    outlet.put(Notice(request, raw=raw))
     since = request.get("mkts_since")
     if isinstance(since, int) and not isinstance(since, bool):
-        feed.put(_CatchUp(subscriber.patterns, since))
+        outlet.put(_CatchUp(subscriber.patterns, since))
 
 
-async def _send(websocket: WebSocket, feed: Feed, hub: CommitHub) -> None:
-    skip: tuple[int, StreamPatterns] | None = None
+async def _send(websocket: WebSocket, outlet: _Outlet, hub: CommitHub) -> None:
+    feed = outlet.feed
     try:
         while True:
             items, dropped = feed.take()
+            outlet.sending = bool(items or dropped)
             if dropped:
                 await websocket.send_bytes(msgpack.packb({"notice": "dropped", "dropped": dropped}))
             for item in items:
                 if isinstance(item, _CatchUp):
-                    skip = await _replay(websocket, hub, item)
+                    outlet.skip = await _replay(websocket, hub, item)
                     continue
-                if skip is not None and 0 < item.seq <= skip[0] and skip[1].matches(item.key):
+                if outlet.replayed(item):
                     continue
                 for frame in item.frames():
                     await websocket.send_bytes(frame)

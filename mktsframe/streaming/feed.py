@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 from mktsframe.errors import MktsError
 
-__all__ = ["DEFAULT_MAX_ROWS", "Feed", "OverflowPolicy", "SlowConsumerError"]
+__all__ = ["DEFAULT_MAX_ROWS", "Feed", "OverflowPolicy", "Sink", "SlowConsumerError"]
 
 OverflowPolicy = Literal["drop_oldest", "disconnect"]
 #: Pending rows a subscriber may fall behind by before the overflow policy applies.
@@ -39,6 +39,14 @@ class SlowConsumerError(MktsError):
 class Item(Protocol):
     def __len__(self) -> int: ...
     def tail(self, n: int) -> Any: ...
+
+
+class Sink(Protocol):
+    """What a producer hands items to: a :class:`Feed`, or something that decides per item
+    (the server's ``/ws`` connection outlet)."""
+
+    def put(self, item: Any) -> None: ...
+    def close(self) -> None: ...
 
 
 class Feed:
@@ -117,6 +125,10 @@ class Feed:
         with self._cond:
             self._closed = True
             self._wake()
+
+    def idle(self) -> bool:
+        """Nothing pending (no item, no drop to report) and still open."""
+        return not self._items and not self._dropped and not self._closed
 
     def _ready(self) -> bool:
         return bool(self._items) or bool(self._dropped) or self._closed

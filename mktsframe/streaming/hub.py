@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mktsframe.engine import Engine
 from mktsframe.engine.commits import CommitEvent
-from mktsframe.streaming.feed import Feed
+from mktsframe.streaming.feed import Sink
 from mktsframe.streaming.messages import Chunk, Notice
 from mktsframe.streaming.patterns import StreamPatterns
 from mktsframe.streaming.record_types import RecordTypes
@@ -27,10 +27,10 @@ __all__ = ["CommitHub", "Subscriber", "hub_for"]
 
 @dataclass(eq=False)
 class Subscriber:
-    """One subscriber's patterns (replaceable at any time) and feed."""
+    """One subscriber's patterns (replaceable at any time) and feed (a :class:`Feed` or another sink)."""
 
     patterns: StreamPatterns
-    feed: Feed
+    feed: Sink
     notices: bool = False
     """Also receive delete/destroy notices (mktsframe clients; never pymarketstore's)."""
 
@@ -49,7 +49,7 @@ class CommitHub:
     def __len__(self) -> int:
         return len(self._subscribers)
 
-    def subscribe(self, patterns: StreamPatterns, feed: Feed, *, notices: bool = False) -> Subscriber:
+    def subscribe(self, patterns: StreamPatterns, feed: Sink, *, notices: bool = False) -> Subscriber:
         sub = Subscriber(patterns, feed, notices)
         with self._lock:
             self._subscribers = (*self._subscribers, sub)
