@@ -31,10 +31,10 @@ import errno
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import crc32c
 import msgpack
@@ -59,6 +59,9 @@ MAX_DATA = 1 << 34
 PREALLOCATE = 4 << 20
 #: Records with up to this many bytes of array data are assembled into one buffer and written with one ``pwrite``.
 _JOIN_MAX = 4096
+#: Entries kept by each of the log's small caches of packed metadata.
+_CACHE_MAX = 4096
+_V = TypeVar("_V")
 
 
 @dataclass
@@ -101,9 +104,14 @@ def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
         buf, offset = buf[n:], offset + n
 
 
-def _array_list(arrays: Sequence[np.ndarray]) -> list[tuple[str, int]]:
-    """The ``arrays`` entry of a record's meta: each array's dtype (``"<f8"``) and element count."""
-    return [(a.dtype.str, a.size) for a in arrays]
+def _cached(cache: dict[tuple[Any, ...], _V], key: tuple[Any, ...], make: Callable[[], _V]) -> _V:
+    """``cache[key]``, made by ``make()`` on a miss; emptied at ``_CACHE_MAX`` entries so it stays bounded."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        value = cache[key] = make()
+    return value
 
 
 def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:
@@ -127,6 +135,7 @@ class WriteAheadLog:
         self._pos = 0  # where the next frame goes in the open segment
         self._allocated = 0  # bytes of the open segment that are allocated (its size)
         self._packed_meta: dict[tuple[Any, ...], bytes] = {}
+        self._array_lists: dict[tuple[Any, ...], list[tuple[str, int]]] = {}
         self.next_seq = 1
         self.written_seq = 0
         self.synced_seq = 0
@@ -225,20 +234,19 @@ class WriteAheadLog:
     def _pack_meta(self, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> bytes:
         """``meta`` plus the ``arrays`` list (``[(dtype.str, count), ...]``), msgpack'd.
 
-        The common ``{op, key}`` metas are cached by their arrays' dtypes and lengths: a 1-row
-        append logs the same bytes every time, and packing them (``dtype.str`` alone is ~0.7 µs
-        an array) cost ~10 µs of a ~60 µs append.
+        Both are cached by the arrays' dtypes and counts (``dtype.str`` alone costs ~0.7 µs an
+        array), and the common ``{op, key}`` metas whole: a 1-row append logs the same bytes every
+        time, and packing them cost ~10 µs of a ~60 µs append.
         """
-        if len(meta) != 2 or "op" not in meta or "key" not in meta:
-            return msgpack.packb({**meta, "arrays": _array_list(arrays)}, use_bin_type=True)  # type: ignore[no-any-return]
-        cache_key = (meta["op"], meta["key"], *[a.dtype for a in arrays], *[a.size for a in arrays])
-        packed = self._packed_meta.get(cache_key)
-        if packed is None:
-            if len(self._packed_meta) >= 4096:
-                self._packed_meta.clear()
-            packed = msgpack.packb({**meta, "arrays": _array_list(arrays)}, use_bin_type=True)
-            self._packed_meta[cache_key] = packed
-        return packed
+        shape = (*[a.dtype for a in arrays], *[a.size for a in arrays])
+        listed = _cached(self._array_lists, shape, lambda: [(a.dtype.str, a.size) for a in arrays])
+        if len(meta) != 2 or "op" not in meta or "key" not in meta:  # e.g. a write_run's start: packed each time
+            return msgpack.packb({**meta, "arrays": listed}, use_bin_type=True)  # type: ignore[no-any-return]
+        return _cached(
+            self._packed_meta,
+            (meta["op"], meta["key"], *shape),
+            lambda: msgpack.packb({**meta, "arrays": listed}, use_bin_type=True),
+        )
 
     def _preallocate(self, needed: int) -> None:
         """Grow the open segment's allocation past ``needed`` bytes (zero-filled, ``PREALLOCATE`` steps)."""

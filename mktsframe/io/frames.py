@@ -81,7 +81,7 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC", nanoseconds_column: boo
             continue
         arr = arrays[i]
         cols[name] = arr if arr is not None else _column_values(name, df, i)
-    return Batch(np.asarray(ns, dtype=np.int64), cols)
+    return Batch(ns, cols)  # int64 on every branch above
 
 
 #: Column names per column index, keyed by the identity of the index's data (frames cut from one
