@@ -101,6 +101,36 @@ def test_write_select_delete_round_trip(tmp_path: Path) -> None:
     yf.close()
 
 
+def test_staged_values_stay_invisible_until_written(tmp_path: Path) -> None:
+    """stage_run (what a durable append does while its log record is being synced) copies values
+    only into slots outside the watermarks, marks nothing present, and never touches a stored row."""
+    yf = make(tmp_path / "2024.bin")
+    names = list(yf.columns)
+    vals = values(20)
+    yf.write_run(100, 20, [vals[n] for n in names])
+    before = read_all(yf)
+    staged = values(20, seed=5)
+    yf.stage_run(100, [staged[n] for n in names])  # inside the watermarks: nothing happens
+    yf.stage_run(110, [staged[n] for n in names])  # overlaps the data: nothing happens
+    after = read_all(yf)
+    np.testing.assert_array_equal(after[0], before[0])
+    for n in names:
+        np.testing.assert_array_equal(after[1][n], before[1][n])
+    yf.stage_run(120, [staged[n] for n in names])  # past the data: values land, rows do not appear
+    assert (yf.lo, yf.hi) == (100, 120)
+    assert yf.count() == 20
+    assert not yf.presence[120:140].any()
+    np.testing.assert_array_equal(yf.columns["Name"][120:140], staged["Name"])
+    yf.stage_run(527_030, [staged[n] for n in names])  # would run past the end of the year: nothing happens
+    assert not yf.columns["Volume"][527_030:].any()
+    yf.write_run(120, 20, [staged[n] for n in names])  # the write itself publishes them
+    assert (yf.lo, yf.hi) == (100, 140)
+    ns, got = read_all(yf)
+    assert ns.size == 40
+    np.testing.assert_array_equal(got["Open"][20:], staged["Open"])
+    yf.close()
+
+
 def test_out_of_range_slots_are_refused(tmp_path: Path) -> None:
     yf = make(tmp_path / "2023.bin", year=2023)
     with pytest.raises(ValueError, match="out of range"):

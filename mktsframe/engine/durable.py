@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_dir", "pwrite_durable", "write_atomic"]
+__all__ = ["fsync_dir", "pwrite_durable", "start_writeback", "write_atomic"]
 
 #: Bytes copied per ``pwrite`` before write-back of that piece is started (see :func:`pwrite_durable`).
 WRITEBACK_CHUNK = 1 << 20
@@ -33,6 +33,15 @@ def _load_sync_file_range() -> Any:
 
 
 _sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> None:
+    """Start writing ``fd``'s dirty pages in ``[offset, offset + nbytes)`` (``nbytes=0``: to the
+    end) to the disk and return at once (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so that a
+    later ``fdatasync`` finds the write already in flight. Durability still rests on that
+    ``fdatasync``; without ``sync_file_range`` (not Linux) this does nothing."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(path: Path) -> None:
@@ -71,7 +80,6 @@ def pwrite_durable(fd: int, parts: Sequence[tuple[int, memoryview]]) -> None:
         done, size = 0, len(buf)
         while done < size:
             n = os.pwrite(fd, buf[done : done + WRITEBACK_CHUNK], offset + done)
-            if _sync_file_range is not None:
-                _sync_file_range(fd, offset + done, n, _SYNC_FILE_RANGE_WRITE)
+            start_writeback(fd, offset + done, n)
             done += n
     os.fdatasync(fd)

@@ -60,6 +60,8 @@ _I64_MAX = np.iinfo(np.int64).max
 _I8 = np.dtype(np.int64)
 #: Writes of at least this many consecutive bars are logged as ``write_run`` records (no times).
 _RUN_MIN_ROWS = 16
+#: Durable appends of at least this many bars stage their values while the log is written (Engine._stage_append).
+_STAGE_MIN_ROWS = 256
 #: Up to this many rows, a write's bar times are computed with Python ints (numpy's per-call cost dominates).
 _SMALL_ROWS = 32
 
@@ -443,11 +445,12 @@ class Engine:
             b, item_key = bucket, bucket.item_key
             if not self._write_direct(bucket, secs, arrays):
                 apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
+                stage = self._stage_append(b, secs, arrays)
                 if n >= _RUN_MIN_ROWS and arrays and int(secs[-1]) - int(secs[0]) == (secs.shape[0] - 1) * b.timeframe:
                     # consecutive bars: log the first bar's time instead of every row's (8 bytes a row less to sync)
-                    self._log({"op": "write_run", "key": item_key, "start": int(secs[0])}, arrays, apply=apply)
+                    self._log({"op": "write_run", "key": item_key, "start": int(secs[0])}, arrays, apply, stage)
                 else:
-                    self._log({"op": "write", "key": item_key}, [secs, *arrays], apply=apply)
+                    self._log({"op": "write", "key": item_key}, [secs, *arrays], apply, stage)
             stored = Batch(secs * NS, dict(zip(bucket.names, arrays, strict=True))) if self.commits else None
             self._announce("write", item_key, batch=stored)
 
@@ -545,13 +548,30 @@ class Engine:
         if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
             self._checkpoint(rotate=True)
 
+    def _stage_append(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> Callable[[], None] | None:
+        """What a durable write can do while its log record is on the way to the disk: an append of
+        at least ``_STAGE_MIN_ROWS`` bars past the last-written year file's data stages its values
+        there (:meth:`YearFile.stage_run`, invisible until applied). ``None`` when there is nothing to
+        gain (``background_sync``, small writes: the extra system call would cost more)."""
+        yf = b.last_written
+        if self.background_sync or secs.shape[0] < _STAGE_MIN_ROWS or yf is None:
+            return None
+        run = _run_start(yf, secs)
+        return None if run is None else lambda: yf.stage_run(run, arrays)
+
     def _log(
-        self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = (), apply: Callable[[], Any] | None = None
+        self,
+        meta: dict[str, Any],
+        arrays: Sequence[np.ndarray] = (),
+        apply: Callable[[], Any] | None = None,
+        stage: Callable[[], None] | None = None,
     ) -> Any:
         """Log one operation, make it durable (unless ``background_sync``), then apply it.
 
         ``apply`` applies it directly when the caller already resolved what :meth:`_apply` would
         look up again from ``meta`` (a fixed-bucket write: its bucket); it must not need the ``seq``.
+        ``stage`` is work that changes nothing a reader or a replay can see: it runs after the
+        record's disk write has been started and before waiting for it (``fdatasync``), so the two overlap.
         """
         wal = self._wal
         assert wal is not None
@@ -561,6 +581,9 @@ class Engine:
         if meta["op"] != "create":
             self._log_replays_over_rows = True
         if not self.background_sync:
+            if stage is not None:
+                wal.start_sync()
+                stage()
             wal.sync()
         return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
 
@@ -631,15 +654,15 @@ class Engine:
         return "write", k.item_key, min(s for s, _ in spans) * NS, max(e for _, e in spans) * NS
 
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
-        first, last = int(secs[0]), int(secs[-1])
         yf = b.last_written
-        if yf is not None and yf.year_start <= first and last < yf.year_end:  # appends: same year again
-            tf, n = b.timeframe, secs.shape[0]
-            if last - first == (n - 1) * tf:  # sorted and unique, so a contiguous run of bars
-                yf.write_run((first - yf.year_start) // tf, n, arrays)
-            else:
-                yf.write((secs - yf.year_start) // tf, dict(zip(b.names, arrays, strict=True)))
-            return
+        if yf is not None:  # appends land in the same year file again: no calendar maths
+            run = _run_start(yf, secs)
+            if run is not None:
+                yf.write_run(run, secs.shape[0], arrays)
+                return
+            if yf.year_start <= int(secs[0]) and int(secs[-1]) < yf.year_end:
+                yf.write((secs - yf.year_start) // b.timeframe, dict(zip(b.names, arrays, strict=True)))
+                return
         for year, a, z in _year_spans(secs):
             yf = b.year_file(year, create=True)
             assert yf is not None
@@ -807,6 +830,15 @@ def _expand_run(meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[st
     start = int(meta["start"])
     secs = np.arange(start, start + arrays[0].shape[0] * tf, tf, dtype=np.int64)
     return {"op": "write", "key": meta["key"]}, [secs, *arrays]
+
+
+def _run_start(yf: YearFile, secs: np.ndarray) -> int | None:
+    """The first slot of ``secs`` (sorted, unique bar starts) if they are a contiguous run of bars
+    inside ``yf``'s year, else ``None``."""
+    first, last = int(secs[0]), int(secs[-1])
+    if yf.year_start <= first and last < yf.year_end and last - first == (secs.shape[0] - 1) * yf.timeframe:
+        return (first - yf.year_start) // yf.timeframe
+    return None
 
 
 def _int_or_none(v: int | None) -> int | None:

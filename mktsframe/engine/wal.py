@@ -40,7 +40,7 @@ import crc32c
 import msgpack
 import numpy as np
 
-from mktsframe.engine.durable import fsync_dir, write_atomic
+from mktsframe.engine.durable import fsync_dir, start_writeback, write_atomic
 
 __all__ = ["Record", "ReplayReport", "WriteAheadLog"]
 
@@ -259,6 +259,12 @@ class WriteAheadLog:
                 raise
             return
         self._allocated = size
+
+    def start_sync(self) -> None:
+        """Start writing the records appended since the last :meth:`sync` to the disk without
+        waiting, so work done before :meth:`sync` overlaps the disk write (not durable yet)."""
+        if self._fd is not None and self.synced_seq < self.written_seq:
+            start_writeback(self._fd)
 
     def sync(self) -> None:
         """Make every appended record durable (``fdatasync``)."""

@@ -358,6 +358,25 @@ class YearFile:
         self._widen_bounds(first, stop)
         self.dirty = True
 
+    def stage_run(self, first: int, values: list[np.ndarray]) -> None:
+        """Copy a run's values (schema order) into slots ``first, first+1, ...`` if they lie outside
+        the watermarks, without marking them present; otherwise do nothing.
+
+        Readers never look outside the watermarks and a crash leaves those slots absent (presence
+        0), so this may run before the write is durable: the engine does it while the log's
+        ``fdatasync`` is in flight, taking the page faults of fresh pages (~30 µs per 1,000 bars)
+        off the write's critical path. :meth:`write_run` then stores the same values again (the
+        pages are resident by then) and publishes them.
+        """
+        stop = first + values[0].shape[0] if values else first
+        lo, hi = self.lo, self.hi
+        if not (0 <= first < stop <= self.nslots and (lo == hi or first >= hi or stop <= lo)):
+            return
+        if self.presence[first:stop].any():  # belt and braces: a row is never touched before its write is durable
+            return
+        for col, v in zip(self.columns.values(), values, strict=True):
+            col[first:stop] = v
+
     def _widen_bounds(self, first: int, stop: int) -> None:
         """Move the watermarks out to cover slots ``[first, stop)`` that now hold rows."""
         lo, hi = self.lo, self.hi
