@@ -1,12 +1,19 @@
-"""One client WebSocket connection on a plain blocking socket, driven by ``websockets``' sans-I/O
-protocol (handshake, framing, ping/pong, the closing handshake): what a ``/ws`` subscription reads.
+"""One client WebSocket connection on a plain blocking socket: what a ``/ws`` subscription reads.
 
 Why not ``websockets``' threaded client: it reads the socket in a thread of its own and hands
 every message to the reading thread through a condition variable, a thread switch per message.
-A subscriber receiving one frame per committed row spends most of its CPU on those switches
+A subscriber receiving one frame per committed row spent most of its CPU on those switches
 (100 subscriptions in four processes used twice the server's CPU). Here the thread that calls
-:meth:`WsSocket.messages` reads the socket itself, and each ``recv`` decodes every frame that
+:meth:`WsSocket.messages` reads the socket itself, and each ``recv`` yields every frame that
 arrived with it.
+
+``websockets``' sans-I/O protocol does the opening handshake and builds every frame we send
+(masked, as a client must: the subscribe message, pongs, the close). Incoming frames are
+decoded here (RFC 6455 §5.2): a server's frames are unmasked and, without extensions, a 2-10 byte
+header and the payload, a few microseconds per frame in Python where the general parser takes
+several times that; with a thousand frames a second per subscription that is most of a
+subscriber's CPU. Pings are answered, fragmented messages reassembled, a close frame answered
+and reported; a masked or reserved-bit frame is a protocol error (close 1002).
 
 :meth:`close` may be called from any thread: it sends the close frame and shuts the socket down,
 so a reader blocked in ``recv`` returns at once.
@@ -22,7 +29,7 @@ import threading
 from collections.abc import Iterator
 
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, ProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -33,6 +40,8 @@ __all__ = ["WsSocket"]
 #: Bytes asked of the kernel per ``recv``: room for a few thousand pushed rows at once.
 RECV_BYTES = 1 << 18
 
+_CONT, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
 
 class WsSocket:
     """An open WebSocket to ``url`` (``ws://`` or ``wss://``); raises :class:`OSError`,
@@ -42,9 +51,11 @@ class WsSocket:
         uri = parse_uri(url)
         self._protocol = ClientProtocol(uri, max_size=None)  # no extensions: no compression
         self._send_lock = threading.Lock()
-        self._pending: collections.deque[Frame] = collections.deque()
+        self._buffer = bytearray()
         self._parts: list[bytes] = []
-        self._eof = False
+        self._messages: collections.deque[bytes] = collections.deque()
+        self._close_rcvd: Close | None = None
+        self._ended = False
         self._reading = False
         self._closing = False
         sock = socket.create_connection((uri.host, uri.port), timeout)
@@ -62,18 +73,16 @@ class WsSocket:
         sock.settimeout(None)
 
     def _handshake(self) -> None:
-        while True:
-            self._receive()
-            for event in self._protocol.events_received():
-                if isinstance(event, Response):
-                    if self._protocol.handshake_exc is not None:
-                        raise self._protocol.handshake_exc
-                    continue
-                self._pending.append(event)  # frames that came with the response
-            if self._protocol.state is State.OPEN:
-                return
-            if self._eof or self._protocol.state is State.CLOSED:
+        while self._protocol.state is State.CONNECTING:
+            data = self._sock.recv(RECV_BYTES)
+            if not data:
                 raise InvalidHandshake("the server closed the connection during the handshake")
+            self._protocol.receive_data(data)
+            for event in self._protocol.events_received():
+                if isinstance(event, Response) and self._protocol.handshake_exc is not None:
+                    raise self._protocol.handshake_exc
+                if isinstance(event, Frame):  # (a server sends nothing before our subscribe)
+                    self._frame(event.opcode.value, event.fin, bytes(event.data))
 
     # -- sending ----------------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -82,51 +91,104 @@ class WsSocket:
             self._flush()
 
     def _flush(self) -> None:
-        """Send what the protocol has queued (frames, pongs, the close reply); caller holds the lock
-        or is the only thread using the socket yet."""
+        """Send what the protocol has queued; the caller holds the lock or is the only user yet."""
         out = b"".join(self._protocol.data_to_send())
         if out:
             self._sock.sendall(out)
 
+    def _send_frame(self, frame: Frame) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            if not self._closing:
+                self._protocol.send_frame(frame)
+                self._flush()
+
     # -- receiving --------------------------------------------------------------------------------
-    def _receive(self) -> None:
-        """Feed one ``recv`` to the protocol (end of stream, a reset or a local shutdown: EOF)."""
-        try:
-            data = self._sock.recv(RECV_BYTES)
-        except TimeoutError:
-            raise
-        except (OSError, ValueError):
-            data = b""
-        if data:
-            self._protocol.receive_data(data)
-        elif not self._eof:
-            self._eof = True
-            self._protocol.receive_eof()
+    def _decode(self) -> None:
+        """Move every complete frame out of the buffer: data messages to ``_messages``, control
+        frames answered; a close or a protocol error ends the stream."""
+        buf = self._buffer
+        size = len(buf)
+        i = 0
+        while not self._ended and size - i >= 2:
+            b0, b1 = buf[i], buf[i + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                head = 4
+                if size - i < head:
+                    break
+                length = int.from_bytes(buf[i + 2 : i + 4], "big")
+            elif length == 127:
+                head = 10
+                if size - i < head:
+                    break
+                length = int.from_bytes(buf[i + 2 : i + 10], "big")
+            end = i + head + length
+            if end > size:
+                break
+            payload = bytes(buf[i + head : end])
+            i = end
+            if b1 & 0x80 or b0 & 0x70:
+                self._fail(1002, "masked or reserved-bit frame from the server")
+            else:
+                self._frame(b0 & 0x0F, bool(b0 & 0x80), payload)
+        del buf[:i]
+
+    def _frame(self, opcode: int, fin: bool, payload: bytes) -> None:
+        if opcode in (_BINARY, _TEXT, _CONT):
+            if not fin or self._parts:
+                self._parts.append(payload)
+                if not fin:
+                    return
+                payload = b"".join(self._parts)
+                self._parts = []
+            self._messages.append(payload)
+        elif opcode == _PING:
+            self._send_frame(Frame(Opcode.PONG, payload))
+        elif opcode == _CLOSE:
+            try:
+                self._close_rcvd = Close.parse(payload)
+            except (ProtocolError, UnicodeDecodeError):
+                self._close_rcvd = Close(1002, "")
+            with self._send_lock, contextlib.suppress(OSError):
+                if self._protocol.state is State.OPEN and not self._closing:
+                    self._protocol.send_close(self._close_rcvd.code if self._close_rcvd.code != 1005 else None)
+                    self._flush()
+            self._ended = True
+        elif opcode != _PONG:
+            self._fail(1002, f"unknown opcode {opcode}")
+
+    def _fail(self, code: int, reason: str) -> None:
+        with self._send_lock, contextlib.suppress(OSError):
+            if self._protocol.state is State.OPEN and not self._closing:
+                self._protocol.send_close(code, reason)
+                self._flush()
+        self._ended = True
 
     def messages(self, timeout: float | None = None) -> Iterator[bytes]:
         """Each data message as it arrives (text as UTF-8 bytes), until the connection closes;
-        then raises :class:`ConnectionClosed` (``exc.rcvd``: the server's close frame, if any).
-        ``timeout`` bounds each wait for data (:class:`TimeoutError`)."""
+        then raises :class:`ConnectionClosed` (:attr:`close_received`: the server's close frame,
+        if any). ``timeout`` bounds each wait for data (:class:`TimeoutError`)."""
         self._sock.settimeout(timeout)
         self._reading = True
-        pending = self._pending
+        queued = self._messages
         try:
             while True:
-                while pending:
-                    frame = pending.popleft()
-                    if frame.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
-                        self._parts.append(frame.data)
-                        if frame.fin:
-                            data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
-                            self._parts = []
-                            yield bytes(data)
-                if self._eof or self._protocol.state is State.CLOSED:
-                    raise self._protocol.close_exc
-                self._receive()
-                pending.extend(e for e in self._protocol.events_received() if isinstance(e, Frame))
-                with self._send_lock, contextlib.suppress(OSError):
-                    if not self._closing:
-                        self._flush()  # pongs and the reply to a close
+                while queued:
+                    yield queued.popleft()
+                if self._ended:
+                    raise ConnectionClosed(self._close_rcvd, None)
+                try:
+                    data = self._sock.recv(RECV_BYTES)
+                except TimeoutError:
+                    raise
+                except (OSError, ValueError):  # shut down by close(), or reset by the peer
+                    data = b""
+                if not data:
+                    self._ended = True
+                    continue
+                self._buffer += data
+                self._decode()
         finally:
             with self._send_lock:
                 self._reading = False
@@ -142,7 +204,7 @@ class WsSocket:
 
     @property
     def close_received(self) -> Close | None:
-        return self._protocol.close_rcvd
+        return self._close_rcvd
 
     # -- closing ----------------------------------------------------------------------------------
     def close(self) -> None:
