@@ -169,8 +169,11 @@ class WsSocket:
         """Each data message as it arrives (text as UTF-8 bytes), until the connection closes;
         then raises :class:`ConnectionClosed` (:attr:`close_received`: the server's close frame,
         if any). ``timeout`` bounds each wait for data (:class:`TimeoutError`)."""
-        self._sock.settimeout(timeout)
-        self._reading = True
+        with self._send_lock:
+            if self._closing:  # close() came first and closed the socket
+                raise ConnectionClosed(self._close_rcvd, None)
+            self._reading = True
+            self._sock.settimeout(timeout)
         queued = self._messages
         try:
             while True:
