@@ -18,7 +18,7 @@ serve: $(STAMP)
 	$(PY) -m mktsframe.server
 
 test: $(STAMP)
-	$(PY) -m ruff check mktsframe tests bench
+	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
 
 # The Sphinx site (docs/*.md plus the API from docstrings) into docs/_build/html; warnings are errors.
