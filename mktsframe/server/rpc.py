@@ -20,10 +20,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +33,10 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend.base import Backend, Batch
+from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
 from mktsframe.dtypes import WIRE_TYPES, coerce_column
+from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
@@ -135,6 +137,11 @@ class RpcService:
             "DataService.Delete": self.delete,
         }
         self._ddl_lock = threading.Lock()  # create/destroy checks and actions as one step
+        # Bucket kinds are cached only where creates and destroys are heard (the local engine).
+        on_commit = getattr(backend, "on_commit", None)
+        self._kinds = BucketKinds(lambda key: backend.query(key, limit=0), cache=on_commit is not None)
+        if on_commit is not None:
+            on_commit(self._heard)
 
     @property
     def queryable(self) -> bool:
@@ -215,19 +222,9 @@ class RpcService:
             return None if ns <= _I64[0] else min(ns, _I64[1])
         return None if ns >= _I64[1] else max(ns, _I64[0])
 
-    def _schema(self, key: str) -> dict[str, np.dtype] | None:
-        """Column dtypes of bucket ``key`` (Epoch excluded), ``None`` if it does not exist."""
-        found = self._bucket_kind(key)
-        return None if found is None else found[0]
-
-    def _bucket_kind(self, key: str) -> tuple[dict[str, np.dtype], bool] | None:
-        """Column dtypes and whether it is a tick bucket, ``None`` if ``key`` does not exist."""
-        try:
-            probe = self.backend.query(key, limit=0)
-        except BucketNotFoundError:
-            return None
-        (batch,) = probe.values()
-        return {n: v.dtype for n, v in batch.columns.items()}, batch.variable_length
+    def _heard(self, event: CommitEvent) -> None:  # a commit listener: the writer's thread
+        if event.op in ("create", "destroy"):
+            self._kinds.forget(event.key)
 
     def _requests(self, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         reqs = params.get("requests")
@@ -443,8 +440,8 @@ class RpcService:
         for raw_key in ds.slices:
             key = parse_key(raw_key).item_key
             batch, _ = ds.batch(raw_key)
-            found = self._bucket_kind(key)
-            ticks = variable if found is None else found[1]
+            found = self._kinds.get(key)
+            ticks = variable if found is None else found.variable
             if variable or ticks:
                 batch = _fold_nanoseconds(batch)
             if exact is not None:
@@ -454,7 +451,7 @@ class RpcService:
                 if not self.config.enable_add:
                     raise MktsError(f"cannot create bucket {key!r}: enable_add is false on this server")
             else:
-                batch = _conform(key, batch, found[0])
+                batch = _conform(key, batch, found.dtypes)
             planned.append((key, batch, ticks))
         for key, batch, ticks in planned:
             self.backend.write(key, batch, variable_length=ticks)
@@ -503,7 +500,7 @@ class RpcService:
         if not self.config.enable_add:
             raise MktsError(f"cannot create bucket {k!r}: enable_add is false on this server")
         with self._ddl_lock:
-            if not req.get("mkts_exist_ok") and self._schema(k) is not None:
+            if not req.get("mkts_exist_ok") and self._kinds.get(k) is not None:
                 raise BucketExistsError(f"creation of new catalog entry failed: bucket {k!r} already exists")
             self.backend.create(k, columns, variable_length=variable)
 
@@ -641,7 +638,7 @@ def sql_batch(frame: pd.DataFrame) -> Batch:
     return Batch(index, columns, variable_length=sub_second)
 
 
-def _conform(key: str, batch: Batch, schema: dict[str, np.dtype]) -> Batch:
+def _conform(key: str, batch: Batch, schema: Mapping[str, np.dtype]) -> Batch:
     """Check a write against an existing bucket exactly as the engine will, before writing."""
     if set(batch.columns) != set(schema):
         raise SchemaMismatchError(
@@ -794,10 +791,15 @@ def _set_aside(v: Any, token: bytes, big: list[Any]) -> Any:
     return v
 
 
+#: Marks where each large value goes in a packed reply: random per process and never sent, so stored
+#: data cannot contain it except by a 2**-96 chance per position.
+_PLACEHOLDER = os.urandom(12)
+
+
 def _pack_parts(reply: Mapping[str, Any]) -> list[Any]:
     """msgpack ``reply`` with every large binary value left out of the packed bytes: the packed
     pieces and those values (as msgpack bin32 each) in order, ready for :class:`Reply`."""
-    token = uuid.uuid4().bytes[:12]  # marks where each large value goes; never occurs by chance
+    token = _PLACEHOLDER
     big: list[Any] = []
     head = msgpack.packb(_set_aside(reply, token, big), use_bin_type=True)
     parts: list[Any] = []

@@ -133,6 +133,7 @@ def serve(config: Config) -> None:
         log_level=level,
         access_log=level == "debug",
         server_header=False,
+        proxy_headers=False,  # no X-Forwarded-* rewriting: the app never uses the client address
         timeout_graceful_shutdown=config.stop_grace_period or None,
     )
     give_back_large_blocks()

@@ -15,12 +15,12 @@ import threading
 import weakref
 from dataclasses import dataclass
 
+from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.engine import Engine
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.streaming.feed import Sink
 from mktsframe.streaming.messages import Chunk, Notice
 from mktsframe.streaming.patterns import StreamPatterns
-from mktsframe.streaming.record_types import RecordTypes
 
 __all__ = ["CommitHub", "Subscriber", "hub_for"]
 
@@ -41,7 +41,7 @@ class CommitHub:
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.engine = engine
         self.loop = loop
-        self.record_types = RecordTypes(engine.info)
+        self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
         self._detach: object = None
@@ -84,14 +84,14 @@ class CommitHub:
     def fan_out(self, event: CommitEvent) -> None:
         key = event.key
         if event.op in ("create", "destroy"):
-            self.record_types.forget(key)
+            self.kinds.forget(key)
         subs = [s for s in self._subscribers if s.patterns.matches(key)]
         if not subs:
             return
         if event.op == "write":
             if event.batch is None or not len(event.batch):
                 return
-            item: Chunk | Notice = Chunk(event.seq, key, event.batch, self.record_types.variable(key))
+            item: Chunk | Notice = Chunk(event.seq, key, event.batch, self.kinds.variable(key))
         elif event.op == "delete":
             item = Notice({"notice": "deleted", "bucket": key, "start": event.start, "end": event.end}, None,
                           event.seq, key)

@@ -39,7 +39,7 @@ def subscribe_local(
     subscriber = hub.subscribe(patterns, feed, notices=True)
     prelude = None
     if since_ns is not None:
-        variable = hub.record_types.variable
+        variable = hub.kinds.variable
         prelude = Prelude(lambda: snapshot_since(engine, patterns, since_ns, variable), patterns, variable)
     sub = Subscription(feed, streams=streams, prelude=prelude, on_close=lambda: hub.unsubscribe(subscriber))
     if callback is not None:
