@@ -39,7 +39,7 @@ from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, Reply, RpcService, content_codec, request_error
 from mktsframe.server.ws import serve_stream
-from mktsframe.server.ws_push import PushBatcher
+from mktsframe.server.ws_push import FrameCache
 from mktsframe.streaming.hub import CommitHub
 
 __all__ = ["create_app", "server_version"]
@@ -91,7 +91,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         loop = asyncio.get_running_loop()
         hub = CommitHub(be.engine, loop=loop) if isinstance(be, LocalBackend) else None
         app.state.hub = hub
-        app.state.push = PushBatcher(loop)
+        app.state.frames = FrameCache()
         log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
         try:
             yield

@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mktsframe.errors import InvalidKeyError
-from mktsframe.server.ws_push import DirectTransport, PushBatcher, direct_transport
+from mktsframe.server.ws_push import DirectTransport, FrameCache, direct_transport
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed
 from mktsframe.streaming.hub import CommitHub, Subscriber
 from mktsframe.streaming.messages import Chunk, Notice
@@ -66,25 +66,25 @@ class _Outlet:
     """Where the hub puts this connection's commits (on the event loop): straight to the socket
     while that cannot overtake or bypass anything, else into the bounded feed for the sender."""
 
-    def __init__(self, feed: Feed, direct: DirectTransport | None, batcher: PushBatcher | None) -> None:
+    def __init__(self, feed: Feed, direct: DirectTransport | None, frames: FrameCache | None) -> None:
         self.feed = feed
         self.direct = direct
-        self.batcher = batcher
+        self.frames = frames
         self.sending = False
         """The sender holds items it took from the feed and has not sent yet."""
         self.skip: tuple[int, StreamPatterns] | None = None
         """After a ``since`` replay: commits up to this seq, to these patterns, were replayed."""
 
     def put(self, item: Chunk | Notice | _CatchUp) -> None:
-        direct, batcher = self.direct, self.batcher
-        if direct is None or batcher is None:
-            self.feed.put(item)
-        elif (isinstance(item, Chunk) and not self.sending and self.feed.idle() and not self.replayed(item)
-                and direct.writable()):
-            batcher.push(direct, item)
-        else:
-            batcher.flush(direct)  # rows already on their way go first
-            self.feed.put(item)
+        self.feed.put(item)
+
+    def put_many(self, items: list[Chunk | Notice]) -> None:
+        """One delivery pass's items: one socket write when the connection is idle, else queued."""
+        direct, frames = self.direct, self.frames
+        if (direct is not None and frames is not None and not self.sending and self.feed.idle()
+                and (self.skip is None or not any(map(self.replayed, items))) and direct.try_write(frames.of(items))):
+            return
+        self.feed.put_many(items)
 
     def close(self) -> None:
         self.feed.close()
@@ -95,7 +95,7 @@ class _Outlet:
 
 
 async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -> None:
-    """The ASGI handler of ``/ws``; ``state`` is the app's (``hub``, ``push``). Called with the
+    """The ASGI handler of ``/ws``; ``state`` is the app's (``hub``, ``frames``). Called with the
     server's own ``send`` (not a middleware's wrapper), so rows can be written directly."""
     websocket = WebSocket(scope, receive, send)
     hub: CommitHub | None = getattr(state, "hub", None)
@@ -104,7 +104,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -
         await websocket.close(1011, "this server has no local engine to stream")
         return
     feed = Feed(DEFAULT_MAX_ROWS)
-    outlet = _Outlet(feed, direct_transport(send), getattr(state, "push", None))
+    outlet = _Outlet(feed, direct_transport(send), getattr(state, "frames", None))
     subscriber = hub.subscribe(StreamPatterns(), outlet)
     sender = asyncio.create_task(_send(websocket, outlet, hub))
     try:

@@ -46,6 +46,7 @@ class Sink(Protocol):
     (the server's ``/ws`` connection outlet)."""
 
     def put(self, item: Any) -> None: ...
+    def put_many(self, items: list[Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -110,6 +111,11 @@ class Feed:
                 self._dropped += excess
                 excess = 0
         self._items.extendleft(reversed(kept))
+
+    def put_many(self, items: list[Any]) -> None:
+        """:meth:`put` each of ``items``, in order."""
+        for item in items:
+            self.put(item)
 
     def take(self) -> tuple[list[Any], int]:
         """Everything pending and how many rows were dropped since the last take (never blocks)."""

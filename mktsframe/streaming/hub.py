@@ -1,19 +1,34 @@
 """Fan-out of an engine's commits to subscribers, each with its own bounded :class:`Feed`.
 
 One engine listener serves every subscriber. It runs on the writer's thread under the write
-lock, so it does as little as possible there: with ``loop`` given (the server) it only hands the
-event to that event loop (one ``call_soon_threadsafe`` per commit, whatever the number of
-subscribers) and the fan-out happens on the loop; without (in-process subscriptions) it fans out
-inline, which is a pattern check and a deque append per subscriber. Either way nobody waits for
-a subscriber: a full feed applies its overflow policy instead.
+lock, so it does as little as possible there. Without ``loop`` (in-process subscriptions) it fans
+out inline, which is a pattern check and a deque append per subscriber. With ``loop`` (the
+server) it only hands the event to that event loop (one ``call_soon_threadsafe`` per commit,
+whatever the number of subscribers), where delivery happens in *passes*:
+
+* a pass takes every commit that arrived since the previous pass and gives each subscriber, in
+  turn, all the items it hears in one ``put_many`` (for a ``/ws`` connection, one socket write),
+  so the per-subscriber cost is paid once per pass, not once per commit;
+* a commit that finds no pass under way or due starts one at once (a lone write reaches its
+  subscribers with no added delay);
+* a pass serves ``FAN_OUT_SLICE`` subscribers per turn of the loop, so the writers' requests and
+  acknowledgements are never queued behind a whole fan-out;
+* passes spend a credit of event-loop time that grows by ``FAN_OUT_SHARE`` seconds per second up
+  to ``FAN_OUT_BURST``; a pass starts only while the credit is positive, and the commits arriving
+  while it is paid back go out together in the next pass. Commits that come now and then are
+  pushed at once; a sustained stream to many subscribers takes at most ``FAN_OUT_SHARE`` of the
+  loop that also serves the writers, its rows arriving in batches instead.
+
+Either way nobody waits for a subscriber: a full feed applies its overflow policy instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.engine import Engine
@@ -23,6 +38,14 @@ from mktsframe.streaming.messages import Chunk, Notice
 from mktsframe.streaming.patterns import StreamPatterns
 
 __all__ = ["CommitHub", "Subscriber", "hub_for"]
+
+#: Subscribers a delivery pass serves per turn of the server's event loop.
+FAN_OUT_SLICE = 16
+#: Largest share of the server's event-loop time that delivery passes take under a sustained
+#: stream of commits (see the module docstring).
+FAN_OUT_SHARE = 0.25
+#: Event-loop seconds that passes may take at once after a quiet spell (the credit's ceiling).
+FAN_OUT_BURST = 0.005
 
 
 @dataclass(eq=False)
@@ -45,6 +68,12 @@ class CommitHub:
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
         self._detach: object = None
+        # Server (loop) mode: commits waiting for the next delivery pass, the pass under way, pacing.
+        self._backlog: list[CommitEvent] = []
+        self._pass: _Pass | None = None
+        self._scheduled = False
+        self._credit = FAN_OUT_BURST  # event-loop seconds the next passes may take...
+        self._credit_at = 0.0  # ... as of this time.monotonic()
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -66,6 +95,8 @@ class CommitHub:
                 self._detach = None
 
     def close(self) -> None:
+        self._backlog.clear()
+        self._pass = None
         with self._lock:
             subs, self._subscribers = self._subscribers, ()
             if self._detach is not None:
@@ -79,29 +110,110 @@ class CommitHub:
         if loop is None:
             self.fan_out(event)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(self.fan_out, event)
+            loop.call_soon_threadsafe(self._arrived, event)
 
     def fan_out(self, event: CommitEvent) -> None:
+        """Put ``event`` into every matching subscriber's feed now (in-process subscriptions)."""
+        item = self._item(event)
+        if item is None:
+            return
+        for s in self._subscribers:
+            if (isinstance(item, Chunk) or s.notices) and s.patterns.matches(event.key):
+                s.feed.put(item)
+
+    def _item(self, event: CommitEvent) -> Chunk | Notice | None:
+        """What ``event`` delivers (``None``: nothing)."""
         key = event.key
         if event.op in ("create", "destroy"):
             self.kinds.forget(key)
-        subs = [s for s in self._subscribers if s.patterns.matches(key)]
-        if not subs:
-            return
         if event.op == "write":
             if event.batch is None or not len(event.batch):
-                return
-            item: Chunk | Notice = Chunk(event.seq, key, event.batch, self.kinds.variable(key))
-        elif event.op == "delete":
-            item = Notice({"notice": "deleted", "bucket": key, "start": event.start, "end": event.end}, None,
+                return None
+            return Chunk(event.seq, key, event.batch, self.kinds.variable(key))
+        if event.op == "delete":
+            return Notice({"notice": "deleted", "bucket": key, "start": event.start, "end": event.end}, None,
                           event.seq, key)
-        elif event.op == "destroy":
-            item = Notice({"notice": "destroyed", "bucket": key}, None, event.seq, key)
-        else:
+        if event.op == "destroy":
+            return Notice({"notice": "destroyed", "bucket": key}, None, event.seq, key)
+        return None
+
+    # -- delivery passes on the event loop (the server) ----------------------------------------
+    def _arrived(self, event: CommitEvent) -> None:
+        self._backlog.append(event)
+        if not self._scheduled:
+            self._scheduled = True
+            self._schedule_pass()
+
+    def _refill(self, now: float) -> float:
+        """The credit as of ``now``: it grows by ``FAN_OUT_SHARE`` per second, up to ``FAN_OUT_BURST``."""
+        self._credit = min(FAN_OUT_BURST, self._credit + (now - self._credit_at) * FAN_OUT_SHARE)
+        self._credit_at = now
+        return self._credit
+
+    def _schedule_pass(self) -> None:
+        assert self.loop is not None
+        credit = self._refill(time.monotonic())
+        if credit > 0:  # at once: a lone commit reaches its subscribers before anything else runs
+            self._begin_pass()
+        else:  # in debt after passes that used up the credit: wait until it is paid back
+            self.loop.call_later(-credit / FAN_OUT_SHARE, self._begin_pass)
+
+    def _begin_pass(self) -> None:
+        events, self._backlog = self._backlog, []
+        items = [item for item in map(self._item, events) if item is not None]
+        self._pass = _Pass(items, self._subscribers if items else ())
+        self._continue_pass()
+
+    def _continue_pass(self) -> None:
+        """Deliver the pass to its next ``FAN_OUT_SLICE`` subscribers; the rest waits for the loop's
+        next turn so that whatever became ready meanwhile (the writer's acknowledgement, the next
+        request) is not held up behind the whole fan-out."""
+        p = self._pass
+        if p is None:  # closed meanwhile
             return
-        for s in subs:
-            if isinstance(item, Chunk) or s.notices:
-                s.feed.put(item)
+        start = time.monotonic()
+        end = min(len(p.subscribers), p.position + FAN_OUT_SLICE)
+        for s in p.subscribers[p.position : end]:
+            items = p.items_for(s)
+            if items:
+                s.feed.put_many(items)
+        now = time.monotonic()
+        p.busy += now - start
+        p.position = end
+        assert self.loop is not None
+        if end < len(p.subscribers):
+            self.loop.call_soon(self._continue_pass)
+            return
+        self._pass = None
+        self._refill(now)
+        self._credit -= p.busy
+        if self._backlog:
+            self._schedule_pass()
+        else:
+            self._scheduled = False
+
+
+@dataclass(eq=False)
+class _Pass:
+    """One delivery pass: every commit that arrived since the last one, to each subscriber in turn."""
+
+    items: list[Chunk | Notice]
+    subscribers: tuple[Subscriber, ...]
+    position: int = 0
+    busy: float = 0.0
+    """Seconds of event-loop time the pass has taken so far."""
+    _lists: dict[tuple[tuple[str, ...], bool], list[Chunk | Notice]] = field(default_factory=dict)
+
+    def items_for(self, s: Subscriber) -> list[Chunk | Notice]:
+        """The items ``s`` hears, as one list shared by every subscriber with the same streams (so
+        their frames are encoded once)."""
+        sig = (s.patterns.streams, s.notices)
+        found = self._lists.get(sig)
+        if found is None:
+            found = [it for it in self.items
+                     if (s.notices or isinstance(it, Chunk)) and it.key is not None and s.patterns.matches(it.key)]
+            self._lists[sig] = found
+        return found
 
 
 _hubs: weakref.WeakKeyDictionary[Engine, CommitHub] = weakref.WeakKeyDictionary()
