@@ -58,6 +58,10 @@ class BucketKinds:
                     self._known[key] = hit
         return hit
 
+    def known(self, key: str) -> bool:
+        """Whether ``key``'s kind is cached (the bucket existed when last asked)."""
+        return key in self._known
+
     def variable(self, key: str) -> bool:
         """Whether ``key`` is a tick bucket (``False`` if it does not exist or cannot be read)."""
         try:

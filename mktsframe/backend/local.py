@@ -8,6 +8,7 @@ last one. Every handle is closed at interpreter exit, which checkpoints cleanly.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -97,6 +98,12 @@ class LocalBackend:
     def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
         self._check_writable()
         self.engine.write(key, batch, variable_length=variable_length)
+
+    def writes_without_waiting(self) -> contextlib.AbstractContextManager[bool]:
+        """See :meth:`Engine.writes_without_waiting` (``False`` when open read-only)."""
+        if self.read_only:
+            return contextlib.nullcontext(False)
+        return self.engine.writes_without_waiting()
 
     def query(
         self,

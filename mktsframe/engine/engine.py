@@ -64,6 +64,8 @@ _RUN_MIN_ROWS = 16
 _STAGE_MIN_ROWS = 256
 #: Up to this many rows, a write's bar times are computed with Python ints (numpy's per-call cost dominates).
 _SMALL_ROWS = 32
+#: A log sync faster than this (seconds) lets :meth:`Engine.writes_without_waiting` say yes.
+FAST_SYNC_SECONDS = 0.002
 
 
 class Engine:
@@ -270,6 +272,25 @@ class Engine:
         with self._write_lock:
             if self._wal is not None:
                 self._wal.sync()
+
+    @contextlib.contextmanager
+    def writes_without_waiting(self) -> Iterator[bool]:
+        """Whether a small write to an existing bucket may run now without waiting on anything.
+
+        Yields ``True`` holding the write lock (a write inside takes it again at once) when no
+        other change is under way, no checkpoint either, and the log's last sync took less than
+        ``FAST_SYNC_SECONDS``; otherwise yields ``False`` at once, holding nothing. For callers
+        that must never stall, such as the server's event loop: a write there costs at most a
+        fast sync, while a slow disk or a long write elsewhere sends it to a worker thread.
+        """
+        if not self._write_lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            wal = self._wal
+            yield wal is not None and not self._closed and wal.last_sync_seconds < FAST_SYNC_SECONDS
+        finally:
+            self._write_lock.release()
 
     @contextlib.contextmanager
     def commit_barrier(self) -> Iterator[int]:

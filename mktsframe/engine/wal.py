@@ -31,6 +31,7 @@ import errno
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,8 @@ class WriteAheadLog:
         self.next_seq = 1
         self.written_seq = 0
         self.synced_seq = 0
+        self.last_sync_seconds = 0.0
+        """How long the latest :meth:`sync` waited for the disk."""
         self.bytes_since_checkpoint = 0
         self.checkpoint_seq = self._read_checkpoint()
 
@@ -267,10 +270,13 @@ class WriteAheadLog:
             start_writeback(self._fd)
 
     def sync(self) -> None:
-        """Make every appended record durable (``fdatasync``)."""
+        """Make every appended record durable (``fdatasync``); its duration is kept in
+        :attr:`last_sync_seconds`."""
         if self._fd is not None and self.synced_seq < self.written_seq:
             target = self.written_seq
+            start = time.perf_counter()
             os.fdatasync(self._fd)
+            self.last_sync_seconds = time.perf_counter() - start
             self.synced_seq = target
 
     # -- replay ---------------------------------------------------------------------------------

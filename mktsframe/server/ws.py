@@ -36,7 +36,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mktsframe.errors import InvalidKeyError
-from mktsframe.server.ws_push import DirectTransport, FrameCache, direct_transport
+from mktsframe.server.ws_push import DirectTransport, FrameCache, binary_frames, direct_transport
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed
 from mktsframe.streaming.hub import CommitHub, Subscriber
 from mktsframe.streaming.messages import Chunk, Notice
@@ -79,12 +79,23 @@ class _Outlet:
         self.feed.put(item)
 
     def put_many(self, items: list[Chunk | Notice]) -> None:
-        """One delivery pass's items: one socket write when the connection is idle, else queued."""
-        direct, frames = self.direct, self.frames
-        if (direct is not None and frames is not None and not self.sending and self.feed.idle()
-                and (self.skip is None or not any(map(self.replayed, items))) and direct.try_write(frames.of(items))):
+        """One delivery pass's items: straight to the socket while the connection is idle and takes
+        them, else queued (where the overflow policy applies). Up to ``max_rows`` rows go in one
+        write; a larger pass goes item by item, so that flow control stops it after at most one
+        commit beyond the socket's buffers (the transport's buffer is not bounded by itself)."""
+        direct, frames, feed = self.direct, self.frames, self.feed
+        if (direct is None or frames is None or self.sending or not feed.idle()
+                or (self.skip is not None and any(map(self.replayed, items)))):
+            feed.put_many(items)
             return
-        self.feed.put_many(items)
+        if sum(map(len, items)) <= feed.max_rows:
+            if not direct.try_write(frames.of(items)):
+                feed.put_many(items)
+            return
+        for i, item in enumerate(items):
+            if not direct.try_write(binary_frames(item.frames())):
+                feed.put_many(items[i:])
+                return
 
     def close(self) -> None:
         self.feed.close()

@@ -17,7 +17,8 @@ whatever the number of subscribers), where delivery happens in *passes*:
   to ``FAN_OUT_BURST``; a pass starts only while the credit is positive, and the commits arriving
   while it is paid back go out together in the next pass. Commits that come now and then are
   pushed at once; a sustained stream to many subscribers takes at most ``FAN_OUT_SHARE`` of the
-  loop that also serves the writers, its rows arriving in batches instead.
+  loop that also serves the writers, its rows arriving in batches instead. The debt is capped so
+  that no pass waits more than ``FAN_OUT_MAX_WAIT``.
 
 Either way nobody waits for a subscriber: a full feed applies its overflow policy instead.
 """
@@ -46,6 +47,9 @@ FAN_OUT_SLICE = 16
 FAN_OUT_SHARE = 0.25
 #: Event-loop seconds that passes may take at once after a quiet spell (the credit's ceiling).
 FAN_OUT_BURST = 0.005
+#: Longest wait for the next pass (seconds; the credit's floor is ``-FAN_OUT_SHARE`` times it): a
+#: pass made long by encoding many rows, work no batching saves, must not hold later rows long.
+FAN_OUT_MAX_WAIT = 0.05
 
 
 @dataclass(eq=False)
@@ -71,6 +75,7 @@ class CommitHub:
         # Server (loop) mode: commits waiting for the next delivery pass, the pass under way, pacing.
         self._backlog: list[CommitEvent] = []
         self._pass: _Pass | None = None
+        self._loop_thread: int | None = None  # the loop's thread, once a commit has reached it
         self._scheduled = False
         self._credit = FAN_OUT_BURST  # event-loop seconds the next passes may take...
         self._credit_at = 0.0  # ... as of this time.monotonic()
@@ -109,6 +114,8 @@ class CommitHub:
         loop = self.loop
         if loop is None:
             self.fan_out(event)
+        elif threading.get_ident() == self._loop_thread:  # a write made on the loop itself
+            loop.call_soon(self._arrived, event)
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._arrived, event)
 
@@ -139,6 +146,7 @@ class CommitHub:
 
     # -- delivery passes on the event loop (the server) ----------------------------------------
     def _arrived(self, event: CommitEvent) -> None:
+        self._loop_thread = threading.get_ident()
         self._backlog.append(event)
         if not self._scheduled:
             self._scheduled = True
@@ -186,7 +194,7 @@ class CommitHub:
             return
         self._pass = None
         self._refill(now)
-        self._credit -= p.busy
+        self._credit = max(self._credit - p.busy, -FAN_OUT_SHARE * FAN_OUT_MAX_WAIT)
         if self._backlog:
             self._schedule_pass()
         else:
