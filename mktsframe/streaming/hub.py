@@ -114,8 +114,8 @@ class CommitHub:
         loop = self.loop
         if loop is None:
             self.fan_out(event)
-        elif threading.get_ident() == self._loop_thread:  # a write made on the loop itself
-            loop.call_soon(self._arrived, event)
+        elif threading.get_ident() == self._loop_thread:  # a write made on the loop itself: its rows
+            self._arrived(event)  # leave now, ahead of its acknowledgement, as from a worker thread
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._arrived, event)
 
