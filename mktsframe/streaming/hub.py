@@ -44,7 +44,7 @@ __all__ = ["CommitHub", "Subscriber", "hub_for"]
 FAN_OUT_SLICE = 16
 #: Largest share of the server's event-loop time that delivery passes take under a sustained
 #: stream of commits (see the module docstring).
-FAN_OUT_SHARE = 0.25
+FAN_OUT_SHARE = 0.1
 #: Event-loop seconds that passes may take at once after a quiet spell (the credit's ceiling).
 FAN_OUT_BURST = 0.005
 #: Longest wait for the next pass (seconds; the credit's floor is ``-FAN_OUT_SHARE`` times it): a
