@@ -279,16 +279,19 @@ class Engine:
 
         Yields ``True`` holding the write lock (a write inside takes it again at once) when no
         other change is under way, no checkpoint either, and the log's last sync took less than
-        ``FAST_SYNC_SECONDS``; otherwise yields ``False`` at once, holding nothing. For callers
-        that must never stall, such as the server's event loop: a write there costs at most a
-        fast sync, while a slow disk or a long write elsewhere sends it to a worker thread.
+        ``FAST_SYNC_SECONDS`` (or writes do not sync at all, with ``background_sync``); otherwise
+        yields ``False`` at once, holding nothing. For callers that must never stall, such as the
+        server's event loop: a write there costs at most a fast sync, while a slow disk or a long
+        write elsewhere sends it to a worker thread.
         """
         if not self._write_lock.acquire(blocking=False):
             yield False
             return
         try:
             wal = self._wal
-            yield wal is not None and not self._closed and wal.last_sync_seconds < FAST_SYNC_SECONDS
+            # With background_sync a write does not wait for the disk at all.
+            fast = self.background_sync or (wal is not None and wal.last_sync_seconds < FAST_SYNC_SECONDS)
+            yield wal is not None and not self._closed and fast
         finally:
             self._write_lock.release()
 

@@ -100,3 +100,14 @@ def test_a_read_only_backend_never_writes_now(tmp_path: Path) -> None:
             assert not now
         svc = RpcService(ro, Config(), "test")
         assert svc.handle_now(write_body(1, first=1), MSGPACK) is LATER
+
+
+def test_background_sync_writes_never_wait_for_the_disk(open_engine) -> None:
+    """With ``background_sync`` a write does not sync, so a slow sync in the background thread does
+    not send small writes to a worker; a durable engine's slow sync does."""
+    for background, expected in [(True, True), (False, False)]:
+        engine = open_engine(background_sync=background)
+        engine._wal.last_sync_seconds = 0.5
+        with engine.writes_without_waiting() as now:
+            assert now is expected
+        engine.close()
