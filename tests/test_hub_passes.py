@@ -106,3 +106,50 @@ def test_passes_coalesce_commits_in_order_and_share_one_list(
     assert all(a is b for a, b in zip(sinks[0].calls, sinks[1].calls, strict=False))
     assert other.calls == []  # nothing matched ETH
     hub.close()
+
+
+def test_a_commit_made_on_the_loop_is_delivered_before_the_write_returns(
+    open_engine: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The server's inline writes run on the event loop: their rows must leave inside the write
+    (ahead of the acknowledgement), not one loop turn later."""
+    engine = open_engine()
+    hub = CommitHub(engine, loop=loop)
+    sink = Recorder()
+    hub.subscribe(StreamPatterns(["BTC/*/*"]), sink)
+    write(engine, 0)  # from this thread: tells the hub which thread is the loop's
+    settle(loop)
+
+    def write_on_loop() -> list[float]:
+        write(engine, 1)
+        return sink.rows()  # before returning to the loop
+
+    async def run() -> list[float]:
+        return write_on_loop()
+
+    assert asyncio.run_coroutine_threadsafe(run(), loop).result(10) == [0.0, 1.0]
+    hub.close()
+
+
+def test_no_pass_waits_longer_than_the_cap(
+    open_engine: Any, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass made long by encoding many rows leaves a debt; at a share this small it would take
+    hours to pay back, but the next pass waits at most ``FAN_OUT_MAX_WAIT``."""
+    monkeypatch.setattr(hub_module, "FAN_OUT_SHARE", 1e-6)
+    monkeypatch.setattr(hub_module, "FAN_OUT_BURST", 1e-9)
+    monkeypatch.setattr(hub_module, "FAN_OUT_MAX_WAIT", 0.05)
+    engine = open_engine()
+    hub = CommitHub(engine, loop=loop)
+    sink = Recorder()
+    hub.subscribe(StreamPatterns(["BTC/*/*"]), sink)
+    engine.write(KEY, Batch((T0 + 60 * np.arange(5000)) * NS, {"Close": np.arange(5000.0)}))
+    deadline = loop.time() + 10
+    while len(sink.rows()) < 5000 and loop.time() < deadline:
+        settle(loop)
+    write(engine, 6000)  # after the long pass: it finds the credit in debt
+    deadline = loop.time() + 10
+    while len(sink.rows()) < 5001 and loop.time() < deadline:
+        settle(loop)
+    assert len(sink.rows()) == 5001
+    hub.close()

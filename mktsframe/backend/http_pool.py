@@ -41,9 +41,8 @@ class ConnectionPool:
         self._host = parts.hostname or "localhost"
         self._port = parts.port
         self._path = parts.path or "/"
-        netloc = self._host if self._port is None else f"{self._host}:{self._port}"
-        if ":" in self._host and self._port is not None:  # an IPv6 literal
-            netloc = f"[{self._host}]:{self._port}"
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 literal in brackets
+        netloc = host if self._port is None else f"{host}:{self._port}"
         lines = [f"POST {self._path} HTTP/1.1", f"Host: {netloc}", "Accept-Encoding: identity",
                  *(f"{k}: {v}" for k, v in headers.items())]
         self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
