@@ -88,7 +88,7 @@ class _Outlet:
                 or (self.skip is not None and any(map(self.replayed, items)))):
             feed.put_many(items)
             return
-        if sum(map(len, items)) <= feed.max_rows:
+        if frames.rows(items) <= feed.max_rows:
             if not direct.try_write(frames.of(items)):
                 feed.put_many(items)
             return

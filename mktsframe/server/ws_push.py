@@ -76,17 +76,28 @@ def direct_transport(send: Callable[..., Any]) -> DirectTransport | None:
 
 
 class FrameCache:
-    """The bytes of a list of items (``Chunk``/``Notice``) as WebSocket frames, encoded once for
-    every connection that is handed the same list (the hub shares one list per distinct set of
-    streams in a delivery pass)."""
+    """A list of items (``Chunk``/``Notice``) as WebSocket frames and its number of rows, each
+    worked out once for every connection that is handed the same list (the hub shares one list
+    per distinct set of streams in a delivery pass). The list is held, so its identity cannot be
+    reused by another while it is the one remembered."""
 
     def __init__(self) -> None:
-        self._last: tuple[list[Any], bytes] | None = None
+        self._items: list[Any] | None = None
+        self._rows = 0
+        self._data: bytes | None = None
+
+    def _hold(self, items: list[Any]) -> None:
+        if self._items is not items:
+            self._items, self._rows, self._data = items, sum(map(len, items)), None
+
+    def rows(self, items: list[Any]) -> int:
+        """Rows in ``items`` (notices count none)."""
+        self._hold(items)
+        return self._rows
 
     def of(self, items: list[Any]) -> bytes:
-        last = self._last
-        if last is not None and last[0] is items:
-            return last[1]
-        data = binary_frames([frame for item in items for frame in item.frames()])
-        self._last = (items, data)
-        return data
+        """``items`` as binary frames, one per message, concatenated."""
+        self._hold(items)
+        if self._data is None:
+            self._data = binary_frames([frame for item in items for frame in item.frames()])
+        return self._data

@@ -53,6 +53,13 @@ def connect_streamconn(server, streams: list[str]):
     return ws
 
 
+def close_ws(ws) -> None:
+    """Close a websocket-client connection and its socket: its ``close()`` returns early, leaving
+    the socket open, once a close frame from the server has been answered; ``shutdown()`` closes it."""
+    ws.close()
+    ws.shutdown()
+
+
 def test_subscribe_echo_error_and_replace(live_server, sym):
     ws = connect_streamconn(live_server, [f"{sym}/*/*", "*/1Min/OHLCV"])
     try:
@@ -70,7 +77,7 @@ def test_subscribe_echo_error_and_replace(live_server, sym):
         assert msg["key"] == f"{sym}/5Min/OHLCV"
         assert msg["data"] == {"Epoch": T0 + 300, "Open": 7.0, "Close": 7.5, "Volume": 1000.0}
     finally:
-        ws.close()
+        close_ws(ws)
 
 
 def test_streamconn_run_gets_every_row_of_every_matching_write(live_server, sym):
@@ -138,7 +145,7 @@ def test_glob_streams_select_keys(live_server, sym):
         with pytest.raises(Exception, match="timed out"):
             ws.recv()
     finally:
-        ws.close()
+        close_ws(ws)
 
 
 def test_http_backend_subscribe_async_callback_and_since(live_server, sym):
@@ -194,7 +201,7 @@ def test_shutdown_closes_streams(server_factory):
         assert opcode == 0x8  # close
         assert int.from_bytes(frame.data[:2], "big") == 1012  # "service restart"
         sub.close()
-        ws.close()
+        close_ws(ws)
 
 
 def test_tick_pushes_carry_nanoseconds_to_streamconn(live_server, sym):
@@ -211,7 +218,7 @@ def test_tick_pushes_carry_nanoseconds_to_streamconn(live_server, sym):
         pymkts.Client(live_server.rpc).write(arr, key, isvariablelength=True)
         got = [recv(ws) for _ in range(4)]
     finally:
-        ws.close()
+        close_ws(ws)
     assert [m["key"] for m in got] == [key] * 4
     assert [(m["data"]["Epoch"], m["data"]["Nanoseconds"]) for m in got] == [
         (T0, 7), (T0, 7), (T0, 999_999_999), (T0 + 1, 0)]  # fmt: skip
@@ -269,7 +276,7 @@ def test_slow_subscriber_does_not_hold_the_writer_or_others(live_server, sym):
             else:
                 rows.append(int(msg["data"]["Column00"]))
     finally:
-        slow.close()
+        close_ws(slow)
     assert fast_rows == list(range(total))
     assert fast_other == []
     assert dropped > 0
@@ -322,7 +329,7 @@ def test_policy_disconnect_closes_a_slow_subscriber(live_server, sym):
             sub.close()
         got, code = read_until_close(slow)
     finally:
-        slow.close()
+        close_ws(slow)
     assert code == 1008
     assert 0 < len(got) < 80_000
     epochs = [m["data"]["Epoch"] for m in got]
