@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,26 +109,69 @@ def test_passes_coalesce_commits_in_order_and_share_one_list(
     hub.close()
 
 
-def test_a_commit_made_on_the_loop_is_delivered_before_the_write_returns(
+def test_a_commit_made_on_the_loop_is_delivered_right_after_the_callers_step(
     open_engine: Any, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """The server's inline writes run on the event loop: their rows must leave inside the write
-    (ahead of the acknowledgement), not one loop turn later."""
+    """The server's inline writes run on the event loop. Their acknowledgement goes first (the
+    pass must not sit between the writer and its reply), and their rows go on the loop's very next
+    turn: ahead of anything queued after the write."""
     engine = open_engine()
     hub = CommitHub(engine, loop=loop)
     sink = Recorder()
     hub.subscribe(StreamPatterns(["BTC/*/*"]), sink)
     write(engine, 0)  # from this thread: tells the hub which thread is the loop's
     settle(loop)
+    seen: list[list[float]] = []
 
     def write_on_loop() -> list[float]:
         write(engine, 1)
-        return sink.rows()  # before returning to the loop
+        loop.call_soon(lambda: seen.append(sink.rows()))  # queued after the write
+        return sink.rows()  # still inside the caller's step (where the reply is sent)
 
     async def run() -> list[float]:
         return write_on_loop()
 
-    assert asyncio.run_coroutine_threadsafe(run(), loop).result(10) == [0.0, 1.0]
+    assert asyncio.run_coroutine_threadsafe(run(), loop).result(10) == [0.0]
+    settle(loop)
+    assert seen == [[0.0, 1.0]]
+    hub.close()
+
+
+def test_a_group_that_hears_nothing_is_not_visited_and_update_regroups(
+    open_engine: Any, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Subscribers with the same streams form one group: a pass matches once per group and never
+    calls the members of a group that hears none of its items; ``update`` moves a subscriber."""
+
+    class Untouchable(Recorder):
+        def put_many(self, items: list[Any]) -> None:
+            raise AssertionError("a subscriber that hears nothing was handed items")
+
+    engine = open_engine()
+    hub = CommitHub(engine, loop=loop)
+    hearing = [Recorder() for _ in range(3)]
+    for r in hearing:
+        hub.subscribe(StreamPatterns(["BTC/*/*"]), r)
+    deaf = [hub.subscribe(StreamPatterns(["ETH/*/*"]), Untouchable()) for _ in range(20)]
+    assert len(hub._groups) == 2
+    write(engine, 0)
+    settle(loop)
+    assert all(r.rows() == [0.0] for r in hearing)
+    assert all(a is b for a, b in zip(hearing[0].calls, hearing[1].calls, strict=True))  # one shared list
+
+    moved = Recorder()
+    sub = hub.subscribe(StreamPatterns(["ETH/*/*"]), moved)
+    hub.update(sub, StreamPatterns(["BTC/1Min/*"]), notices=True)
+    assert len(hub._groups) == 3
+    engine.delete(KEY, start=T0 * NS, end=T0 * NS)  # a notice: only the subscriber that asked hears it
+    write(engine, 1)
+    settle(loop)
+    assert moved.rows() == [1.0]
+    assert [type(it).__name__ for items in moved.calls for it in items] == ["Notice", "Chunk"]
+    assert all(r.rows() == [0.0, 1.0] for r in hearing)
+    for d in deaf:
+        hub.unsubscribe(d)
+    assert len(hub._groups) == 2
     hub.close()
 
 
@@ -152,4 +196,41 @@ def test_no_pass_waits_longer_than_the_cap(
     while len(sink.rows()) < 5001 and loop.time() < deadline:
         settle(loop)
     assert len(sink.rows()) == 5001
+    hub.close()
+
+
+def test_back_to_back_commits_lower_the_share_and_quiet_ones_restore_it(
+    open_engine: Any, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits arriving back to back (writers bound by the loop) get ``FAN_OUT_SHARE_BUSY``; commits
+    now and then get ``FAN_OUT_SHARE``; a wait never exceeds the cap when the share changes."""
+    monkeypatch.setattr(hub_module, "FAN_OUT_BUSY_RATE", 200.0)  # busy: on average under 5 ms apart
+    engine = open_engine(background_sync=True)  # no fdatasync per write: back to back on any disk
+    hub = CommitHub(engine, loop=loop)
+    sink = Recorder()
+    hub.subscribe(StreamPatterns(["BTC/*/*"]), sink)
+    assert hub._share() == hub_module.FAN_OUT_SHARE
+    n = 300
+    for i in range(n):
+        write(engine, i)
+    settle(loop)
+    assert hub._share() == hub_module.FAN_OUT_SHARE_BUSY
+    for i in range(n, n + 40):  # 20 ms apart: quiet again once the average catches up
+        write(engine, i)
+        threading.Event().wait(0.02)
+    settle(loop)
+    assert hub._share() == hub_module.FAN_OUT_SHARE
+    deadline = loop.time() + 10
+    while len(sink.rows()) < n + 40 and loop.time() < deadline:
+        settle(loop)
+    assert sink.rows() == [float(i) for i in range(n + 40)]
+
+    # a debt run up at the quiet share is waited out for at most the cap at the busy one
+    waits: list[float] = []
+    monkeypatch.setattr(loop, "call_later", lambda delay, fn: waits.append(delay))
+    hub._gap = 0.0  # back to back
+    hub._credit = -hub_module.FAN_OUT_SHARE * hub_module.FAN_OUT_MAX_WAIT  # the floor at the quiet share
+    hub._credit_at = time.monotonic()
+    hub._schedule_pass()
+    assert waits == [hub_module.FAN_OUT_MAX_WAIT]
     hub.close()

@@ -126,7 +126,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -
             raw = message.get("bytes")
             if raw is None:
                 raw = (message.get("text") or "").encode()
-            _handle_subscribe(raw, subscriber, outlet)
+            _handle_subscribe(raw, hub, subscriber, outlet)
     except WebSocketDisconnect:
         pass
     finally:
@@ -137,7 +137,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -
             await sender
 
 
-def _handle_subscribe(raw: bytes, subscriber: Subscriber, outlet: _Outlet) -> None:
+def _handle_subscribe(raw: bytes, hub: CommitHub, subscriber: Subscriber, outlet: _Outlet) -> None:
     """Apply one subscribe message; the echo, errors and replays are queued in order with the rows."""
     feed = outlet.feed
     try:
@@ -153,9 +153,7 @@ def _handle_subscribe(raw: bytes, subscriber: Subscriber, outlet: _Outlet) -> No
     except InvalidKeyError as exc:
         outlet.put(Notice({"error": str(exc)}))
         return
-    if patterns:
-        subscriber.patterns = patterns
-    subscriber.notices = bool(request.get("mkts_notices"))
+    hub.update(subscriber, patterns if patterns else subscriber.patterns, notices=bool(request.get("mkts_notices")))
     max_rows = request.get("mkts_max_rows")
     if isinstance(max_rows, int) and max_rows >= 1:
         feed.max_rows = min(max_rows, DEFAULT_MAX_ROWS)

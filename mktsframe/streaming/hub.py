@@ -9,16 +9,23 @@ whatever the number of subscribers), where delivery happens in *passes*:
 * a pass takes every commit that arrived since the previous pass and gives each subscriber, in
   turn, all the items it hears in one ``put_many`` (for a ``/ws`` connection, one socket write),
   so the per-subscriber cost is paid once per pass, not once per commit;
-* a commit that finds no pass under way or due starts one at once (a lone write reaches its
-  subscribers with no added delay);
+* subscribers are grouped by what they hear (their streams and whether they take notices): a
+  pass matches its items once per group and skips a group that hears none of them without
+  touching its members, and every member of a group gets the very same list (encoded once);
+* a commit that finds no pass under way or due starts one on the loop's next turn (a lone write
+  reaches its subscribers with no added delay; one made on the loop itself, the server's inline
+  writes, is acknowledged first, so the pass runs while the writer reads its reply and sends the
+  next request rather than in front of them);
 * a pass serves ``FAN_OUT_SLICE`` subscribers per turn of the loop, so the writers' requests and
   acknowledgements are never queued behind a whole fan-out;
-* passes spend a credit of event-loop time that grows by ``FAN_OUT_SHARE`` seconds per second up
-  to ``FAN_OUT_BURST``; a pass starts only while the credit is positive, and the commits arriving
-  while it is paid back go out together in the next pass. Commits that come now and then are
-  pushed at once; a sustained stream to many subscribers takes at most ``FAN_OUT_SHARE`` of the
-  loop that also serves the writers, its rows arriving in batches instead. The debt is capped so
-  that no pass waits more than ``FAN_OUT_MAX_WAIT``.
+* passes spend a credit of event-loop time that grows by a *share* of each second, up to
+  ``FAN_OUT_BURST``; a pass starts only while the credit is positive, and the commits arriving
+  while it is paid back go out together in the next pass. The share is ``FAN_OUT_SHARE`` while
+  commits come now and then: they are pushed at once, even to many subscribers. While they come
+  back to back (a moving average of at least ``FAN_OUT_BUSY_RATE`` a second), the writers are
+  bound by this loop, every millisecond a pass takes is one they lose, and the share drops to
+  ``FAN_OUT_SHARE_BUSY``: rows then reach subscribers in batches, fewer and larger. The debt is
+  capped so that no pass waits more than ``FAN_OUT_MAX_WAIT``.
 
 Either way nobody waits for a subscriber: a full feed applies its overflow policy instead.
 """
@@ -29,7 +36,7 @@ import asyncio
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.engine import Engine
@@ -42,19 +49,24 @@ __all__ = ["CommitHub", "Subscriber", "hub_for"]
 
 #: Subscribers a delivery pass serves per turn of the server's event loop.
 FAN_OUT_SLICE = 16
-#: Largest share of the server's event-loop time that delivery passes take under a sustained
-#: stream of commits (see the module docstring).
+#: Largest share of the server's event-loop time that delivery passes take while commits come
+#: now and then (see the module docstring).
 FAN_OUT_SHARE = 0.1
+#: ... and while commits come back to back: the writers are then bound by the loop.
+FAN_OUT_SHARE_BUSY = 0.03
+#: Commits per second (moving average over about the last 16 gaps) from which they count as back to back.
+FAN_OUT_BUSY_RATE = 500.0
 #: Event-loop seconds that passes may take at once after a quiet spell (the credit's ceiling).
 FAN_OUT_BURST = 0.005
 #: Longest wait for the next pass (seconds; the credit's floor is ``-FAN_OUT_SHARE`` times it): a
 #: pass made long by encoding many rows, work no batching saves, must not hold later rows long.
-FAN_OUT_MAX_WAIT = 0.05
+FAN_OUT_MAX_WAIT = 0.15
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One subscriber's patterns (replaceable at any time) and feed (a :class:`Feed` or another sink)."""
+    """One subscriber's patterns and feed (a :class:`Feed` or another sink). Change its patterns
+    or ``notices`` with :meth:`CommitHub.update`, which regroups it."""
 
     patterns: StreamPatterns
     feed: Sink
@@ -70,6 +82,7 @@ class CommitHub:
         self.loop = loop
         self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
+        self._groups: tuple[_Group, ...] = ()
         self._lock = threading.Lock()
         self._detach: object = None
         # Server (loop) mode: commits waiting for the next delivery pass, the pass under way, pacing.
@@ -79,6 +92,8 @@ class CommitHub:
         self._scheduled = False
         self._credit = FAN_OUT_BURST  # event-loop seconds the next passes may take...
         self._credit_at = 0.0  # ... as of this time.monotonic()
+        self._gap = 1.0  # moving average of the seconds between commits reaching the loop
+        self._arrived_at = 0.0
 
     def __len__(self) -> int:
         return len(self._subscribers)
@@ -87,6 +102,7 @@ class CommitHub:
         sub = Subscriber(patterns, feed, notices)
         with self._lock:
             self._subscribers = (*self._subscribers, sub)
+            self._regroup()
             if self._detach is None:
                 self._detach = self.engine.commits.add(self._listen)
         return sub
@@ -95,15 +111,30 @@ class CommitHub:
         """Remove ``sub``; the engine listener goes when the last one does (writes then skip all work)."""
         with self._lock:
             self._subscribers = tuple(s for s in self._subscribers if s is not sub)
+            self._regroup()
             if not self._subscribers and self._detach is not None:
                 self._detach()  # type: ignore[operator]
                 self._detach = None
+
+    def update(self, sub: Subscriber, patterns: StreamPatterns, *, notices: bool) -> None:
+        """Give ``sub`` new patterns and notice wish (a ``/ws`` client's new subscribe message)."""
+        with self._lock:
+            sub.patterns = patterns
+            sub.notices = notices
+            self._regroup()
+
+    def _regroup(self) -> None:  # holds the lock
+        members: dict[tuple[tuple[str, ...], bool], list[Subscriber]] = {}
+        for s in self._subscribers:
+            members.setdefault((s.patterns.streams, s.notices), []).append(s)
+        self._groups = tuple(_Group(subs[0].patterns, subs[0].notices, tuple(subs)) for subs in members.values())
 
     def close(self) -> None:
         self._backlog.clear()
         self._pass = None
         with self._lock:
             subs, self._subscribers = self._subscribers, ()
+            self._groups = ()
             if self._detach is not None:
                 self._detach()  # type: ignore[operator]
                 self._detach = None
@@ -114,8 +145,8 @@ class CommitHub:
         loop = self.loop
         if loop is None:
             self.fan_out(event)
-        elif threading.get_ident() == self._loop_thread:  # a write made on the loop itself: its rows
-            self._arrived(event)  # leave now, ahead of its acknowledgement, as from a worker thread
+        elif threading.get_ident() == self._loop_thread:  # a write made on the loop itself
+            self._arrived(event)
         elif not loop.is_closed():
             loop.call_soon_threadsafe(self._arrived, event)
 
@@ -124,9 +155,10 @@ class CommitHub:
         item = self._item(event)
         if item is None:
             return
-        for s in self._subscribers:
-            if (isinstance(item, Chunk) or s.notices) and s.patterns.matches(event.key):
-                s.feed.put(item)
+        for g in self._groups:
+            if g.hears(item):
+                for s in g.subscribers:
+                    s.feed.put(item)
 
     def _item(self, event: CommitEvent) -> Chunk | Notice | None:
         """What ``event`` delivers (``None``: nothing)."""
@@ -147,29 +179,42 @@ class CommitHub:
     # -- delivery passes on the event loop (the server) ----------------------------------------
     def _arrived(self, event: CommitEvent) -> None:
         self._loop_thread = threading.get_ident()
+        now = time.monotonic()
+        self._gap += (now - self._arrived_at - self._gap) / 16
+        self._arrived_at = now
         self._backlog.append(event)
         if not self._scheduled:
             self._scheduled = True
             self._schedule_pass()
 
+    def _share(self) -> float:
+        """The share of the loop that passes may take now (see the module docstring)."""
+        return FAN_OUT_SHARE_BUSY if self._gap * FAN_OUT_BUSY_RATE < 1 else FAN_OUT_SHARE
+
     def _refill(self, now: float) -> float:
-        """The credit as of ``now``: it grows by ``FAN_OUT_SHARE`` per second, up to ``FAN_OUT_BURST``."""
-        self._credit = min(FAN_OUT_BURST, self._credit + (now - self._credit_at) * FAN_OUT_SHARE)
+        """The credit as of ``now``: it grows by :meth:`_share` per second, up to ``FAN_OUT_BURST``."""
+        self._credit = min(FAN_OUT_BURST, self._credit + (now - self._credit_at) * self._share())
         self._credit_at = now
         return self._credit
 
     def _schedule_pass(self) -> None:
         assert self.loop is not None
         credit = self._refill(time.monotonic())
-        if credit > 0:  # at once: a lone commit reaches its subscribers before anything else runs
-            self._begin_pass()
+        if credit > 0:  # at once, on the loop's next turn: after what the caller is doing (an inline
+            self.loop.call_soon(self._begin_pass)  # write's acknowledgement), before anything else
         else:  # in debt after passes that used up the credit: wait until it is paid back
-            self.loop.call_later(-credit / FAN_OUT_SHARE, self._begin_pass)
+            self.loop.call_later(min(-credit / self._share(), FAN_OUT_MAX_WAIT), self._begin_pass)
 
     def _begin_pass(self) -> None:
         events, self._backlog = self._backlog, []
         items = [item for item in map(self._item, events) if item is not None]
-        self._pass = _Pass(items, self._subscribers if items else ())
+        targets: list[tuple[Subscriber, list[Chunk | Notice]]] = []
+        if items:
+            for g in self._groups:
+                heard = [it for it in items if g.hears(it)]
+                if heard:
+                    targets.extend((s, heard) for s in g.subscribers)
+        self._pass = _Pass(targets)
         self._continue_pass()
 
     def _continue_pass(self) -> None:
@@ -180,48 +225,47 @@ class CommitHub:
         if p is None:  # closed meanwhile
             return
         start = time.monotonic()
-        end = min(len(p.subscribers), p.position + FAN_OUT_SLICE)
-        for s in p.subscribers[p.position : end]:
-            items = p.items_for(s)
-            if items:
-                s.feed.put_many(items)
+        end = min(len(p.targets), p.position + FAN_OUT_SLICE)
+        for s, items in p.targets[p.position : end]:
+            s.feed.put_many(items)
         now = time.monotonic()
         p.busy += now - start
         p.position = end
         assert self.loop is not None
-        if end < len(p.subscribers):
+        if end < len(p.targets):
             self.loop.call_soon(self._continue_pass)
             return
         self._pass = None
         self._refill(now)
-        self._credit = max(self._credit - p.busy, -FAN_OUT_SHARE * FAN_OUT_MAX_WAIT)
+        self._credit = max(self._credit - p.busy, -self._share() * FAN_OUT_MAX_WAIT)
         if self._backlog:
             self._schedule_pass()
         else:
             self._scheduled = False
 
 
+@dataclass(frozen=True, eq=False)
+class _Group:
+    """Subscribers that hear the same things: the same streams, the same wish for notices."""
+
+    patterns: StreamPatterns
+    notices: bool
+    subscribers: tuple[Subscriber, ...]
+
+    def hears(self, item: Chunk | Notice) -> bool:
+        return ((self.notices or isinstance(item, Chunk)) and item.key is not None
+                and self.patterns.matches(item.key))
+
+
 @dataclass(eq=False)
 class _Pass:
-    """One delivery pass: every commit that arrived since the last one, to each subscriber in turn."""
+    """One delivery pass: every commit that arrived since the last one, to each subscriber that
+    hears any of it, in turn, with the list of what it hears (one list per group)."""
 
-    items: list[Chunk | Notice]
-    subscribers: tuple[Subscriber, ...]
+    targets: list[tuple[Subscriber, list[Chunk | Notice]]]
     position: int = 0
     busy: float = 0.0
     """Seconds of event-loop time the pass has taken so far."""
-    _lists: dict[tuple[tuple[str, ...], bool], list[Chunk | Notice]] = field(default_factory=dict)
-
-    def items_for(self, s: Subscriber) -> list[Chunk | Notice]:
-        """The items ``s`` hears, as one list shared by every subscriber with the same streams (so
-        their frames are encoded once)."""
-        sig = (s.patterns.streams, s.notices)
-        found = self._lists.get(sig)
-        if found is None:
-            found = [it for it in self.items
-                     if (s.notices or isinstance(it, Chunk)) and it.key is not None and s.patterns.matches(it.key)]
-            self._lists[sig] = found
-        return found
 
 
 _hubs: weakref.WeakKeyDictionary[Engine, CommitHub] = weakref.WeakKeyDictionary()
