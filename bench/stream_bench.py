@@ -172,9 +172,13 @@ class Subscribers:
         return lat, max(last for _, _, _, last in got)
 
     def renice(self, niceness: int) -> None:
-        """Lower every subscriber process's CPU priority (raising it back needs privileges)."""
+        """Lower the CPU priority of every thread of every subscriber process (raising it back
+        needs privileges). Linux keeps a nice value per thread, and the subscriptions' reader
+        threads exist already, so each thread (``/proc/PID/task``) is set, not only the process."""
         for proc in self.procs:
-            os.setpriority(os.PRIO_PROCESS, proc.pid, niceness)
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), niceness)
 
     def stop(self) -> None:
         for pipe in self.pipes:

@@ -68,6 +68,7 @@ class Config:
     sync_interval: float = 0.5
     wal_max_bytes: int = 256 << 20
     max_body_bytes: int = 256 << 20
+    stream_max_wait: float = 0.15
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`mktsframe.engine.Engine`."""
@@ -227,6 +228,9 @@ checkpoint_interval: 300
 sync_interval: 0.5
 # mktsframe: largest accepted request body, bytes.
 max_body_bytes: 268435456
+# mktsframe: while writers go flat out, /ws subscribers get rows in batches at most this many
+# seconds apart (lower: fresher rows, slower writers; 0: never batch on purpose).
+stream_max_wait: 0.15
 # Plugins (see docs): triggers run after writes, bgworkers run beside the server.
 triggers: []
 bgworkers: []

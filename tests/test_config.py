@@ -95,6 +95,7 @@ checkpoint_interval: 60
 sync_interval: 0.25
 wal_max_bytes: 1048576
 max_body_bytes: 1024
+stream_max_wait: 0.02
 """,
     )
     with warnings.catch_warnings():
@@ -124,6 +125,7 @@ max_body_bytes: 1024
         2**20,
         1024,
     )
+    assert cfg.stream_max_wait == 0.02
     opts = cfg.engine_options()
     assert opts["read_only"] is True  # init_wal_cache: false → no writer
     assert opts["background_sync"] is True
@@ -168,6 +170,7 @@ def test_unknown_keys_of_mixed_yaml_types_still_warn(tmp_path: Path) -> None:
         ("stop_grace_period: 5m", "stop_grace_period"),
         ("checkpoint_interval: -1", "checkpoint_interval"),
         ("sync_interval: fast", "sync_interval"),
+        ("stream_max_wait: -0.1", "stream_max_wait"),
         ("timezone: Mars/Olympus_Mons", "timezone"),
         ("log_level: chatty", "log_level"),
         ("triggers: ondiskagg", "triggers"),

@@ -179,12 +179,12 @@ def test_no_pass_waits_longer_than_the_cap(
     open_engine: Any, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A pass made long by encoding many rows leaves a debt; at a share this small it would take
-    hours to pay back, but the next pass waits at most ``FAN_OUT_MAX_WAIT``."""
+    hours to pay back, but the next pass waits at most ``max_wait``."""
     monkeypatch.setattr(hub_module, "FAN_OUT_SHARE", 1e-6)
+    monkeypatch.setattr(hub_module, "FAN_OUT_SHARE_BUSY", 1e-6)
     monkeypatch.setattr(hub_module, "FAN_OUT_BURST", 1e-9)
-    monkeypatch.setattr(hub_module, "FAN_OUT_MAX_WAIT", 0.05)
     engine = open_engine()
-    hub = CommitHub(engine, loop=loop)
+    hub = CommitHub(engine, loop=loop, max_wait=0.05)
     sink = Recorder()
     hub.subscribe(StreamPatterns(["BTC/*/*"]), sink)
     engine.write(KEY, Batch((T0 + 60 * np.arange(5000)) * NS, {"Close": np.arange(5000.0)}))
@@ -197,6 +197,8 @@ def test_no_pass_waits_longer_than_the_cap(
         settle(loop)
     assert len(sink.rows()) == 5001
     hub.close()
+    with pytest.raises(ValueError, match="max_wait"):
+        CommitHub(engine, loop=loop, max_wait=-1)
 
 
 def test_back_to_back_commits_lower_the_share_and_quiet_ones_restore_it(
@@ -229,8 +231,8 @@ def test_back_to_back_commits_lower_the_share_and_quiet_ones_restore_it(
     waits: list[float] = []
     monkeypatch.setattr(loop, "call_later", lambda delay, fn: waits.append(delay))
     hub._gap = 0.0  # back to back
-    hub._credit = -hub_module.FAN_OUT_SHARE * hub_module.FAN_OUT_MAX_WAIT  # the floor at the quiet share
+    hub._credit = -hub_module.FAN_OUT_SHARE * hub.max_wait  # the floor at the quiet share
     hub._credit_at = time.monotonic()
     hub._schedule_pass()
-    assert waits == [hub_module.FAN_OUT_MAX_WAIT]
+    assert waits == [hub.max_wait]
     hub.close()

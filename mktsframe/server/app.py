@@ -93,7 +93,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         app.state.plugins = plugins
         # One commit listener for all /ws connections; fan-out happens on this event loop.
         loop = asyncio.get_running_loop()
-        hub = CommitHub(be.engine, loop=loop) if isinstance(be, LocalBackend) else None
+        hub = CommitHub(be.engine, loop=loop, max_wait=config.stream_max_wait) if isinstance(be, LocalBackend) else None
         app.state.hub = hub
         app.state.frames = FrameCache()
         log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)

@@ -25,7 +25,8 @@ whatever the number of subscribers), where delivery happens in *passes*:
   back to back (a moving average of at least ``FAN_OUT_BUSY_RATE`` a second), the writers are
   bound by this loop, every millisecond a pass takes is one they lose, and the share drops to
   ``FAN_OUT_SHARE_BUSY``: rows then reach subscribers in batches, fewer and larger. The debt is
-  capped so that no pass waits more than ``FAN_OUT_MAX_WAIT``.
+  capped so that no pass waits more than ``max_wait`` (the server's ``stream_max_wait``, default
+  ``FAN_OUT_MAX_WAIT``): the operator's choice between fresher rows and faster writers.
 
 Either way nobody waits for a subscriber: a full feed applies its overflow policy instead.
 """
@@ -58,7 +59,7 @@ FAN_OUT_SHARE_BUSY = 0.03
 FAN_OUT_BUSY_RATE = 500.0
 #: Event-loop seconds that passes may take at once after a quiet spell (the credit's ceiling).
 FAN_OUT_BURST = 0.005
-#: Longest wait for the next pass (seconds; the credit's floor is ``-FAN_OUT_SHARE`` times it): a
+#: Default longest wait for the next pass (seconds; the credit's floor is the share times it): a
 #: pass made long by encoding many rows, work no batching saves, must not hold later rows long.
 FAN_OUT_MAX_WAIT = 0.15
 
@@ -77,9 +78,15 @@ class Subscriber:
 class CommitHub:
     """Delivers each commit of ``engine`` to the feeds of the subscribers whose patterns match."""
 
-    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None, *, max_wait: float = FAN_OUT_MAX_WAIT
+    ) -> None:
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
         self.engine = engine
         self.loop = loop
+        self.max_wait = float(max_wait)
+        """Longest wait of a pass behind earlier ones, seconds (0: passes never wait)."""
         self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
         self._groups: tuple[_Group, ...] = ()
@@ -203,7 +210,7 @@ class CommitHub:
         if credit > 0:  # at once, on the loop's next turn: after what the caller is doing (an inline
             self.loop.call_soon(self._begin_pass)  # write's acknowledgement), before anything else
         else:  # in debt after passes that used up the credit: wait until it is paid back
-            self.loop.call_later(min(-credit / self._share(), FAN_OUT_MAX_WAIT), self._begin_pass)
+            self.loop.call_later(min(-credit / self._share(), self.max_wait), self._begin_pass)
 
     def _begin_pass(self) -> None:
         events, self._backlog = self._backlog, []
@@ -237,7 +244,7 @@ class CommitHub:
             return
         self._pass = None
         self._refill(now)
-        self._credit = max(self._credit - p.busy, -self._share() * FAN_OUT_MAX_WAIT)
+        self._credit = max(self._credit - p.busy, -self._share() * self.max_wait)
         if self._backlog:
             self._schedule_pass()
         else:

@@ -334,3 +334,29 @@ def test_policy_disconnect_closes_a_slow_subscriber(live_server, sym):
     assert 0 < len(got) < 80_000
     epochs = [m["data"]["Epoch"] for m in got]
     assert epochs == [T0 + 60 * i for i in range(len(got))]  # what was sent before the close: no gap
+
+
+def test_stream_max_wait_from_the_config_reaches_the_servers_hub(tmp_path) -> None:
+    """``stream_max_wait`` in mkts.yml bounds how long the server's delivery passes may wait."""
+    import asyncio
+
+    from mktsframe.config import load_config
+    from mktsframe.server.app import create_app
+
+    cfg = load_config(None, root_directory=str(tmp_path / "data"), stream_max_wait=0.02)
+    app = create_app(cfg)
+
+    async def lifespan() -> float:  # the ASGI lifespan protocol, as uvicorn drives it
+        inbox: asyncio.Queue = asyncio.Queue()
+        outbox: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                       inbox.get, outbox.put))
+        await inbox.put({"type": "lifespan.startup"})
+        assert (await outbox.get())["type"] == "lifespan.startup.complete"
+        max_wait = app.state.hub.max_wait
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await task
+        return max_wait
+
+    assert asyncio.run(lifespan()) == 0.02
