@@ -37,7 +37,7 @@ $(PEERS_STAMP): bench/requirements-peers.txt
 
 bench-peers: $(PEERS_STAMP)
 
-# Full run (~10 minutes): prints the table and targets, writes bench/results/*.json and docs/benchmarks.md.
+# Full run (3–7 minutes on a 2-CPU VM): prints the table and targets, writes bench/results/*.json and docs/benchmarks.md.
 bench: $(STAMP) $(PEERS_STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/run.py $(BENCH_ARGS)
@@ -46,7 +46,7 @@ bench: $(STAMP) $(PEERS_STAMP)
 bench-candles: $(STAMP) $(PEERS_STAMP)
 	$(PY) bench/candles_bench.py $(BENCH_ARGS)
 
-# /ws push latency and writers' throughput, 1 and 100 subscribers over loopback (~10 minutes): the ## Streaming section.
+# /ws push latency and writers' throughput, 1 and 100 subscribers over loopback (9 rounds: ~3 minutes on a fast 2-CPU VM, ~15 on a slow one): the ## Streaming section.
 bench-stream: $(STAMP)
 	$(PY) bench/stream_bench.py $(BENCH_ARGS)
 
