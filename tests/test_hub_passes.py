@@ -172,6 +172,9 @@ def test_a_group_that_hears_nothing_is_not_visited_and_update_regroups(
     for d in deaf:
         hub.unsubscribe(d)
     assert len(hub._groups) == 2
+    sub.patterns = StreamPatterns(["Z/*/*"])  # changed behind the hub's back: still found and removed
+    hub.unsubscribe(sub)
+    assert [len(g.subscribers) for g in hub._groups] == [3]
     hub.close()
 
 

@@ -90,6 +90,8 @@ class CommitHub:
         self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
         self._groups: tuple[_Group, ...] = ()
+        self._members: dict[tuple[tuple[str, ...], bool], list[Subscriber]] = {}  # by what they hear
+        self._group_of: dict[tuple[tuple[str, ...], bool], _Group] = {}
         self._lock = threading.Lock()
         self._detach: object = None
         # Server (loop) mode: commits waiting for the next delivery pass, the pass under way, pacing.
@@ -109,7 +111,7 @@ class CommitHub:
         sub = Subscriber(patterns, feed, notices)
         with self._lock:
             self._subscribers = (*self._subscribers, sub)
-            self._regroup()
+            self._join(sub)
             if self._detach is None:
                 self._detach = self.engine.commits.add(self._listen)
         return sub
@@ -117,8 +119,11 @@ class CommitHub:
     def unsubscribe(self, sub: Subscriber) -> None:
         """Remove ``sub``; the engine listener goes when the last one does (writes then skip all work)."""
         with self._lock:
-            self._subscribers = tuple(s for s in self._subscribers if s is not sub)
-            self._regroup()
+            if sub in self._subscribers:  # (by identity, in C: thousands leave in linear time)
+                remaining = list(self._subscribers)
+                remaining.remove(sub)
+                self._subscribers = tuple(remaining)
+                self._leave(sub)
             if not self._subscribers and self._detach is not None:
                 self._detach()  # type: ignore[operator]
                 self._detach = None
@@ -126,21 +131,50 @@ class CommitHub:
     def update(self, sub: Subscriber, patterns: StreamPatterns, *, notices: bool) -> None:
         """Give ``sub`` new patterns and notice wish (a ``/ws`` client's new subscribe message)."""
         with self._lock:
-            sub.patterns = patterns
-            sub.notices = notices
-            self._regroup()
+            if sub in self._subscribers:
+                self._leave(sub)
+                sub.patterns = patterns
+                sub.notices = notices
+                self._join(sub)
+            else:
+                sub.patterns = patterns
+                sub.notices = notices
 
-    def _regroup(self) -> None:  # holds the lock
-        members: dict[tuple[tuple[str, ...], bool], list[Subscriber]] = {}
-        for s in self._subscribers:
-            members.setdefault((s.patterns.streams, s.notices), []).append(s)
-        self._groups = tuple(_Group(subs[0].patterns, subs[0].notices, tuple(subs)) for subs in members.values())
+    # Groups change only here, under the lock: the one group touched is rebuilt (in C, in time
+    # proportional to its size) and the tuple of groups re-made, so thousands of subscribers join
+    # and leave in about linear time.
+    def _join(self, sub: Subscriber) -> None:
+        sig = (sub.patterns.streams, sub.notices)
+        self._members.setdefault(sig, []).append(sub)
+        self._publish(sig)
+
+    def _leave(self, sub: Subscriber) -> None:
+        sig = (sub.patterns.streams, sub.notices)
+        if sub not in self._members.get(sig, ()):  # its patterns were changed behind the hub's back
+            sig = next((g for g, m in self._members.items() if sub in m), None)
+            if sig is None:
+                return
+        self._members[sig].remove(sub)  # subscribers compare by identity
+        self._publish(sig)
+
+    def _publish(self, sig: tuple[tuple[str, ...], bool]) -> None:
+        """Rebuild group ``sig`` and replace the tuple that the writers' and the loop's threads
+        read (never changed in place)."""
+        members = self._members[sig]
+        if members:
+            self._group_of[sig] = _Group(members[0].patterns, members[0].notices, tuple(members))
+        else:
+            del self._members[sig]
+            self._group_of.pop(sig, None)
+        self._groups = tuple(self._group_of.values())
 
     def close(self) -> None:
         self._backlog.clear()
         self._pass = None
         with self._lock:
             subs, self._subscribers = self._subscribers, ()
+            self._members = {}
+            self._group_of = {}
             self._groups = ()
             if self._detach is not None:
                 self._detach()  # type: ignore[operator]
