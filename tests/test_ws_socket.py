@@ -48,6 +48,22 @@ def test_messages_pings_fragments_and_close(ws_server: str) -> None:
         ws.close()
 
 
+def test_batches_bring_the_same_messages_a_read_at_a_time(ws_server: str) -> None:
+    ws = WsSocket(ws_server, timeout=10)
+    try:
+        ws.send(b"hello")
+        batches: list[list[bytes]] = []
+        with pytest.raises(ConnectionClosed):
+            batches.extend(ws.batches(timeout=10))
+        assert all(batches)  # never an empty list
+        assert [m for b in batches for m in b] == [b"hello", b"fragmented", "text é".encode(), b"x" * 70_000,
+                                                   b"pong seen"]
+        assert ws.close_received is not None
+        assert ws.close_received.code == 1008
+    finally:
+        ws.close()
+
+
 def test_close_wakes_a_blocked_reader(ws_server: str) -> None:
     ws = WsSocket(ws_server, timeout=10)
     ended = threading.Event()

@@ -103,15 +103,17 @@ def subscribe_ws(
             feed.put(Received(msg))
 
     def read() -> None:
+        unpackb = msgpack.unpackb
         try:
-            for frame in ws.messages():
-                try:
-                    msg = msgpack.unpackb(frame, raw=False)
-                except ValueError:
-                    log.warning("ignoring an undecodable stream frame from %s", url)
-                    continue
-                if isinstance(msg, dict):
-                    deliver(msg)
+            for frames in ws.batches():  # one step per read of the socket, whatever it brought
+                for frame in frames:
+                    try:
+                        msg = unpackb(frame, raw=False)
+                    except ValueError:
+                        log.warning("ignoring an undecodable stream frame from %s", url)
+                        continue
+                    if isinstance(msg, dict):
+                        deliver(msg)
         except ConnectionClosed:
             if sub.closed:
                 return
