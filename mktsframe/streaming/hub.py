@@ -52,7 +52,7 @@ __all__ = ["CommitHub", "Subscriber", "hub_for"]
 FAN_OUT_SLICE = 16
 #: Largest share of the server's event-loop time that delivery passes take while commits come
 #: now and then (see the module docstring).
-FAN_OUT_SHARE = 0.1
+FAN_OUT_SHARE = 0.2
 #: ... and while commits come back to back: the writers are then bound by the loop.
 FAN_OUT_SHARE_BUSY = 0.03
 #: Commits per second (moving average over about the last 16 gaps) from which they count as back to back.
