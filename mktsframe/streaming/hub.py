@@ -131,14 +131,12 @@ class CommitHub:
     def update(self, sub: Subscriber, patterns: StreamPatterns, *, notices: bool) -> None:
         """Give ``sub`` new patterns and notice wish (a ``/ws`` client's new subscribe message)."""
         with self._lock:
-            if sub in self._subscribers:
+            member = sub in self._subscribers
+            if member:
                 self._leave(sub)
-                sub.patterns = patterns
-                sub.notices = notices
+            sub.patterns, sub.notices = patterns, notices
+            if member:
                 self._join(sub)
-            else:
-                sub.patterns = patterns
-                sub.notices = notices
 
     # Groups change only here, under the lock: the one group touched is rebuilt (in C, in time
     # proportional to its size) and the tuple of groups re-made, so thousands of subscribers join
