@@ -90,8 +90,7 @@ class CommitHub:
         self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
         self._groups: tuple[_Group, ...] = ()
-        self._members: dict[tuple[tuple[str, ...], bool], list[Subscriber]] = {}  # by what they hear
-        self._group_of: dict[tuple[tuple[str, ...], bool], _Group] = {}
+        self._group_of: dict[tuple[tuple[str, ...], bool], _Group] = {}  # by what they hear
         self._lock = threading.Lock()
         self._detach: object = None
         # Server (loop) mode: commits waiting for the next delivery pass, the pass under way, pacing.
@@ -143,27 +142,28 @@ class CommitHub:
     # and leave in about linear time.
     def _join(self, sub: Subscriber) -> None:
         sig = (sub.patterns.streams, sub.notices)
-        self._members.setdefault(sig, []).append(sub)
-        self._publish(sig)
+        group = self._group_of.get(sig)
+        self._publish(sig, (*group.subscribers, sub) if group is not None else (sub,))
 
     def _leave(self, sub: Subscriber) -> None:
         sig = (sub.patterns.streams, sub.notices)
-        if sub not in self._members.get(sig, ()):  # its patterns were changed behind the hub's back
-            sig = next((g for g, m in self._members.items() if sub in m), None)
-            if sig is None:
+        group = self._group_of.get(sig)
+        if group is None or sub not in group.subscribers:  # its patterns were changed behind the hub's back
+            found = next((g for g, grp in self._group_of.items() if sub in grp.subscribers), None)
+            if found is None:
                 return
-        self._members[sig].remove(sub)  # subscribers compare by identity
-        self._publish(sig)
+            sig, group = found, self._group_of[found]
+        members = list(group.subscribers)
+        members.remove(sub)  # subscribers compare by identity
+        self._publish(sig, tuple(members))
 
-    def _publish(self, sig: tuple[tuple[str, ...], bool]) -> None:
-        """Rebuild group ``sig`` and replace the tuple that the writers' and the loop's threads
-        read (never changed in place)."""
-        members = self._members[sig]
+    def _publish(self, sig: tuple[tuple[str, ...], bool], members: tuple[Subscriber, ...]) -> None:
+        """Make ``members`` group ``sig`` and replace the tuple that the writers' and the loop's
+        threads read (never changed in place)."""
         if members:
-            self._group_of[sig] = _Group(members[0].patterns, members[0].notices, tuple(members))
+            self._group_of[sig] = _Group(members[0].patterns, members[0].notices, members)
         else:
-            del self._members[sig]
-            self._group_of.pop(sig, None)
+            del self._group_of[sig]
         self._groups = tuple(self._group_of.values())
 
     def close(self) -> None:
@@ -171,7 +171,6 @@ class CommitHub:
         self._pass = None
         with self._lock:
             subs, self._subscribers = self._subscribers, ()
-            self._members = {}
             self._group_of = {}
             self._groups = ()
             if self._detach is not None:
