@@ -206,13 +206,17 @@ def kill_writer(
     if mode == "startup":
         # Leave the previous crash's log un-recovered, and kill the next writer while it starts
         # up and replays it: recovery itself must survive being interrupted.
+        started = time.monotonic()
         child = Child(root, next_op, writer=writer)
         child.wait_for("READY")
+        startup = time.monotonic() - started  # interpreter start, imports, recovery: on this machine
         time.sleep(rng.uniform(0.0, 0.05))
         assert child.kill() == -signal.SIGKILL, child.stderr()
         child_ops = (child.acked(), child.begun())
         restart = Child(root, max([next_op - 1, *child_ops[1]]) + 1, writer=writer)
-        time.sleep(rng.uniform(0.05, 1.2))  # somewhere in interpreter start, imports or recovery
+        # Somewhere in its own start-up, measured rather than guessed: a fixed 1.2 s let a fast
+        # machine's writer finish starting and run ~90 operations, past the end of its plan.
+        time.sleep(rng.uniform(0.0, startup))
         assert restart.kill() == -signal.SIGKILL, restart.stderr()
         return child_ops[0] + restart.acked(), child_ops[1] + restart.begun(), 2
     child = Child(root, next_op, writer=writer)
