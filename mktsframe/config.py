@@ -42,7 +42,7 @@ class Config:
     root_directory: str = "data"
     listen_host: str = ""
     listen_port: int = 5993
-    grpc_listen_port: int | None = None
+    grpc_listen_port: int | None = 5995
     grpc_max_send_msg_size: int = 1024
     grpc_max_recv_msg_size: int = 1024
     utilities_url: str | None = None
@@ -201,8 +201,11 @@ root_directory: data
 # HTTP API (/rpc, /ws, /heartbeat). Empty host = all interfaces.
 listen_host: ""
 listen_port: 5993
-# gRPC API port; leave unset to disable.
-# grpc_listen_port: 5995
+# gRPC API port (proto.Marketstore, for pymarketstore's grpc=True); 0 disables it.
+grpc_listen_port: 5995
+# Largest gRPC message sent / accepted, MB.
+grpc_max_send_msg_size: 1024
+grpc_max_recv_msg_size: 1024
 # Zone used for zone-less times in requests (bars are always aligned in UTC).
 timezone: UTC
 # fatal | error | warning | info | debug

@@ -12,7 +12,8 @@ from mktsframe.backend import connect
 from mktsframe.backend.base import Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
-from mktsframe.server.rpc import MSGPACK, RpcService
+from mktsframe.server.rpc import MSGPACK, JsonRpc
+from mktsframe.server.service import Service
 
 NS = 1_000_000_000
 T0 = 1_704_067_200
@@ -66,7 +67,7 @@ def test_a_probe_that_raced_with_a_forget_is_not_kept(tmp_path: Path) -> None:
         assert uncached.get("A/1Min/X") is not first
 
 
-def _write(svc: RpcService, key: str, column: str, values: np.ndarray) -> dict:
+def _write(svc: JsonRpc, key: str, column: str, values: np.ndarray) -> dict:
     ds = {"names": ["Epoch", column], "types": ["i8", values.dtype.str[1:]],
           "data": [np.array([T0], "<i8").tobytes(), values.tobytes()], "length": 1,
           "startindex": {key: 0}, "lengths": {key: 1}}
@@ -80,7 +81,7 @@ def test_the_server_hears_a_bucket_recreated_behind_its_back(tmp_path: Path) -> 
     (a plugin, say) must reach it through the commit listener, or writes would be conformed to the
     old schema."""
     with connect(tmp_path) as db:
-        svc = RpcService(db, Config(), "test")
+        svc = JsonRpc(Service(db, Config(), "test"))
         assert _write(svc, "A/1Min/X", "Close", np.array([1.5], "<f8"))["responses"] is None
         db.destroy("A/1Min/X")
         db.create("A/1Min/X", [("Size", "i4")])

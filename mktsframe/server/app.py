@@ -1,11 +1,14 @@
 """The ASGI application: ``/rpc`` (POST, HEAD), ``/ws`` (push stream), ``/heartbeat``, and the lifespan.
 
+The lifespan also runs the gRPC API (:mod:`~mktsframe.server.grpc_api`) on the same event loop when
+``grpc_listen_port`` is set: both transports are codecs over one :class:`~.service.Service`.
+
 The app is a thin async shell. Each ``/rpc`` body is read here (bounded by ``max_body_bytes``)
-and handed whole to :meth:`RpcService.handle` in a worker thread, so decoding, disk work and
+and handed whole to :meth:`JsonRpc.handle` in a worker thread, so decoding, disk work and
 encoding stay off the event loop; the engine's own locks serialise writes through the WAL and
 let reads proceed between commits. One exception, the commonest request: a write of a few rows
 to existing buckets runs on the loop itself when the engine says it will not wait
-(:meth:`RpcService.handle_now`: no other change under way, the last log sync was fast). That
+(:meth:`JsonRpc.handle_now`: no other change under way, the last log sync was fast). That
 saves the two thread hops (to the worker and back), about a quarter of a 1-row write's latency
 on a small machine, and costs the loop at most one fast sync.
 
@@ -41,7 +44,8 @@ from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
-from mktsframe.server.rpc import INVALID_REQUEST, JSON, LATER, Reply, RpcService, content_codec, request_error
+from mktsframe.server.rpc import INVALID_REQUEST, JSON, LATER, JsonRpc, Reply, content_codec, request_error
+from mktsframe.server.service import Service
 from mktsframe.server.ws import serve_stream
 from mktsframe.server.ws_push import FrameCache
 from mktsframe.streaming.hub import CommitHub
@@ -87,8 +91,9 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         be = backend if backend is not None else await anyio.to_thread.run_sync(open_backend, config)
-        service = RpcService(be, config, version)
+        service = Service(be, config, version)
         app.state.service = service
+        app.state.rpc = JsonRpc(service)
         plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
         app.state.plugins = plugins
         # One commit listener for all /ws connections; fan-out happens on this event loop.
@@ -96,11 +101,15 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         hub = CommitHub(be.engine, loop=loop, max_wait=config.stream_max_wait) if isinstance(be, LocalBackend) else None
         app.state.hub = hub
         app.state.frames = FrameCache()
-        log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
-        try:
+        grpc_server = None
+        try:  # a gRPC port that cannot be bound stops the start-up, after the cleanup below
+            grpc_server = await _start_grpc(service, config) if config.grpc_listen_port else None
+            log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
             yield
         finally:
             service.stopping = True
+            if grpc_server is not None:
+                await grpc_server.stop(config.stop_grace_period or None)
             if plugins is not None:
                 await anyio.to_thread.run_sync(plugins.stop)
             if hub is not None:
@@ -110,7 +119,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
                 log.info("engine closed cleanly")
 
     async def heartbeat(request: Request) -> Response:
-        service: RpcService = request.app.state.service
+        service: Service = request.app.state.service
         body = service.heartbeat()
         return JSONResponse(body, 200 if service.queryable else 503, headers)
 
@@ -121,6 +130,13 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         lifespan=lifespan,
     )
     return RpcFront(site, headers, limit)
+
+
+async def _start_grpc(service: Service, config: Config) -> Any:
+    """The gRPC API beside ``/rpc`` on this event loop (grpcio is imported only when it is configured)."""
+    from mktsframe.server.grpc_api import GrpcServer
+
+    return await GrpcServer.start(service, config)
 
 
 #: Worker threads for ``/rpc`` bodies (decode, disk work, encode). Writers queue on the engine's write
@@ -208,10 +224,12 @@ class RpcFront:
             if len(body) > self.limit:
                 await self._too_big(send, f"more than {self.limit}", codec)
                 return
-        service: RpcService = self.site.state.service
-        out = service.handle_now(body, codec)  # a few-row append, when it cannot stall the loop
+        rpc: JsonRpc = self.site.state.rpc
+        client = scope.get("client")
+        caller = f"{client[0]}:{client[1]}" if client else ""
+        out = rpc.handle_now(body, codec, caller)  # a few-row append, when it cannot stall the loop
         if out is LATER:
-            out = await self._in_thread(service.handle, bytes(body), codec)
+            out = await self._in_thread(rpc.handle, bytes(body), codec, caller)
         if out is None:  # a notification (no id): MarketStore writes no body
             await self._reply(send, 200, b"", None)
         else:

@@ -1,7 +1,8 @@
 """Command-line settings and the uvicorn runner for ``python -m mktsframe.server``.
 
 Precedence: command-line flags, then ``--config mkts.yml``, then the embedded defaults (root
-``data/`` under the current directory, port 5993, all interfaces — MarketStore's defaults).
+``data/`` under the current directory, HTTP port 5993, gRPC port 5995, all interfaces — MarketStore's
+defaults).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--root", metavar="DIR", help="data directory (default: data/ here, or the config's)")
     parser.add_argument("--port", type=int, metavar="N", help="HTTP port (default 5993)")
     parser.add_argument("--host", metavar="H", help="listen address (default: all interfaces)")
+    parser.add_argument("--grpc-port", type=int, metavar="N", help="gRPC port (default 5995; 0 = no gRPC API)")
     return parser
 
 
@@ -42,6 +44,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not 0 <= args.port <= 65535:
             raise SystemExit(f"--port must be between 0 and 65535, got {args.port}")
         overrides["listen_port"] = args.port
+    if args.grpc_port is not None:
+        if not 0 <= args.grpc_port <= 65535:
+            raise SystemExit(f"--grpc-port must be between 0 and 65535, got {args.grpc_port}")
+        overrides["grpc_listen_port"] = args.grpc_port
     if args.host is not None:
         overrides["listen_host"] = args.host
     return load_config(args.config, **overrides)
@@ -50,8 +56,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def unsupported_settings(config: Config) -> list[str]:
     """Settings this server accepts but cannot honour yet, each with the reason (logged at start)."""
     out = []
-    if config.grpc_listen_port is not None:
-        out.append("grpc_listen_port: the gRPC API is not implemented yet; only HTTP /rpc is served")
     if config.utilities_url:
         out.append("utilities_url: /heartbeat is always served on the main port; no separate listener")
     if config.wal_bypass:

@@ -33,6 +33,7 @@ class ServerProcess:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    grpc_port: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -42,6 +43,15 @@ class ServerProcess:
     @property
     def rpc(self) -> str:
         return f"{self.url}/rpc"
+
+    @property
+    def grpc(self) -> str:
+        """``host:port`` of the gRPC API (pymarketstore's ``Client(server.grpc, grpc=True)``)."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def endpoint(self, transport: str) -> str:
+        """What ``pymarketstore.Client`` is given for ``transport`` (``"http"`` or ``"grpc"``)."""
+        return self.grpc if transport == "grpc" else self.rpc
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -63,9 +73,9 @@ def start_server(workdir: Path, *, root: Path | None = None, config: dict[str, A
     workdir.mkdir(parents=True, exist_ok=True)
     root = root or workdir / "data"
     for attempt in range(5):
-        port = free_port()
+        port, grpc_port = free_port(), free_port()
         cmd = [sys.executable, "-m", "mktsframe.server", "--root", str(root), "--port", str(port)]
-        cmd += ["--host", "127.0.0.1"]
+        cmd += ["--host", "127.0.0.1", "--grpc-port", str(grpc_port)]
         if config is not None:
             cfg_path = workdir / "mkts.yml"
             cfg_path.write_text(yaml.safe_dump(config))
@@ -73,7 +83,7 @@ def start_server(workdir: Path, *, root: Path | None = None, config: dict[str, A
         log = workdir / f"server-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
-        server = ServerProcess(root, port, proc, log)
+        server = ServerProcess(root, port, proc, log, grpc_port)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -1,4 +1,4 @@
-"""``RpcService.handle_now``: the few-row appends the server runs on its event loop, and every case
+"""``JsonRpc.handle_now``: the few-row appends the server runs on its event loop, and every case
 that must still go to a worker thread (so the loop never waits on a lock, a slow disk or big work)."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from mktsframe.backend import connect
 from mktsframe.backend.base import Batch
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
-from mktsframe.server.rpc import JSON, LATER, MSGPACK, NOW_MAX_ROWS, RpcService
+from mktsframe.server.rpc import JSON, LATER, MSGPACK, NOW_MAX_ROWS, JsonRpc
+from mktsframe.server.service import Service
 
 NS = 1_000_000_000
 T0 = 1_704_067_200
@@ -34,7 +35,7 @@ def write_body(rows: int, key: str = KEY, first: int = 0) -> bytes:
 @pytest.fixture
 def service(tmp_path: Path):
     with connect(tmp_path) as db:
-        svc = RpcService(db, Config(), "test")
+        svc = JsonRpc(Service(db, Config(), "test"))
         db.write(KEY, Batch(np.array([(T0 - 60) * NS]), {"Close": np.array([0.0])}))
         yield db, svc
 
@@ -103,7 +104,7 @@ def test_a_read_only_backend_never_writes_now(tmp_path: Path) -> None:
     with connect(tmp_path, read_only=True) as ro:
         with ro.writes_without_waiting() as now:
             assert not now
-        svc = RpcService(ro, Config(), "test")
+        svc = JsonRpc(Service(ro, Config(), "test"))
         assert svc.handle_now(write_body(1, first=1), MSGPACK) is LATER
 
 

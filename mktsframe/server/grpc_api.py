@@ -1,0 +1,227 @@
+"""MarketStore's gRPC API (``proto.Marketstore``) as a thin protobuf codec around :class:`~.service.Service`.
+
+Served by grpcio's asyncio server on ``grpc_listen_port``, on the HTTP server's event loop. Each
+call is one hop to a worker thread, which parses the protobuf request, turns it into the same
+request map the ``/rpc`` codec produces, runs :meth:`Service.call` and serialises the reply, so
+the event loop never parses, waits on disk or copies a large reply. Handlers get the raw bytes
+(no grpcio (de)serialiser), which keeps a malformed message an ``INVALID_ARGUMENT`` with our text
+and lets a reply's size be checked before it is built.
+
+Errors: a whole-call failure is a gRPC status (:func:`~.service.status_of`: ``NOT_FOUND`` for a
+missing bucket, ``INVALID_ARGUMENT``, ``PERMISSION_DENIED`` for a disabled operation or a
+read-only server, ``UNAVAILABLE`` while not queryable, ``RESOURCE_EXHAUSTED`` for a reply over
+``grpc_max_send_msg_size``) with the message ``/rpc`` gives; a per-request failure of Write,
+Create or Destroy is that request's ``ServerResponse.error``, as in MarketStore.
+
+proto3 has no "unset" for scalars, so as in MarketStore a zero means absent: ``epoch_start`` and
+``epoch_end`` of 0 (with 0 nanos) are open bounds and ``limit_record_count`` 0 is no limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.message import DecodeError
+
+from mktsframe.config import Config
+from mktsframe.server.grpc_schema import METHODS, PACKAGE, SERVICE, messages
+from mktsframe.server.service import CallContext, CallError, Service, Status, brief, message_of, status_of
+
+__all__ = ["GrpcApi", "GrpcServer"]
+
+log = logging.getLogger("mktsframe.server")
+
+MIB = 1 << 20
+#: Worker threads for gRPC calls (as for ``/rpc``: writers may queue on the engine's write lock).
+GRPC_THREADS = 40
+
+
+class GrpcApi:
+    """Request bytes → :class:`Service` → reply bytes, for each method of ``proto.Marketstore``.
+
+    Synchronous (run in a worker thread); raises :class:`CallError` or a mktsframe error for a
+    failed call, which :func:`_handler` turns into a status.
+    """
+
+    def __init__(self, service: Service, max_send_bytes: int) -> None:
+        self.service = service
+        self.max_send_bytes = max_send_bytes
+        self.msg = messages()
+        self._codecs: dict[str, Callable[[Any, CallContext], Any]] = {
+            "Query": self.query,
+            "Write": self.write,
+            "Create": self.create,
+            "Destroy": self.destroy,
+            "ListSymbols": self.list_symbols,
+            "ServerVersion": self.server_version,
+        }
+
+    def handle(self, method: str, body: bytes, ctx: CallContext) -> bytes:
+        """Decode ``body`` as ``method``'s request, run it, and encode the reply."""
+        request_type, _ = METHODS[method]
+        try:
+            request = self.msg[request_type].FromString(body)
+        except (DecodeError, ValueError, RecursionError) as exc:
+            raise CallError(Status.INVALID_ARGUMENT, f"grpc: cannot decode {request_type}: {brief(exc)}") from None
+        reply = self._codecs[method](request, ctx)
+        size = reply.ByteSize()
+        if size > self.max_send_bytes:
+            raise CallError(
+                Status.RESOURCE_EXHAUSTED,
+                f"the reply is {size:,} bytes, over grpc_max_send_msg_size ({self.max_send_bytes // MIB} MB); "
+                "query less at once",
+                "MktsError",
+            )
+        return reply.SerializeToString()
+
+    # -- per method: protobuf → request map → Service → protobuf ---------------------------------
+    def query(self, m: Any, ctx: CallContext) -> Any:
+        reqs = []
+        for r in m.requests:
+            d: dict[str, Any] = {"destination": r.destination, "limit_from_start": r.limit_from_start}
+            if r.is_sql_statement:
+                d.update(is_sqlstatement=True, sql_statement=r.sql_statement)
+            if r.key_category:
+                d["key_category"] = r.key_category
+            for which in ("start", "end"):
+                secs, nanos = getattr(r, f"epoch_{which}"), getattr(r, f"epoch_{which}_nanos")
+                if secs or nanos:
+                    d[f"epoch_{which}"], d[f"epoch_{which}_nanos"] = secs, nanos
+            if r.limit_record_count:
+                d["limit_record_count"] = r.limit_record_count
+            if r.columns:
+                d["columns"] = list(r.columns)
+            if r.functions:
+                d["functions"] = list(r.functions)
+            reqs.append(d)
+        result = self.service.call("DataService.Query", {"requests": reqs}, ctx)
+        out = self.msg["MultiQueryResponse"](version=result["version"], timezone=result["timezone"])
+        for response in result["responses"]:
+            self._dataset(out.responses.add().result, response["result"])
+        return out
+
+    @staticmethod
+    def _dataset(target: Any, ds: dict[str, Any]) -> None:
+        """Fill a NumpyMultiDataset from the service's NMDS map (one copy of each column into it)."""
+        data = target.data
+        data.column_names.extend(ds["names"])
+        data.column_types.extend(ds["types"])
+        data.column_data.extend(bytes(col) for col in ds["data"])
+        data.length = _int32(ds["length"], "rows in one reply")
+        target.start_index.update(ds["startindex"])
+        target.lengths.update(ds["lengths"])
+
+    def write(self, m: Any, ctx: CallContext) -> Any:
+        reqs = []
+        for r in m.requests:
+            mds = r.data
+            ds = {"names": list(mds.data.column_names), "types": list(mds.data.column_types),
+                  "data": list(mds.data.column_data), "length": mds.data.length,
+                  "startindex": dict(mds.start_index), "lengths": dict(mds.lengths)}  # fmt: skip
+            reqs.append({"dataset": ds, "is_variable_length": r.is_variable_length})
+        return self._responses(self.service.call("DataService.Write", {"requests": reqs}, ctx))
+
+    def create(self, m: Any, ctx: CallContext) -> Any:
+        reqs = [{"key": r.key, "column_names": [s.name for s in r.data_shapes],
+                 "column_types": [s.type for s in r.data_shapes], "row_type": r.row_type or "fixed"}
+                for r in m.requests]  # fmt: skip
+        return self._responses(self.service.call("DataService.Create", {"requests": reqs}, ctx))
+
+    def destroy(self, m: Any, ctx: CallContext) -> Any:
+        reqs = [{"key": r.key} for r in m.requests]
+        return self._responses(self.service.call("DataService.Destroy", {"requests": reqs}, ctx))
+
+    def list_symbols(self, m: Any, ctx: CallContext) -> Any:
+        fmt = "tbk" if m.format == 1 else "symbol"
+        result = self.service.call("DataService.ListSymbols", {"format": fmt}, ctx)
+        return self.msg["ListSymbolsResponse"](results=result["Results"])
+
+    def server_version(self, m: Any, ctx: CallContext) -> Any:
+        return self.msg["ServerVersionResponse"](version=self.service.version)
+
+    def _responses(self, result: dict[str, Any]) -> Any:
+        out = self.msg["MultiServerResponse"]()
+        for r in result.get("responses") or []:
+            out.responses.add(error=r.get("error", ""), version=r.get("version", self.service.version))
+        return out
+
+
+def _int32(n: int, what: str) -> int:
+    if n > 2**31 - 1:
+        raise CallError(Status.RESOURCE_EXHAUSTED, f"too many {what} for gRPC's int32 ({n:,}); query less at once",
+                        "MktsError")
+    return n
+
+
+def _handler(api: GrpcApi, method: str, pool: ThreadPoolExecutor) -> Callable[..., Awaitable[bytes]]:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        ctx = CallContext("grpc", context.peer() or "", deadline)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, api.handle, method, body, ctx)
+        except Exception as exc:
+            status = status_of(exc)
+            if status is Status.INTERNAL:
+                log.error("internal error in gRPC %s", method, exc_info=exc)
+                text = f"internal error: {type(exc).__name__}: {exc}"
+            else:
+                text = message_of(exc)
+            await context.abort(grpc.StatusCode[status.name], text)
+            raise  # not reached: abort raises
+
+    return handle
+
+
+class GrpcServer:
+    """grpcio's asyncio server with ``proto.Marketstore`` and the worker threads it runs calls on."""
+
+    def __init__(self, server: grpc.aio.Server, pool: ThreadPoolExecutor, address: str) -> None:
+        self.server = server
+        self.pool = pool
+        self.address = address
+
+    @classmethod
+    async def start(cls, service: Service, config: Config, host: str | None = None) -> GrpcServer | None:
+        """Serve on ``config.grpc_listen_port`` (``None`` when it is unset or 0).
+
+        Raises ``RuntimeError`` naming the address when the port cannot be bound, so a server never
+        silently runs without the API its configuration promises.
+        """
+        port = config.grpc_listen_port
+        if not port:
+            return None
+        send, recv = config.grpc_max_send_msg_size * MIB, config.grpc_max_recv_msg_size * MIB
+        pool = ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="mkts-grpc")
+        api = GrpcApi(service, send)
+        handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(api, name, pool)) for name in METHODS}
+        server = grpc.aio.server(
+            handlers=[grpc.method_handlers_generic_handler(f"{PACKAGE}.{SERVICE}", handlers)],
+            options=[("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", recv),
+                     ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
+        )
+        address = f"{host or config.listen_host or '0.0.0.0'}:{port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            bound, reason = 0, str(exc)
+        else:
+            reason = "is the port in use?"
+        if not bound:
+            pool.shutdown(wait=False)
+            raise RuntimeError(f"cannot serve gRPC on {address} ({reason})")
+        await server.start()
+        log.info("gRPC API on %s", address)
+        return cls(server, pool, address)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop accepting calls, let running ones finish (at most ``grace`` seconds), free the threads."""
+        await self.server.stop(grace)
+        self.pool.shutdown(wait=False)
