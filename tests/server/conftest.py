@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pymarketstore as pymkts
 import pytest
-from live_helpers import ServerProcess, start_server
+from live_helpers import TRANSPORTS, ServerProcess, mkts_client, start_server
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +51,15 @@ _ids = itertools.count()
 def sym() -> str:
     """A symbol no other test uses (the session server is shared)."""
     return f"S{os.getpid()}X{next(_ids)}"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """``"http"`` (msgpack ``/rpc``) or ``"grpc"``: tests taking it run over both APIs."""
+    return str(request.param)
+
+
+@pytest.fixture
+def client(live_server: ServerProcess, transport: str) -> pymkts.Client:
+    """The unmodified pymarketstore client of the session server, over each API in turn."""
+    return mkts_client(live_server, transport)

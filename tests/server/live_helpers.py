@@ -12,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pymarketstore as pymkts
 import yaml
 
-__all__ = ["ServerProcess", "free_port", "start_server"]
+__all__ = ["TRANSPORTS", "ServerProcess", "free_port", "mkts_client", "replies", "start_server"]
+
+#: The two APIs every pymarketstore test runs over (``pymarketstore.Client(..., grpc=...)``).
+TRANSPORTS = ("http", "grpc")
 
 STARTUP_TIMEOUT = 30.0
 
@@ -66,6 +70,21 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return int(self.proc.returncode)
+
+
+def mkts_client(server: ServerProcess, transport: str) -> pymkts.Client:
+    """The unmodified pymarketstore client of ``server`` over ``transport`` (``"http"`` or ``"grpc"``)."""
+    return pymkts.Client(server.endpoint(transport), grpc=transport == "grpc")
+
+
+def replies(reply: Any) -> list[dict[str, str]] | None:
+    """The per-request responses of a pymarketstore ``write``/``create``/``destroy`` reply, either
+    transport: the msgpack map ``{"responses": [...] | None}`` or gRPC's ``MultiServerResponse``
+    (``None`` when there are none, as MarketStore's Write answers on success)."""
+    if isinstance(reply, dict):
+        return reply["responses"]
+    out = [{"error": r.error, "version": r.version} for r in reply.responses]
+    return out or None
 
 
 def start_server(workdir: Path, *, root: Path | None = None, config: dict[str, Any] | None = None) -> ServerProcess:

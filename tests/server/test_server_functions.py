@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
+from live_helpers import replies
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
@@ -21,10 +22,6 @@ def ts(text: str) -> int:
     return pd.Timestamp(text, tz="UTC").value // 10**9
 
 
-@pytest.fixture
-def client(live_server) -> pymkts.Client:
-    return pymkts.Client(live_server.rpc)
-
 
 @pytest.fixture
 def hourly(client: pymkts.Client, sym: str) -> str:
@@ -32,7 +29,7 @@ def hourly(client: pymkts.Client, sym: str) -> str:
     arr["Epoch"] = [ts(f"2024-01-02 0{h}:00") for h in range(4)]
     arr["Open"], arr["High"], arr["Low"] = [20, 40, 60, 80], [40, 80, 120, 160], [10, 20, 30, 40]
     arr["Close"], arr["Ask"], arr["Volume"] = [30, 60, 90, 120], [10, 30, 50, 70], [1, 2, 3, 4]
-    assert client.write(arr, f"{sym}/1H/OHLCV") == {"responses": None}
+    assert replies(client.write(arr, f"{sym}/1H/OHLCV")) is None
     return sym
 
 
@@ -221,7 +218,7 @@ def test_tickcandler_on_a_tick_bucket(client: pymkts.Client, sym: str) -> None:
     arr = np.zeros(len(ticks), dtype=[("Epoch", "i8"), ("Price", "f8"), ("Size", "i4"), ("Nanoseconds", "i4")])
     arr["Epoch"], arr["Nanoseconds"] = np.divmod(ticks.index.as_unit("ns").asi8, 10**9)
     arr["Price"], arr["Size"] = ticks["Price"].to_numpy(), ticks["Size"].to_numpy()
-    assert client.write(arr, f"{sym}/1Sec/TRADE", isvariablelength=True) == {"responses": None}
+    assert replies(client.write(arr, f"{sym}/1Sec/TRADE", isvariablelength=True)) is None
     got = client.query(pymkts.Params(sym, "1Sec", "TRADE", functions=[
         "tickcandler('5Min', Price, Sum::Size)"])).first().df()
     want = tick_candles(ticks, "5min")

@@ -1,4 +1,5 @@
-"""Every call of the unmodified pymarketstore 0.22 client against a live mktsframe server."""
+"""Every call of the unmodified pymarketstore 0.22 client against a live mktsframe server, over HTTP
+``/rpc`` and over gRPC (``grpc=True``): the ``client`` fixture runs each test on both."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
+from live_helpers import mkts_client, replies
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
@@ -24,10 +26,6 @@ def bars(times: list[str], *, dtype: list[tuple[str, str]] = OHLCV, start: float
     return arr
 
 
-@pytest.fixture
-def client(live_server) -> pymkts.Client:
-    return pymkts.Client(live_server.rpc)
-
 
 def test_server_version(client: pymkts.Client) -> None:
     assert client.server_version().startswith("mktsframe-")
@@ -35,7 +33,7 @@ def test_server_version(client: pymkts.Client) -> None:
 
 def test_write_structured_array_and_query_back(client: pymkts.Client, sym: str) -> None:
     data = bars(["2024-01-02 09:30", "2024-01-02 09:31", "2024-01-02 09:32"])
-    assert client.write(data, f"{sym}/1Min/OHLCV") == {"responses": None}
+    assert replies(client.write(data, f"{sym}/1Min/OHLCV")) is None
     reply = client.query(pymkts.Params(sym, "1Min", "OHLCV"))
     assert reply.timezone == "UTC"
     ds = reply.first()
@@ -52,7 +50,7 @@ def test_write_dataframe_records(client: pymkts.Client, sym: str) -> None:
     df = pd.DataFrame(
         {"Epoch": [ts("2024-03-01"), ts("2024-03-02")], "Bid": np.array([1.5, 2.5], "f8"), "Size": np.array([3, 4])}
     )
-    assert client.write(df.to_records(index=False), f"{sym}/1D/QUOTE") == {"responses": None}
+    assert replies(client.write(df.to_records(index=False), f"{sym}/1D/QUOTE")) is None
     out = client.query(pymkts.Params(sym, "1D", "QUOTE")).first().df()
     assert out["Bid"].tolist() == [1.5, 2.5]
     assert out["Size"].tolist() == [3, 4]
@@ -154,48 +152,48 @@ def test_list_symbols_both_formats(client: pymkts.Client, sym: str) -> None:
     client.write(bars(["2024-01-02"]), f"{sym}/1Min/OHLCV")
     client.write(bars(["2024-01-02"]), f"{sym}/1H/OHLCV")
     assert sym in client.list_symbols()
-    assert client.list_symbols().count(sym) == 1
+    assert list(client.list_symbols()).count(sym) == 1  # (gRPC: pymarketstore returns protobuf's list)
     tbks = client.list_symbols(pymkts.ListSymbolsFormat.TBK)
     assert {f"{sym}/1Min/OHLCV", f"{sym}/1H/OHLCV"} <= set(tbks)
 
 
-def test_list_symbols_empty_db(server_factory) -> None:
+def test_list_symbols_empty_db(server_factory, transport: str) -> None:
     server = server_factory()
-    client = pymkts.Client(server.rpc)
-    assert client.list_symbols() == []
-    assert client.list_symbols(pymkts.ListSymbolsFormat.TBK) == []
+    client = mkts_client(server, transport)
+    assert list(client.list_symbols()) == []
+    assert list(client.list_symbols(pymkts.ListSymbolsFormat.TBK)) == []
 
 
 @pytest.mark.parametrize("wire", ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f4", "f8"])
 def test_create_every_type_then_write_and_read(client: pymkts.Client, sym: str, wire: str) -> None:
     tbk = f"{sym}/1Min/T{wire}"
     reply = client.create(tbk, [("Epoch", "<i8"), ("Value", f"<{wire}")])
-    assert reply["responses"][0]["error"] == ""
+    assert replies(reply)[0]["error"] == ""
     assert sym in client.list_symbols()
     data = np.array([(ts("2024-01-02"), 7)], dtype=[("Epoch", "i8"), ("Value", wire)])
-    assert client.write(data, tbk) == {"responses": None}
+    assert replies(client.write(data, tbk)) is None
     arr = client.query(pymkts.Params(sym, "1Min", f"T{wire}")).first().array
     assert arr.dtype["Value"] == np.dtype(wire)
     assert arr["Value"].tolist() == [7]
 
 
 def test_create_empty_columns_existing_and_variable(client: pymkts.Client, sym: str) -> None:
-    assert client.create(f"{sym}/1Min/EMPTY", [])["responses"][0]["error"] == ""
-    again = client.create(f"{sym}/1Min/EMPTY", [])["responses"][0]["error"]
+    assert replies(client.create(f"{sym}/1Min/EMPTY", []))[0]["error"] == ""
+    again = replies(client.create(f"{sym}/1Min/EMPTY", []))[0]["error"]
     assert "already exists" in again
     var = client.create(f"{sym}/1Sec/TICK", [("Epoch", "i8"), ("Bid", "f4")], isvariablelength=True)
-    assert var["responses"][0]["error"] == ""  # row_type "variable" is honoured (MarketStore ignored it)
+    assert replies(var)[0]["error"] == ""  # row_type "variable" is honoured (MarketStore ignored it)
     arr = client.query(pymkts.Params(sym, "1Sec", "TICK")).first().array
     assert arr.dtype.names == ("Epoch", "Bid", "Nanoseconds")
     bad = client.create(f"{sym}/1Min/BAD", [("Epoch", "i8"), ("Bid", "c16")])
-    assert "unexpected data type" in bad["responses"][0]["error"]
+    assert "unexpected data type" in replies(bad)[0]["error"]
 
 
 def test_destroy(client: pymkts.Client, sym: str) -> None:
     client.write(bars(["2024-01-02"]), f"{sym}/1Min/OHLCV")
-    assert client.destroy(f"{sym}/1Min/OHLCV")["responses"][0]["error"] == ""
+    assert replies(client.destroy(f"{sym}/1Min/OHLCV"))[0]["error"] == ""
     assert sym not in client.list_symbols()
-    missing = client.destroy(f"{sym}/1Min/OHLCV")["responses"][0]["error"]
+    missing = replies(client.destroy(f"{sym}/1Min/OHLCV"))[0]["error"]
     assert missing  # idempotent-setup style: an error string, not an exception
     with pytest.raises(Exception, match="no files returned from query parse"):
         client.query(pymkts.Params(sym, "1Min", "OHLCV"))
@@ -205,7 +203,7 @@ def test_write_overwrites_and_coerces(client: pymkts.Client, sym: str) -> None:
     tbk = f"{sym}/1Min/OHLCV"
     client.write(bars(["2024-01-02 00:00", "2024-01-02 00:01"]), tbk)
     f8 = [(n, "f8" if t == "f4" else t) for n, t in OHLCV]
-    assert client.write(bars(["2024-01-02 00:01"], dtype=f8, start=50.25), tbk) == {"responses": None}
+    assert replies(client.write(bars(["2024-01-02 00:01"], dtype=f8, start=50.25), tbk)) is None
     arr = client.query(pymkts.Params(sym, "1Min", "OHLCV")).first().array
     assert arr.dtype["Open"] == np.dtype("f4")
     assert arr["Open"].tolist() == [1.0, 50.25]
@@ -215,15 +213,15 @@ def test_write_errors_are_returned_not_raised(client: pymkts.Client, sym: str) -
     tbk = f"{sym}/1Min/OHLCV"
     client.write(bars(["2024-01-02"]), tbk)
     other = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Other", "f4")]), tbk)
-    assert "unable to match data columns" in other["responses"][0]["error"]
+    assert "unable to match data columns" in replies(other)[0]["error"]
     i4_epoch = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i4"), ("Bid", "f4")]), f"{sym}/1Min/X")
-    assert "unexpected data type for Epoch column" in i4_epoch["responses"][0]["error"]
+    assert "unexpected data type for Epoch column" in replies(i4_epoch)[0]["error"]
     i8_nanos = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i8")]), f"{sym}/1Min/Y")
-    assert "unexpected data type for Nanoseconds column" in i8_nanos["responses"][0]["error"]
+    assert "unexpected data type for Nanoseconds column" in replies(i8_nanos)[0]["error"]
     nanos = bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i4"), ("Bid", "f4")])
     nanos["Nanoseconds"] = 1_000_000_000
     var = client.write(nanos, f"{sym}/1Sec/TICK", isvariablelength=True)
-    assert "Nanoseconds values must be in [0, 999999999]" in var["responses"][0]["error"]
+    assert "Nanoseconds values must be in [0, 999999999]" in replies(var)[0]["error"]
     assert client.query(pymkts.Params(sym, "1Min", "OHLCV")).first().array.shape == (1,)
     assert set(client.list_symbols(pymkts.ListSymbolsFormat.TBK)).isdisjoint(
         {f"{sym}/1Min/X", f"{sym}/1Min/Y", f"{sym}/1Sec/TICK"}
@@ -233,7 +231,7 @@ def test_write_errors_are_returned_not_raised(client: pymkts.Client, sym: str) -
 def test_string16_and_column_names(client: pymkts.Client, sym: str) -> None:
     dt = [("Epoch", "i8"), ("_ask", "f4"), ("L1-Ask", "f4"), ("l1_ask", "f4"), ("Name", "U16")]
     data = np.array([(ts("2024-01-02"), 1, 2, 3, "añ€😀"), (ts("2024-01-03"), 4, 5, 6, "x" * 16)], dtype=dt)
-    assert client.write(data, f"{sym}/1D/STR") == {"responses": None}
+    assert replies(client.write(data, f"{sym}/1D/STR")) is None
     arr = client.query(pymkts.Params(sym, "1D", "STR")).first().array
     assert arr.dtype.names == ("Epoch", "_ask", "L1-Ask", "l1_ask", "Name")
     assert arr["Name"].tolist() == ["añ€😀", "x" * 16]
@@ -245,9 +243,9 @@ def test_functions_answer_not_supported(client: pymkts.Client, sym: str) -> None
         client.query(pymkts.Params(sym, "1Min", "OHLCV", functions=["adjust('split')"]))
 
 
-def test_reply_timezone_localises_dataframes(server_factory) -> None:
+def test_reply_timezone_localises_dataframes(server_factory, transport: str) -> None:
     server = server_factory(config={"timezone": "America/New_York"})
-    client = pymkts.Client(server.rpc)
+    client = mkts_client(server, transport)
     client.write(bars(["2024-01-02 14:30"]), "TZ/1Min/OHLCV")
     reply = client.query(pymkts.Params("TZ", "1Min", "OHLCV"))
     assert reply.timezone == "America/New_York"

@@ -10,16 +10,13 @@ import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
+from live_helpers import replies
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 
 OHLCV = [("Epoch", "i8"), ("Open", "f4"), ("High", "f4"), ("Low", "f4"), ("Close", "f4"), ("Volume", "f8")]
 START = pd.Timestamp("2000-01-05 12:00", tz="UTC")
 
-
-@pytest.fixture
-def client(live_server) -> pymkts.Client:
-    return pymkts.Client(live_server.rpc)
 
 
 @pytest.fixture
@@ -32,7 +29,7 @@ def minute_bars(client: pymkts.Client, sym: str) -> np.ndarray:
     arr["Low"] = arr["Open"] - 1
     arr["Close"] = arr["Open"] + 0.5
     arr["Volume"] = 1 + np.arange(120) % 7
-    assert client.write(arr, f"{sym}/1Min/OHLCV") == {"responses": None}
+    assert replies(client.write(arr, f"{sym}/1Min/OHLCV")) is None
     return arr
 
 

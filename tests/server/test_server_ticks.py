@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
+from live_helpers import replies
 
 import mktsframe
 from mktsframe import Backend
@@ -21,10 +22,6 @@ pytestmark = [pytest.mark.server, pytest.mark.timeout(120)]
 NS = 1_000_000_000
 TICK = [("Epoch", "i8"), ("Bid", "f4"), ("Ask", "f4"), ("Nanoseconds", "i4")]
 
-
-@pytest.fixture
-def client(live_server) -> pymkts.Client:
-    return pymkts.Client(live_server.rpc)
 
 
 def tick_array(ns: list[int] | np.ndarray, dtype: list[tuple[str, str]] = TICK) -> np.ndarray:
@@ -46,7 +43,7 @@ def times(ds: pymkts.results.DataSet) -> list[int]:
 def test_tick_round_trip_keeps_every_nanosecond_and_duplicate(client: pymkts.Client, sym: str) -> None:
     t = pd.Timestamp("2024-03-01 10:01:59", tz="UTC").value  # MarketStore: 10:01:58.999999995 at 1Min
     ns = [t + 999_999_999, t, t, t + 1, t + 59 * NS + 999_999_880]  # out of order, a duplicate
-    assert client.write(tick_array(ns), f"{sym}/1Min/TICK", isvariablelength=True) == {"responses": None}
+    assert replies(client.write(tick_array(ns), f"{sym}/1Min/TICK", isvariablelength=True)) is None
     ds = client.query(pymkts.Params(sym, "1Min", "TICK")).first()
     assert ds.array.dtype == np.dtype([("Epoch", "i8"), ("Bid", "f4"), ("Ask", "f4"), ("Nanoseconds", "i4")])
     assert times(ds) == sorted(ns)
@@ -87,7 +84,7 @@ def test_nanosecond_ranges_and_limits(client: pymkts.Client, sym: str) -> None:
     assert len(q(limit=4)) == 4  # the limit counts ticks, not intervals
 
 
-def test_fields_types_and_create(client: pymkts.Client, sym: str) -> None:
+def test_fields_types_and_create(client: pymkts.Client, live_server, sym: str) -> None:
     """MarketStore's test_ticks_fields_and_types, test_create (variable) and GetInfo's RecordType."""
     client.write(tick_array([1_709_251_200 * NS + 3], dtype=[("Epoch", "i8"), ("Ask", "f4"), ("Nanoseconds", "i4")]),
                  f"{sym}/1Min/VAR", isvariablelength=True)  # fmt: skip
@@ -96,14 +93,14 @@ def test_fields_types_and_create(client: pymkts.Client, sym: str) -> None:
     assert (var["Ask"].dtype, var["Nanoseconds"].dtype) == (np.dtype("f4"), np.dtype("i4"))
     assert var["Nanoseconds"].tolist() == [3]
     dt = [("Epoch", "i8"), ("Bid", "f8"), ("Nanoseconds", "i4")]
-    assert client.create(f"{sym}/1Sec/NEW", dt, isvariablelength=True)["responses"][0]["error"] == ""
-    assert client.write(tick_array([1_709_251_200 * NS + 9], dtype=dt), f"{sym}/1Sec/NEW") == {"responses": None}
+    assert replies(client.create(f"{sym}/1Sec/NEW", dt, isvariablelength=True))[0]["error"] == ""
+    assert replies(client.write(tick_array([1_709_251_200 * NS + 9], dtype=dt), f"{sym}/1Sec/NEW")) is None
     assert times(client.query(pymkts.Params(sym, "1Sec", "NEW")).first()) == [1_709_251_200 * NS + 9]
-    info = client.client._request("DataService.GetInfo", requests=[{"key": f"{sym}/1Sec/NEW"}])
+    info = pymkts.Client(live_server.rpc).client._request("DataService.GetInfo", requests=[{"key": f"{sym}/1Sec/NEW"}])
     assert info["responses"][0]["RecordType"] == 1
     assert [d["Name"] for d in info["responses"][0]["DSV"]] == ["Epoch", "Bid"]
     i8 = tick_array([0], dtype=[("Epoch", "i8"), ("Ask", "f4"), ("Nanoseconds", "i8")])
-    assert "unexpected data type for Nanoseconds" in client.write(i8, f"{sym}/1Min/VAR", True)["responses"][0]["error"]
+    assert "unexpected data type for Nanoseconds" in replies(client.write(i8, f"{sym}/1Min/VAR", True))[0]["error"]
 
 
 def test_random_ticks_with_duplicates_across_years(client: pymkts.Client, sym: str) -> None:
