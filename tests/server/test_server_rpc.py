@@ -13,13 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import msgpack
 import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
-from live_helpers import ServerProcess, free_port, start_server
+from live_helpers import ServerProcess, free_port, mkts_client, replies, start_server
 
 import mktsframe
 from mktsframe import BucketNotFoundError, MktsError
@@ -203,16 +204,21 @@ def test_not_queryable(server_factory, tmp_path: Path) -> None:
         client.list_symbols()
 
 
-def test_enable_add_and_remove_false(server_factory, tmp_path: Path) -> None:
+def test_enable_add_and_remove_false(server_factory, tmp_path: Path, transport: str) -> None:
+    """A disabled operation refuses the whole call (gRPC: PERMISSION_DENIED); a write creating a new
+    bucket fails that request only, on both APIs with the same text."""
     populate(tmp_path / "root")
     server = server_factory(config={"enable_add": False, "enable_remove": False}, root=tmp_path / "root")
-    client = pymkts.Client(server.rpc)
+    client = mkts_client(server, transport)
     arr = np.array([(1_704_153_600, 9.0)], dtype=[("Epoch", "i8"), ("Close", "f8")])
-    assert client.write(arr, "PRE/1Min/OHLCV") == {"responses": None}  # existing bucket: allowed
-    assert "enable_add is false" in client.write(arr, "NEW/1Min/OHLCV")["responses"][0]["error"]
-    assert "enable_add is false" in client.create("NEW/1Min/OHLCV", [("Close", "f8")])["responses"][0]["error"]
-    assert "enable_remove: false" in client.destroy("PRE/1Min/OHLCV")["responses"][0]["error"]
-    assert client.list_symbols(pymkts.ListSymbolsFormat.TBK) == ["PRE/1Min/OHLCV"]
+    assert replies(client.write(arr, "PRE/1Min/OHLCV")) is None  # existing bucket: allowed
+    assert "enable_add is false" in replies(client.write(arr, "NEW/1Min/OHLCV"))[0]["error"]
+    with pytest.raises(Exception, match=r"creating buckets is disabled on this server \(enable_add is false\)") as e:
+        client.create("NEW/1Min/OHLCV", [("Close", "f8")])
+    assert transport == "http" or e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(Exception, match=r"destroying buckets is disabled on this server \(enable_remove: false\)"):
+        client.destroy("PRE/1Min/OHLCV")
+    assert list(client.list_symbols(pymkts.ListSymbolsFormat.TBK)) == ["PRE/1Min/OHLCV"]
     assert client.query(pymkts.Params("PRE", "1Min", "OHLCV")).first().array["Close"].tolist() == [9.0, 2.0, 3.0]
 
 
@@ -363,8 +369,9 @@ def test_cli_init(tmp_path: Path) -> None:
 
 
 def test_cli_start_uses_config(tmp_path: Path) -> None:
-    port = free_port()
-    (tmp_path / "mkts.yml").write_text(f"root_directory: fromcfg\nlisten_port: {port}\nlisten_host: 127.0.0.1\n")
+    port, grpc_port = free_port(), free_port()
+    (tmp_path / "mkts.yml").write_text(f"root_directory: fromcfg\nlisten_port: {port}\nlisten_host: 127.0.0.1\n"
+                                       f"grpc_listen_port: {grpc_port}\n")
     exe = [sys.executable, "-c", "import sys; from mktsframe.cli import main; sys.exit(main(sys.argv[1:]))"]
     with (tmp_path / "log").open("wb") as log:
         proc = subprocess.Popen([*exe, "start", "--config", "mkts.yml"], cwd=tmp_path, stdout=log, stderr=log)
@@ -380,6 +387,7 @@ def test_cli_start_uses_config(tmp_path: Path) -> None:
             pytest.fail((tmp_path / "log").read_text())
         pymkts.Client(f"http://127.0.0.1:{port}/rpc").write(*one_bar("CLI"))
         assert (tmp_path / "fromcfg" / "CLI" / "1Min" / "OHLCV").is_dir()
+        assert list(pymkts.Client(f"127.0.0.1:{grpc_port}", grpc=True).list_symbols()) == ["CLI"]
     finally:
         proc.terminate()
         proc.wait(30)
