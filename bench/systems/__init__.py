@@ -19,8 +19,9 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     "arcticdb-lmdb": ("bench.systems.arcticdb", "ArcticSystem", "peers"),
     "hdf5-table": ("bench.systems.hdf5", "HDFSystem", "peers"),
     "parquet": ("bench.systems.parquet", "ParquetSystem", "peers"),
-    # mktsframe's server over loopback (bench/systems/server.py): pymarketstore and the HTTP backend
+    # mktsframe's server over loopback (bench/systems/server.py): pymarketstore (HTTP, gRPC) and the HTTP backend
     "server-pymarketstore": ("bench.systems.server", "PymktsServerSystem", "main"),
+    "server-pymarketstore-grpc": ("bench.systems.server", "PymktsGrpcServerSystem", "main"),
     "server-http": ("bench.systems.server", "HttpServerSystem", "main"),
     # the baselines again under the peers' pandas 2, for reference (DataFrame construction differs)
     "memmap-pd2": ("bench.systems.memmap", "MemmapSystem", "peers"),
@@ -28,7 +29,7 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 
 DEFAULT_SYSTEMS = ["mktsframe", "mktsframe-bg", "memmap", "pandas-inmem", "arcticdb-lmdb", "hdf5-table", "parquet",
-                   "memmap-pd2", "pandas-inmem-pd2", "server-pymarketstore", "server-http"]
+                   "memmap-pd2", "pandas-inmem-pd2", "server-pymarketstore", "server-pymarketstore-grpc", "server-http"]
 
 
 def load(name: str, root: str) -> System:

@@ -1,10 +1,11 @@
 """mktsframe's network server over loopback, measured by the same worker protocol as the local peers.
 
-Two systems, one server each: ``server-pymarketstore`` (the unmodified pymarketstore 0.22 client,
-what a MarketStore user runs) and ``server-http`` (mktsframe's HTTP backend,
-``mktsframe.connect("http://...")``). Each starts ``python -m mktsframe.server`` on a free loopback
-port with its own data root (durable: every write ``fdatasync``'d before the reply) and talks to
-it only through the client, so every figure includes the client, HTTP over loopback and the
+Three systems, one server each: ``server-pymarketstore`` (the unmodified pymarketstore 0.22 client,
+what a MarketStore user runs), ``server-pymarketstore-grpc`` (the same client with ``grpc=True``,
+on the server's gRPC port) and ``server-http`` (mktsframe's HTTP backend,
+``mktsframe.connect("http://...")``). Each starts ``python -m mktsframe.server`` on free loopback
+ports with its own data root (durable: every write ``fdatasync``'d before the reply) and talks to
+it only through the client, so every figure includes the client, the wire over loopback and the
 server. The bulk write goes in 10,000-row batches (the issue's ingest unit), so rows/s of
 ingest is ``rows / bulk_write_s``. :meth:`ServerSystem.measure_extra` adds queries/s with 8
 concurrent client processes and the server's own peak RSS.
@@ -65,12 +66,13 @@ class ServerProcess:
         self.root.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen[bytes] | None = None
         for _attempt in range(5):  # the free port may be taken before the server binds it
-            self.port = free_port()
+            self.port, self.grpc_port = free_port(), free_port()
             self.url = f"http://127.0.0.1:{self.port}"
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "mktsframe.server", "--root", str(self.root), "--port", str(self.port),
-                     "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                     "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port)],
+                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             atexit.register(self.stop)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and self.proc.poll() is None:
@@ -85,6 +87,10 @@ class ServerProcess:
     @property
     def rpc(self) -> str:
         return f"{self.url}/rpc"
+
+    def endpoint(self, kind: str) -> str:
+        """What a client of ``kind`` connects to: the gRPC ``host:port`` or the ``/rpc`` URL."""
+        return f"127.0.0.1:{self.grpc_port}" if kind == "pymarketstore-grpc" else self.rpc
 
     def status(self) -> dict[str, int]:
         """The server's ``/proc/PID/status`` memory lines in bytes (VmRSS, VmHWM, RssAnon, RssFile...)."""
@@ -104,16 +110,18 @@ class ServerProcess:
             p.wait()
 
 
-# -- the two clients ------------------------------------------------------------------------------
+# -- the clients ----------------------------------------------------------------------------------
 
 class _PymktsClient:
     """pymarketstore 0.22, used exactly as its README shows."""
 
-    def __init__(self, rpc: str) -> None:
+    grpc = False
+
+    def __init__(self, endpoint: str) -> None:
         import pymarketstore as pymkts
 
         self.pymkts = pymkts
-        self.client = pymkts.Client(rpc)
+        self.client = pymkts.Client(endpoint, grpc=self.grpc)
         self.tf, self.group = KEY.split("/")[1:]
 
     def write(self, df: pd.DataFrame) -> None:
@@ -137,6 +145,15 @@ class _PymktsClient:
 
     def close(self) -> None:
         self.client.client.rpc._session.close()
+
+
+class _PymktsGrpcClient(_PymktsClient):
+    """pymarketstore 0.22 with ``grpc=True`` (its ``GRPCClient``), otherwise used the same way."""
+
+    grpc = True
+
+    def close(self) -> None:
+        self.client.client.channel.close()
 
 
 class _HttpClient:
@@ -166,13 +183,13 @@ class _HttpClient:
         self.db.close()
 
 
-CLIENT_KINDS: dict[str, type[_PymktsClient] | type[_HttpClient]] = {"pymarketstore": _PymktsClient,
-                                                                    "http": _HttpClient}
+CLIENT_KINDS: dict[str, type[_PymktsClient] | type[_HttpClient]] = {
+    "pymarketstore": _PymktsClient, "pymarketstore-grpc": _PymktsGrpcClient, "http": _HttpClient}
 
 
-def _qps_client(kind: str, rpc: str, days: int, seconds: float, seed: int, ready: Any, out: Any) -> None:
+def _qps_client(kind: str, endpoint: str, days: int, seconds: float, seed: int, ready: Any, out: Any) -> None:
     """One of the concurrent clients: warm up, wait for all, then count verified one-day reads."""
-    client = CLIENT_KINDS[kind](rpc)
+    client = CLIENT_KINDS[kind](endpoint)
     rng = np.random.default_rng(seed)
     starts = EPOCH0 + DAY * rng.integers(0, days, 100_000)
     for s in starts[:10]:
@@ -188,11 +205,12 @@ def _qps_client(kind: str, rpc: str, days: int, seconds: float, seed: int, ready
     out.put((n, bad))
 
 
-def concurrent_qps(kind: str, rpc: str, days: int, clients: int = CLIENTS, seconds: float = QPS_SECONDS) -> dict[str, Any]:
+def concurrent_qps(kind: str, endpoint: str, days: int, clients: int = CLIENTS,
+                   seconds: float = QPS_SECONDS) -> dict[str, Any]:
     """One-day queries per second from ``clients`` processes at once, all inside one ``seconds`` window."""
     ctx = mp.get_context("spawn")
     ready, out = ctx.Barrier(clients + 1), ctx.Queue()
-    procs = [ctx.Process(target=_qps_client, args=(kind, rpc, days, seconds, i, ready, out)) for i in range(clients)]
+    procs = [ctx.Process(target=_qps_client, args=(kind, endpoint, days, seconds, i, ready, out)) for i in range(clients)]
     for p in procs:
         p.start()
     try:
@@ -238,7 +256,7 @@ class ServerSystem(System):
     def _open(self) -> None:
         if self.client is None:
             assert self.server is not None
-            self.client = CLIENT_KINDS[self.kind](self.server.rpc)
+            self.client = CLIENT_KINDS[self.kind](self.server.endpoint(self.kind))
 
     prepare_write = open_read = open_append = _open
 
@@ -283,7 +301,7 @@ class ServerSystem(System):
         """Queries/s with 8 concurrent clients over the bulk-written days, and the server's RSS."""
         assert self.server is not None
         days = max(1, len(data.df) * BAR // DAY - 1)
-        out = concurrent_qps(self.kind, self.server.rpc, days)
+        out = concurrent_qps(self.kind, self.server.endpoint(self.kind), days)
         out["rows_written"], out["ingest_batch_rows"] = len(data.df), INGEST_BATCH
         st = self.server.status()
         out["server_rss_bytes"], out["server_peak_rss_bytes"] = st.get("VmRSS"), st.get("VmHWM")
@@ -295,6 +313,13 @@ class PymktsServerSystem(ServerSystem):
     notes = ("python -m mktsframe.server on loopback (durable), unmodified pymarketstore 0.22: "
              "Client.write(records) in 10,000-row batches, Client.query(Params(start=, end=)).first().df(), "
              "Params(limit=100); size on disk includes the running server's write-ahead log")
+
+
+class PymktsGrpcServerSystem(ServerSystem):
+    kind = "pymarketstore-grpc"
+    notes = ("python -m mktsframe.server on loopback (durable), unmodified pymarketstore 0.22 with grpc=True "
+             "on the server's gRPC port: the same calls as server-pymarketstore; size on disk includes the "
+             "running server's write-ahead log")
 
 
 class HttpServerSystem(ServerSystem):
@@ -348,7 +373,7 @@ def serve_bucket_rss(root: str, rows: int) -> dict[str, Any]:
     server = ServerProcess(root, Path(root).parent / "serve-rss.log")
     try:
         for kind in CLIENT_KINDS:
-            client = CLIENT_KINDS[kind](server.rpc)
+            client = CLIENT_KINDS[kind](server.endpoint(kind))
             client.tail(1)  # warm: imports, catalog, connection
             before = server.status()
             assert server.proc is not None
