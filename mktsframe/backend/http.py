@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse, urlunparse
 
 import msgpack
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from mktsframe import errors
+from mktsframe.backend import nmds
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.backend.http_pool import ConnectionPool
-from mktsframe.dtypes import wire_type
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
@@ -33,13 +33,24 @@ from mktsframe.times import TimeLike, to_ns
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["HTTPBackend"]
+__all__ = ["HTTPBackend", "Transport"]
 
 NS = 1_000_000_000
 _MSGPACK = "application/x-msgpack"
 _ERRORS: dict[str, type[Exception]] = {
     name: getattr(errors, name) for name in errors.__all__
 } | {"ValueError": ValueError, "TypeError": TypeError}
+
+
+class Transport(Protocol):
+    """Carries one msgpack request body to ``/rpc`` and brings back ``(HTTP status, reply body)``.
+
+    Raises :class:`TimeoutError` or :class:`OSError` when the server cannot be reached.
+    """
+
+    def post(self, body: bytes) -> tuple[int, bytes]: ...
+
+    def close(self) -> None: ...
 
 
 class HTTPBackend:
@@ -52,16 +63,21 @@ class HTTPBackend:
     timeout : float
         Seconds to wait for connecting and for each read/write on the socket (not the whole
         call): a large query that keeps streaming is not cut off, a dead server is.
+    transport : Transport, optional
+        What carries the request bodies (default: a keep-alive :class:`~.http_pool.ConnectionPool`
+        to ``url``). Tests pass :class:`mktsframe.server.rpc.InProcess` to run a server's ``/rpc``
+        in the same process, as httpx's tests use a mock transport.
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None) -> None:
         parts = urlparse(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
         path = parts.path.rstrip("/") or "/rpc"
         self.url = urlunparse(parts._replace(path=path, query="", fragment=""))
         self.timeout = float(timeout)
-        self._pool = ConnectionPool(self.url, {"Content-Type": _MSGPACK, "Accept": _MSGPACK}, self.timeout)
+        self._pool: Transport = transport if transport is not None else ConnectionPool(
+            self.url, {"Content-Type": _MSGPACK, "Accept": _MSGPACK}, self.timeout)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -111,23 +127,16 @@ class HTTPBackend:
         if index.dtype != np.int64 or index.ndim != 1:
             raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
         n = index.shape[0]
-        epoch = np.floor_divide(index, NS)
-        names, types, data = ["Epoch"], ["i8"], [memoryview(epoch).cast("B")]
-        if variable_length:
-            if "Nanoseconds" in batch.columns:
-                raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
-            names.append("Nanoseconds")
-            types.append("i4")
-            data.append(memoryview((index - epoch * NS).astype("<i4")).cast("B"))
+        if variable_length and "Nanoseconds" in batch.columns:
+            raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
+        columns = {}
         for name, values in batch.columns.items():
             v = np.asarray(values)
             if v.ndim != 1 or v.shape[0] != n:
                 raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
-            v = _wire_array(name, v)
-            names.append(name)
-            types.append(wire_type(v.dtype))
-            data.append(memoryview(np.ascontiguousarray(v)).cast("B"))
-        ds = {"names": names, "types": types, "data": data, "length": n, "startindex": {key: 0}, "lengths": {key: n}}
+            columns[name] = _wire_array(name, v)
+        ds = nmds.encode([(key, Batch(index, columns, bool(variable_length)))], key_suffix="")
+        ds["data"][0] = bytes(ds["data"][0])  # Epoch seconds, whole: msgpack packs plain buffers
         req = {"dataset": ds, "is_variable_length": bool(variable_length),
                "mkts_index_ns": memoryview(np.ascontiguousarray(index, "<i8")).cast("B")}  # fmt: skip
         result = self._call("DataService.Write", {"requests": [req]})
@@ -295,27 +304,23 @@ def _wire_array(name: str, v: np.ndarray) -> np.ndarray:
 
 
 def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
-    """``(key, Batch, first row)`` for every key of a result dataset (index Epoch s → ns)."""
-    names, types, data, length = ds["names"], ds["types"], ds["data"], int(ds["length"])
-    cols: dict[str, np.ndarray] = {}
-    for name, t, buf in zip(names, types, data, strict=True):
-        dtype = np.dtype("?" if t in ("bool", "b1") else "<" + t if t[0] in "iufU" else t)
-        arr = np.frombuffer(buf, dtype=dtype)
-        if arr.shape[0] != length:
-            raise MktsError(f"server sent {arr.shape[0]} values for column {name!r}, expected {length}")
-        cols[name] = arr
-    epoch = cols.pop("Epoch", np.zeros(length, np.int64))
+    """``(key, Batch, first row)`` for every key of a result dataset (index Epoch s → ns), validated
+    as the server validates a write (:func:`~mktsframe.backend.nmds.decode`); columns are copied
+    out of the reply, so a kept result does not hold the whole reply's memory."""
+    try:
+        decoded = nmds.decode(ds, what="the server's result")
+    except (MktsError, ValueError) as exc:
+        raise MktsError(f"the server sent a malformed result: {exc}") from None
     variable = bool(ds.get("mkts_variable"))
-    nanos = cols.pop("Nanoseconds") if variable else None
     out = []
-    for key, first in ds["startindex"].items():
-        n = ds["lengths"][key]
-        sl = slice(first, first + n)
-        index = epoch[sl].astype(np.int64) * NS
-        if nanos is not None:
-            index += nanos[sl]
-        batch = Batch(index, {c: v[sl].copy() for c, v in cols.items()}, variable)
-        out.append((key.split(":", 1)[0], batch, first))
+    for key, (first, _) in decoded.slices.items():
+        try:
+            b, _ = decoded.batch(key)
+        except MktsError as exc:
+            raise MktsError(f"the server sent a malformed result: {exc}") from None
+        cols = dict(b.columns)
+        index = b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index
+        out.append((key.split(":", 1)[0], Batch(index, {c: v.copy() for c, v in cols.items()}, variable), first))
     return out
 
 

@@ -5,6 +5,6 @@
 can use it. Modules: :mod:`~mktsframe.server.app` (starlette routes and lifespan),
 :mod:`~mktsframe.server.service` (the operations and their checks, once),
 :mod:`~mktsframe.server.rpc` (the JSON-RPC codec), :mod:`~mktsframe.server.grpc_api` and
-:mod:`~mktsframe.server.grpc_schema` (the gRPC codec), :mod:`~mktsframe.server.nmds` (the column container) and
+:mod:`~mktsframe.server.grpc_schema` (the gRPC codec) and
 :mod:`~mktsframe.server.settings` (flags, config and the uvicorn runner).
 """

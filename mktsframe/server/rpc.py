@@ -31,12 +31,12 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from mktsframe.backend import nmds
 from mktsframe.errors import MktsError
 from mktsframe.keys import parse_key
-from mktsframe.server import nmds
 from mktsframe.server.service import CallContext, CallError, Service, Status, brief, kind_of, message_of
 
-__all__ = ["JSON", "LATER", "MSGPACK", "JsonRpc", "Later", "Reply", "RpcError"]
+__all__ = ["JSON", "LATER", "MSGPACK", "InProcess", "JsonRpc", "Later", "Reply", "RpcError"]
 
 log = logging.getLogger("mktsframe.server")
 
@@ -178,6 +178,21 @@ class JsonRpc:
             return encode(reply, codec_json)
         except ValueError as exc:  # a result too large for the wire format
             return encode(_error_reply(INVALID_PARAMS, str(exc), "ValueError", req_id), codec_json)
+
+
+class InProcess:
+    """An :class:`~mktsframe.backend.http.HTTPBackend` transport that hands each body straight to a
+    :class:`JsonRpc` in this process (no socket): the whole client and service, minus HTTP."""
+
+    def __init__(self, rpc: JsonRpc) -> None:
+        self.rpc = rpc
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        reply = self.rpc.handle(body, MSGPACK, "in-process")
+        return 200, b"" if reply is None else bytes(reply)
+
+    def close(self) -> None:
+        pass
 
 
 def _plain_id(v: object) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mktsframe.backend import nmds
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
@@ -56,7 +57,6 @@ from mktsframe.errors import (
 from mktsframe.functions import Call, apply_functions, parse_functions, parse_window
 from mktsframe.functions.resample import read_candles
 from mktsframe.keys import CATEGORY, parse_key
-from mktsframe.server import nmds
 from mktsframe.times import to_ns
 
 __all__ = ["MAX_REQUESTS", "MAX_SQL_CHARS", "CallContext", "CallError", "Service", "Status", "brief", "kind_of",

@@ -1,7 +1,8 @@
 """One behavioural suite for ``read_mkts``/``to_mkts``/``connect`` over both backends.
 
-``backend`` is the local engine on a temp directory, or :class:`HTTPBackend` on a live server
-process; every test must pass identically on both.
+``backend`` is the local engine on a temp directory, :class:`HTTPBackend` on a live server
+process, or :class:`HTTPBackend` over the server's service in this process (its ``InProcess``
+transport: the same client and service, no socket); every test must pass identically on all.
 """
 
 from __future__ import annotations
@@ -23,14 +24,24 @@ from mktsframe import (
     SchemaMismatchError,
 )
 from mktsframe.backend.http import HTTPBackend
+from mktsframe.config import Config
+from mktsframe.server.rpc import InProcess, JsonRpc
+from mktsframe.server.service import Service
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["local", "http"])
+@pytest.fixture(params=["local", "http", "in-process"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "local":
         be = mktsframe.connect(tmp_path / "data")
+    elif request.param == "in-process":
+        local = mktsframe.connect(tmp_path / "data")
+        be = HTTPBackend("http://in-process", transport=InProcess(JsonRpc(Service(local, Config(), "test"))))
+        yield be
+        be.close()
+        local.close()
+        return
     else:
         server = request.getfixturevalue("live_server")
         be = mktsframe.connect(server.url)

@@ -15,8 +15,8 @@ import pytest
 from live_helpers import ServerProcess
 
 import mktsframe
+from mktsframe.backend import nmds
 from mktsframe.backend.base import Batch
-from mktsframe.server import nmds
 from mktsframe.server.rpc import STREAM_MIN_BYTES, encode
 
 pytestmark = [pytest.mark.server, pytest.mark.timeout(300)]

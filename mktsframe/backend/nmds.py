@@ -1,5 +1,9 @@
 """NumpyMultiDataset (NMDS): MarketStore's column container, to and from :class:`Batch`.
 
+Written once for both ends of the wire: the server decodes write requests and encodes query
+results with it, :class:`~mktsframe.backend.http.HTTPBackend` encodes its writes and decodes
+the results (both with :func:`encode` and :func:`decode`).
+
 On the wire a dataset is a flat map ``{names, types, data, length, startindex, lengths}``: one
 byte string per column holding every row of every key, little-endian, with ``startindex`` /
 ``lengths`` slicing it per key (see ``docs/server.md`` and the pymarketstore wire spec §2.2).
@@ -159,7 +163,7 @@ def encode(
 
     Column buffers are ``memoryview``\\ s (no copy when a single batch is sent) and ``Epoch`` is an
     :class:`EpochSeconds`, converted while it is sent; :func:`mktsframe.server.rpc.encode` packs
-    them. ``names`` fixes the column order (default: the first batch's).
+    them (``bytes()`` of it otherwise). ``names`` fixes the column order (default: the first batch's).
     """
     parts = list(parts)
     if names is None:
