@@ -30,6 +30,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import DecodeError
 
+from mktsframe.backend import nmds
 from mktsframe.config import Config
 from mktsframe.server.grpc_schema import METHODS, PACKAGE, SERVICE, messages
 from mktsframe.server.service import CallContext, CallError, Service, Status, brief, message_of, status_of
@@ -82,7 +83,7 @@ class GrpcApi:
         return reply.SerializeToString()
 
     # -- per method: protobuf → request map → Service → protobuf ---------------------------------
-    def query(self, m: Any, ctx: CallContext) -> Any:
+    def query(self, m: Any, ctx: CallContext) -> QueryReply:
         reqs = []
         for r in m.requests:
             d: dict[str, Any] = {"destination": r.destination, "limit_from_start": r.limit_from_start}
@@ -101,22 +102,7 @@ class GrpcApi:
             if r.functions:
                 d["functions"] = list(r.functions)
             reqs.append(d)
-        result = self.service.call("DataService.Query", {"requests": reqs}, ctx)
-        out = self.msg["MultiQueryResponse"](version=result["version"], timezone=result["timezone"])
-        for response in result["responses"]:
-            self._dataset(out.responses.add().result, response["result"])
-        return out
-
-    @staticmethod
-    def _dataset(target: Any, ds: dict[str, Any]) -> None:
-        """Fill a NumpyMultiDataset from the service's NMDS map (one copy of each column into it)."""
-        data = target.data
-        data.column_names.extend(ds["names"])
-        data.column_types.extend(ds["types"])
-        data.column_data.extend(bytes(col) for col in ds["data"])
-        data.length = _int32(ds["length"], "rows in one reply")
-        target.start_index.update(ds["startindex"])
-        target.lengths.update(ds["lengths"])
+        return QueryReply(self.service.call("DataService.Query", {"requests": reqs}, ctx))
 
     def write(self, m: Any, ctx: CallContext) -> Any:
         reqs = []
@@ -151,6 +137,74 @@ class GrpcApi:
         for r in result.get("responses") or []:
             out.responses.add(error=r.get("error", ""), version=r.get("version", self.service.version))
         return out
+
+
+class QueryReply:
+    """A ``MultiQueryResponse`` written straight from the service's result, not via protobuf objects.
+
+    Its column buffers go from the query result into the one reply buffer (protobuf messages would
+    copy each column into the message, then serialise it: two copies of a large result instead
+    of one). Field numbers are
+    those of :mod:`~.grpc_schema` (a test decodes replies with pymarketstore's own classes).
+    """
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self._parts: list[Any] = []
+        for response in result["responses"]:  # responses = 1: QueryResponse{result = 1: NumpyMultiDataset}
+            self._parts += _len_field(1, _len_field(1, self._dataset_parts(response["result"])))
+        self._parts += [*_len_field(2, result["version"].encode()), *_len_field(3, result["timezone"].encode())]
+        self._size = sum(_nbytes(p) for p in self._parts)
+
+    @staticmethod
+    def _dataset_parts(ds: dict[str, Any]) -> list[Any]:
+        data: list[Any] = []
+        for t in ds["types"]:
+            data += _len_field(1, t.encode())
+        for n in ds["names"]:
+            data += _len_field(2, n.encode())
+        for col in ds["data"]:
+            data += _len_field(3, col)
+        data.append(_tag(4, 0) + _varint(_int32(ds["length"], "rows in one reply")))
+        parts = [*_len_field(1, data)]  # NumpyMultiDataset.data
+        for number, field in ((2, "startindex"), (3, "lengths")):
+            for key, value in ds[field].items():
+                entry = _len_field(1, key.encode())[0] + key.encode() + _tag(2, 0) + _varint(_int32(value, "rows"))
+                parts += _len_field(number, entry)
+        return parts
+
+    def ByteSize(self) -> int:  # protobuf's names, as the other replies have
+        return self._size
+
+    def SerializeToString(self) -> bytes:
+        """The reply as one ``bytes`` (what grpcio sends): each column copied once, from the result."""
+        parts, self._parts = self._parts, []
+        return b"".join([bytes(p) if isinstance(p, nmds.EpochSeconds) else p for p in parts])
+
+
+def _len_field(number: int, value: Any) -> list[Any]:
+    """A length-delimited field: its tag and length, then ``value`` (bytes, a buffer, or a list of parts)."""
+    if isinstance(value, list):
+        return [_tag(number, 2) + _varint(sum(_nbytes(p) for p in value)), *value]
+    return [_tag(number, 2) + _varint(_nbytes(value)), value]
+
+
+def _tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _nbytes(v: Any) -> int:
+    return v.nbytes if isinstance(v, nmds.EpochSeconds) else memoryview(v).nbytes
 
 
 def _int32(n: int, what: str) -> int:
