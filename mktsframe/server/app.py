@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -82,8 +83,12 @@ def _start_plugins(backend: Backend, config: Config) -> Plugins | None:
         return None
 
 
-def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
-    """The ASGI app serving ``config`` (or ``backend``, which the caller then owns and closes)."""
+def create_app(config: Config, *, backend: Backend | None = None, middleware: Sequence[Middleware] = ()) -> ASGIApp:
+    """The ASGI app serving ``config`` (or ``backend``, which the caller then owns and closes).
+
+    ``middleware`` (starlette :class:`~starlette.middleware.Middleware` entries, outermost first)
+    wraps every path, ``/rpc`` and ``/ws`` included, not only the starlette routes.
+    """
     version = server_version()
     headers = {"Marketstore-Version": version, "X-Content-Type-Options": "nosniff"}
     limit = config.max_body_bytes
@@ -129,7 +134,7 @@ def create_app(config: Config, *, backend: Backend | None = None) -> ASGIApp:
         ],
         lifespan=lifespan,
     )
-    return RpcFront(site, headers, limit)
+    return RpcFront(site, headers, limit, middleware)
 
 
 async def _start_grpc(service: Service, config: Config) -> Any:
@@ -149,17 +154,25 @@ class RpcFront:
     """``/rpc`` and ``/ws`` as plain ASGI handlers; everything else (lifespan, ``/heartbeat``) goes
     to the starlette ``site``, whose ``state`` this exposes."""
 
-    def __init__(self, site: Starlette, headers: dict[str, str], limit: int) -> None:
+    def __init__(self, site: Starlette, headers: dict[str, str], limit: int,
+                 middleware: Sequence[Middleware] = ()) -> None:
         self.site = site
         self.limit = limit
         self._headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         self._pool: ThreadPoolExecutor | None = None
+        app: ASGIApp = self._route
+        for cls, args, kwargs in reversed(middleware):
+            app = cls(app, *args, **kwargs)
+        self._app = app
 
     @property
     def state(self) -> Any:
         return self.site.state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/rpc":
             await self._rpc(scope, receive, send)
             return

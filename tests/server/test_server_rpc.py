@@ -352,6 +352,59 @@ def test_http_backend_maps_errors(live_server: ServerProcess, sym: str) -> None:
             db.query("a/b")
 
 
+def test_middleware_wraps_rpc_too(tmp_path: Path) -> None:
+    """create_app's ``middleware`` sees every path, ``/rpc`` included (which does not go through
+    starlette's routing), and can change its replies."""
+    import asyncio
+
+    from starlette.middleware import Middleware
+
+    from mktsframe.config import load_config
+    from mktsframe.server.app import create_app
+
+    seen: list[str] = []
+
+    class Tag:  # a plain ASGI middleware: records the path, adds a header
+        def __init__(self, app) -> None:
+            self.app = app
+
+        async def __call__(self, scope, receive, send) -> None:
+            if scope["type"] != "http":
+                return await self.app(scope, receive, send)
+            seen.append(scope["path"])
+
+            async def tagged(message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message["headers"], (b"x-tag", b"1")]
+                await send(message)
+
+            return await self.app(scope, receive, tagged)
+
+    cfg = load_config(None, root_directory=str(tmp_path / "data"), grpc_listen_port=0)
+    app = create_app(cfg, middleware=[Middleware(Tag)])
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        inbox: asyncio.Queue = asyncio.Queue()
+        outbox: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                       inbox.get, outbox.put))
+        await inbox.put({"type": "lifespan.startup"})
+        assert (await outbox.get())["type"] == "lifespan.startup.complete"
+        body = msgpack.packb({"jsonrpc": "2.0", "method": "DataService.ListSymbols", "id": "1", "params": {}})
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as c:
+            rpc = await c.post("/rpc", content=body, headers=MSGPACK)
+            beat = await c.get("/heartbeat")
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await task
+        return rpc, beat
+
+    rpc, beat = asyncio.run(run())
+    assert seen == ["/rpc", "/heartbeat"]
+    assert rpc.headers["x-tag"] == beat.headers["x-tag"] == "1"
+    assert msgpack.unpackb(rpc.content)["result"] == {"Results": []}
+
+
 # -- CLI --------------------------------------------------------------------------------------
 def test_cli_init(tmp_path: Path) -> None:
     exe = [sys.executable, "-c", "import sys; from mktsframe.cli import main; sys.exit(main(sys.argv[1:]))"]

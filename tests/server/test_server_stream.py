@@ -343,7 +343,7 @@ def test_stream_max_wait_from_the_config_reaches_the_servers_hub(tmp_path) -> No
     from mktsframe.config import load_config
     from mktsframe.server.app import create_app
 
-    cfg = load_config(None, root_directory=str(tmp_path / "data"), stream_max_wait=0.02)
+    cfg = load_config(None, root_directory=str(tmp_path / "data"), stream_max_wait=0.02, grpc_listen_port=0)
     app = create_app(cfg)
 
     async def lifespan() -> float:  # the ASGI lifespan protocol, as uvicorn drives it
