@@ -500,20 +500,10 @@ class Service:
         """``DataService.Create``: one ``{error, version}`` per request (error ``""`` = created)."""
         if not self.config.enable_add:
             raise _denied("creating buckets is disabled on this server (enable_add is false)")
-        out = []
-        for req in self._requests(params):
-            try:
-                self._create_one(req)
-                out.append(self._ok())
-            except (MktsError, ValueError, TypeError, KeyError) as exc:
-                out.append(self._fail(exc))
-        return {"responses": out}
+        return self._each(params, self._create_one)
 
     def _create_one(self, req: Mapping[str, Any]) -> None:
-        key = req.get("key")
-        if not isinstance(key, str):
-            raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {brief(key)}")
-        k = parse_key(key).item_key
+        k = _key(req)
         row_type = req.get("row_type") or "fixed"
         if row_type not in ("fixed", "variable"):
             raise _param_error(f"row_type must be 'fixed' or 'variable', got {brief(row_type)}")
@@ -547,18 +537,11 @@ class Service:
         """``DataService.Destroy``: one ``{error, version}`` per request; a missing key is an error."""
         if not self.config.enable_remove:
             raise _denied("destroying buckets is disabled on this server (enable_remove: false)")
-        out = []
-        for req in self._requests(params):
-            try:
-                key = req.get("key")
-                if not isinstance(key, str):
-                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {brief(key)}")
-                with self._ddl_lock:
-                    self.backend.destroy(parse_key(key).item_key)
-                out.append(self._ok())
-            except (MktsError, ValueError, TypeError, KeyError) as exc:
-                out.append(self._fail(exc))
-        return {"responses": out}
+        def destroy_one(req: Mapping[str, Any]) -> None:
+            with self._ddl_lock:
+                self.backend.destroy(_key(req))
+
+        return self._each(params, destroy_one)
 
     def delete(self, params: dict[str, Any]) -> dict[str, Any]:
         """``DataService.Delete`` (mktsframe): remove rows of a key in ``[start, end]``, inclusive.
@@ -566,18 +549,22 @@ class Service:
         Params ``{requests: [{key, epoch_start?, epoch_start_nanos?, epoch_end?, epoch_end_nanos?,
         mkts_start?, mkts_end?}]}``; reply ``{responses: [{deleted: rows, error, version}]}``.
         """
+        def delete_one(req: Mapping[str, Any]) -> dict[str, Any]:
+            start, end = _ts(self._time(req, "start")), _ts(self._time(req, "end"))
+            return {"deleted": int(self.backend.delete(_key(req), start=start, end=end))}
+
+        return self._each(params, delete_one, failed={"deleted": 0})
+
+    def _each(self, params: Mapping[str, Any], one: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+              failed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``one`` per request, each answered ``{..., error, version}``: a request that fails is
+        answered with its error (and ``failed``'s fields) and the others still run."""
         out = []
         for req in self._requests(params):
             try:
-                key = req.get("key")
-                if not isinstance(key, str):
-                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {brief(key)}")
-                n = self.backend.delete(
-                    parse_key(key).item_key, start=_ts(self._time(req, "start")), end=_ts(self._time(req, "end"))
-                )
-                out.append({"deleted": int(n), **self._ok()})
+                out.append({**(one(req) or {}), **self._ok()})
             except (MktsError, ValueError, TypeError, KeyError) as exc:
-                out.append({"deleted": 0, **self._fail(exc)})
+                out.append({**(failed or {}), **self._fail(exc)})
         return {"responses": out}
 
     # -- ListSymbols / GetInfo ------------------------------------------------------------------
@@ -594,10 +581,7 @@ class Service:
         out = []
         for req in self._requests(params):
             try:
-                key = req.get("key")
-                if not isinstance(key, str):
-                    raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {brief(key)}")
-                info = self.backend.info(parse_key(key).item_key)
+                info = self.backend.info(_key(req))
                 out.append({
                     "LatestYear": max(info.years) if info.years else 0,
                     "TimeFrame": info.timeframe_seconds * NS,
@@ -713,6 +697,14 @@ def _wire_name(dt: np.dtype) -> str:
         if d == dt:
             return name
     raise SchemaMismatchError(f"bucket column type {dt} has no wire type")
+
+
+def _key(req: Mapping[str, Any]) -> str:
+    """A request's ``key`` as an item key (validated: :class:`InvalidKeyError` names the problem)."""
+    key = req.get("key")
+    if not isinstance(key, str):
+        raise _param_error(f"key must be a string like 'AAPL/1Min/OHLCV', got {brief(key)}")
+    return parse_key(key).item_key
 
 
 def _ts(ns: int | None) -> np.datetime64 | None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import httpx
 import pymarketstore as pymkts
 import yaml
 
-__all__ = ["TRANSPORTS", "ServerProcess", "free_port", "mkts_client", "replies", "start_server"]
+__all__ = ["TRANSPORTS", "ServerProcess", "asgi_lifespan", "free_port", "mkts_client", "replies", "start_server"]
 
 #: The two APIs every pymarketstore test runs over (``pymarketstore.Client(..., grpc=...)``).
 TRANSPORTS = ("http", "grpc")
@@ -70,6 +73,23 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return int(self.proc.returncode)
+
+
+@contextlib.asynccontextmanager
+async def asgi_lifespan(app: Any) -> AsyncIterator[None]:
+    """Run ``app``'s ASGI lifespan as uvicorn does: started on entry, shut down on exit (in-process tests)."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                                   inbox.get, outbox.put))
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    try:
+        yield
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await task
 
 
 def mkts_client(server: ServerProcess, transport: str) -> pymkts.Client:

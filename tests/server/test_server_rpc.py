@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pymarketstore as pymkts
 import pytest
-from live_helpers import ServerProcess, free_port, mkts_client, replies, start_server
+from live_helpers import ServerProcess, asgi_lifespan, free_port, mkts_client, replies, start_server
 
 import mktsframe
 from mktsframe import BucketNotFoundError, MktsError
@@ -304,16 +304,16 @@ def test_graceful_shutdown_finishes_in_flight_write(tmp_path: Path) -> None:
     assert not list((server.root / ".mkts" / "wal").glob("*.wal"))
 
 
-def test_concurrent_clients(live_server: ServerProcess, sym: str) -> None:
+def test_concurrent_clients(live_server: ServerProcess, sym: str, transport: str) -> None:
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            client = pymkts.Client(live_server.rpc)
+            client = mkts_client(live_server, transport)
             for j in range(20):
                 arr = np.array([(1_704_153_600 + 60 * j, float(i))], dtype=[("Epoch", "i8"), ("Close", "f8")])
-                assert client.write(arr, f"{sym}{i}/1Min/OHLCV") == {"responses": None}
-                got = client.query(pymkts.Params(f"{sym}{i}", "1Min", "OHLCV")).first().array
+                assert replies(client.write(arr, f"{sym}T{i}/1Min/OHLCV")) is None  # T: never another test's sym
+                got = client.query(pymkts.Params(f"{sym}T{i}", "1Min", "OHLCV")).first().array
                 assert len(got) == j + 1
         except BaseException as exc:
             errors.append(exc)
@@ -384,20 +384,10 @@ def test_middleware_wraps_rpc_too(tmp_path: Path) -> None:
     app = create_app(cfg, middleware=[Middleware(Tag)])
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
-        inbox: asyncio.Queue = asyncio.Queue()
-        outbox: asyncio.Queue = asyncio.Queue()
-        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                       inbox.get, outbox.put))
-        await inbox.put({"type": "lifespan.startup"})
-        assert (await outbox.get())["type"] == "lifespan.startup.complete"
         body = msgpack.packb({"jsonrpc": "2.0", "method": "DataService.ListSymbols", "id": "1", "params": {}})
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as c:
-            rpc = await c.post("/rpc", content=body, headers=MSGPACK)
-            beat = await c.get("/heartbeat")
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
-        return rpc, beat
+        transport = httpx.ASGITransport(app=app)
+        async with asgi_lifespan(app), httpx.AsyncClient(transport=transport, base_url="http://in-process") as c:
+            return await c.post("/rpc", content=body, headers=MSGPACK), await c.get("/heartbeat")
 
     rpc, beat = asyncio.run(run())
     assert seen == ["/rpc", "/heartbeat"]

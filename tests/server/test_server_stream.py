@@ -10,6 +10,7 @@ import msgpack
 import numpy as np
 import pymarketstore as pymkts
 import pytest
+from live_helpers import asgi_lifespan
 from pymarketstore.stream import StreamConn
 
 import mktsframe as mf
@@ -347,16 +348,7 @@ def test_stream_max_wait_from_the_config_reaches_the_servers_hub(tmp_path) -> No
     app = create_app(cfg)
 
     async def lifespan() -> float:  # the ASGI lifespan protocol, as uvicorn drives it
-        inbox: asyncio.Queue = asyncio.Queue()
-        outbox: asyncio.Queue = asyncio.Queue()
-        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
-                                       inbox.get, outbox.put))
-        await inbox.put({"type": "lifespan.startup"})
-        assert (await outbox.get())["type"] == "lifespan.startup.complete"
-        max_wait = app.state.hub.max_wait
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await task
-        return max_wait
+        async with asgi_lifespan(app):
+            return app.state.hub.max_wait
 
     assert asyncio.run(lifespan()) == 0.02
