@@ -72,19 +72,20 @@ def test_candle_bench_runs_on_small_data(tmp_path: Path) -> None:
 
 
 def test_server_systems_run_in_the_local_bench(tmp_path: Path) -> None:
-    """server-pymarketstore and server-http go through the same worker protocol beside a local peer, the
-    issue-3 targets table is written, and no server process outlives the run."""
+    """server-pymarketstore (HTTP and gRPC) and server-http go through the same worker protocol beside a
+    local peer, the issue-3 and issue-14 targets table is written, and no server process outlives the run."""
     out = tmp_path / "bench.json"
     doc = tmp_path / "benchmarks.md"
     work = tmp_path / "work"
-    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--systems", "mktsframe,server-pymarketstore,server-http",
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--systems",
+           "mktsframe,server-pymarketstore,server-pymarketstore-grpc,server-http",
            "--rows", "3000", "--rounds", "1", "--repeats", "1", "--single-appends", "3", "--chunk-appends", "2",
            "--chunk-rows", "100", "--warm-min", "3", "--warm-max", "5", "--tenyear-years", "1",
            "--tenyear-reads", "1", "--workdir", str(work), "--out", str(out), "--doc", str(doc)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    for name in ("server-pymarketstore", "server-http"):
+    for name in ("server-pymarketstore", "server-pymarketstore-grpc", "server-http"):
         r = res["systems"][name]
         assert r.get("verified") is True, r
         assert r["range_rows"] == 1440
@@ -94,9 +95,11 @@ def test_server_systems_run_in_the_local_bench(tmp_path: Path) -> None:
     serve = res["tenyear"]["serve"]
     assert serve["pymarketstore"]["verified"] is True, serve
     assert serve["http"]["verified"] is True, serve
+    assert serve["pymarketstore-grpc"]["verified"] is True, serve
     statuses = {t["what"].split(" ")[0]: t["status"] for t in res["server_targets"]}
     assert statuses.keys() >= {"pymarketstore", "HTTP", "server"}
-    assert "### Targets (issue 3)" in doc.read_text()
+    assert any(t["what"].startswith("pymarketstore (gRPC) ingest ÷") for t in res["server_targets"])
+    assert "### Targets (issues 3 and 14)" in doc.read_text()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(work) not in ps, "a server process outlived the benchmark"
 

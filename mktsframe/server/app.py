@@ -114,7 +114,7 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         finally:
             service.stopping = True
             if grpc_server is not None:
-                await grpc_server.stop(config.stop_grace_period or None)
+                await grpc_server.stop(config.stop_grace_period or GRPC_UNTIL_DONE)
             if plugins is not None:
                 await anyio.to_thread.run_sync(plugins.stop)
             if hub is not None:
@@ -143,6 +143,9 @@ async def _start_grpc(service: Service, config: Config) -> Any:
 
     return await GrpcServer.start(service, config)
 
+
+#: ``stop_grace_period: 0`` means "until in-flight calls finish": for gRPC, at most this many seconds.
+GRPC_UNTIL_DONE = 3600.0
 
 #: Worker threads for ``/rpc`` bodies (decode, disk work, encode). Writers queue on the engine's write
 #: lock inside their thread, so the pool must be large enough that waiting writers never leave a read

@@ -275,7 +275,8 @@ class GrpcServer:
         log.info("gRPC API on %s", address)
         return cls(server, pool, address)
 
-    async def stop(self, grace: float | None) -> None:
-        """Stop accepting calls, let running ones finish (at most ``grace`` seconds), free the threads."""
+    async def stop(self, grace: float) -> None:
+        """Stop accepting calls and let running ones finish (their clients are cancelled after ``grace``
+        seconds), then wait for the worker threads, so no call still runs when the engine closes."""
         await self.server.stop(grace)
-        self.pool.shutdown(wait=False)
+        await asyncio.to_thread(self.pool.shutdown, True)
