@@ -20,6 +20,7 @@ from pymarketstore.proto import marketstore_pb2 as pb
 from mktsframe.backend import connect
 from mktsframe.backend.base import Batch
 from mktsframe.config import Config
+from mktsframe.server.grpc_api import GrpcApi
 from mktsframe.server.grpc_schema import METHODS, PACKAGE, SERVICE, messages
 from mktsframe.server.service import CallContext, CallError, Service, Status
 
@@ -123,6 +124,36 @@ def test_message_size_limits(server_factory) -> None:
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "over grpc_max_send_msg_size (1 MB); query less at once" in err.details()
     assert len(g.query(pymkts.Params("BIG", "1Min", "X", limit=1000)).first().array) == 1000
+
+
+def test_query_replies_written_by_hand_parse_as_protobuf(tmp_path: Path) -> None:
+    """The Query reply is written without protobuf objects: pymarketstore's own classes must read it
+    field for field (several requests, several keys, ticks with Nanoseconds, an empty range)."""
+    with connect(tmp_path) as db:
+        t0 = 1_704_153_600 * NS
+        for sym in ("A", "B"):
+            db.write(f"{sym}/1Min/X", Batch(t0 + 60 * NS * np.arange(3), {"Close": np.arange(3.0)}))
+        db.write("T/1Sec/TICK", Batch(np.array([t0 + 5, t0 + 5, t0 + 7 * NS + 999_999_999]),
+                                      {"P": np.array([1, 2, 3], "i4")}), variable_length=True)
+        api = GrpcApi(Service(db, Config(), "test"), 1 << 30)
+        request = pb.MultiQueryRequest(requests=[
+            pb.QueryRequest(destination="A,B/1Min/X"), pb.QueryRequest(destination="T/1Sec/TICK"),
+            pb.QueryRequest(destination="A/1Min/X", epoch_start=1_800_000_000)])
+        reply = pb.MultiQueryResponse.FromString(api.handle("Query", request.SerializeToString(), CallContext()))
+    assert (reply.version, reply.timezone, len(reply.responses)) == ("test", "UTC", 3)
+    bars, ticks, empty = (r.result for r in reply.responses)
+    assert list(bars.data.column_names) == ["Epoch", "Close"]
+    assert list(bars.data.column_types) == ["i8", "f8"]
+    assert bars.data.length == 6
+    assert {k: (bars.start_index[k], bars.lengths[k]) for k in bars.start_index} == {
+        "A/1Min/X:Symbol/Timeframe/AttributeGroup": (0, 3), "B/1Min/X:Symbol/Timeframe/AttributeGroup": (3, 3)}
+    epochs = np.frombuffer(bars.data.column_data[0], "<i8")
+    assert epochs.tolist() == [1_704_153_600 + 60 * i for i in (0, 1, 2, 0, 1, 2)]
+    assert np.frombuffer(bars.data.column_data[1], "<f8").tolist() == [0, 1, 2, 0, 1, 2]
+    assert list(ticks.data.column_names) == ["Epoch", "P", "Nanoseconds"]
+    assert np.frombuffer(ticks.data.column_data[2], "<i4").tolist() == [5, 5, 999_999_999]
+    assert empty.data.length == 0
+    assert list(empty.data.column_data) == [b"", b""]
 
 
 def test_a_passed_deadline_is_refused_before_any_work(tmp_path: Path) -> None:
