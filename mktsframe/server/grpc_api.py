@@ -20,6 +20,7 @@ proto3 has no "unset" for scalars, so as in MarketStore a zero means absent: ``e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -144,67 +145,90 @@ class QueryReply:
 
     Its column buffers go from the query result into the one reply buffer (protobuf messages would
     copy each column into the message, then serialise it: two copies of a large result instead
-    of one). Field numbers are
-    those of :mod:`~.grpc_schema` (a test decodes replies with pymarketstore's own classes).
+    of one). Field numbers are those of :mod:`~.grpc_schema` (a test reads replies with
+    pymarketstore's own classes).
     """
 
     def __init__(self, result: dict[str, Any]) -> None:
-        self._parts: list[Any] = []
+        reply = _Message()
         for response in result["responses"]:  # responses = 1: QueryResponse{result = 1: NumpyMultiDataset}
-            self._parts += _len_field(1, _len_field(1, self._dataset_parts(response["result"])))
-        self._parts += [*_len_field(2, result["version"].encode()), *_len_field(3, result["timezone"].encode())]
-        self._size = sum(_nbytes(p) for p in self._parts)
+            reply.message(1, _Message().message(1, self._dataset(response["result"])))
+        self._reply = reply.text(2, result["version"]).text(3, result["timezone"])
 
     @staticmethod
-    def _dataset_parts(ds: dict[str, Any]) -> list[Any]:
-        data: list[Any] = []
+    def _dataset(ds: dict[str, Any]) -> _Message:
+        data = _Message()
         for t in ds["types"]:
-            data += _len_field(1, t.encode())
+            data.text(1, t)
         for n in ds["names"]:
-            data += _len_field(2, n.encode())
+            data.text(2, n)
         for col in ds["data"]:
-            data += _len_field(3, col)
-        data.append(_tag(4, 0) + _varint(_int32(ds["length"], "rows in one reply")))
-        parts = [*_len_field(1, data)]  # NumpyMultiDataset.data
-        for number, field in ((2, "startindex"), (3, "lengths")):
+            data.buffer(3, col)
+        data.varint(4, _int32(ds["length"], "rows in one reply"))
+        out = _Message().message(1, data)
+        for number, field in ((2, "startindex"), (3, "lengths")):  # map<string, int32>: one entry message each
             for key, value in ds[field].items():
-                entry = _len_field(1, key.encode())[0] + key.encode() + _tag(2, 0) + _varint(_int32(value, "rows"))
-                parts += _len_field(number, entry)
-        return parts
+                out.message(number, _Message().text(1, key).varint(2, _int32(value, "rows")))
+        return out
 
     def ByteSize(self) -> int:  # protobuf's names, as the other replies have
-        return self._size
+        return self._reply.size
 
     def SerializeToString(self) -> bytes:
         """The reply as one ``bytes`` (what grpcio sends): each column copied once, from the result."""
-        parts, self._parts = self._parts, []
+        parts, self._reply.parts = self._reply.parts, []
         return b"".join([bytes(p) if isinstance(p, nmds.EpochSeconds) else p for p in parts])
 
 
-def _len_field(number: int, value: Any) -> list[Any]:
-    """A length-delimited field: its tag and length, then ``value`` (bytes, a buffer, or a list of parts)."""
-    if isinstance(value, list):
-        return [_tag(number, 2) + _varint(sum(_nbytes(p) for p in value)), *value]
-    return [_tag(number, 2) + _varint(_nbytes(value)), value]
+class _Message:
+    """Protobuf fields in order: the pieces to send (bytes, or buffers not copied) and their total size."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def buffer(self, number: int, value: Any) -> _Message:
+        """A bytes field holding ``value`` (any buffer, or :class:`~mktsframe.backend.nmds.EpochSeconds`)."""
+        n = value.nbytes if isinstance(value, nmds.EpochSeconds) else memoryview(value).nbytes
+        head = _tag(number, 2) + _varint(n)
+        self.parts += (head, value)
+        self.size += len(head) + n
+        return self
+
+    def text(self, number: int, value: str) -> _Message:
+        return self.buffer(number, value.encode())
+
+    def varint(self, number: int, value: int) -> _Message:
+        piece = _tag(number, 0) + _varint(value)
+        self.parts.append(piece)
+        self.size += len(piece)
+        return self
+
+    def message(self, number: int, inner: _Message) -> _Message:
+        head = _tag(number, 2) + _varint(inner.size)
+        self.parts.append(head)
+        self.parts += inner.parts
+        self.size += len(head) + inner.size
+        return self
 
 
+@functools.lru_cache(maxsize=64)
 def _tag(number: int, wire_type: int) -> bytes:
     return _varint(number << 3 | wire_type)
 
 
 def _varint(n: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative ``n``."""
+    if n < 0x80:
+        return bytes((n,))
     out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if n:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def _nbytes(v: Any) -> int:
-    return v.nbytes if isinstance(v, nmds.EpochSeconds) else memoryview(v).nbytes
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _int32(n: int, what: str) -> int:
