@@ -219,9 +219,6 @@ class Service:
     def read_only(self) -> bool:
         return bool(getattr(self.backend, "read_only", False))
 
-    def has(self, method: str) -> bool:
-        return method in self._methods
-
     def call(self, method: str, params: dict[str, Any], ctx: CallContext = LOCAL) -> Any:
         """Run ``method`` (``"DataService.Query"``...) on a request map; the transport-neutral entry.
 
