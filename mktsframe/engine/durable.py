@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_dir", "pwrite_durable", "start_writeback", "write_atomic"]
+__all__ = ["fsync_dir", "pwrite_durable", "start_writeback", "sync_path", "write_atomic"]
 
 #: Bytes copied per ``pwrite`` before write-back of that piece is started (see :func:`pwrite_durable`).
 WRITEBACK_CHUNK = 1 << 20
@@ -49,6 +49,19 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_path(path: Path) -> None:
+    """``fdatasync`` a file by name: its dirty pages, written through a mapping since closed, reach
+    the disk. A file removed meanwhile (its bucket destroyed) needs nothing."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 

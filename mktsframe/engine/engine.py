@@ -34,8 +34,9 @@ from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
-from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.durable import fsync_dir, sync_path
 from mktsframe.engine.generation import DestroyGeneration
+from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile, year_bounds
@@ -93,6 +94,11 @@ class Engine:
         Skip the log entirely (MarketStore's key, for one-off bulk loads): writes go straight to
         the year files, which are ``msync``'d only at checkpoints and close. A crash can lose or
         tear anything written since the last checkpoint. Never use it for live data.
+    max_open_files : int or None
+        Most year files and tick partitions kept open (each holds a memory map and a descriptor);
+        the least recently used is closed to open another. ``None``: sized from the process's
+        limits (:func:`~mktsframe.engine.open_files.default_capacity`, which first raises the soft
+        ``RLIMIT_NOFILE`` to the hard one), or ``MKTS_MAX_OPEN_FILES``.
     """
 
     def __init__(
@@ -106,11 +112,16 @@ class Engine:
         wal_rotate_interval: int = 5,
         wal_max_bytes: int = 256 << 20,
         wal_bypass: bool = False,
+        max_open_files: int | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._meta_dir = self.root / ".mkts"
         self._buckets: dict[TimeBucketKey, Bucket] = {}
+        self.open_files = OpenFiles(max_open_files)
+        """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
+        # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.
+        self._closed_dirty: set[Path] = set()
         self._write_lock = threading.RLock()
         self._apply_lock = threading.RLock()
         self._lock_fd: int | None = None
@@ -321,6 +332,9 @@ class Engine:
                     yf.flush()
                 if b.ticks is not None:
                     b.ticks.checkpoint()
+            closed_dirty, self._closed_dirty = self._closed_dirty, set()
+        for path in closed_dirty:  # year files closed with changes: their pages are still in the page cache
+            sync_path(path)
         self.commits.before_checkpoint()  # listeners' own records durable before replay forgets
         wal.write_checkpoint(wal.written_seq)
         self._checkpoints += 1
@@ -346,7 +360,15 @@ class Engine:
             meta = read_bucket_meta(directory)
             if meta is None:
                 return None
-            b = Bucket(key, directory, meta, writable=not self.read_only)
+            b = Bucket(
+                key,
+                directory,
+                meta,
+                writable=not self.read_only,
+                files=self.open_files,
+                on_dirty_close=self._closed_dirty.add,
+                hold_ticks_while_dirty=self.background_sync or self.wal_bypass,
+            )
             self._buckets[key] = b
             return b
 
@@ -362,7 +384,9 @@ class Engine:
             if self._meta_dir.is_dir():  # the writer has started since this engine opened
                 self._generation = DestroyGeneration(self._meta_dir, writable=False)
                 self._seen_generation = None
-            return self._buckets.clear()
+                with self._apply_lock:
+                    self._buckets.clear()
+            return None  # no writer has ever opened this root (a copy): nothing is being destroyed
         value = gen.value()
         if value is None or value != self._seen_generation:
             with self._apply_lock:
@@ -533,10 +557,19 @@ class Engine:
             for year, a, z in _year_spans(secs):
                 yf = b.year_file(year, create=True)
                 assert yf is not None
-                s0 = (int(secs[a]) - yf.year_start) // tf
-                if not yf.unpublished(s0, s0 + z - a):
-                    return False
-                plan.append((yf, s0, a, z))
+                self.open_files.pin(yf)  # used outside the apply lock below: readers may not close it
+                plan.append((yf, (int(secs[a]) - yf.year_start) // tf, a, z))
+            empty = all(yf.unpublished(s0, s0 + z - a) for yf, s0, a, z in plan)
+        try:
+            if empty:
+                self._store_direct(b, plan, arrays)
+            return empty
+        finally:
+            for yf, *_ in plan:
+                self.open_files.unpin(yf)
+
+    def _store_direct(self, b: Bucket, plan: list[tuple[YearFile, int, int, int]], arrays: list[np.ndarray]) -> None:
+        """Steps 0–4 of :meth:`_write_direct` for a ``plan`` of pinned year files whose ranges are unpublished."""
         wal = self._wal
         assert wal is not None
         if self._log_replays_over_rows:
@@ -559,7 +592,6 @@ class Engine:
             b.last_written = plan[-1][0]
         wal.append({"op": "commit", "key": b.key.item_key, "direct": seq})
         wal.sync()
-        return True
 
     def _announce(self, op: Any, key: str, **detail: Any) -> None:
         """Tell commit listeners (cheap when there are none); the caller holds the write lock."""
@@ -581,7 +613,15 @@ class Engine:
         if self.background_sync or secs.shape[0] < _STAGE_MIN_ROWS or yf is None:
             return None
         run = _run_start(yf, secs)
-        return None if run is None else lambda: yf.stage_run(run, arrays)
+        return None if run is None else lambda: self._stage_run(yf, run, arrays)
+
+    def _stage_run(self, yf: YearFile, run: int, arrays: list[np.ndarray]) -> None:
+        """:meth:`YearFile.stage_run` outside the apply lock: only if ``yf`` is still open, pinned meanwhile."""
+        if self.open_files.pin(yf):
+            try:
+                yf.stage_run(run, arrays)
+            finally:
+                self.open_files.unpin(yf)
 
     def _log(
         self,
@@ -680,6 +720,7 @@ class Engine:
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
         yf = b.last_written
         if yf is not None:  # appends land in the same year file again: no calendar maths
+            self.open_files.touch(yf)
             run = _run_start(yf, secs)
             if run is not None:
                 yf.write_run(run, secs.shape[0], arrays)
@@ -772,43 +813,65 @@ class Engine:
         years = b.year_range(s, e) if limit != 0 else []
         if limit is not None and not from_start:
             years = years[::-1]
+        pinned: list[YearFile] = []
         with self._apply_lock:
-            self._still_there(b)
-            # Plan: which slots of which year files, honouring the limit, before copying anything.
-            plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
-            remaining = limit
-            for year in years:
-                yf = b.year_file(year)
-                if yf is None:
-                    continue
-                s0 = 0 if s is None else max(0, yf.slot_of(s))
-                s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
-                if s1 <= s0:
-                    continue
-                if remaining is not None:
-                    if from_start:
-                        s1 = min(s1, yf.first_slots(remaining, s0))
-                    else:
-                        s0 = max(s0, yf.last_slots(remaining, s1))
-                s0, s1, idx = yf.select(s0, s1)
-                rows = (s1 - s0) if idx is None else idx.size
-                if rows:
-                    plan.append((yf, s0, s1, idx))
-                if remaining is not None:
-                    remaining -= rows
-                    if remaining <= 0:
-                        break
-            if limit is not None and not from_start:
-                plan.reverse()
-            # Copy: one pass from the mapping into preallocated result arrays.
-            total = sum((p[2] - p[1]) if p[3] is None else p[3].size for p in plan)
-            out_ns = np.empty(total, np.int64)
-            cols = {n: np.empty(total, b.dtypes[n]) for n in names}
-            pos = 0
-            for yf, s0, s1, idx in plan:
-                n = (s1 - s0) if idx is None else idx.size
-                yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
-                pos += n
+            try:
+                return self._copy_years(b, years, s, e, names, limit, from_start, pinned)
+            finally:
+                for yf in pinned:
+                    self.open_files.unpin(yf)
+
+    def _copy_years(
+        self,
+        b: Bucket,
+        years: list[int],
+        s: int | None,
+        e: int | None,
+        names: list[str],
+        limit: int | None,
+        from_start: bool,
+        pinned: list[YearFile],
+    ) -> Batch:
+        """The rows of ``b`` in bar-start seconds ``[s, e]`` from ``years``; call under the apply lock.
+        Files it opens are added to ``pinned`` (and pinned) so that none is closed before the copy."""
+        self._still_there(b)
+        # Plan: which slots of which year files, honouring the limit, before copying anything.
+        plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
+        remaining = limit
+        for year in years:
+            yf = b.year_file(year)
+            if yf is None:
+                continue
+            pinned.append(yf)  # opening the next year may not close this one
+            self.open_files.pin(yf)
+            s0 = 0 if s is None else max(0, yf.slot_of(s))
+            s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
+            if s1 <= s0:
+                continue
+            if remaining is not None:
+                if from_start:
+                    s1 = min(s1, yf.first_slots(remaining, s0))
+                else:
+                    s0 = max(s0, yf.last_slots(remaining, s1))
+            s0, s1, idx = yf.select(s0, s1)
+            rows = (s1 - s0) if idx is None else idx.size
+            if rows:
+                plan.append((yf, s0, s1, idx))
+            if remaining is not None:
+                remaining -= rows
+                if remaining <= 0:
+                    break
+        if limit is not None and not from_start:
+            plan.reverse()
+        # Copy: one pass from the mapping into preallocated result arrays.
+        total = sum((p[2] - p[1]) if p[3] is None else p[3].size for p in plan)
+        out_ns = np.empty(total, np.int64)
+        cols = {n: np.empty(total, b.dtypes[n]) for n in names}
+        pos = 0
+        for yf, s0, s1, idx in plan:
+            n = (s1 - s0) if idx is None else idx.size
+            yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
+            pos += n
         return Batch(out_ns, cols)
 
     def info(self, key: str) -> BucketInfo:

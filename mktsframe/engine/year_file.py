@@ -197,6 +197,14 @@ class YearFile:
             mm.madvise(mmap.MADV_RANDOM)
         return cls(path, meta, layout, mm, writable)
 
+    #: Year files may be closed dirty: the engine ``fdatasync``'s their path at the next checkpoint.
+    hold_while_dirty = False
+
+    def evicted(self) -> None:
+        """Close the file to make room in the engine's open-file set; its owner replaces this
+        (:meth:`Bucket._evict_year <mktsframe.engine.catalog.Bucket._evict_year>`) to forget it too."""
+        self.close()
+
     def close(self) -> None:
         """Unmap the file; views handed out earlier must have been copied (they always are)."""
         self.presence = self._marks = None  # type: ignore[assignment]
