@@ -34,11 +34,14 @@ FORMAT = "mktsframe-bucket"
 RECORD_TYPES = ("fixed", "variable")
 
 
-def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema, record_type: str = "fixed") -> None:
+def write_bucket_meta(
+    directory: Path, key: TimeBucketKey, schema: Schema, record_type: str = "fixed", *, durable: bool = True
+) -> None:
     """Create the bucket directory and its metadata atomically (temp file, rename, fsync).
 
     ``record_type`` is ``"fixed"`` (one row per bar, year files) or ``"variable"`` (ticks: any number
     of rows per interval at exact nanoseconds, day partitions; see :mod:`.tick_file`).
+    ``durable=False``: no ``fsync``; the caller makes many at once durable with ``sync_filesystem``.
     """
     if record_type not in RECORD_TYPES:
         raise ValueError(f"record type must be one of {RECORD_TYPES}, got {record_type!r}")
@@ -52,8 +55,8 @@ def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema, recor
         "record_type": record_type,
         "columns": [[n, t] for n, t in schema],
     }
-    write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode())
-    for d in (directory.parent, directory.parent.parent, directory.parent.parent.parent):
+    write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode(), durable=durable)
+    for d in (directory.parent, directory.parent.parent, directory.parent.parent.parent) if durable else ():
         fsync_dir(d)  # the new symbol/timeframe/group directories themselves
 
 
@@ -150,7 +153,7 @@ class Bucket:
         """Years that have a file, ascending (re-listed when the directory changes)."""
         return self._year_list.get()
 
-    def year_file(self, year: int, *, create: bool = False) -> YearFile | None:
+    def year_file(self, year: int, *, create: bool = False, durable: bool = True) -> YearFile | None:
         """The open year file (opened now if needed, possibly closing another bucket's least recently
         used one: call under the engine's apply lock); ``None`` if there is none and not ``create``."""
         yf = self._years.get(year)
@@ -163,7 +166,7 @@ class Bucket:
             if yf.schema != self.schema or yf.timeframe != self.timeframe:
                 raise CorruptFileError(f"{path}: header schema/timeframe disagrees with {self.dir / META_NAME}")
         elif create:
-            yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema)
+            yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema, durable=durable)
             self._year_list.invalidate()
         else:
             return None

@@ -34,8 +34,9 @@ from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
-from mktsframe.engine.durable import fsync_dir, sync_path
+from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
+from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
 from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
@@ -65,6 +66,8 @@ _RUN_MIN_ROWS = 16
 _STAGE_MIN_ROWS = 256
 #: Up to this many rows, a write's bar times are computed with Python ints (numpy's per-call cost dominates).
 _SMALL_ROWS = 32
+#: A checkpoint fdatasync's up to this many year files closed dirty one by one; more, one syncfs.
+_SYNC_EACH_MAX = 16
 #: A log sync faster than this (seconds) lets :meth:`Engine.writes_without_waiting` say yes.
 FAST_SYNC_SECONDS = 0.002
 
@@ -123,6 +126,7 @@ class Engine:
         # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.
         self._closed_dirty: set[Path] = set()
         self._write_lock = threading.RLock()
+        self._queue = WriteQueue()  # writes waiting for group commit (see write)
         self._apply_lock = threading.RLock()
         self._lock_fd: int | None = None
         self._closed = False
@@ -191,25 +195,16 @@ class Engine:
             if rec.meta.get("op") == "destroy":
                 last_destroy[rec.meta["key"]] = rec.seq
         for rec in records:
-            key = rec.meta.get("key", "")
-            if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
-                continue  # erased by a later destroy of the same key
-            try:
-                op = rec.meta.get("op")
-                if op == "commit":
-                    continue  # read with its direct record
-                if op == "direct":
-                    change = self._replay_direct(parse_key(key), rec.meta["ranges"], rec.seq, rec.seq in committed)
-                else:
-                    meta, arrays = _expand_run(rec.meta, rec.arrays())
-                    self._apply(meta, arrays, seq=rec.seq, replay=True)
-                    change = self._replayed_change(meta, arrays)
-                if change is not None:
-                    self.recovery.changes.append(change)
-            except (MktsError, OSError, ValueError) as exc:
-                msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
+            try:  # a write_many record stands for a create or write per bucket: replay each
+                many = rec.meta.get("op") == "write_many"
+                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                msg = f"WAL record {rec.seq} (write_many) could not be decoded: {exc}"
                 log.error(msg)
                 self.recovery.problems.append(msg)
+                continue
+            for meta, sub_arrays in subs:
+                self._replay_one(rec, meta, sub_arrays, last_destroy.get(meta.get("key", ""), 0), committed)
         if self.recovery.records or self.recovery.problems:
             log.warning(
                 "recovered %s: replayed %d WAL records, %d problem(s)",
@@ -218,6 +213,30 @@ class Engine:
                 len(self.recovery.problems),
             )
         self._checkpoint(rotate=True)
+
+    def _replay_one(
+        self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, destroyed_at: int, committed: set[Any]
+    ) -> None:
+        """Replay one operation of log record ``rec`` (``arrays``: its own, or ``None`` for the record's)."""
+        key = meta.get("key", "")
+        if meta.get("op") != "destroy" and destroyed_at > rec.seq:
+            return  # erased by a later destroy of the same key
+        try:
+            op = meta.get("op")
+            if op == "commit":
+                return  # read with its direct record
+            if op == "direct":
+                change = self._replay_direct(parse_key(key), meta["ranges"], rec.seq, rec.seq in committed)
+            else:
+                meta, arrays = _expand_run(meta, rec.arrays() if arrays is None else arrays)
+                self._apply(meta, arrays, seq=rec.seq, replay=True)
+                change = self._replayed_change(meta, arrays)
+            if change is not None:
+                self.recovery.changes.append(change)
+        except (MktsError, OSError, ValueError) as exc:
+            msg = f"WAL record {rec.seq} ({meta.get('op')} {key}) could not be replayed: {exc}"
+            log.error(msg)
+            self.recovery.problems.append(msg)
 
     def _replayed_change(
         self, meta: dict[str, Any], arrays: list[np.ndarray]
@@ -333,8 +352,12 @@ class Engine:
                 if b.ticks is not None:
                     b.ticks.checkpoint()
             closed_dirty, self._closed_dirty = self._closed_dirty, set()
-        for path in closed_dirty:  # year files closed with changes: their pages are still in the page cache
-            sync_path(path)
+        # Year files closed with changes: their pages are still in the page cache. Many: one syncfs.
+        if len(closed_dirty) > _SYNC_EACH_MAX:
+            sync_filesystem(self.root)
+        else:
+            for path in closed_dirty:
+                sync_path(path)
         self.commits.before_checkpoint()  # listeners' own records durable before replay forgets
         wal.write_checkpoint(wal.written_seq)
         self._checkpoints += 1
@@ -459,7 +482,193 @@ class Engine:
         Fixed buckets: a bar at an existing timestamp is replaced. Tick buckets (created with
         ``variable_length=True``; the flag is ignored for existing buckets): rows are added at their
         exact nanosecond, after any rows already stored at the same time.
+
+        Group commit: a write that finds another one holding the log queues itself, and the next
+        thread to take the write lock commits every queued write of up to ``GROUP_MAX_ROWS`` rows
+        as one record with one sync (:mod:`.many`). Each still succeeds or fails on its own, and
+        none returns before its own rows are durable.
         """
+        if not self._queue.pending and self._write_lock.acquire(blocking=False):
+            try:  # uncontended: no queue, no grouping
+                self._write_one(key, batch, variable_length)
+            finally:
+                self._write_lock.release()
+            return
+        w = PendingWrite(key, batch, variable_length, rows=len(batch) if isinstance(batch, Batch) else 0)
+        self._queue.put(w)
+        with self._write_lock:
+            if not w.done:
+                self._commit_queued(self._queue.take())
+        if w.error is not None:
+            raise w.error
+
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        """Store rows in many buckets at once: one log record and one sync, all or nothing.
+
+        Every item is checked (key, schema, types) before anything is logged, so a bad item fails
+        the call with nothing written; a crash leaves all of it or none of it. Each bucket behaves
+        as with :meth:`write` (created if missing, with ``variable_length`` as its kind). A key may
+        appear once (after aliases are resolved).
+        """
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        self._require_writable()
+        with self._write_lock:
+            self._require_writable()
+            self._commit_items(self._prepare_many([(k, b, variable_length) for k, b in pairs]))
+
+    def _commit_queued(self, group: list[PendingWrite]) -> None:
+        """Commit queued writes in arrival order: runs of small writes to distinct keys as one
+        ``write_many`` each (each write alone if the run is refused, to give each its own error),
+        larger ones alone. Marks every write done. Call holding the write lock."""
+        run: list[PendingWrite] = []
+        keys: set[str] = set()
+
+        def flush() -> None:
+            if len(run) == 1:
+                self._commit_alone(run[0])
+            elif run:
+                try:
+                    items = self._prepare_many([(w.key, w.batch, w.variable_length) for w in run])
+                except Exception:  # someone's write is refused: find whose, one by one
+                    for w in run:
+                        self._commit_alone(w)
+                else:
+                    try:
+                        self._commit_items(items)
+                    except BaseException as exc:
+                        for w in run:
+                            w.error = exc
+                    for w in run:
+                        w.done = True
+            run.clear()
+            keys.clear()
+
+        for w in group:
+            try:
+                canonical = parse_key(w.key).item_key
+            except ValueError:
+                canonical = None
+            if canonical is None or w.rows > GROUP_MAX_ROWS or canonical in keys:
+                flush()
+            if canonical is None or w.rows > GROUP_MAX_ROWS:
+                self._commit_alone(w)
+                continue
+            run.append(w)
+            keys.add(canonical)
+        flush()
+
+    def _commit_alone(self, w: PendingWrite) -> None:
+        try:
+            self._write_one(w.key, w.batch, w.variable_length)
+        except BaseException as exc:
+            w.error = exc
+        w.done = True
+
+    def _prepare_many(self, entries: list[tuple[str, Batch, bool]]) -> list[Item]:
+        """Check and normalise every ``(key, batch, variable_length)``; raises before anything is logged."""
+        items: list[Item] = []
+        seen: set[TimeBucketKey] = set()
+        for key, batch, variable_length in entries:
+            k = parse_key(key)
+            if k in seen:
+                raise ValueError(f"key {k.item_key!r} appears more than once in one write_many")
+            seen.add(k)
+            item = self._prepare_item(k, batch, variable_length)
+            if item is not None:
+                items.append(item)
+        return items
+
+    def _prepare_item(self, k: TimeBucketKey, batch: Batch, variable_length: bool) -> Item | None:
+        """What :meth:`_write_one` checks and converts, for one bucket of a multi-bucket write;
+        ``None`` if there is nothing to write."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"{k.item_key}: expected a Batch, got {type(batch).__name__}")
+        index = np.asarray(batch.index)
+        if index.dtype != _I8 or index.ndim != 1:
+            raise SchemaMismatchError(f"{k.item_key}: batch index must be a 1-d int64 array of nanoseconds")
+        n = index.shape[0]
+        bucket = self._bucket(k)
+        arrays = _usual_columns(bucket, batch.columns, n) if bucket is not None else None
+        create = None
+        if arrays is None:
+            cols = _checked_columns(batch.columns, n)
+            if bucket is None:
+                if n == 0:
+                    return None
+                schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
+                create = (schema, "variable" if variable_length else "fixed")
+                arrays = [coerce_column(name, cols[name], t) for name, t in schema]
+            else:
+                arrays = _conform(bucket, cols)
+        if n == 0:
+            return None
+        ticks = bucket.ticks is not None if bucket is not None else variable_length
+        if ticks:
+            times, arrays = sort_ticks(index, arrays)
+        else:
+            times, arrays = _normalise(index, arrays, k.timeframe.seconds)
+        return Item(k, ticks, times, arrays, k.timeframe.seconds, create)
+
+    def _commit_items(self, items: list[Item]) -> None:
+        """Log ``items`` as one record, sync once (unless ``background_sync``), apply, then announce."""
+        if not items:
+            return
+        self._create_files(items)
+        seq = None
+        if not self.wal_bypass:
+            wal = self._wal
+            assert wal is not None
+            meta, arrays = encode_record(items)
+            seq = wal.append(meta, arrays)
+            self._log_replays_over_rows = True
+            if not self.background_sync:
+                wal.sync()
+        buckets = []
+        with self._apply_lock:
+            for it in items:
+                if it.create is not None and self._bucket(it.key) is None:
+                    write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
+                b = self._require(it.key)
+                if b.ticks is not None:
+                    b.ticks.write(it.times, it.arrays, seq=seq)
+                else:
+                    self._apply_write(b, it.times, it.arrays)
+                buckets.append(b)
+        # Announced once all is applied: an announcement may checkpoint, which covers the whole record.
+        for it, b in zip(items, buckets, strict=True):
+            if it.create is not None:
+                self._announce("create", b.item_key)
+            stored = None
+            if self.commits:
+                ns = it.times if it.ticks else it.times * NS
+                stored = Batch(ns, dict(zip(b.names, it.arrays, strict=True)), it.ticks)
+            self._announce("write", b.item_key, batch=stored)
+
+    def _create_files(self, items: list[Item]) -> None:
+        """Create the buckets and year files that ``items`` need, then make them durable with one
+        ``syncfs`` (a bucket created alone costs six ``fsync`` calls; a universe of new symbols, or
+        every symbol's first bar of a new year, would pay thousands). Done before the record is
+        logged: a crash in between leaves empty buckets or year files, never rows."""
+        created = False
+        with self._apply_lock:
+            for it in items:
+                b = self._bucket(it.key)
+                if b is None and it.create is not None:
+                    write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create, durable=False)
+                    b, created = self._require(it.key), True
+                if b is None or b.ticks is not None:
+                    continue
+                known = b.years()
+                for year, _, _ in _year_spans(it.times):
+                    if year not in known and b.year_file(year, create=True, durable=False) is not None:
+                        created = True
+        if created:
+            sync_filesystem(self.root)
+
+    def _write_one(self, key: str, batch: Batch, variable_length: bool) -> None:
+        """One write on its own (:meth:`write` without group commit)."""
         k = parse_key(key)
         self._require_writable()
         if not isinstance(batch, Batch):
@@ -820,6 +1029,7 @@ class Engine:
             finally:
                 for yf in pinned:
                     self.open_files.unpin(yf)
+                self.open_files.trim()
 
     def _copy_years(
         self,

@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["OpenFiles", "default_capacity", "raise_fd_limit"]
+__all__ = ["OpenFiles", "count_open_data_files", "default_capacity", "raise_fd_limit"]
 
 log = logging.getLogger("mktsframe.engine")
 
@@ -81,8 +81,8 @@ def _max_map_count() -> int:
 def default_capacity() -> int:
     """How many data files an engine may keep open: at most half of the soft ``RLIMIT_NOFILE`` (after
     trying to raise it) leaving at least ``_FD_RESERVE_MIN`` descriptors free, an eighth of
-    ``vm.max_map_count``, and ``MAX_CAPACITY``; ``MKTS_MAX_OPEN_FILES`` overrides it. 64 under
-    ``ulimit -n 256``."""
+    ``vm.max_map_count``, and ``MAX_CAPACITY``; ``MKTS_MAX_OPEN_FILES`` overrides it. 128 under
+    ``ulimit -n 256``: 128."""
     env = os.environ.get("MKTS_MAX_OPEN_FILES")
     if env:
         return max(1, int(env))
@@ -110,9 +110,19 @@ class OpenFiles:
     def add(self, f: Evictable) -> None:
         """Track a newly opened file (most recently used), closing least recently used unpinned
         files while over capacity. Call under the engine's apply lock."""
+        self._make_room(f)
+
+    def trim(self) -> None:
+        """Close unpinned files while over capacity (after an operation that pinned more than fits
+        has unpinned them). Call under the engine's apply lock."""
+        if len(self._files) > self.capacity:
+            self._make_room(None)
+
+    def _make_room(self, f: Evictable | None) -> None:
         victims = []
         with self._lock:
-            self._files[id(f)] = f
+            if f is not None:
+                self._files[id(f)] = f
             over = len(self._files) - self.capacity
             if over > 0:
                 for fid, g in self._files.items():
@@ -165,3 +175,30 @@ class OpenFiles:
         finally:
             for f in held:
                 self.unpin(f)
+
+
+def count_open_data_files(root: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(descriptors, memory maps)`` this process holds on data files under ``root`` (the engine's
+    own ``.mkts/`` folder excluded), read from ``/proc/self`` (Linux; ``(0, 0)`` elsewhere). For
+    tests and benchmarks that check the bound, and for operators wondering where descriptors went."""
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    own = prefix + ".mkts/"
+    fds = 0
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0, 0
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # closed meanwhile (the listing's own descriptor, for one)
+            continue
+        if target.startswith(prefix) and not target.startswith(own):
+            fds += 1
+    maps = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
+            if path.startswith(prefix) and not path.startswith(own):
+                maps += 1
+    return fds, maps

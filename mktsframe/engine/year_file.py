@@ -120,8 +120,11 @@ class YearFile:
 
     # -- creation and opening -------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, key: str, timeframe: int, year: int, schema: Schema) -> YearFile:
-        """Create the file atomically (temp file + rename) at full sparse size and open it."""
+    def create(
+        cls, path: Path, key: str, timeframe: int, year: int, schema: Schema, *, durable: bool = True
+    ) -> YearFile:
+        """Create the file atomically (temp file + rename) at full sparse size and open it
+        (``durable=False``: without ``fsync``, for many files made durable at once by the caller)."""
         start, end = year_bounds(year)
         nslots = (end - start) // timeframe
         meta: dict[str, Any] = {
@@ -152,11 +155,13 @@ class YearFile:
         try:
             os.write(fd, header)
             os.ftruncate(fd, layout.file_size)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
         return cls.open(path, writable=True)
 
     @classmethod
