@@ -50,7 +50,7 @@ class MktsAccessor:
         if not labels:
             return self._candles(df, timeframe, agg, price)
         parts = []
-        for values, part in df.groupby(labels, sort=False):
+        for values, part in df.groupby(labels, sort=False, observed=True):
             out = self._candles(part.drop(columns=labels), timeframe, agg, price)
             for j, (name, value) in enumerate(zip(labels, values if isinstance(values, tuple) else (values,),
                                                    strict=True)):

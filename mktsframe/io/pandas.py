@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend import Backend, default_backend
+from mktsframe.backend.base import Batch
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.functions.resample import read_candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
@@ -85,34 +86,52 @@ def read_mkts(
     return _combine(results)
 
 
-def _combine(results: dict[str, object]) -> pd.DataFrame:
+def _combine(results: dict[str, Batch]) -> pd.DataFrame:
+    """One frame from several buckets' rows, sorted by time then by the order the keys were named,
+    with a categorical ``Symbol`` column first (and ``Timeframe`` / ``AttributeGroup`` if those vary).
+
+    Built once, by column: each column is the buckets' arrays joined into one numpy array, labels are
+    integer codes into the distinct names (a ``Categorical``), and the time order is one stable sort
+    (or a transpose, when every bucket holds the same bar times, as a cross-section of a universe
+    does). A DataFrame per bucket and a ``concat`` cost ~1 ms a bucket: 5,000 symbols took seconds.
+    """
     keys = list(results)
-    split = [k.split("/") for k in keys]
-    label_cols = {"Symbol": [s[0] for s in split]}
-    if len({s[1] for s in split}) > 1:
-        label_cols["Timeframe"] = [s[1] for s in split]
-    if len({s[2] for s in split}) > 1:
-        label_cols["AttributeGroup"] = [s[2] for s in split]
-    frames = []
-    for i, batch in enumerate(results.values()):
-        df = batch_to_frame(batch)  # type: ignore[arg-type]
-        for j, (name, values) in enumerate(label_cols.items()):
-            df.insert(j, name, pd.Series(values[i], index=df.index, dtype="str"))
-        df.insert(0, "_order", np.full(len(df), i, np.int32))
-        frames.append(df)
-    # Same names *and* types: concatenating an i8 column with an f8 one would silently round it.
-    schemas = [
-        [f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()]  # type: ignore[attr-defined]
-        for b in results.values()
-    ]
+    batches = list(results.values())
+    names = list(batches[0].columns)
+    # Same names *and* types: joining an i8 column with an f8 one would silently round it.
+    schemas = [[f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()] for b in batches]
     if any(sc != schemas[0] for sc in schemas):
         raise SchemaMismatchError(
             "symbols in a query must have the same columns (or be filtered by common columns): "
             + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True))
         )
-    out = pd.concat(frames)
-    order = np.lexsort((out["_order"].to_numpy(), out.index.asi8))
-    out = out.iloc[order].drop(columns="_order")
+    lengths = np.fromiter((len(b) for b in batches), np.int64, len(batches))
+    which = np.arange(len(batches), dtype=np.int32)
+    first = batches[0].index
+    if lengths.min() == lengths.max() and all(np.array_equal(b.index, first) for b in batches[1:]):
+        # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
+        index = np.repeat(first, len(batches))
+        cols = {n: np.stack([b.columns[n] for b in batches]).T.reshape(-1) for n in names}
+        which = np.tile(which, first.shape[0])
+    else:
+        index = np.concatenate([b.index for b in batches])
+        cols = {n: np.concatenate([b.columns[n] for b in batches]) for n in names}
+        which = np.repeat(which, lengths)
+        if index.shape[0] > 1 and not (index[1:] >= index[:-1]).all():
+            order = np.argsort(index, kind="stable")  # ties keep the order named (and ticks their arrival)
+            index, which = index[order], which[order]
+            cols = {n: c[order] for n, c in cols.items()}
+    out = batch_to_frame(Batch(index, cols))
+    parts = list(zip(*(k.split("/") for k in keys), strict=True))
+    pos = 0
+    for label, values in zip(("Symbol", "Timeframe", "AttributeGroup"), parts, strict=True):
+        distinct = list(dict.fromkeys(values))
+        if label != "Symbol" and len(distinct) == 1:
+            continue
+        code_of = {v: i for i, v in enumerate(distinct)}
+        codes = np.array([code_of[v] for v in values], np.int32)[which]
+        out.insert(pos, label, pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object)))
+        pos += 1
     out.attrs["mkts_key"] = ",".join(keys)
     return out
 
