@@ -13,7 +13,7 @@ unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlunparse
 
@@ -107,30 +107,31 @@ class HTTPBackend:
         """Store rows: index ns → wire ``Epoch`` seconds (floored), plus, for ticks, MarketStore's
         ``Nanoseconds`` column, and mktsframe's exact ``mkts_index_ns`` (so a mktsframe server keeps
         every nanosecond even when an existing tick bucket is written without the flag)."""
-        index = np.asarray(batch.index)
-        if index.dtype != np.int64 or index.ndim != 1:
-            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
-        n = index.shape[0]
-        epoch = np.floor_divide(index, NS)
-        names, types, data = ["Epoch"], ["i8"], [memoryview(epoch).cast("B")]
-        if variable_length:
-            if "Nanoseconds" in batch.columns:
-                raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
-            names.append("Nanoseconds")
-            types.append("i4")
-            data.append(memoryview((index - epoch * NS).astype("<i4")).cast("B"))
-        for name, values in batch.columns.items():
-            v = np.asarray(values)
-            if v.ndim != 1 or v.shape[0] != n:
-                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
-            v = _wire_array(name, v)
-            names.append(name)
-            types.append(wire_type(v.dtype))
-            data.append(memoryview(np.ascontiguousarray(v)).cast("B"))
-        ds = {"names": names, "types": types, "data": data, "length": n, "startindex": {key: 0}, "lengths": {key: n}}
-        req = {"dataset": ds, "is_variable_length": bool(variable_length),
-               "mkts_index_ns": memoryview(np.ascontiguousarray(index, "<i8")).cast("B")}  # fmt: skip
-        result = self._call("DataService.Write", {"requests": [req]})
+        self._send_writes([_write_request([(key, batch)], variable_length)])
+
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        """Many buckets in one call: buckets with the same columns go in one ``DataService.Write``
+        request (one dataset naming every key, as MarketStore's wire allows), which a mktsframe
+        server stores with one log record and one sync, all or nothing. Buckets with other columns
+        go in further requests of the same call, committed together too (``mkts_atomic``)."""
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        by_schema: dict[tuple[Any, ...], list[tuple[str, Batch]]] = {}
+        for key, batch in pairs:
+            shape = tuple((n, np.asarray(v).dtype.str) for n, v in batch.columns.items())
+            by_schema.setdefault(shape, []).append((key, batch))
+        self._send_writes([_write_request(group, variable_length) for group in by_schema.values()])
+
+    def _send_writes(self, requests: list[dict[str, Any]]) -> None:
+        """One ``DataService.Write``; with several requests, ``mkts_atomic`` asks a mktsframe server
+        to commit them all at once or none (MarketStore applies each on its own)."""
+        if not requests:
+            return
+        params: dict[str, Any] = {"requests": requests}
+        if len(requests) > 1:
+            params["mkts_atomic"] = True
+        result = self._call("DataService.Write", params)
         for r in result.get("responses") or []:
             if r.get("error"):
                 raise _error(r["error"], r)
@@ -321,3 +322,57 @@ def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
 
 def _head(b: Batch, n: int) -> Batch:
     return Batch(b.index[:n], {c: v[:n] for c, v in b.columns.items()}, b.variable_length)
+
+
+def _write_request(items: list[tuple[str, Batch]], variable_length: bool) -> dict[str, Any]:
+    """One ``WriteRequest`` holding ``items`` (buckets with the same columns) in one dataset: each
+    column is the items' values end to end, ``startindex``/``lengths`` say which rows are whose."""
+    names: list[str] = ["Epoch"]
+    types: list[str] = ["i8"]
+    columns: list[list[np.ndarray]] = [[]]
+    index_parts: list[np.ndarray] = []
+    starts: dict[str, int] = {}
+    lengths: dict[str, int] = {}
+    total = 0
+    for key, batch in items:
+        index = np.asarray(batch.index)
+        if index.dtype != np.int64 or index.ndim != 1:
+            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
+        if key in starts:
+            raise ValueError(f"key {key!r} appears more than once in one write")
+        n = index.shape[0]
+        epoch = np.floor_divide(index, NS)
+        parts: list[np.ndarray] = [epoch]
+        if variable_length:
+            if "Nanoseconds" in batch.columns:
+                raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
+            parts.append((index - epoch * NS).astype("<i4"))
+        for name, values in batch.columns.items():
+            v = np.asarray(values)
+            if v.ndim != 1 or v.shape[0] != n:
+                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
+            parts.append(_wire_array(name, v))
+        if not starts:  # the first item sets the dataset's columns
+            if variable_length:
+                names.append("Nanoseconds")
+                types.append("i4")
+            names += list(batch.columns)
+            types += [wire_type(a.dtype) for a in parts[len(types) :]]
+            columns = [[] for _ in names]
+        elif [*names[1 + variable_length :]] != list(batch.columns):
+            raise SchemaMismatchError(f"{key}: columns {list(batch.columns)} differ from {names[1:]} in one request")
+        for col, part in zip(columns, parts, strict=True):
+            col.append(part)
+        index_parts.append(index)
+        starts[key], lengths[key] = total, n
+        total += n
+    data = []
+    for col, t in zip(columns, types, strict=True):
+        joined = col[0] if len(col) == 1 else np.concatenate(col)
+        data.append(memoryview(np.ascontiguousarray(joined)).cast("B"))
+        if wire_type(joined.dtype) != t:
+            raise SchemaMismatchError(f"a column has type {wire_type(joined.dtype)} in one bucket and {t} in another")
+    exact = index_parts[0] if len(index_parts) == 1 else np.concatenate(index_parts)
+    ds = {"names": names, "types": types, "data": data, "length": total, "startindex": starts, "lengths": lengths}
+    return {"dataset": ds, "is_variable_length": bool(variable_length),
+            "mkts_index_ns": memoryview(np.ascontiguousarray(exact, "<i8")).cast("B")}  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from mktsframe.functions.resample import read_candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.times import TimeLike
 
-__all__ = ["read_mkts", "write_mkts"]
+__all__ = ["read_mkts", "write_many", "write_mkts"]
 
 
 def read_mkts(
@@ -154,3 +154,23 @@ def write_mkts(
     """
     be = backend if backend is not None else default_backend()
     be.write(key, frame_to_batch(df, nanoseconds_column=variable_length), variable_length=variable_length)
+
+
+def write_many(
+    frames: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.DataFrame]],
+    *,
+    variable_length: bool = False,
+    backend: Backend | None = None,
+) -> None:
+    """Store several frames, each in its bucket, as **one** durable commit: ``{key: df, ...}``.
+
+    A live feed that writes a bar to every symbol of a universe each minute pays one log sync
+    instead of one per symbol, and a crash keeps all of the call or none of it. Every frame is
+    checked before anything is written: a bad one fails the call with nothing stored. Each bucket
+    behaves as with :func:`write_mkts` (created if missing, ``variable_length`` making new buckets
+    tick buckets). Over HTTP, frames with the same columns travel in one request.
+    """
+    be = backend if backend is not None else default_backend()
+    pairs = list(frames.items()) if isinstance(frames, Mapping) else list(frames)
+    be.write_many([(key, frame_to_batch(df, nanoseconds_column=variable_length)) for key, df in pairs],
+                  variable_length=variable_length)  # fmt: skip

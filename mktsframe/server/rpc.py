@@ -476,14 +476,33 @@ class RpcService:
     def write(self, params: dict[str, Any]) -> dict[str, Any]:
         """``DataService.Write``: ``{responses: None}`` if all succeed, else only the failures."""
         errors = []
-        for i, req in enumerate(self._requests(params)):
+        requests = self._requests(params)
+        if params.get("mkts_atomic") is True and len(requests) > 1:
+            # mktsframe's write_many over several datasets (buckets of different columns): one
+            # commit for all of them, or nothing (MarketStore's clients never send the flag).
             try:
-                self._write_one(i, req)
+                planned = [item for i, req in enumerate(requests) for item in self._plan_write(i, req)]
+                self._commit_write(planned)
+            except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
+                errors.append(self._fail(exc))
+            return {"responses": errors or None}
+        for i, req in enumerate(requests):
+            try:
+                self._commit_write(self._plan_write(i, req))
             except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 errors.append(self._fail(exc))
         return {"responses": errors or None}
 
-    def _write_one(self, i: int, req: Mapping[str, Any]) -> None:
+    def _commit_write(self, planned: list[tuple[str, Batch, bool]]) -> None:
+        """Store what :meth:`_plan_write` checked: several keys as one commit, all or nothing."""
+        if len(planned) == 1:
+            (key, batch, ticks), = planned
+            self.backend.write(key, batch, variable_length=ticks)
+        elif planned:  # ``ticks`` only matters for buckets the write creates, where it is the request's flag
+            self.backend.write_many([(key, batch) for key, batch, _ in planned],
+                                    variable_length=any(t for _, _, t in planned))  # fmt: skip
+
+    def _plan_write(self, i: int, req: Mapping[str, Any]) -> list[tuple[str, Batch, bool]]:
         """One WriteRequest. ``is_variable_length`` (MarketStore's flag) makes a missing bucket a tick
         bucket and, as there, takes the ``Nanoseconds`` column as the sub-second part of each row's
         time; into an existing tick bucket ``Nanoseconds`` is always read that way. mktsframe's
@@ -513,8 +532,7 @@ class RpcService:
             else:
                 batch = _conform(key, batch, found.dtypes)
             planned.append((key, batch, ticks))
-        for key, batch, ticks in planned:
-            self.backend.write(key, batch, variable_length=ticks)
+        return planned
 
     # -- Create / Destroy -----------------------------------------------------------------------
     def create(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -205,3 +205,31 @@ def test_invalid_keys(backend: Backend, bad: str) -> None:
 
 def test_is_a_backend(backend: Backend) -> None:
     assert isinstance(backend, mktsframe.Backend)
+
+
+def test_write_many_and_cross_section(backend: Backend, sym: str) -> None:
+    """A universe written in one call and read back as one frame (issue 19), on both backends."""
+    syms = [f"{sym}U{i:03d}" for i in range(60)]
+    frames = {f"{s}/1Min/OHLCV": frame(n=3) * (i + 1) for i, s in enumerate(syms)}
+    frames[f"{syms[7]}/1Min/OHLCV"] = frame(start="2024-01-02 09:31", n=1)  # other times: the general path
+    mktsframe.write_many(frames, backend=backend)
+    key = ",".join(syms) + "/1Min/OHLCV"
+    out = pd.read_mkts(key, start="2024-01-02 09:31", end="2024-01-02 09:31", backend=backend)
+    assert list(out["Symbol"]) == syms  # one bar each, in the order named
+    assert isinstance(out["Symbol"].dtype, pd.CategoricalDtype)
+    assert (out.index == pd.Timestamp("2024-01-02 09:31", tz="UTC")).all()
+    expected = [(i + 1) * 2.0 if i != 7 else 0.0 for i in range(60)]
+    assert list(out["Close"]) == expected
+    whole = pd.read_mkts(key, backend=backend)
+    assert len(whole) == 59 * 3 + 1
+    assert whole.index.is_monotonic_increasing
+    first = whole.loc[whole.index[0]]
+    assert list(first["Symbol"]) == [s for i, s in enumerate(syms) if i != 7]  # ties: the order named
+
+
+def test_write_many_refuses_all_when_one_is_bad(backend: Backend, sym: str) -> None:
+    frame().to_mkts(f"{sym}A/1Min/OHLCV", backend=backend)
+    bad = frame().rename(columns={"Close": "Last"})
+    with pytest.raises(SchemaMismatchError):
+        mktsframe.write_many({f"{sym}B/1Min/OHLCV": frame(), f"{sym}A/1Min/OHLCV": bad}, backend=backend)
+    assert f"{sym}B/1Min/OHLCV" not in backend.list_keys()
