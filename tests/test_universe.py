@@ -290,3 +290,19 @@ def test_readers_never_see_a_file_closed_under_them(tmp_path: Path) -> None:
         assert not errors, errors[0]
         assert e.open_files.evictions > 100
         assert len(e.open_files) <= 2
+
+
+def test_cached_catalog_follows_creates_and_destroys(tmp_path: Path) -> None:
+    """Listing and ``*`` resolution use a cached key list; a reader in another engine (as in another
+    process) sees the writer's new and destroyed buckets at once."""
+    with Engine(tmp_path) as w, Engine(tmp_path, read_only=True) as r:
+        w.write("A/1Min/OHLCV", bars(1))
+        assert r.list_keys() == w.list_keys() == ["A/1Min/OHLCV"]
+        w.write_many({"B/1Min/OHLCV": bars(1), "C/1H/OHLCV": bars(1, step_s=3600)})
+        assert r.list_keys() == ["A/1Min/OHLCV", "B/1Min/OHLCV", "C/1H/OHLCV"]
+        assert list(r.query("*/1Min/OHLCV")) == ["A/1Min/OHLCV", "B/1Min/OHLCV"]
+        w.create("D/1D/OHLCV", [("Close", "f8")])
+        assert "D/1D/OHLCV" in r.list_keys()
+        w.destroy("A/1Min/OHLCV")
+        assert list(w.query("*/1Min/OHLCV")) == list(r.query("*/1Min/OHLCV")) == ["B/1Min/OHLCV"]
+        assert r.list_symbols() == ["B", "C", "D"]

@@ -147,7 +147,7 @@ class Bucket:
         self._years: dict[int, YearFile] = {}
         #: The year file of the latest write: appends land there again, skipping calendar maths.
         self.last_written: YearFile | None = None
-        self._year_list = NumberedFiles(directory, _year_of_name)
+        self._year_list = NumberedFiles(directory, _year_of_name, owner=writable)
 
     def years(self) -> list[int]:
         """Years that have a file, ascending (re-listed when the directory changes)."""

@@ -150,6 +150,7 @@ class Engine:
         else:
             self._generation = None  # a read-only root no writer has opened yet: nothing to follow
         self._seen_generation = self._generation.value() if self._generation is not None else None
+        self._catalog_cache: tuple[tuple[int, int], list[TimeBucketKey]] | None = None
         self._wal: WriteAheadLog | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -434,17 +435,33 @@ class Engine:
             raise ReadOnlyError(f"{self.root} is open read-only; writes are refused")
 
     def list_keys(self) -> list[str]:
-        return sorted(k.item_key for k in iter_bucket_keys(self.root))
+        return sorted(k.item_key for k in self._catalog())
 
     def list_symbols(self) -> list[str]:
-        return sorted({k.symbol for k in iter_bucket_keys(self.root)})
+        return sorted({k.symbol for k in self._catalog()})
+
+    def _catalog(self) -> list[TimeBucketKey]:
+        """Every bucket's key, sorted by parts: a directory walk (10,000 buckets: ~20,000 system
+        calls) cached until the catalog stamp (destroys and creations, :mod:`.generation`) moves."""
+        gen = self._generation
+        stamp = gen.catalog_stamp() if gen is not None else None
+        cached = self._catalog_cache
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
+        keys = sorted(iter_bucket_keys(self.root), key=lambda k: k.parts)
+        self._catalog_cache = (stamp, keys) if stamp is not None else None
+        return keys
+
+    def _created(self) -> None:
+        """A bucket was created (under the apply lock): listings must be made again."""
+        if self._generation is not None and not self.read_only:
+            self._generation.bump_created()
 
     def _resolve(self, key: str) -> list[Bucket]:
         pattern = parse_key_pattern(key)
         named = pattern.expand()
         if named is None:
-            matched = [k for k in iter_bucket_keys(self.root) if pattern.matches(k)]
-            matched.sort(key=lambda k: k.parts)
+            matched = [k for k in self._catalog() if pattern.matches(k)]
             buckets = [b for b in (self._bucket(k) for k in matched) if b is not None]
             if not buckets:
                 raise BucketNotFoundError(f"no bucket matches {key!r} (no files returned from query parse)")
@@ -628,8 +645,9 @@ class Engine:
         buckets = []
         with self._apply_lock:
             for it in items:
-                if it.create is not None and self._bucket(it.key) is None:
+                if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
                     write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
+                    self._created()
                 b = self._require(it.key)
                 if b.ticks is not None:
                     b.ticks.write(it.times, it.arrays, seq=seq)
@@ -657,6 +675,7 @@ class Engine:
                 b = self._bucket(it.key)
                 if b is None and it.create is not None:
                     write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create, durable=False)
+                    self._created()
                     b, created = self._require(it.key), True
                 if b is None or b.ticks is not None:
                     continue
@@ -873,6 +892,7 @@ class Engine:
                 if self._bucket(k) is None:
                     schema = tuple((str(n), str(t)) for n, t in meta["columns"])
                     write_bucket_meta(self.root.joinpath(*k.parts), k, schema, meta.get("record_type", "fixed"))
+                    self._created()
                 return None
             if op == "destroy":
                 self._apply_destroy(k)
@@ -1052,8 +1072,9 @@ class Engine:
             yf = b.year_file(year)
             if yf is None:
                 continue
-            pinned.append(yf)  # opening the next year may not close this one
-            self.open_files.pin(yf)
+            if len(years) > 1:  # opening the next year may not close this one
+                pinned.append(yf)
+                self.open_files.pin(yf)
             s0 = 0 if s is None else max(0, yf.slot_of(s))
             s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
             if s1 <= s0:

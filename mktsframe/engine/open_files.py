@@ -177,26 +177,27 @@ class OpenFiles:
                 self.unpin(f)
 
 
-def count_open_data_files(root: str | os.PathLike[str]) -> tuple[int, int]:
-    """``(descriptors, memory maps)`` this process holds on data files under ``root`` (the engine's
-    own ``.mkts/`` folder excluded), read from ``/proc/self`` (Linux; ``(0, 0)`` elsewhere). For
-    tests and benchmarks that check the bound, and for operators wondering where descriptors went."""
+def count_open_data_files(root: str | os.PathLike[str], pid: int | str = "self") -> tuple[int, int]:
+    """``(descriptors, memory maps)`` process ``pid`` (default: this one) holds on data files under
+    ``root`` (the engine's own ``.mkts/`` folder excluded), read from ``/proc`` (Linux; ``(0, 0)``
+    elsewhere). For tests and benchmarks that check the bound, and for operators wondering where
+    descriptors went."""
     prefix = os.path.realpath(root).rstrip("/") + "/"
     own = prefix + ".mkts/"
     fds = 0
     try:
-        names = os.listdir("/proc/self/fd")
+        names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return 0, 0
     for name in names:
         try:
-            target = os.readlink(f"/proc/self/fd/{name}")
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
         except OSError:  # closed meanwhile (the listing's own descriptor, for one)
             continue
         if target.startswith(prefix) and not target.startswith(own):
             fds += 1
     maps = 0
-    with open("/proc/self/maps") as f:
+    with open(f"/proc/{pid}/maps") as f:
         for line in f:
             path = line.split(maxsplit=5)[-1].strip() if line.count(" ") >= 5 else ""
             if path.startswith(prefix) and not path.startswith(own):

@@ -456,7 +456,7 @@ class TickStore:
         self.files = files if files is not None else OpenFiles()
         self._hold_while_dirty = hold_while_dirty
         self._open: dict[int, TickPartition] = {}
-        self._days = NumberedFiles(directory, _day_of_name)
+        self._days = NumberedFiles(directory, _day_of_name, owner=writable)
         if writable:  # temporary files of a rewrite that a crash interrupted
             for tmp in directory.glob(f".*{SUFFIX}.*.tmp"):
                 tmp.unlink(missing_ok=True)

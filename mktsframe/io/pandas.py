@@ -99,16 +99,18 @@ def _combine(results: dict[str, Batch]) -> pd.DataFrame:
     batches = list(results.values())
     names = list(batches[0].columns)
     # Same names *and* types: joining an i8 column with an f8 one would silently round it.
-    schemas = [[f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()] for b in batches]
-    if any(sc != schemas[0] for sc in schemas):
+    dtypes = [np.asarray(a).dtype for a in batches[0].columns.values()]
+    if any(list(b.columns) != names or [a.dtype for a in b.columns.values()] != dtypes for b in batches[1:]):
+        schemas = [[f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()] for b in batches]
         raise SchemaMismatchError(
             "symbols in a query must have the same columns (or be filtered by common columns): "
-            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True))
+            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True) if sc != schemas[0])
+            + f" (the first, {keys[0]}: {schemas[0]})"
         )
     lengths = np.fromiter((len(b) for b in batches), np.int64, len(batches))
     which = np.arange(len(batches), dtype=np.int32)
     first = batches[0].index
-    if lengths.min() == lengths.max() and all(np.array_equal(b.index, first) for b in batches[1:]):
+    if lengths.min() == lengths.max() and (np.stack([b.index for b in batches]) == first).all():
         # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
         index = np.repeat(first, len(batches))
         cols = {n: np.stack([b.columns[n] for b in batches]).T.reshape(-1) for n in names}
