@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench-candles: $(STAMP) $(PEERS_STAMP)
 # /ws push latency and writers' throughput, 1 and 100 subscribers over loopback (9 rounds: ~3 minutes on a fast 2-CPU VM, ~15 on a slow one): the ## Streaming section.
 bench-stream: $(STAMP)
 	$(PY) bench/stream_bench.py $(BENCH_ARGS)
+
+# 5,000 symbols × 2 days of 1Min bars beside ArcticDB, every process under ulimit -n 256: cross-sections, a day of
+# the universe, one bar to every symbol, 50 writers through the server (~10 minutes): the ## Universe section.
+bench-universe: $(STAMP) $(PEERS_STAMP)
+	bash -c 'ulimit -n 256 && exec $(PY) bench/universe_bench.py $(BENCH_ARGS)'
 
 clean:
 	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache docs/_build
