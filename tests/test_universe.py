@@ -164,18 +164,16 @@ def test_group_commit_gives_each_write_its_own_error(tmp_path: Path) -> None:
         assert sorted(e.list_keys()) == sorted(["G0/1Min/OHLCV", *(f"G{i}/1Min/OHLCV" for i in range(1, 9) if i != 3)])
 
 
-def _run_limited(code: str, tmp_path: Path, nofile: int = 256) -> str:
+def _run_limited(code: str, tmp_path: Path, nofile: int = 256, **env_extra: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a child whose open-file limit (soft and hard) is ``nofile``."""
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(code))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **env_extra}
     env.pop("MKTS_MAX_OPEN_FILES", None)
-    out = subprocess.run(
+    return subprocess.run(
         ["bash", "-c", f"ulimit -n {nofile} && exec {sys.executable} {script} {tmp_path / 'root'}"],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
 
 
 LIMITED = """
@@ -236,7 +234,8 @@ assert peak[0] <= cap and peak[1] <= cap, (peak, cap)
 
 def test_thousands_of_buckets_under_ulimit_256(tmp_path: Path) -> None:
     out = _run_limited(LIMITED, tmp_path)
-    words = out.split()
+    assert out.returncode == 0, out.stderr[-3000:]
+    words = out.stdout.split()
     assert int(words[words.index("capacity") + 1]) == 128  # half of 256, leaving descriptors for the rest
     assert int(words[words.index("evictions") + 1]) > 0
 
@@ -247,13 +246,7 @@ def test_ulimit_256_failed_before_the_bound(tmp_path: Path) -> None:
     code = LIMITED.replace("e = Engine(root)\ncap", "e = Engine(root, max_open_files=100_000)\ncap").replace(
         "assert cap <= 128, cap", ""
     )
-    script = tmp_path / "child.py"
-    script.write_text(code)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "N_BUCKETS": "600"}
-    out = subprocess.run(
-        ["bash", "-c", f"ulimit -n 256 && exec {sys.executable} {script} {tmp_path / 'root'}"],
-        capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    out = _run_limited(code, tmp_path, N_BUCKETS="600")
     assert out.returncode != 0
     assert "Too many open files" in out.stderr
 
