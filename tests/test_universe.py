@@ -221,13 +221,14 @@ assert all(i.rows >= 1 for i in infos)
 check()
 e.delete(keys[1], start=T0, end=T0)
 e.destroy(keys[2])
+evictions = e.open_files.evictions
 e.close()
 e = Engine(root)  # reopen: replay, then read everything again
 got = e.query("*/1Min/OHLCV", start=T0, end=T0 + 60 * 10**9)
 check()
 assert len(got) == N - 1
 e.close()
-print("peak", *peak, "evictions", e.open_files.evictions, "peak_tracked", e.open_files.peak)
+print("peak", *peak, "evictions", evictions, "peak_tracked", e.open_files.peak)
 assert peak[0] <= cap and peak[1] <= cap, (peak, cap)
 """
 
@@ -299,3 +300,38 @@ def test_cached_catalog_follows_creates_and_destroys(tmp_path: Path) -> None:
         w.destroy("A/1Min/OHLCV")
         assert list(w.query("*/1Min/OHLCV")) == list(r.query("*/1Min/OHLCV")) == ["B/1Min/OHLCV"]
         assert r.list_symbols() == ["B", "C", "D"]
+
+
+def test_reads_and_appends_by_position_match_mapped_ones(tmp_path: Path) -> None:
+    """With the open set full, year files are read and appended by position (year_io): every query
+    (ranges, limits from either end, gaps, several years) matches an engine that maps everything."""
+    rng = np.random.default_rng(7)
+    small, big = Engine(tmp_path / "small", max_open_files=2), Engine(tmp_path / "big", max_open_files=1000)
+    try:
+        y = [pd.Timestamp(f"{yr}-12-31 22:00", tz="UTC").value for yr in (2022, 2023)]
+        for step in range(40):
+            key = f"P{step % 12}/1H/OHLCV"
+            start = y[step % 2] + int(rng.integers(0, 6)) * 3600 * NS
+            n = int(rng.integers(1, 5))
+            index = start + np.sort(rng.choice(8, n, replace=False)).astype(np.int64) * 3600 * NS
+            b = Batch(index, {"Close": rng.random(n), "Volume": rng.integers(0, 100, n)})
+            small.write(key, b)
+            big.write(key, b)
+        assert small.open_files.full
+        lo, hi = y[0], y[1] + 10 * 3600 * NS
+        for key in [f"P{i}/1H/OHLCV" for i in range(12)]:
+            for kw in ({}, {"start": lo + 3 * 3600 * NS}, {"end": hi - 30 * 3600 * NS}, {"limit": 3},
+                       {"limit": 2, "limit_from_start": True}, {"start": y[1], "limit": 1}):  # fmt: skip
+                (a,) = small.query(key, **kw).values()  # type: ignore[arg-type]
+                (b,) = big.query(key, **kw).values()  # type: ignore[arg-type]
+                np.testing.assert_array_equal(a.index, b.index)
+                for c in b.columns:
+                    np.testing.assert_array_equal(a.columns[c], b.columns[c])
+        small.close()
+        small = Engine(tmp_path / "small", max_open_files=1000)  # appended by position, checkpointed: all there
+        for key in [f"P{i}/1H/OHLCV" for i in range(12)]:
+            (a,), (b,) = small.query(key).values(), big.query(key).values()
+            np.testing.assert_array_equal(a.columns["Close"], b.columns["Close"])
+    finally:
+        small.close()
+        big.close()

@@ -153,6 +153,13 @@ class Bucket:
         """Years that have a file, ascending (re-listed when the directory changes)."""
         return self._year_list.get()
 
+    def open_year(self, year: int) -> YearFile | None:
+        """The year file if it is open now (marked most recently used), else ``None``: opens nothing."""
+        yf = self._years.get(year)
+        if yf is not None:
+            self.files.touch(yf)
+        return yf
+
     def year_file(self, year: int, *, create: bool = False, durable: bool = True) -> YearFile | None:
         """The open year file (opened now if needed, possibly closing another bucket's least recently
         used one: call under the engine's apply lock); ``None`` if there is none and not ``create``."""

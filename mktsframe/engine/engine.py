@@ -32,6 +32,7 @@ import numpy as np
 
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
+from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
@@ -958,6 +959,14 @@ class Engine:
                 yf.write((secs - yf.year_start) // b.timeframe, dict(zip(b.names, arrays, strict=True)))
                 return
         for year, a, z in _year_spans(secs):
+            if (
+                b.open_year(year) is None
+                and self.open_files.full
+                and year in b.years()
+                and year_io.write_run(b.dir / f"{year}.bin", secs[a:z], b.names, [arr[a:z] for arr in arrays])
+            ):  # appended by position: no file closed to make room for this one
+                self._closed_dirty.add(b.dir / f"{year}.bin")
+                continue
             yf = b.year_file(year, create=True)
             assert yf is not None
             slots = (secs[a:z] - yf.year_start) // b.timeframe
@@ -1063,45 +1072,66 @@ class Engine:
         pinned: list[YearFile],
     ) -> Batch:
         """The rows of ``b`` in bar-start seconds ``[s, e]`` from ``years``; call under the apply lock.
-        Files it opens are added to ``pinned`` (and pinned) so that none is closed before the copy."""
+        Files it opens are added to ``pinned`` (and pinned) so that none is closed before the copy.
+        A year file that is not open while the set of open files is full is read by position
+        (:mod:`.year_io`) instead of being opened in place of another."""
         self._still_there(b)
-        # Plan: which slots of which year files, honouring the limit, before copying anything.
-        plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
+        # Plan: which slots of which year files, honouring the limit, before copying anything;
+        # a year read by position is a piece already copied: (None, ns, columns, None).
+        plan: list[tuple[Any, Any, Any, Any]] = []
         remaining = limit
+        tf = b.timeframe
         for year in years:
-            yf = b.year_file(year)
-            if yf is None:
-                continue
-            if len(years) > 1:  # opening the next year may not close this one
-                pinned.append(yf)
-                self.open_files.pin(yf)
-            s0 = 0 if s is None else max(0, yf.slot_of(s))
-            s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
-            if s1 <= s0:
-                continue
-            if remaining is not None:
-                if from_start:
-                    s1 = min(s1, yf.first_slots(remaining, s0))
-                else:
-                    s0 = max(s0, yf.last_slots(remaining, s1))
-            s0, s1, idx = yf.select(s0, s1)
-            rows = (s1 - s0) if idx is None else idx.size
-            if rows:
-                plan.append((yf, s0, s1, idx))
+            yf = b.open_year(year)
+            if yf is None and self.open_files.full:
+                y0, y1 = year_bounds(year)
+                s0 = 0 if s is None else max(0, (s - y0) // tf)
+                s1 = (y1 - y0) // tf if e is None else min((y1 - y0) // tf, (e - y0) // tf + 1)
+                piece = year_io.read_slots(b.dir / f"{year}.bin", s0, s1, names, remaining, from_start)
+                rows = 0 if piece is None else piece[0].shape[0]
+                if rows:
+                    plan.append((None, *piece, None))  # type: ignore[misc]
+            else:
+                yf = yf if yf is not None else b.year_file(year)
+                if yf is None:
+                    continue
+                if len(years) > 1:  # opening the next year may not close this one
+                    pinned.append(yf)
+                    self.open_files.pin(yf)
+                s0 = 0 if s is None else max(0, yf.slot_of(s))
+                s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
+                if s1 <= s0:
+                    continue
+                if remaining is not None:
+                    if from_start:
+                        s1 = min(s1, yf.first_slots(remaining, s0))
+                    else:
+                        s0 = max(s0, yf.last_slots(remaining, s1))
+                s0, s1, idx = yf.select(s0, s1)
+                rows = (s1 - s0) if idx is None else idx.size
+                if rows:
+                    plan.append((yf, s0, s1, idx))
             if remaining is not None:
                 remaining -= rows
                 if remaining <= 0:
                     break
         if limit is not None and not from_start:
             plan.reverse()
-        # Copy: one pass from the mapping into preallocated result arrays.
-        total = sum((p[2] - p[1]) if p[3] is None else p[3].size for p in plan)
+        if len(plan) == 1 and plan[0][0] is None:  # one piece read by position: it is the result
+            return Batch(plan[0][1], plan[0][2])
+        # Copy: one pass from the mappings (and pieces) into preallocated result arrays.
+        sizes = [p[1].shape[0] if p[0] is None else (p[2] - p[1]) if p[3] is None else p[3].size for p in plan]
+        total = sum(sizes)
         out_ns = np.empty(total, np.int64)
         cols = {n: np.empty(total, b.dtypes[n]) for n in names}
         pos = 0
-        for yf, s0, s1, idx in plan:
-            n = (s1 - s0) if idx is None else idx.size
-            yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
+        for (yf, s0, s1, idx), n in zip(plan, sizes, strict=True):
+            if yf is None:
+                out_ns[pos : pos + n] = s0
+                for k, v in cols.items():
+                    v[pos : pos + n] = s1[k]
+            else:
+                yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
             pos += n
         return Batch(out_ns, cols)
 

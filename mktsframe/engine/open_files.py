@@ -107,6 +107,11 @@ class OpenFiles:
     def __len__(self) -> int:
         return len(self._files)
 
+    @property
+    def full(self) -> bool:
+        """Opening another file would close one (callers may then read or write by position instead)."""
+        return len(self._files) >= self.capacity
+
     def add(self, f: Evictable) -> None:
         """Track a newly opened file (most recently used), closing least recently used unpinned
         files while over capacity. Call under the engine's apply lock."""

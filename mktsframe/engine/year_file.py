@@ -81,6 +81,33 @@ def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
     return _Layout(header_size, nslots, presence, tuple(offsets), pos)
 
 
+def read_header(fd: int, path: Path, head: bytes) -> tuple[dict[str, Any], _Layout]:
+    """Validate and decode the header of the open year file ``fd`` whose first ``_FIXED.size`` bytes
+    are ``head``: its metadata (checksummed) and layout. Raises :class:`CorruptFileError`."""
+    if len(head) < _FIXED.size or head[:8] != MAGIC:
+        raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
+    _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
+    if version != FORMAT_VERSION:
+        raise CorruptFileError(f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+    if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
+        raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
+    blob = os.pread(fd, meta_len, _META_OFFSET)
+    if len(blob) != meta_len or zlib.crc32(blob) != crc:
+        raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
+    meta = json.loads(blob)
+    layout = _Layout(
+        header_size,
+        meta["nslots"],
+        meta["presence_offset"],
+        tuple(c["offset"] for c in meta["columns"]),
+        meta["file_size"],
+    )
+    size = os.fstat(fd).st_size
+    if size < layout.file_size:
+        raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+    return meta, layout
+
+
 class YearFile:
     """A memory-mapped year file. Slots are 0-based: slot 0 is 1 January 00:00 UTC.
 
@@ -169,30 +196,7 @@ class YearFile:
         """Open and validate an existing year file."""
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
-            head = os.pread(fd, PAGE, 0)
-            if len(head) < _FIXED.size or head[:8] != MAGIC:
-                raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
-            _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
-            if version != FORMAT_VERSION:
-                raise CorruptFileError(
-                    f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})"
-                )
-            if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
-                raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
-            blob = os.pread(fd, meta_len, _META_OFFSET)
-            if len(blob) != meta_len or zlib.crc32(blob) != crc:
-                raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
-            meta = json.loads(blob)
-            layout = _Layout(
-                header_size,
-                meta["nslots"],
-                meta["presence_offset"],
-                tuple(c["offset"] for c in meta["columns"]),
-                meta["file_size"],
-            )
-            size = os.fstat(fd).st_size
-            if size < layout.file_size:
-                raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+            meta, layout = read_header(fd, path, os.pread(fd, _FIXED.size, 0))
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             mm = mmap.mmap(fd, layout.file_size, access=access)
         finally:
