@@ -168,6 +168,7 @@ class Bucket:
             self.files.touch(yf)
             return yf
         path = self.dir / f"{year}.bin"
+        self.files.reserve()
         if path.exists():
             yf = YearFile.open(path, writable=self.writable)
             if yf.schema != self.schema or yf.timeframe != self.timeframe:

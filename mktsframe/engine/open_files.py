@@ -112,6 +112,13 @@ class OpenFiles:
         """Opening another file would close one (callers may then read or write by position instead)."""
         return len(self._files) >= self.capacity
 
+    def reserve(self) -> None:
+        """Close the least recently used unpinned file if the set is full, *before* opening another,
+        so that the process never holds more than ``capacity`` maps, not even for a moment. Call
+        under the engine's apply lock."""
+        if len(self._files) >= self.capacity:
+            self._make_room(None, extra=1)
+
     def add(self, f: Evictable) -> None:
         """Track a newly opened file (most recently used), closing least recently used unpinned
         files while over capacity. Call under the engine's apply lock."""
@@ -123,12 +130,12 @@ class OpenFiles:
         if len(self._files) > self.capacity:
             self._make_room(None)
 
-    def _make_room(self, f: Evictable | None) -> None:
+    def _make_room(self, f: Evictable | None, extra: int = 0) -> None:
         victims = []
         with self._lock:
             if f is not None:
                 self._files[id(f)] = f
-            over = len(self._files) - self.capacity
+            over = len(self._files) + extra - self.capacity
             if over > 0:
                 for fid, g in self._files.items():
                     if fid not in self._pins and g is not f and not (g.hold_while_dirty and g.dirty):

@@ -475,6 +475,8 @@ class TickStore:
             self.files.touch(p)
             return p
         path = self._path(day)
+        if self.writable:
+            self.files.reserve()
         try:
             p = TickPartition.open(path, writable=self.writable)
         except FileNotFoundError:
@@ -516,6 +518,7 @@ class TickStore:
             fsync_dir(self.dir)
             p = None
         else:
+            self.files.reserve()
             p = TickPartition.write_new(path, self.key, day, self.schema, ns, columns, seq, from_log=from_log)
         if old is not None:
             self.files.discard(old)

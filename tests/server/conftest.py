@@ -33,8 +33,10 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     started: list[ServerProcess] = []
     counter = itertools.count()
 
-    def make(config: dict[str, Any] | None = None, root: Path | None = None) -> ServerProcess:
-        s = start_server(tmp_path / f"srv{next(counter)}", root=root, config=config)
+    def make(
+        config: dict[str, Any] | None = None, root: Path | None = None, nofile: int | None = None
+    ) -> ServerProcess:
+        s = start_server(tmp_path / f"srv{next(counter)}", root=root, config=config, nofile=nofile)
         started.append(s)
         return s
 
