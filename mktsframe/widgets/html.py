@@ -1,4 +1,4 @@
-"""HTML fragments the widgets show: the rows table and a one-line error (shared by every widget)."""
+"""HTML the widgets show: the rows table (pandas' own ``Styler``) and a one-line error."""
 
 from __future__ import annotations
 
@@ -6,15 +6,39 @@ from html import escape
 
 import pandas as pd
 
-__all__ = ["error_html", "table_html"]
+__all__ = ["TABLE_CLASSES", "error_html", "table_html"]
 
 #: Rows a table shows at most (newest first); the frame behind it may hold more.
 TABLE_ROWS = 50
+#: CSS classes of the widgets holding a table: JupyterLab's own rendered-output style (theme
+#: colours, right-aligned cells under right-aligned headers) plus ours.
+TABLE_CLASSES = ("jp-RenderedHTMLCommon", "mkts-table")
+
+# One header row (the time is a column, not an index with its name on a second header row), every
+# cell right-aligned with tabular digits, so each header sits over its column in any front end.
+_STYLES = [
+    {"selector": "", "props": "border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 12px;"},
+    {"selector": "th, td", "props": "text-align: right; padding: 2px 8px; white-space: nowrap;"},
+    {"selector": "caption", "props": "caption-side: top; text-align: left; opacity: 0.75;"},
+]
 
 
 def table_html(df: pd.DataFrame) -> str:
-    """The newest rows first, as an HTML table (at most :data:`TABLE_ROWS`, pandas' ellipsis between)."""
-    return df.iloc[::-1].to_html(max_rows=TABLE_ROWS, classes="mkts-table", border=0)
+    """The newest rows first as an HTML table (at most :data:`TABLE_ROWS`), by ``pandas.io.formats.style.Styler``.
+
+    Times are shown in UTC to the second (to the nanosecond when a row has a fraction).
+    """
+    rows = df.iloc[::-1].iloc[:TABLE_ROWS]
+    flat = rows.reset_index()
+    time_col = flat.columns[0] if isinstance(df.index, pd.DatetimeIndex) else None
+    styler = flat.style.hide(axis="index").set_table_styles(_STYLES)
+    if time_col is not None:
+        fine = bool((rows.index.as_unit("ns").asi8 % 1_000_000_000).any()) if len(rows) else False
+        styler = styler.format({time_col: lambda t: f"{t:%Y-%m-%d %H:%M:%S.%f}" if fine else f"{t:%Y-%m-%d %H:%M:%S}"})
+        styler = styler.relabel_index([f"{time_col} (UTC)", *map(str, flat.columns[1:])], axis="columns")
+    if len(df) > TABLE_ROWS:
+        styler = styler.set_caption(f"newest {TABLE_ROWS} of {len(df):,} rows")
+    return styler.to_html()
 
 
 def error_html(exc: BaseException) -> str:
