@@ -19,7 +19,7 @@ from mktsframe.backend import Backend, connect
 from mktsframe.errors import MktsError
 from mktsframe.io.pandas import read_mkts
 from mktsframe.widgets.chart import CandleChart
-from mktsframe.widgets.html import TABLE_CLASSES, error_html, table_html
+from mktsframe.widgets.html import error_html, table_html, table_widget
 
 __all__ = ["SymbolBrowser"]
 
@@ -51,9 +51,7 @@ class SymbolBrowser(widgets.VBox):
         self.max_rows = widgets.BoundedIntText(value=max_rows, min=1, max=100_000, description="Rows")
         self.status = widgets.HTML()
         self.chart = CandleChart()
-        self.table = widgets.HTML()
-        for c in TABLE_CLASSES:
-            self.table.add_class(c)
+        self.table = table_widget()
         self._quiet = False
         super().__init__(
             [

@@ -11,7 +11,8 @@ What it draws: candles (or a line of ``Close``) on a dated UTC time axis, volume
 below (when the frame has a ``Volume``/``Size``/``Qty`` column), hover values for every pane,
 zoom (drag, scroll, double-click to reset) and pan. Colours follow the front end's theme: the
 backgrounds are transparent and the labels take JupyterLab's ``--jp-ui-font-color1`` (a neutral
-grey elsewhere), so the chart reads on light and dark themes alike.
+grey elsewhere), so the chart reads on light and dark themes alike. The chart fills the output
+area's width (see :class:`_Fit`).
 
 Downsampling: a browser cannot show more candles than the plot has pixels, so when the range on
 screen holds more than ``max_candles`` rows the chart draws candles of a coarser timeframe
@@ -26,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import anywidget
 import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import traitlets
 from plotly.subplots import make_subplots
 
 from mktsframe.backend.base import Batch
@@ -49,13 +52,37 @@ OHLC = ("Open", "High", "Low", "Close")
 UP, DOWN, LINE = "#26a69a", "#ef5350", "#1f77b4"
 NS = 1_000_000_000
 
-# Theme-aware text: plotly writes colours inline, a stylesheet rule with !important wins over them.
-_CSS = """<style>
-.mkts-chart .main-svg .xtick text, .mkts-chart .main-svg .ytick text, .mkts-chart .main-svg .gtitle,
-.mkts-chart .main-svg .g-xtitle text, .mkts-chart .main-svg .g-ytitle text {
+
+class _Fit(anywidget.AnyWidget):
+    """Theme-aware text and a chart that fills its output area (no Python-side state).
+
+    CSS: plotly writes its text colours inline; a stylesheet rule with ``!important`` wins, so
+    labels take JupyterLab's theme colour. JS: plotly.js sizes a plot when it is drawn, which in
+    JupyterLab is before the output is attached (zero width, so plotly's default 700 px); its
+    ``responsive`` option re-sizes on window resizes only. A ``ResizeObserver`` on this widget
+    (as wide as the chart) tells plotly whenever the width changes: at attach, or when the user
+    resizes the panel.
+    """
+
+    _css = traitlets.Unicode("""
+.mkts-chart .main-svg g[class$="tick"] text, .mkts-chart .main-svg .gtitle,
+.mkts-chart .main-svg g[class^="g-x"][class$="title"] text, .mkts-chart .main-svg g[class^="g-y"][class$="title"] text {
   fill: var(--jp-ui-font-color1, var(--vscode-editor-foreground, #777)) !important;
 }
-</style>"""
+""").tag(sync=True)
+    _esm = traitlets.Unicode("""
+function render({ el }) {
+  if (!window.ResizeObserver) return;
+  let last = 0;
+  const ro = new ResizeObserver((entries) => {
+    const w = Math.round(entries[0].contentRect.width);
+    if (w > 0 && w !== last) { last = w; window.dispatchEvent(new Event("resize")); }
+  });
+  ro.observe(el);
+  return () => ro.disconnect();
+}
+export default { render };
+""").tag(sync=True)
 
 
 def _window_seconds(timeframe: str) -> int:
@@ -126,21 +153,22 @@ class CandleChart(widgets.VBox):
         fig.add_trace(go.Bar(name="volume", marker_line_width=0), row=2, col=1)
         grid = "rgba(128,128,128,0.25)"
         fig.update_layout(
-            height=height, margin={"l": 60, "r": 20, "t": 40, "b": 40}, showlegend=False,
+            height=height, autosize=True, margin={"l": 60, "r": 20, "t": 40, "b": 30}, showlegend=False,
             paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)", font={"color": "#777"},
             hovermode="x unified", dragmode="zoom", bargap=0.1,
+            modebar={"bgcolor": "rgba(0,0,0,0)", "color": "rgba(128,128,128,0.7)", "activecolor": LINE},
             hoverlabel={"bgcolor": "rgba(40,40,40,0.92)", "font": {"color": "#f5f5f5"}},
             title={"text": "", "x": 0.01, "font": {"size": 13}},
         )  # fmt: skip
         fig.update_xaxes(type="date", gridcolor=grid, linecolor=grid, rangeslider_visible=False, showspikes=True,
                          spikemode="across", spikethickness=1, spikecolor="rgba(128,128,128,0.6)")  # fmt: skip
-        fig.update_xaxes(title_text="UTC", row=2, col=1)
+        fig.update_xaxes(title_text="UTC", title_standoff=4, row=2, col=1)
         fig.update_yaxes(gridcolor=grid, linecolor=grid, zeroline=False)
         fig.update_yaxes(title_text="volume", row=2, col=1)
         self.figure = go.FigureWidget(fig)
         self.figure._config = {"scrollZoom": True, "displaylogo": False, "responsive": True}
         self.figure.layout.on_change(self._relayout, "xaxis.range", "xaxis.autorange")
-        super().__init__([widgets.HTML(_CSS), self.figure])
+        super().__init__([_Fit(), self.figure])
         self.add_class("mkts-chart")
         if df is not None:
             self.show(df, title)
@@ -220,9 +248,12 @@ class CandleChart(widgets.VBox):
         bars, value, volume = self._columns()
         if tf is not None and value is not None:  # coarsened rows are named as bars
             bars, value, volume = True, "Close", ("Volume" if volume is not None else None)
-        x = pd.to_datetime(rows.index, unit="ns")  # zone-less UTC: plotly has no time zones
+        # Zone-less UTC strings to the millisecond: plotly.js has no time zones, and the widget sends
+        # datetime64[ns] arrays as 9-digit fractions it cannot parse (every x became NaN in Chromium).
+        x = np.datetime_as_string(np.asarray(rows.index, dtype="datetime64[ns]").astype("datetime64[ms]"))
         cols = {c: np.asarray(v) for c, v in rows.columns.items()}
-        self.shown = pd.DataFrame(cols, index=pd.DatetimeIndex(x.tz_localize("UTC"), name="Epoch"))
+        self.shown = pd.DataFrame(cols, index=pd.DatetimeIndex(pd.to_datetime(rows.index, unit="ns", utc=True),
+                                                              name="Epoch"))  # fmt: skip
         candles_on = bars and self.kind == "candles"
         title = self.title + (f" · {tf} candles" if tf else "")
         if not len(rows):

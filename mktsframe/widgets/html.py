@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from html import escape
 
+import ipywidgets as widgets
 import pandas as pd
 
-__all__ = ["TABLE_CLASSES", "error_html", "table_html"]
+__all__ = ["TABLE_CLASSES", "error_html", "table_html", "table_widget"]
 
 #: Rows a table shows at most (newest first); the frame behind it may hold more.
 TABLE_ROWS = 50
@@ -39,6 +40,14 @@ def table_html(df: pd.DataFrame) -> str:
     if len(df) > TABLE_ROWS:
         styler = styler.set_caption(f"newest {TABLE_ROWS} of {len(df):,} rows")
     return styler.to_html()
+
+
+def table_widget() -> widgets.HTML:
+    """The widget a :func:`table_html` goes in: JupyterLab's table style, scrolling past 320 px."""
+    table = widgets.HTML(layout=widgets.Layout(max_height="320px", overflow="auto"))
+    for c in TABLE_CLASSES:
+        table.add_class(c)
+    return table
 
 
 def error_html(exc: BaseException) -> str:

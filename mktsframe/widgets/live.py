@@ -30,7 +30,7 @@ from mktsframe.streaming.messages import NS, Message
 from mktsframe.streaming.patterns import stream_list
 from mktsframe.times import TimeLike, to_ns
 from mktsframe.widgets.chart import CandleChart
-from mktsframe.widgets.html import TABLE_CLASSES, error_html, table_html
+from mktsframe.widgets.html import error_html, table_html, table_widget
 
 __all__ = ["LiveView"]
 
@@ -145,9 +145,7 @@ class LiveView(widgets.VBox):
         self.running = widgets.ToggleButton(value=False, description="Live", icon="play")
         self.status = widgets.HTML()
         self.chart = CandleChart()
-        self.table = widgets.HTML()
-        for c in TABLE_CLASSES:
-            self.table.add_class(c)
+        self.table = table_widget()
         super().__init__([widgets.HBox([self.key, self.chart_kind, self.running]), self.status, self.chart, self.table])
         self.add_class("mkts-live")
         self.key.observe(self._key_chosen, names="value")
