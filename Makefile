@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean chromium doc-images
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,18 @@ $(STAMP): $(PY) pyproject.toml
 serve: $(STAMP)
 	$(PY) -m mktsframe.server
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
+
+# The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# Screenshots of the widgets in JupyterLab (the browser test's) into docs/images/.
+doc-images: $(STAMP) chromium
+	MKTS_UPDATE_DOC_IMAGES=1 $(PY) -m pytest -q tests/test_jupyterlab_browser.py
 
 # The Sphinx site (docs/*.md plus the API from docstrings) into docs/_build/html; warnings are errors.
 docs: $(STAMP)

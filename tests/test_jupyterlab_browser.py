@@ -230,7 +230,9 @@ def widget(driver: Any, selector: str) -> Any:
 
 
 def screenshot(driver: Any, el: Any, name: str) -> Path:
-    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", el)
+    # The active cell's toolbar floats over the top right of its output: not part of the widget.
+    driver.execute_script("document.querySelectorAll('.jp-cell-toolbar').forEach(e => e.style.display = 'none');"
+                          "arguments[0].scrollIntoView({block: 'start'})", el)
     time.sleep(0.3)  # plotly's transitions
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
@@ -318,10 +320,10 @@ def test_quickstart_in_jupyterlab(lab: tuple[str, Path], browser: Any) -> None:
         assert "Live" in seen["buttons"]
         assert seen["title"] == "BTC/1Min/OHLCV: last 125 rows to 2024-01-05 00:04:00 UTC"
         assert_dated_chart(seen, 125)
-        code = ('pd.DataFrame({"Open": [4242.0], "High": [4243.0], "Low": [4241.0], "Close": [4242.5], '
-                '"Volume": [7.0]}, index=pd.DatetimeIndex(["2024-01-05 00:05"], tz="UTC")).astype("f4")'
+        code = ('pd.DataFrame({"Open": [100.5], "High": [101.75], "Low": [100.25], "Close": [101.125], '
+                '"Volume": [321.0]}, index=pd.DatetimeIndex(["2024-01-05 00:05"], tz="UTC")).astype("f4")'
                 '.to_mkts("BTC/1Min/OHLCV")')  # fmt: skip
-        timing = js(browser, LIVE, live, code, "4242.5", "00:05:00 UTC")
+        timing = js(browser, LIVE, live, code, "101.125", "00:05:00 UTC")
         print(f"live view: on screen {timing['ms']:.0f} ms after the write was sent (reply: {timing['replied']})")
         assert timing["ms"] < 1000, timing
         screenshot(browser, live, "live-view")
