@@ -41,7 +41,7 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 # As root on a machine whose only network is loopback: no sandbox, no background connections.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,1000"]  # fmt: skip
+                  "--window-size=1400,1600"]  # fmt: skip
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     if os.environ.get("CI"):
@@ -232,7 +232,7 @@ def widget(driver: Any, selector: str) -> Any:
 def screenshot(driver: Any, el: Any, name: str) -> Path:
     # The active cell's toolbar floats over the top right of its output: not part of the widget.
     driver.execute_script("document.querySelectorAll('.jp-cell-toolbar').forEach(e => e.style.display = 'none');"
-                          "arguments[0].scrollIntoView({block: 'start'})", el)
+                          "arguments[0].scrollIntoView({block: 'center'})", el)
     time.sleep(0.3)  # plotly's transitions
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
