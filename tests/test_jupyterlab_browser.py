@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -33,6 +32,8 @@ pytest.importorskip("jupyterlab")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+
+from mktsframe.server.launch import stop_process, wait_until_serving  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts" / "browser"
@@ -84,28 +85,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited:\n{(tmp / 'lab.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/api", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"JupyterLab did not start:\n{(tmp / 'lab.log').read_text()}")
-            time.sleep(0.1)
+        wait_until_serving(proc, f"{url}/api", (tmp / "lab.log").read_text, timeout=60, name="JupyterLab")
         yield url, nbdir
     finally:
-        proc.send_signal(signal.SIGINT)  # Jupyter's clean stop: kernels are shut down first
+        proc.send_signal(signal.SIGINT)  # Jupyter's clean stop (twice: it asks first), kernels shut down first
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT)
         log.close()
 
 

@@ -9,18 +9,19 @@ than after a long wait.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
-__all__ = ["ServerProcess", "ServerStartError"]
+__all__ = ["ServerProcess", "ServerStartError", "stop_process", "wait_until_serving"]
 
 #: Characters of the child's output quoted in an error (its end).
 OUTPUT_TAIL = 4000
@@ -28,6 +29,38 @@ OUTPUT_TAIL = 4000
 
 class ServerStartError(RuntimeError):
     """The server did not answer ``/heartbeat``; the message quotes why, from its output."""
+
+
+def wait_until_serving(
+    proc: subprocess.Popen[bytes], url: str, output: Callable[[], str], *, timeout: float, name: str = "the server"
+) -> None:
+    """Poll ``url`` until it answers 200; raise :class:`ServerStartError` quoting ``output()`` when
+    ``proc`` exits first (noticed at once) or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise ServerStartError(f"{name} exited with code {code} before serving {url}:\n{output()}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"{name} did not answer on {url} within {timeout:g} s:\n{output()}")
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send ``sig``, wait ``timeout`` seconds, then SIGKILL; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 class ServerProcess:
@@ -75,27 +108,10 @@ class ServerProcess:
             [*cmd, *args], stdout=self._output, stderr=subprocess.STDOUT, env=None if env is None else dict(env)
         )
         try:
-            self._wait(timeout)
+            wait_until_serving(self.proc, f"{self.url}/heartbeat", self.output, timeout=timeout)
         except BaseException:
             self.stop()
             raise
-
-    def _wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                why = f"the server exited with code {code} before serving {self.url}"
-                raise ServerStartError(f"{why}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/heartbeat", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                why = f"the server did not answer on {self.url} within {timeout:g} s"
-                raise ServerStartError(f"{why}:\n{self.output()}")
-            time.sleep(0.05)
 
     def output(self) -> str:
         """The end of what the server printed (its log and, when it failed, the traceback)."""
@@ -108,15 +124,9 @@ class ServerProcess:
 
     def stop(self, timeout: float = 30.0) -> int:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout`` seconds); returns its exit code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, signal.SIGTERM, timeout)
         self._output.close()
-        return int(self.proc.returncode)
+        return code
 
     def __enter__(self) -> ServerProcess:
         return self

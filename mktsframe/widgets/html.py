@@ -18,7 +18,7 @@ TABLE_CLASSES = ("jp-RenderedHTMLCommon", "mkts-table")
 # One header row (the time is a column, not an index with its name on a second header row), every
 # cell right-aligned with tabular digits, so each header sits over its column in any front end.
 _STYLES = [
-    {"selector": "", "props": "border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 12px; margin: 0;"},
+    {"selector": "", "props": "border-collapse:collapse; font-variant-numeric:tabular-nums; font-size:12px; margin:0"},
     {"selector": "th, td", "props": "text-align: right; padding: 2px 8px; white-space: nowrap;"},
     {"selector": "caption", "props": "caption-side: top; text-align: left; opacity: 0.75;"},
 ]
