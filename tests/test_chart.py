@@ -84,6 +84,13 @@ def test_line_ticks_and_no_volume() -> None:
     assert chart.figure.layout.yaxis.domain == (0.04, 1.0)
 
 
+def test_unsorted_frames_are_drawn_in_time_order() -> None:
+    df = ohlcv("2024-01-02", 1000, seed=4)
+    chart = df.iloc[::-1].mkts.plot(max_candles=100)
+    assert chart.timeframe == "10Min"
+    pd.testing.assert_frame_equal(chart.shown, df.mkts.candles("10Min"), check_freq=False)
+
+
 def test_bad_frames_say_why() -> None:
     df = ohlcv("2024-01-02", 10)
     two = pd.concat([df.assign(Symbol="BTC"), df.assign(Symbol="ETH")])

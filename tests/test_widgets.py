@@ -90,3 +90,30 @@ def test_browser_line_for_non_ohlc_buckets_and_errors(db: LocalBackend, tmp_path
     assert empty.key.value is None
     assert "no buckets yet" in empty.status.value
     empty.backend.close()
+
+
+def test_table_shows_values_as_stored() -> None:
+    """pandas' Styler HTML: one header row over the columns, the newest first, decimals as needed."""
+    from mktsframe.widgets.html import decimals, table_html
+
+    assert decimals(np.array([447.0, 12.0])) == 0
+    assert decimals(np.array([101.125, 100.5], dtype="f4")) == 3
+    assert decimals(np.array([73.48864746], dtype="f4")) == 5  # float32 holds ~7 digits
+    assert decimals(np.array([73.48864746])) == 6
+    assert decimals(np.array([np.nan, 1.5])) == 1
+    df = frame(["2024-01-02 00:00", "2024-01-02 00:01"], Close=np.array([101.125, 100.5], dtype="f4"),
+               Volume=[447.0, 12.0])
+    html = table_html(df)
+    assert html.count("<tr>") == 3
+    assert [h.split(">")[-1] for h in html.split("</th>")[:-1]] == ["Epoch (UTC)", "Close", "Volume"]
+    rows = [r.split("</tr>")[0] for r in html.split("<tr>")[2:]]
+    assert "2024-01-02 00:01:00" in rows[0]
+    assert ">100.500<" in rows[0]
+    assert ">12<" in rows[0]
+    assert ">101.125<" in rows[1]
+    # Times are shown in UTC (a frame in another zone too), to the microsecond when they have a fraction.
+    ny = df.tz_convert("America/New_York")
+    assert ny.index[0].hour == 19
+    assert "2024-01-02 00:01:00<" in table_html(ny)
+    ticks = df.set_axis(df.index + pd.Timedelta(1500, "us"))
+    assert "2024-01-02 00:01:00.001500<" in table_html(ticks)

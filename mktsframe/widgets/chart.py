@@ -178,6 +178,8 @@ class CandleChart(widgets.VBox):
         """Draw ``df`` (replacing what is shown); a range the user zoomed to is kept."""
         if not isinstance(df.index, pd.DatetimeIndex):
             raise TypeError(f"the chart needs a DatetimeIndex, got {type(df.index).__name__}")
+        if not df.index.is_monotonic_increasing:
+            df = df.sort_index(kind="stable")  # equal times (ticks) keep their order
         if "Symbol" in df.columns and df["Symbol"].nunique() > 1:
             raise ValueError("the frame holds several symbols: chart one, e.g. df[df.Symbol == 'BTC']")
         numeric = df[[c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not
