@@ -9,6 +9,7 @@ than after a long wait.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,7 +41,9 @@ def wait_until_serving(
     while True:
         code = proc.poll()
         if code is not None:
-            raise ServerStartError(f"{name} exited with code {code} before serving {url}:\n{output()}")
+            text = output()
+            hint = _hint(text)
+            raise ServerStartError(f"{name} exited with code {code} before serving {url}{hint}:\n{text}")
         try:
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
@@ -49,6 +52,14 @@ def wait_until_serving(
         if time.monotonic() > deadline:
             raise ServerStartError(f"{name} did not answer on {url} within {timeout:g} s:\n{output()}")
         time.sleep(0.05)
+
+
+def _hint(output: str) -> str:
+    """What to do about a missing module the server needs (its ``server`` extra)."""
+    m = re.search(r"No module named '([\w.]+)'", output)
+    if m is None:
+        return ""
+    return f" (missing {m.group(1)!r}: pip install 'mktsframe[server]', or '.[notebooks]' for the notebooks)"
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:

@@ -33,7 +33,8 @@ def test_a_server_that_cannot_start_says_why_at_once(tmp_path: Path) -> None:
     with pytest.raises(ServerStartError, match="exited with code 1") as info:
         ServerProcess(tmp_path / "data", env=env, timeout=60)
     assert time.monotonic() - t0 < 20  # the exit is noticed, not the 60 s timeout
-    assert "No module named 'uvicorn'" in str(info.value)
+    assert "No module named 'uvicorn'" in str(info.value)  # the server's own traceback
+    assert "missing 'uvicorn': pip install 'mktsframe[server]'" in str(info.value)
 
 
 def test_a_bad_flag_is_quoted(tmp_path: Path) -> None:
