@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean chromium doc-images
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,7 @@ test: $(STAMP) chromium
 	$(PY) -m pytest
 
 # The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
+.PHONY: chromium doc-images
 chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
