@@ -11,18 +11,19 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,browser-test]'
 	touch $(STAMP)
 
 serve: $(STAMP)
 	$(PY) -m mktsframe.server
 
-test: $(STAMP) chromium
+test: $(STAMP)
 	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
 
 # The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
 .PHONY: chromium doc-images
+test: chromium
 chromium:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
