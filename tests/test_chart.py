@@ -102,3 +102,5 @@ def test_bad_frames_say_why() -> None:
         CandleChart(df.reset_index())
     with pytest.raises(ValueError, match="max_candles"):
         CandleChart(max_candles=1)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        df.mkts.plot("bars")

@@ -40,7 +40,7 @@ from mktsframe.functions.candles import TICK_PRICE_NAMES, TICK_SIZE_NAMES, aggre
 from mktsframe.functions.windows import parse_window
 from mktsframe.io.frames import frame_to_batch
 
-__all__ = ["LADDER", "CandleChart"]
+__all__ = ["KINDS", "LADDER", "CandleChart", "pick_timeframe"]
 
 #: Candle timeframes the chart coarsens to, finest first.
 LADDER = (
@@ -49,6 +49,7 @@ LADDER = (
 )  # fmt: skip
 _SECONDS = {"W": 7 * 86_400, "M": 31 * 86_400, "Y": 366 * 86_400}  # calendar windows, at their longest
 OHLC = ("Open", "High", "Low", "Close")
+KINDS = ("candles", "line")
 UP, DOWN, LINE = "#26a69a", "#ef5350", "#1f77b4"
 NS = 1_000_000_000
 
@@ -138,7 +139,7 @@ class CandleChart(widgets.VBox):
         if max_candles < 2:
             raise ValueError(f"max_candles must be at least 2, got {max_candles}")
         self.max_candles = int(max_candles)
-        self.kind = kind
+        self.kind = _kind(kind)
         self.title = title
         self.timeframe: str | None = None
         self.shown = pd.DataFrame()
@@ -185,7 +186,7 @@ class CandleChart(widgets.VBox):
         numeric = df[[c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not
                       pd.api.types.is_bool_dtype(df[c])]]  # fmt: skip
         if kind is not None:
-            self.kind = kind
+            self.kind = _kind(kind)
         if title is not None:
             self.title = title
         self._batch = frame_to_batch(numeric) if len(numeric.columns) else Batch(frame_to_batch(df[[]]).index)
@@ -287,6 +288,12 @@ class CandleChart(widgets.VBox):
                 fig.layout.title.text = title
         finally:
             self._drawing = False
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
 
 
 def _names(cols: Mapping[str, np.ndarray], names: tuple[str, ...]) -> list[str]:
