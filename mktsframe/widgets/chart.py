@@ -24,6 +24,7 @@ which timeframe is shown. The full frame stays on the Python side.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -145,7 +146,9 @@ class CandleChart(widgets.VBox):
         self.shown = pd.DataFrame()
         self._batch = Batch(np.empty(0, np.int64))
         self._zoom: tuple[int, int] | None = None  # the user's x range (ns), None = whole frame
-        self._drawing = False
+        self._drawing: int | None = None  # the thread drawing now (the layout changes it makes are its own)
+        # A live view draws from its own thread while the user's zoom arrives on the kernel's.
+        self._lock = threading.RLock()
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.76, 0.24], vertical_spacing=0.03)
         fig.add_trace(go.Candlestick(name="price", increasing_line_color=UP, decreasing_line_color=DOWN,
                                      increasing_fillcolor=UP, decreasing_fillcolor=DOWN), row=1, col=1)
@@ -194,7 +197,7 @@ class CandleChart(widgets.VBox):
 
     def _relayout(self, layout: Any, xrange: Any, autorange: Any) -> None:
         """The user zoomed, panned or reset (plotly.js reports the x range it shows)."""
-        if self._drawing:
+        if self._drawing == threading.get_ident():
             return
         if autorange or xrange is None:
             zoom = None
@@ -246,6 +249,10 @@ class CandleChart(widgets.VBox):
         return aggregate(part.index, tf, specs), tf
 
     def _draw(self) -> None:
+        with self._lock:
+            self._draw_locked()
+
+    def _draw_locked(self) -> None:
         rows, tf = self._rows()
         self.timeframe = tf
         bars, value, volume = self._columns()
@@ -262,7 +269,7 @@ class CandleChart(widgets.VBox):
         if not len(rows):
             title += " · no rows in this range"
         fig = self.figure
-        self._drawing = True
+        self._drawing = threading.get_ident()
         try:
             with fig.batch_update():
                 c, line, vol = fig.data
@@ -287,7 +294,7 @@ class CandleChart(widgets.VBox):
                 fig.layout.yaxis2.visible = volume is not None
                 fig.layout.title.text = title
         finally:
-            self._drawing = False
+            self._drawing = None
 
 
 def _kind(kind: str) -> str:
