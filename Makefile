@@ -11,7 +11,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,browser-test]'
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -20,6 +20,17 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
+
+# The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
+.PHONY: chromium doc-images
+test: chromium
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# Screenshots of the widgets in JupyterLab (the browser test's) into docs/images/.
+doc-images: $(STAMP) chromium
+	MKTS_UPDATE_DOC_IMAGES=1 $(PY) -m pytest -q tests/test_jupyterlab_browser.py
 
 # The Sphinx site (docs/*.md plus the API from docstrings) into docs/_build/html; warnings are errors.
 docs: $(STAMP)
