@@ -15,6 +15,7 @@ import pandas as pd
 
 from mktsframe.backend.base import Batch
 from mktsframe.errors import SchemaMismatchError
+from mktsframe.io import fastpaths
 
 __all__ = ["batch_to_frame", "empty_index", "frame_to_batch"]
 
@@ -117,29 +118,18 @@ def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
 
 def _block_arrays(df: pd.DataFrame, ncols: int) -> list[np.ndarray | None]:
     """Each column's values as a 1-d view of its pandas block where that is a numpy array of a
-    storable kind; ``None`` for the others (and for all if pandas' internals moved)."""
-    out: list[np.ndarray | None] = [None] * ncols
-    try:
-        blocks = df._mgr.blocks
-        for blk in blocks:
-            values = blk.values
-            if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.kind in "iufb":
-                locs = blk.mgr_locs.indexer
-                positions = range(locs.start, locs.stop, locs.step or 1) if isinstance(locs, slice) else locs.tolist()
-                for j, pos in enumerate(positions):
-                    out[pos] = values[j]
-    except AttributeError:  # pragma: no cover - pandas internals moved: every column takes the slow path
-        return [None] * ncols
-    return out
+    storable kind; ``None`` for the others (for all where the fast path is off)."""
+    fast = fastpaths.block_arrays
+    return fast(df, ncols) if fast is not None else [None] * ncols
 
 
 def _column_values(name: str, df: pd.DataFrame, i: int) -> np.ndarray:
     # ``df[name]`` builds a Series (~20 µs a column); on a 1-row append that is most of the cost,
-    # so look at the column's array directly where pandas offers it.
-    try:
-        arr = df._get_column_array(i)
-    except AttributeError:  # pragma: no cover - pandas internals moved
-        arr = df.iloc[:, i].array
+    # so look at the column's array directly where the fast path allows.
+    fast = fastpaths.column_array
+    arr = fast(df, i) if fast is not None else df.iloc[:, i].array
+    if isinstance(arr, pd.api.extensions.ExtensionArray) and isinstance(arr.dtype, np.dtype):
+        arr = arr.to_numpy()  # pandas' NumpyExtensionArray around a plain numpy column
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iufbU":
         return arr
     s = df.iloc[:, i]
@@ -165,18 +155,14 @@ _UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 
 
 def _index(ns: np.ndarray) -> pd.DatetimeIndex:
-    """A UTC ns ``DatetimeIndex`` over ``ns`` without copying it.
+    """A UTC ns ``DatetimeIndex`` named ``Epoch`` over ``ns``: without copying where the fast path is on.
 
-    The public route (``DatetimeIndex(...).tz_localize("UTC")``) copies and converts the whole
-    array — 3.5 ms per million rows, more than reading them. Wrapping the int64 buffer directly
-    is what pandas does internally; if a future pandas moves these internals we fall back.
+    The public route copies the whole array (~250 µs per million rows), more than reading them.
     """
-    values = ns.view("M8[ns]")
-    try:
-        arr = pd.arrays.DatetimeArray._simple_new(values, dtype=_UTC_NS)
-        return pd.DatetimeIndex._simple_new(arr, name="Epoch")
-    except (AttributeError, TypeError):  # pragma: no cover - depends on pandas internals
-        return pd.DatetimeIndex(values, name="Epoch").tz_localize("UTC")
+    fast = fastpaths.utc_index
+    if fast is not None:
+        return fast(ns, "Epoch")
+    return pd.DatetimeIndex(ns.view("M8[ns]"), dtype=_UTC_NS, name="Epoch")
 
 
 def empty_index() -> pd.DatetimeIndex:
@@ -194,20 +180,15 @@ def batch_to_frame(batch: Batch) -> pd.DataFrame:
     Numeric columns skip ``DataFrame(dict)``'s per-column sanitising (220 µs for five columns under
     pandas 3, more than reading a day of bars): the arrays are fresh, 1-d and of the right length,
     so each becomes a block as it is — no copy and no consolidation (which would copy 24 MB for
-    1M bars: +10 ms). Other columns (strings) take the public route.
+    1M bars: +10 ms). Other columns (strings), and every column where the fast path is off
+    (:mod:`mktsframe.io.fastpaths`), take the public route, which does not consolidate either.
     """
     cols = batch.columns
     n = batch.index.shape[0]
     arrays = list(cols.values())
-    if all(isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays):
-        try:
-            from pandas.core.internals.construction import arrays_to_mgr
-
-            mgr = arrays_to_mgr(
-                arrays, _columns_index(tuple(cols))._view(), _index(batch.index), verify_integrity=False,
-                consolidate=False,
-            )
-            return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
-        except (ImportError, AttributeError, TypeError):  # pragma: no cover - pandas internals moved
-            pass
+    fast = fastpaths.frame_from_arrays
+    if fast is not None and all(
+        isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays
+    ):
+        return fast(arrays, _columns_index(tuple(cols)), _index(batch.index))
     return pd.DataFrame(dict(cols), index=_index(batch.index), copy=False)

@@ -264,12 +264,16 @@ class RpcService:
             raise MktsError(_NOT_QUERYABLE)
 
     def _time(self, req: Mapping[str, Any], which: str) -> int | None:
-        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's zone-aware ``mkts_<which>`` → ns."""
+        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's time text ``mkts_<which>`` → ns.
+
+        Zone-less text is UTC, as everywhere in mktsframe; the ``timezone`` setting only labels
+        replies (pymarketstore localises its DataFrames to it) and never shifts a bound.
+        """
         text = req.get(f"mkts_{which}")
         if text is not None:
             if not isinstance(text, str) or len(text) > 64:
                 raise _param_error(f"mkts_{which} must be a time string")
-            return to_ns(text, tz=self.config.timezone, name=which)
+            return to_ns(text, name=which)
         secs = req.get(f"epoch_{which}")
         if secs is None:
             return None

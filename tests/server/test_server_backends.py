@@ -1,7 +1,8 @@
 """One behavioural suite for ``read_mkts``/``to_mkts``/``connect`` over both backends.
 
 ``backend`` is the local engine on a temp directory, or :class:`HTTPBackend` on a live server
-process; every test must pass identically on both.
+process (one in UTC, one whose ``timezone`` is America/New_York); every test must pass
+identically on all three: zone-less times are UTC on every backend.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from mktsframe.backend.http import HTTPBackend
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["local", "http"])
+@pytest.fixture(params=["local", "http", "http-new-york"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "local":
         be = mktsframe.connect(tmp_path / "data")
     else:
-        server = request.getfixturevalue("live_server")
+        server = request.getfixturevalue("live_server" if request.param == "http" else "live_server_ny")
         be = mktsframe.connect(server.url)
         assert isinstance(be, HTTPBackend)
     yield be
