@@ -127,9 +127,11 @@ def _column_values(name: str, df: pd.DataFrame, i: int) -> np.ndarray:
     # ``df[name]`` builds a Series (~20 µs a column); on a 1-row append that is most of the cost,
     # so look at the column's array directly where the fast path allows.
     fast = fastpaths.column_array
-    arr = fast(df, i) if fast is not None else df.iloc[:, i].array
-    if isinstance(arr, pd.api.extensions.ExtensionArray) and isinstance(arr.dtype, np.dtype):
-        arr = arr.to_numpy()  # pandas' NumpyExtensionArray around a plain numpy column
+    if fast is not None:
+        arr = fast(df, i)
+    else:
+        col = df.iloc[:, i]
+        arr = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iufbU":
         return arr
     s = df.iloc[:, i]
