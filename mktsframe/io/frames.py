@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend.base import Batch
+from mktsframe.dtypes import nanoseconds_part
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.io import fastpaths
 
@@ -64,10 +65,7 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC", nanoseconds_column: boo
         ns = epoch.astype(np.int64) * _NS
         skip = ("Epoch",)
         if nanoseconds_column and "Nanoseconds" in names:
-            nanos = df["Nanoseconds"].to_numpy()
-            if nanos.dtype.kind not in "iu" or (nanos.size and (nanos.min() < 0 or nanos.max() >= _NS)):
-                raise SchemaMismatchError("the Nanoseconds column must hold integers in [0, 999999999]")
-            ns = ns + nanos.astype(np.int64)
+            ns = ns + nanoseconds_part(df["Nanoseconds"].to_numpy())
             skip = ("Epoch", "Nanoseconds")
     else:
         raise SchemaMismatchError(

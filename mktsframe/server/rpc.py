@@ -37,7 +37,7 @@ import pandas as pd
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
-from mktsframe.dtypes import WIRE_TYPES, coerce_column
+from mktsframe.dtypes import WIRE_TYPES, coerce_column, nanoseconds_part
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import (
     BucketExistsError,
@@ -557,8 +557,9 @@ class RpcService:
                     raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8)")
                 continue
             if name == "Nanoseconds" and variable:  # part of each tick's time, not a stored column
-                if wt != "i4":
-                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (must be i4)")
+                if wt[0] not in "iu":
+                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (an integer "
+                                              "type: i4 as MarketStore, or any other)")  # fmt: skip
                 continue
             columns.append((name, wt))
         if not self.config.enable_add:
@@ -713,14 +714,12 @@ def _conform(key: str, batch: Batch, schema: Mapping[str, np.dtype]) -> Batch:
 
 
 def _fold_nanoseconds(batch: Batch) -> Batch:
-    """Add a ``Nanoseconds`` column (int32, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
+    """Add a ``Nanoseconds`` column (any integer type, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
     nanos = batch.columns.get("Nanoseconds")
     if nanos is None:
         return batch
-    if nanos.size and (int(nanos.min()) < 0 or int(nanos.max()) >= NS):
-        raise SchemaMismatchError("Nanoseconds values must be in [0, 999999999] (the sub-second part of Epoch)")
     cols = {n: v for n, v in batch.columns.items() if n != "Nanoseconds"}
-    return Batch(batch.index + nanos.astype(np.int64), cols)
+    return Batch(batch.index + nanoseconds_part(nanos), cols)
 
 
 def _index_ns(value: object, length: int) -> np.ndarray | None:

@@ -206,3 +206,22 @@ def test_invalid_keys(backend: Backend, bad: str) -> None:
 
 def test_is_a_backend(backend: Backend) -> None:
     assert isinstance(backend, mktsframe.Backend)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint32", "uint64"])
+def test_tick_nanoseconds_column_of_any_integer_dtype(backend: Backend, sym: str, dtype: str) -> None:
+    """pymarketstore-style tick frames: integer Epoch seconds plus Nanoseconds of any integer dtype."""
+    key = f"{sym}/1Sec/TICK"
+    df = pd.DataFrame({"Epoch": np.full(3, 1_704_067_200), "Nanoseconds": np.array([90, 10, 50], dtype),
+                       "Bid": [1.0, 2.0, 3.0]})  # fmt: skip
+    df.to_mkts(key, variable_length=True, backend=backend)
+    out = pd.read_mkts(key, backend=backend)
+    assert (out.index.asi8 - 1_704_067_200 * 10**9).tolist() == [10, 50, 90]
+    assert out["Bid"].tolist() == [2.0, 3.0, 1.0]
+    bad = df.assign(Nanoseconds=np.array([1, 2, 3], dtype))
+    bad.loc[2, "Nanoseconds"] = np.iinfo(dtype).max if np.iinfo(dtype).max >= 10**9 else np.iinfo(dtype).min
+    if np.iinfo(dtype).max < 10**9 and np.iinfo(dtype).min == 0:
+        return  # no out-of-range value exists for this dtype
+    with pytest.raises(SchemaMismatchError, match=r"column 'Nanoseconds', row 2: -?\d+ is not in \[0, 999999999\]"):
+        bad.to_mkts(key, variable_length=True, backend=backend)
+    assert len(pd.read_mkts(key, backend=backend)) == 3  # nothing of the bad frame was written
