@@ -45,7 +45,7 @@ _SHOW_WORDS = {"between", "and"}
 HELP = {
     "help": """Commands (prefix matches, e.g. \\sh for \\show); any other line is SQL:
   \\create KEY SHAPE fixed|variable   create a bucket (\\help create)
-  \\load KEY FILE.csv [DESC.yaml]    load a CSV file into an existing bucket (all or nothing)
+  \\load KEY FILE.csv [DESC.yaml]    load a CSV file into an existing bucket (all or nothing; \\help load)
   \\show KEY START [END] [csv]       print rows from START (to END); csv writes mstore-csv-output.csv
   \\getinfo KEY                      schema, extent and size of a bucket
   \\trim KEY START [END]             delete rows from START (to END), inclusive
@@ -60,11 +60,13 @@ SQL: SELECT cols | count(*) | candlecandler('5Min', Open, High, Low, Close, Sum:
   Open,High,Low,Close/float32:Volume/int64
   Types: """
     + ", ".join(TYPE_NAMES),
-    "load": """\\load KEY FILE.csv [DESC.yaml]
+    "load": """\\load KEY FILE.csv [DESC.yaml] [--truncate-strings]
   Loads into an existing bucket. Without DESC.yaml the first row must name the columns
   (Epoch, or Epoch-date and Epoch-time, plus the bucket's columns). DESC.yaml keys:
   firstRowHasColumnNames, timeFormat (Go layout such as "20060102 15:04:05", or "timestamp"),
-  timeZone (e.g. "US/Eastern"), columnNameMap ([Epoch, Open, ...], names by position).""",
+  timeZone (e.g. "US/Eastern"), columnNameMap ([Epoch, Open, ...], names by position),
+  truncateStrings (true: as --truncate-strings). string16 values longer than 16 characters
+  stop the load unless --truncate-strings cuts them (the count is reported).""",
     "show": """\\show KEY START [END] [csv]
   Times: 2006-01-02, 2006-01-02T15:04, 2006-01-02 15:04:05 (quoted), or ISO 8601; UTC.
   The words 'between' and 'and' are ignored.""",
@@ -275,13 +277,17 @@ class MktsShell(cmd.Cmd):
     def cmd_load(self, args: list[str]) -> None:
         from mktsframe.io.csv_loader import load_csv
 
+        truncate = "--truncate-strings" in args
+        args = [a for a in args if a != "--truncate-strings"]
         if len(args) not in (2, 3):
-            raise ValueError("usage: \\load KEY FILE.csv [DESC.yaml]")
+            raise ValueError("usage: \\load KEY FILE.csv [DESC.yaml] [--truncate-strings]")
         key = self._key(args[0])
         result = load_csv(
             key, Path(args[1]).expanduser(), Path(args[2]).expanduser() if len(args) == 3 else None,
-            backend=self.backend, create=False, progress=self.interactive,
+            backend=self.backend, create=False, progress=self.interactive, truncate_strings=True if truncate else None,
         )  # fmt: skip
+        if result.truncated:
+            self.say(f"{result.truncated} string values longer than 16 characters were cut to 16")
         if result.rows:
             self.say(f"{result.rows} new lines written")
             span = (go_time(t) if t is not None else "?" for t in (result.first, result.last))
