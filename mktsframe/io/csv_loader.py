@@ -191,6 +191,12 @@ class _Progress:
         self.bar.close()
 
 
+def _interactive() -> bool:
+    """Whether a person is watching: stderr is a terminal, or this runs in a Jupyter kernel (where
+    ``tqdm.auto`` draws a widget)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 @dataclass
 class _Strings:
     """How ``string16`` values longer than 16 characters are handled, and how many were cut."""
@@ -493,7 +499,7 @@ def load_csv(
     chunk_rows : int
         Lines parsed at a time (bounds the parser's temporary memory, not the staged rows).
     progress : bool, optional
-        Show a tqdm progress bar (default: when stderr is a terminal).
+        Show a tqdm progress bar (default: when stderr is a terminal or in a Jupyter kernel).
     truncate_strings : bool, optional
         Cut ``string16`` values longer than 16 characters and count them in
         :attr:`LoadResult.truncated` (default: the description's ``truncateStrings``, else refuse
@@ -517,7 +523,7 @@ def load_csv(
     existing = _target_types(be, key, create)
     layout = _layout(path, desc, list(existing) if existing is not None else None)
     types = existing if existing is not None else _infer_types(path, layout)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = _interactive() if progress is None else progress
     truncate = desc.truncate_strings if truncate_strings is None else truncate_strings
     strings = _Strings(truncate)
     try:
