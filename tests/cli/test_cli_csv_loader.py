@@ -275,3 +275,20 @@ def test_truncate_strings_flag_on_the_command_line_and_in_the_shell(tmp_path) ->
         assert "longer than 16 characters" in err.getvalue()
         assert "2 string values longer than 16 characters were cut to 16\n3 new lines written" in out.getvalue()
         assert mktsframe.read_mkts("T2/1Min/OHLCV", backend=db)["Name"].str.len().max() == 16
+
+
+@pytest.mark.timeout(120)
+def test_progress_is_a_widget_in_a_notebook(tmp_path) -> None:
+    """In a Jupyter kernel a load shows its progress by default, as tqdm.auto's widget."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = write(tmp_path, "bars.csv", HEADER + rows(50))
+    code = (f"from mktsframe.io import load_csv\nr = load_csv({KEY!r}, {str(path)!r}, backend=__import__('mktsframe')"
+            f".connect({str(tmp_path / 'root')!r}))\nprint(r.rows)")  # fmt: skip
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, timeout=90, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert any(o.get("text", "").strip() == "50" for o in outputs)
+    models = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    assert any(m["model_name"] == "FloatProgressModel" and m["state"]["value"] == m["state"]["max"] for m in models)
