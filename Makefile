@@ -31,7 +31,7 @@ PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_xarr
 $(PD2_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(PD2)
 	$(PD2)/bin/python -m pip install -q --upgrade pip
-	$(PD2)/bin/python -m pip install -q -e '.[test]' 'pandas==2.2.*'
+	$(PD2)/bin/python -m pip install -q -e '.[test-core]' 'pandas==2.2.*'
 	touch $(PD2_STAMP)
 
 test: $(STAMP) $(PD2_STAMP)
