@@ -26,6 +26,7 @@ def branch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     if request.param == "public":
         for name in _PATHS:
             monkeypatch.setattr(fastpaths, name, None)
+        monkeypatch.setattr(fastpaths, "index_data", lambda index: None)  # no cache of column names
     return request.param
 
 

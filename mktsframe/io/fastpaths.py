@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["block_arrays", "column_array", "frame_from_arrays", "utc_index"]
+__all__ = ["block_arrays", "column_array", "frame_from_arrays", "index_data", "utc_index"]
 
 #: ``(arrays, columns, index) -> DataFrame`` without copying or consolidating the 1-d arrays.
 FrameFromArrays = Callable[[Sequence[np.ndarray], pd.Index, pd.DatetimeIndex], pd.DataFrame]
@@ -82,6 +82,12 @@ def _block_arrays(df: pd.DataFrame, ncols: int) -> list[np.ndarray | None]:
 
 def _column_array(df: pd.DataFrame, i: int) -> Any:
     return df._get_column_array(i)  # type: ignore[attr-defined]
+
+
+def index_data(index: pd.Index) -> object | None:
+    """The array behind ``index``, shared by the column indexes of frames cut from one frame (a
+    cache key for their names), or ``None`` where pandas keeps it elsewhere (then nothing is cached)."""
+    return getattr(index, "_data", None)
 
 
 def _probe() -> tuple[FrameFromArrays | None, UtcIndex | None, BlockArrays | None, ColumnArray | None]:

@@ -92,9 +92,10 @@ _NAMES_MAX = 256
 def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
     """The names of ``columns`` and what is wrong with them (duplicates, non-strings) or ``None``.
 
-    Reading a pandas 3 ``str`` index costs ~9 µs even for five names, so the answer is cached.
+    Reading a pandas 3 ``str`` index costs ~9 µs even for five names, so the answer is cached
+    (keyed by the index's data where :func:`fastpaths.index_data` gives it; else not cached).
     """
-    data = getattr(columns, "_data", None)
+    data = fastpaths.index_data(columns)
     if data is not None:
         hit = _NAMES.get(id(data))
         if hit is not None and hit[0] is data:
