@@ -17,9 +17,27 @@ $(STAMP): $(PY) pyproject.toml
 serve: $(STAMP)
 	$(PY) -m mktsframe.server
 
-test: $(STAMP)
+# The oldest supported pandas (2.2, numpy 2) in a second venv: the pandas-facing tests run again there
+# (pandas I/O and its fast paths, CSV, shell/SQL, xarray, widgets, notebooks, the server through
+# pymarketstore and HTTPBackend); the engine, WAL and crash suites do not touch pandas and run once.
+PD2 := .venv-pandas2
+PD2_STAMP := $(PD2)/.installed
+PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_xarray.py tests/test_notebooks.py \
+	tests/test_magics.py tests/test_widgets.py tests/test_live_view.py tests/functions tests/cli \
+	tests/plugins/test_ondiskagg.py tests/server/test_server_backends.py tests/server/test_server_pymarketstore.py \
+	tests/server/test_server_sql.py tests/server/test_server_functions.py tests/server/test_server_notebook.py \
+	tests/server/test_server_ticks.py
+
+$(PD2_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(PD2)
+	$(PD2)/bin/python -m pip install -q --upgrade pip
+	$(PD2)/bin/python -m pip install -q -e '.[test-core]' 'pandas==2.2.*'
+	touch $(PD2_STAMP)
+
+test: $(STAMP) $(PD2_STAMP)
 	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
+	$(PD2)/bin/python -m pytest -p no:cacheprovider $(PD2_TESTS)
 
 # The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
 .PHONY: chromium doc-images
@@ -67,4 +85,4 @@ bench-universe: $(STAMP) $(PEERS_STAMP)
 	bash -c 'ulimit -n 256 && exec $(PY) bench/universe_bench.py $(BENCH_ARGS)'
 
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) $(PD2) $(PEERS) .pytest_cache .ruff_cache docs/_build

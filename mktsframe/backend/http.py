@@ -12,14 +12,12 @@ unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse, urlunparse
 
 import msgpack
 import numpy as np
-import pandas as pd
 
 from mktsframe import errors
 from mktsframe.backend.base import Batch, BucketInfo
@@ -256,23 +254,14 @@ def _error(message: str, obj: Any) -> Exception:
 
 
 def _time_fields(which: str, value: TimeLike) -> dict[str, Any]:
-    """Wire fields for a bound: zone-less times go as text, read in the server's ``timezone``."""
-    if value is None:
-        return {}
-    naive = None
-    if isinstance(value, str):
-        try:
-            naive = pd.Timestamp(value).tzinfo is None
-        except (ValueError, TypeError):
-            naive = False  # let to_ns raise its own error below
-        if naive:
-            return {f"mkts_{which}": value}
-    elif isinstance(value, np.datetime64) or (isinstance(value, dt.datetime) and value.tzinfo is None):
-        return {f"mkts_{which}": pd.Timestamp(value).isoformat()}
-    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return {f"mkts_{which}": value.isoformat()}
+    """Wire fields for a bound: exact ``epoch_<which>`` seconds (+ ``_nanos``).
+
+    Zone-less times are UTC here as in every backend and API; they are converted on this side,
+    so the server's ``timezone`` setting (which only labels replies) never shifts a bound.
+    """
     ns = to_ns(value, name=which)
-    assert ns is not None
+    if ns is None:
+        return {}
     secs, nanos = divmod(ns, NS)
     out: dict[str, Any] = {f"epoch_{which}": secs}
     if nanos:

@@ -37,7 +37,7 @@ import pandas as pd
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
-from mktsframe.dtypes import WIRE_TYPES, coerce_column
+from mktsframe.dtypes import WIRE_TYPES, coerce_column, nanoseconds_part
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import (
     BucketExistsError,
@@ -264,12 +264,16 @@ class RpcService:
             raise MktsError(_NOT_QUERYABLE)
 
     def _time(self, req: Mapping[str, Any], which: str) -> int | None:
-        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's zone-aware ``mkts_<which>`` → ns."""
+        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's time text ``mkts_<which>`` → ns.
+
+        Zone-less text is UTC, as everywhere in mktsframe; the ``timezone`` setting only labels
+        replies (pymarketstore localises its DataFrames to it) and never shifts a bound.
+        """
         text = req.get(f"mkts_{which}")
         if text is not None:
             if not isinstance(text, str) or len(text) > 64:
                 raise _param_error(f"mkts_{which} must be a time string")
-            return to_ns(text, tz=self.config.timezone, name=which)
+            return to_ns(text, name=which)
         secs = req.get(f"epoch_{which}")
         if secs is None:
             return None
@@ -571,8 +575,9 @@ class RpcService:
                     raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8)")
                 continue
             if name == "Nanoseconds" and variable:  # part of each tick's time, not a stored column
-                if wt != "i4":
-                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (must be i4)")
+                if wt[0] not in "iu":
+                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (an integer "
+                                              "type: i4 as MarketStore, or any other)")  # fmt: skip
                 continue
             columns.append((name, wt))
         if not self.config.enable_add:
@@ -727,14 +732,12 @@ def _conform(key: str, batch: Batch, schema: Mapping[str, np.dtype]) -> Batch:
 
 
 def _fold_nanoseconds(batch: Batch) -> Batch:
-    """Add a ``Nanoseconds`` column (int32, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
+    """Add a ``Nanoseconds`` column (any integer type, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
     nanos = batch.columns.get("Nanoseconds")
     if nanos is None:
         return batch
-    if nanos.size and (int(nanos.min()) < 0 or int(nanos.max()) >= NS):
-        raise SchemaMismatchError("Nanoseconds values must be in [0, 999999999] (the sub-second part of Epoch)")
     cols = {n: v for n, v in batch.columns.items() if n != "Nanoseconds"}
-    return Batch(batch.index + nanos.astype(np.int64), cols)
+    return Batch(batch.index + nanoseconds_part(nanos), cols)
 
 
 def _index_ns(value: object, length: int) -> np.ndarray | None:

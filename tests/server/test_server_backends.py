@@ -1,7 +1,8 @@
 """One behavioural suite for ``read_mkts``/``to_mkts``/``connect`` over both backends.
 
 ``backend`` is the local engine on a temp directory, or :class:`HTTPBackend` on a live server
-process; every test must pass identically on both.
+process (one in UTC, one whose ``timezone`` is America/New_York); every test must pass
+identically on all three: zone-less times are UTC on every backend.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from mktsframe.backend.http import HTTPBackend
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["local", "http"])
+@pytest.fixture(params=["local", "http", "http-new-york"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "local":
         be = mktsframe.connect(tmp_path / "data")
     else:
-        server = request.getfixturevalue("live_server")
+        server = request.getfixturevalue("live_server" if request.param == "http" else "live_server_ny")
         be = mktsframe.connect(server.url)
         assert isinstance(be, HTTPBackend)
     yield be
@@ -233,3 +234,22 @@ def test_write_many_refuses_all_when_one_is_bad(backend: Backend, sym: str) -> N
     with pytest.raises(SchemaMismatchError):
         mktsframe.write_many({f"{sym}B/1Min/OHLCV": frame(), f"{sym}A/1Min/OHLCV": bad}, backend=backend)
     assert f"{sym}B/1Min/OHLCV" not in backend.list_keys()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint32", "uint64"])
+def test_tick_nanoseconds_column_of_any_integer_dtype(backend: Backend, sym: str, dtype: str) -> None:
+    """pymarketstore-style tick frames: integer Epoch seconds plus Nanoseconds of any integer dtype."""
+    key = f"{sym}/1Sec/TICK"
+    df = pd.DataFrame({"Epoch": np.full(3, 1_704_067_200), "Nanoseconds": np.array([90, 10, 50], dtype),
+                       "Bid": [1.0, 2.0, 3.0]})  # fmt: skip
+    df.to_mkts(key, variable_length=True, backend=backend)
+    out = pd.read_mkts(key, backend=backend)
+    assert (out.index.asi8 - 1_704_067_200 * 10**9).tolist() == [10, 50, 90]
+    assert out["Bid"].tolist() == [2.0, 3.0, 1.0]
+    bad = df.assign(Nanoseconds=np.array([1, 2, 3], dtype))
+    bad.loc[2, "Nanoseconds"] = np.iinfo(dtype).max if np.iinfo(dtype).max >= 10**9 else np.iinfo(dtype).min
+    if np.iinfo(dtype).max < 10**9 and np.iinfo(dtype).min == 0:
+        return  # no out-of-range value exists for this dtype
+    with pytest.raises(SchemaMismatchError, match=r"column 'Nanoseconds', row 2: -?\d+ is not in \[0, 999999999\]"):
+        bad.to_mkts(key, variable_length=True, backend=backend)
+    assert len(pd.read_mkts(key, backend=backend)) == 3  # nothing of the bad frame was written
