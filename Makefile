@@ -4,22 +4,51 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,browser-test]'
 	touch $(STAMP)
 
 serve: $(STAMP)
 	$(PY) -m mktsframe.server
 
-test: $(STAMP)
+# The oldest supported pandas (2.2, numpy 2) in a second venv: the pandas-facing tests run again there
+# (pandas I/O and its fast paths, CSV, shell/SQL, xarray, widgets, notebooks, the server through
+# pymarketstore and HTTPBackend); the engine, WAL and crash suites do not touch pandas and run once.
+PD2 := .venv-pandas2
+PD2_STAMP := $(PD2)/.installed
+PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_xarray.py tests/test_notebooks.py \
+	tests/test_magics.py tests/test_widgets.py tests/test_live_view.py tests/functions tests/cli \
+	tests/plugins/test_ondiskagg.py tests/server/test_server_backends.py tests/server/test_server_pymarketstore.py \
+	tests/server/test_server_sql.py tests/server/test_server_functions.py tests/server/test_server_notebook.py \
+	tests/server/test_server_ticks.py
+
+$(PD2_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(PD2)
+	$(PD2)/bin/python -m pip install -q --upgrade pip
+	$(PD2)/bin/python -m pip install -q -e '.[test-core]' 'pandas==2.2.*'
+	touch $(PD2_STAMP)
+
+test: $(STAMP) $(PD2_STAMP)
 	$(PY) -m ruff check mktsframe tests bench notebooks
 	$(PY) -m pytest
+	$(PD2)/bin/python -m pytest -p no:cacheprovider $(PD2_TESTS)
+
+# The browser test (tests/test_jupyterlab_browser.py) drives Debian's Chromium; installed once (we run as root).
+.PHONY: chromium doc-images
+test: chromium
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# Screenshots of the widgets in JupyterLab (the browser test's) into docs/images/.
+doc-images: $(STAMP) chromium
+	MKTS_UPDATE_DOC_IMAGES=1 $(PY) -m pytest -q tests/test_jupyterlab_browser.py
 
 # The Sphinx site (docs/*.md plus the API from docstrings) into docs/_build/html; warnings are errors.
 docs: $(STAMP)
@@ -50,5 +79,10 @@ bench-candles: $(STAMP) $(PEERS_STAMP)
 bench-stream: $(STAMP)
 	$(PY) bench/stream_bench.py $(BENCH_ARGS)
 
+# 5,000 symbols × 2 days of 1Min bars beside ArcticDB, every process under ulimit -n 256: cross-sections, a day of
+# the universe, one bar to every symbol, 50 writers through the server (~10 minutes): the ## Universe section.
+bench-universe: $(STAMP) $(PEERS_STAMP)
+	bash -c 'ulimit -n 256 && exec $(PY) bench/universe_bench.py $(BENCH_ARGS)'
+
 clean:
-	rm -rf $(VENV) $(PEERS) .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) $(PD2) $(PEERS) .pytest_cache .ruff_cache docs/_build

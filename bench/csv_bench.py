@@ -82,7 +82,8 @@ def main() -> None:
         ours = statistics.median(times["mktsframe load_csv"])
         base = statistics.median(times["pandas.read_csv + to_mkts"])
         lines = [
-            f"{args.rows:,} rows, {size_mb:.1f} MB CSV, median of {args.rounds} rounds:",
+            f"{args.rows:,} rows, {size_mb:.1f} MB CSV, median of {args.rounds} rounds "
+            f"(pandas {pd.__version__}, numpy {np.__version__}):",
             "",
             "| method | median s | rows/s | vs pandas |",
             "|---|---:|---:|---:|",

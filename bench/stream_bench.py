@@ -351,6 +351,8 @@ def section(res: dict[str, Any]) -> str:
         f"{res['load'][1]:.1f} after: other work ran too). Medians of {p['rounds']} rounds; "
         f"raw results `{m['json']}`.",
         "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+        "",
         f"Setup: `python -m mktsframe.server` on a fresh root; one writer (`HTTPBackend`, 1-row writes to "
         f"`{KEY}`); subscribers are mktsframe's WebSocket client (`subscribe(..., callback=)`), {n} of them "
         f"spread over {p['procs']} processes. Latency = subscriber callback's `time.monotonic_ns()` minus the "

@@ -17,7 +17,7 @@ from mktsframe.errors import (
     SchemaMismatchError,
     SQLError,
 )
-from mktsframe.io import read_mkts, write_mkts
+from mktsframe.io import read_mkts, write_many, write_mkts
 from mktsframe.io.accessor import register as _register
 
 __version__ = "0.1.0"
@@ -42,6 +42,7 @@ __all__ = [
     "load_ipython_extension",
     "read_mkts",
     "set_default_backend",
+    "write_many",
     "write_mkts",
 ]
 

@@ -68,12 +68,15 @@ def _load(args: argparse.Namespace) -> int:
     backend = _open(args)
     try:
         r = load_csv(
-            args.key, args.csv, args.description, backend=backend, create=not args.no_create, chunk_rows=args.chunk_rows
-        )
+            args.key, args.csv, args.description, backend=backend, create=not args.no_create,
+            chunk_rows=args.chunk_rows, truncate_strings=True if args.truncate_strings else None,
+        )  # fmt: skip
     finally:
         backend.close()
     span = f" from {go_time(r.first)} to {go_time(r.last)}" if r.first is not None and r.last is not None else ""
     print(f"{r.rows} rows written to {r.key}{span} in {r.seconds:.2f} s")
+    if r.truncated:
+        print(f"{r.truncated} string values longer than 16 characters were cut to 16")
     return 0
 
 
@@ -130,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_load.add_argument("description", nargs="?", type=Path, help="MarketStore loader control file (YAML)")
     p_load.add_argument("--no-create", action="store_true", help="fail if the bucket does not exist")
     p_load.add_argument("--chunk-rows", type=int, default=1_000_000, help="lines parsed at a time")
+    p_load.add_argument("--truncate-strings", action="store_true",
+                        help="cut string16 values longer than 16 characters (as MarketStore did) instead of refusing "
+                             "the load; the count is reported")  # fmt: skip
     _add_target(p_load)
     p_load.set_defaults(func=_load)
     p_sql = sub.add_parser("sql", help="run one SQL statement and print the result")

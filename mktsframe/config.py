@@ -69,6 +69,7 @@ class Config:
     wal_max_bytes: int = 256 << 20
     max_body_bytes: int = 256 << 20
     stream_max_wait: float = 0.15
+    max_open_files: int = 0
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`mktsframe.engine.Engine`."""
@@ -80,6 +81,7 @@ class Config:
             "wal_rotate_interval": self.wal_rotate_interval,
             "wal_max_bytes": self.wal_max_bytes,
             "wal_bypass": self.wal_bypass,
+            "max_open_files": self.max_open_files or None,
         }
 
     def root_path(self, base: Path | None = None) -> Path:
@@ -234,6 +236,10 @@ max_body_bytes: 268435456
 # mktsframe: while writers go flat out, /ws subscribers get rows in batches at most this many
 # seconds apart (lower: fresher rows, slower writers; 0: never batch on purpose).
 stream_max_wait: 0.15
+# mktsframe: most year files and tick partitions kept open at once (each holds a memory map and a
+# file descriptor; the least recently used is closed to open another). 0: sized from the process's
+# limits (half of `ulimit -n` after raising it to the hard limit, at most 8192).
+max_open_files: 0
 # Plugins (see docs): triggers run after writes, bgworkers run beside the server.
 triggers: []
 bgworkers: []

@@ -13,7 +13,7 @@ import numpy as np
 
 from mktsframe.errors import SchemaMismatchError
 
-__all__ = ["WIRE_TYPES", "Schema", "coerce_column", "dtype_of", "validate_schema", "wire_type"]
+__all__ = ["WIRE_TYPES", "Schema", "coerce_column", "dtype_of", "nanoseconds_part", "validate_schema", "wire_type"]
 
 #: Wire type string → numpy dtype. ``bool`` is storable here (MarketStore could not return it).
 WIRE_TYPES: dict[str, np.dtype] = {
@@ -110,3 +110,24 @@ def coerce_column(name: str, values: np.ndarray, target: str) -> np.ndarray:
             raise SchemaMismatchError(f"column {name!r}: strings longer than 16 characters do not fit U16")
         return arr.astype(dt)
     raise SchemaMismatchError(f"column {name!r}: cannot store {src} values in the bucket's {target} column")
+
+
+_NS = 1_000_000_000
+
+
+def nanoseconds_part(values: np.ndarray, column: str = "Nanoseconds") -> np.ndarray:
+    """``values`` as int64 nanoseconds within a second, checked: any integer dtype, each in [0, 10⁹).
+
+    MarketStore's tick writes carry the sub-second part of each time in a ``Nanoseconds`` column
+    (``int32`` in pymarketstore's day; pandas >= 2 keeps ``int64``). An out-of-range value raises
+    :class:`SchemaMismatchError` naming the column, the first bad row and its value.
+    """
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        raise SchemaMismatchError(f"column {column!r} must hold integers (nanoseconds in [0, 999999999]), "
+                                  f"not {arr.dtype}")  # fmt: skip
+    if arr.size and (arr.min() < 0 or arr.max() >= _NS):
+        row = int(np.flatnonzero((arr < 0) | (arr >= _NS))[0])
+        raise SchemaMismatchError(f"column {column!r}, row {row}: {arr[row]} is not in [0, 999999999] "
+                                  "(the nanoseconds within the second of Epoch)")  # fmt: skip
+    return arr.astype(np.int64)

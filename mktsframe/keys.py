@@ -13,15 +13,28 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from mktsframe.errors import InvalidKeyError
 
-__all__ = ["KeyPattern", "TimeBucketKey", "Timeframe", "parse_key", "parse_key_pattern", "parse_timeframe"]
+__all__ = [
+    "KeyPattern",
+    "TimeBucketKey",
+    "Timeframe",
+    "join_keys",
+    "parse_key",
+    "parse_key_pattern",
+    "parse_timeframe",
+]
 
 #: Longest accepted key part, in UTF-8 bytes (file systems allow 255 per path component).
 MAX_PART_BYTES = 128
+#: Longest query key: a comma list naming a universe (10,000 symbols of ~6 characters fit).
+MAX_KEY_CHARS = 1 << 17
+#: Query keys up to this long are parsed once and cached (longer ones, comma lists of many symbols, each time).
+_CACHED_KEY_CHARS = 4 * MAX_PART_BYTES
 #: The category suffix MarketStore clients append (``AAPL/1Min/OHLCV:Symbol/Timeframe/AttributeGroup``).
 CATEGORY = "Symbol/Timeframe/AttributeGroup"
 SECONDS_PER_DAY = 86_400
@@ -117,8 +130,8 @@ def _check_part(part: str, what: str, key: str) -> str:
 def _split(key: str) -> list[str]:
     if not isinstance(key, str):
         raise InvalidKeyError(f"key must be a string like 'BTC/1Min/OHLCV', got {type(key).__name__}")
-    if len(key) > 4 * MAX_PART_BYTES:
-        raise InvalidKeyError(f"key is too long ({len(key)} characters)")
+    if len(key) > MAX_KEY_CHARS:
+        raise InvalidKeyError(f"key is too long ({len(key)} characters, at most {MAX_KEY_CHARS})")
     item, sep, category = key.partition(":")
     if sep and category != CATEGORY:
         raise InvalidKeyError(f"key {key!r}: unsupported category {category!r} (only {CATEGORY!r})")
@@ -199,16 +212,51 @@ def _is_glob(text: str) -> bool:
 
 
 def _match_any(name: str, patterns: tuple[str, ...]) -> bool:
+    if patterns == ("*",):  # the commonest pattern part: no fnmatch per bucket (a universe has thousands)
+        return True
     return any(fnmatch.fnmatchcase(name, p) if _is_glob(p) else name == p for p in patterns)
 
 
-@lru_cache(maxsize=4096)
 def parse_key_pattern(key: str) -> KeyPattern:
     """Parse a query key such as ``AAPL,MSFT/1Min/OHLCV`` or ``*/1Min/OHLCV``.
 
     Timeframe names are canonicalised (``1T`` finds the ``1Min`` bucket). Globs may use ``*`` and
     ``?``; a glob can only match existing directory names, so it cannot escape the root.
     """
+    if isinstance(key, str) and len(key) <= _CACHED_KEY_CHARS:
+        return _parse_key_pattern_cached(key)
+    return _parse_key_pattern(key)
+
+
+def join_keys(keys: Sequence[str]) -> list[str]:
+    """Query keys naming exactly ``keys`` (canonical bucket keys) in few requests: keys that share a
+    timeframe and attribute group become one comma list ``A,B,C/1Min/OHLCV`` (each at most
+    ``MAX_KEY_CHARS``), so reading a universe is a handful of queries, not one per symbol."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for k in keys:
+        sym, tf, grp = k.split("/")
+        groups.setdefault((tf, grp), []).append(sym)
+    out = []
+    for (tf, grp), syms in groups.items():
+        budget = MAX_KEY_CHARS - len(tf) - len(grp) - 2
+        chunk: list[str] = []
+        size = 0
+        for sym in syms:
+            if chunk and size + len(sym) + 1 > budget:
+                out.append(f"{','.join(chunk)}/{tf}/{grp}")
+                chunk, size = [], 0
+            chunk.append(sym)
+            size += len(sym) + 1
+        out.append(f"{','.join(chunk)}/{tf}/{grp}")
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _parse_key_pattern_cached(key: str) -> KeyPattern:
+    return _parse_key_pattern(key)
+
+
+def _parse_key_pattern(key: str) -> KeyPattern:
     parts = _split(key)
     out: list[tuple[str, ...]] = []
     for what, part in zip(("symbol", "timeframe", "attribute group"), parts, strict=True):

@@ -61,3 +61,12 @@ def ipython_shell() -> Any:
         config.HistoryManager.hist_file = ":memory:"
         return InteractiveShell.instance(config=config)
     return InteractiveShell.instance()
+
+
+def chart_drawn(chart: Any) -> tuple[str, int, str]:
+    """What a :class:`~mktsframe.widgets.chart.CandleChart` draws, as its front end receives it:
+    ``("candles" | "line", points, the line's column)``."""
+    candles, line, _volume = chart.figure.data
+    if candles.visible:
+        return "candles", len(candles.x), ""
+    return "line", len(line.x), line.name

@@ -131,6 +131,8 @@ stream_max_wait: 0.02
     assert opts["background_sync"] is True
     assert opts["wal_rotate_interval"] == 2
     assert opts["sync_interval"] == 0.25
+    assert opts["max_open_files"] is None  # 0: sized from the process's limits
+    assert load_config(None, max_open_files=64).engine_options()["max_open_files"] == 64
 
 
 def test_relative_root_is_resolved_against_the_file(tmp_path: Path) -> None:

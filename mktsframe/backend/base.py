@@ -79,6 +79,16 @@ class Backend(Protocol):
         MarketStore's ``is_variable_length``): an existing bucket keeps its kind.
         """
 
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        """Store rows in many buckets in one call, ``{key: batch}`` or ``[(key, batch), ...]``.
+
+        The local engine logs them as one record with one sync, all or nothing (a bad item fails
+        the call with nothing written); over HTTP, buckets with the same columns travel in one
+        request and commit the same way. ``variable_length`` applies to buckets it creates.
+        """
+
     def query(
         self,
         key: str,

@@ -12,14 +12,12 @@ unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
 
 from __future__ import annotations
 
-import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse, urlunparse
 
 import msgpack
 import numpy as np
-import pandas as pd
 
 from mktsframe import errors
 from mktsframe.backend import nmds
@@ -123,23 +121,31 @@ class HTTPBackend:
         """Store rows: index ns → wire ``Epoch`` seconds (floored), plus, for ticks, MarketStore's
         ``Nanoseconds`` column, and mktsframe's exact ``mkts_index_ns`` (so a mktsframe server keeps
         every nanosecond even when an existing tick bucket is written without the flag)."""
-        index = np.asarray(batch.index)
-        if index.dtype != np.int64 or index.ndim != 1:
-            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
-        n = index.shape[0]
-        if variable_length and "Nanoseconds" in batch.columns:
-            raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
-        columns = {}
-        for name, values in batch.columns.items():
-            v = np.asarray(values)
-            if v.ndim != 1 or v.shape[0] != n:
-                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
-            columns[name] = _wire_array(name, v)
-        ds = nmds.encode([(key, Batch(index, columns, bool(variable_length)))], key_suffix="")
-        ds["data"][0] = bytes(ds["data"][0])  # Epoch seconds, whole: msgpack packs plain buffers
-        req = {"dataset": ds, "is_variable_length": bool(variable_length),
-               "mkts_index_ns": memoryview(np.ascontiguousarray(index, "<i8")).cast("B")}  # fmt: skip
-        result = self._call("DataService.Write", {"requests": [req]})
+        self._send_writes([_write_request([(key, batch)], variable_length)])
+
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        """Many buckets in one call: buckets with the same columns go in one ``DataService.Write``
+        request (one dataset naming every key, as MarketStore's wire allows), which a mktsframe
+        server stores with one log record and one sync, all or nothing. Buckets with other columns
+        go in further requests of the same call, committed together too (``mkts_atomic``)."""
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        by_schema: dict[tuple[Any, ...], list[tuple[str, Batch]]] = {}
+        for key, batch in pairs:
+            shape = tuple((n, np.asarray(v).dtype.str) for n, v in batch.columns.items())
+            by_schema.setdefault(shape, []).append((key, batch))
+        self._send_writes([_write_request(group, variable_length) for group in by_schema.values()])
+
+    def _send_writes(self, requests: list[dict[str, Any]]) -> None:
+        """One ``DataService.Write``; with several requests, ``mkts_atomic`` asks a mktsframe server
+        to commit them all at once or none (MarketStore applies each on its own)."""
+        if not requests:
+            return
+        params: dict[str, Any] = {"requests": requests}
+        if len(requests) > 1:
+            params["mkts_atomic"] = True
+        result = self._call("DataService.Write", params)
         for r in result.get("responses") or []:
             if r.get("error"):
                 raise _error(r["error"], r)
@@ -264,23 +270,14 @@ def _error(message: str, obj: Any) -> Exception:
 
 
 def _time_fields(which: str, value: TimeLike) -> dict[str, Any]:
-    """Wire fields for a bound: zone-less times go as text, read in the server's ``timezone``."""
-    if value is None:
-        return {}
-    naive = None
-    if isinstance(value, str):
-        try:
-            naive = pd.Timestamp(value).tzinfo is None
-        except (ValueError, TypeError):
-            naive = False  # let to_ns raise its own error below
-        if naive:
-            return {f"mkts_{which}": value}
-    elif isinstance(value, np.datetime64) or (isinstance(value, dt.datetime) and value.tzinfo is None):
-        return {f"mkts_{which}": pd.Timestamp(value).isoformat()}
-    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return {f"mkts_{which}": value.isoformat()}
+    """Wire fields for a bound: exact ``epoch_<which>`` seconds (+ ``_nanos``).
+
+    Zone-less times are UTC here as in every backend and API; they are converted on this side,
+    so the server's ``timezone`` setting (which only labels replies) never shifts a bound.
+    """
     ns = to_ns(value, name=which)
-    assert ns is not None
+    if ns is None:
+        return {}
     secs, nanos = divmod(ns, NS)
     out: dict[str, Any] = {f"epoch_{which}": secs}
     if nanos:
@@ -326,3 +323,30 @@ def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
 
 def _head(b: Batch, n: int) -> Batch:
     return Batch(b.index[:n], {c: v[:n] for c, v in b.columns.items()}, b.variable_length)
+
+
+def _write_request(items: list[tuple[str, Batch]], variable_length: bool) -> dict[str, Any]:
+    """One ``WriteRequest`` holding ``items`` (buckets with the same columns) in one NMDS dataset
+    naming every key, plus mktsframe's exact ``mkts_index_ns``."""
+    checked: list[tuple[str, Batch]] = []
+    for key, batch in items:
+        index = np.asarray(batch.index)
+        if index.dtype != np.int64 or index.ndim != 1:
+            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
+        n = index.shape[0]
+        if variable_length and "Nanoseconds" in batch.columns:
+            raise SchemaMismatchError("'Nanoseconds' is not a column of a tick bucket: the index holds it")
+        columns = {}
+        for name, values in batch.columns.items():
+            v = np.asarray(values)
+            if v.ndim != 1 or v.shape[0] != n:
+                raise SchemaMismatchError(f"column {name!r} has {v.shape[0] if v.ndim else 0} rows, index has {n}")
+            columns[name] = _wire_array(name, v)
+        checked.append((key, Batch(index, columns, bool(variable_length))))
+    if len({k for k, _ in checked}) != len(checked):
+        raise ValueError("a key appears more than once in one write")
+    ds = nmds.encode(checked, key_suffix="")
+    ds["data"][0] = bytes(ds["data"][0])  # Epoch seconds, whole: msgpack packs plain buffers
+    exact = np.concatenate([b.index for _, b in checked]) if len(checked) > 1 else checked[0][1].index
+    return {"dataset": ds, "is_variable_length": bool(variable_length),
+            "mkts_index_ns": memoryview(np.ascontiguousarray(exact, "<i8")).cast("B")}  # fmt: skip

@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +98,12 @@ class LocalBackend:
     def write(self, key: str, batch: Batch, *, variable_length: bool = False) -> None:
         self._check_writable()
         self.engine.write(key, batch, variable_length=variable_length)
+
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        self._check_writable()
+        self.engine.write_many(items, variable_length=variable_length)
 
     def writes_without_waiting(self) -> contextlib.AbstractContextManager[bool]:
         """See :meth:`Engine.writes_without_waiting` (``False`` when open read-only)."""

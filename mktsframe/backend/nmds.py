@@ -119,8 +119,8 @@ def decode(ds: object, *, what: str = "dataset") -> DecodedDataset:
         wt = wire_type_of(tstr)
         if name == "Epoch" and wt != "i8":
             raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8, epoch seconds)")
-        if name == "Nanoseconds" and wt != "i4":
-            raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (must be i4)")
+        if name == "Nanoseconds" and wt[0] not in "iu":  # i4 as MarketStore, or any integer (pandas >= 2: i8)
+            raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (want an integer type)")
         if not isinstance(buf, (bytes, bytearray, memoryview)):
             raise SchemaMismatchError(f"{what}: data for column {name!r} must be binary, got {type(buf).__name__}")
         dt = WIRE_TYPES[wt]

@@ -9,15 +9,17 @@ Engine files live in ``root/.mkts/``, which no key can name (key parts may not s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
+from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import TickStore
 from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError
@@ -32,11 +34,14 @@ FORMAT = "mktsframe-bucket"
 RECORD_TYPES = ("fixed", "variable")
 
 
-def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema, record_type: str = "fixed") -> None:
+def write_bucket_meta(
+    directory: Path, key: TimeBucketKey, schema: Schema, record_type: str = "fixed", *, durable: bool = True
+) -> None:
     """Create the bucket directory and its metadata atomically (temp file, rename, fsync).
 
     ``record_type`` is ``"fixed"`` (one row per bar, year files) or ``"variable"`` (ticks: any number
     of rows per interval at exact nanoseconds, day partitions; see :mod:`.tick_file`).
+    ``durable=False``: no ``fsync``; the caller makes many at once durable with ``sync_filesystem``.
     """
     if record_type not in RECORD_TYPES:
         raise ValueError(f"record type must be one of {RECORD_TYPES}, got {record_type!r}")
@@ -50,8 +55,8 @@ def write_bucket_meta(directory: Path, key: TimeBucketKey, schema: Schema, recor
         "record_type": record_type,
         "columns": [[n, t] for n, t in schema],
     }
-    write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode())
-    for d in (directory.parent, directory.parent.parent, directory.parent.parent.parent):
+    write_atomic(directory / META_NAME, json.dumps(meta, indent=1).encode(), durable=durable)
+    for d in (directory.parent, directory.parent.parent, directory.parent.parent.parent) if durable else ():
         fsync_dir(d)  # the new symbol/timeframe/group directories themselves
 
 
@@ -99,9 +104,25 @@ def _year_of_name(name: str) -> int | None:
 
 
 class Bucket:
-    """One bucket's metadata and its lazily opened year files."""
+    """One bucket's metadata and its lazily opened year files.
 
-    def __init__(self, key: TimeBucketKey, directory: Path, meta: dict[str, Any], writable: bool) -> None:
+    Year files count against the engine's :class:`~mktsframe.engine.open_files.OpenFiles`: opening
+    one may close the least recently used file of any bucket, and this bucket forgets a year file
+    that was closed to make room (it is opened again on its next use). ``on_dirty_close`` receives
+    the path of a year file closed with changes not yet ``msync``'d, for the next checkpoint.
+    """
+
+    def __init__(
+        self,
+        key: TimeBucketKey,
+        directory: Path,
+        meta: dict[str, Any],
+        writable: bool,
+        files: OpenFiles | None = None,
+        on_dirty_close: Callable[[Path], None] | None = None,
+        *,
+        hold_ticks_while_dirty: bool = False,
+    ) -> None:
         self.key = key
         self.item_key = key.item_key  # built from its parts on every access: cached for the write path
         self.dir = directory
@@ -114,36 +135,64 @@ class Bucket:
         self.row_bytes = sum(dt.itemsize for dt in self.dtype_list)
         self.timeframe = key.timeframe.seconds
         self.writable = writable
+        self.files = files if files is not None else OpenFiles()
+        self._on_dirty_close = on_dirty_close
         self.record_type: str = meta["record_type"]
         #: The tick partitions of a variable-length bucket (``None`` for fixed buckets).
         self.ticks: TickStore | None = None
         if self.record_type == "variable":
-            self.ticks = TickStore(directory, key.item_key, self.schema, writable)
+            self.ticks = TickStore(
+                directory, key.item_key, self.schema, writable, self.files, hold_while_dirty=hold_ticks_while_dirty
+            )
         self._years: dict[int, YearFile] = {}
         #: The year file of the latest write: appends land there again, skipping calendar maths.
         self.last_written: YearFile | None = None
-        self._year_list = NumberedFiles(directory, _year_of_name)
+        self._year_list = NumberedFiles(directory, _year_of_name, owner=writable)
 
     def years(self) -> list[int]:
         """Years that have a file, ascending (re-listed when the directory changes)."""
         return self._year_list.get()
 
-    def year_file(self, year: int, *, create: bool = False) -> YearFile | None:
+    def open_year(self, year: int) -> YearFile | None:
+        """The year file if it is open now (marked most recently used), else ``None``: opens nothing."""
         yf = self._years.get(year)
         if yf is not None:
+            self.files.touch(yf)
+        return yf
+
+    def year_file(self, year: int, *, create: bool = False, durable: bool = True) -> YearFile | None:
+        """The open year file (opened now if needed, possibly closing another bucket's least recently
+        used one: call under the engine's apply lock); ``None`` if there is none and not ``create``."""
+        yf = self._years.get(year)
+        if yf is not None:
+            self.files.touch(yf)
             return yf
         path = self.dir / f"{year}.bin"
+        self.files.reserve()
         if path.exists():
             yf = YearFile.open(path, writable=self.writable)
             if yf.schema != self.schema or yf.timeframe != self.timeframe:
                 raise CorruptFileError(f"{path}: header schema/timeframe disagrees with {self.dir / META_NAME}")
         elif create:
-            yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema)
+            yf = YearFile.create(path, self.key.item_key, self.timeframe, year, self.schema, durable=durable)
             self._year_list.invalidate()
         else:
             return None
         self._years[year] = yf
+        yf.evicted = functools.partial(self._evict_year, year)  # type: ignore[method-assign]
+        self.files.add(yf)
         return yf
+
+    def _evict_year(self, year: int) -> None:
+        """Called by :class:`OpenFiles` (under the apply lock) when year ``year``'s file is closed to make room."""
+        yf = self._years.pop(year, None)
+        if yf is None:
+            return
+        if self.last_written is yf:
+            self.last_written = None
+        if yf.dirty and self._on_dirty_close is not None:
+            self._on_dirty_close(yf.path)
+        yf.close()
 
     def open_years(self) -> list[YearFile]:
         return list(self._years.values())
@@ -153,6 +202,7 @@ class Bucket:
         if self.ticks is not None:
             self.ticks.close()
         for yf in self._years.values():
+            self.files.discard(yf)
             yf.close()
         self._years.clear()
 

@@ -32,10 +32,13 @@ import numpy as np
 
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
+from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
-from mktsframe.engine.durable import fsync_dir
+from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
+from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
+from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
 from mktsframe.engine.year_file import YearFile, year_bounds
@@ -64,6 +67,8 @@ _RUN_MIN_ROWS = 16
 _STAGE_MIN_ROWS = 256
 #: Up to this many rows, a write's bar times are computed with Python ints (numpy's per-call cost dominates).
 _SMALL_ROWS = 32
+#: A checkpoint fdatasync's up to this many year files closed dirty one by one; more, one syncfs.
+_SYNC_EACH_MAX = 16
 #: A log sync faster than this (seconds) lets :meth:`Engine.writes_without_waiting` say yes.
 FAST_SYNC_SECONDS = 0.002
 
@@ -93,6 +98,11 @@ class Engine:
         Skip the log entirely (MarketStore's key, for one-off bulk loads): writes go straight to
         the year files, which are ``msync``'d only at checkpoints and close. A crash can lose or
         tear anything written since the last checkpoint. Never use it for live data.
+    max_open_files : int or None
+        Most year files and tick partitions kept open (each holds a memory map and a descriptor);
+        the least recently used is closed to open another. ``None``: sized from the process's
+        limits (:func:`~mktsframe.engine.open_files.default_capacity`, which first raises the soft
+        ``RLIMIT_NOFILE`` to the hard one), or ``MKTS_MAX_OPEN_FILES``.
     """
 
     def __init__(
@@ -106,12 +116,18 @@ class Engine:
         wal_rotate_interval: int = 5,
         wal_max_bytes: int = 256 << 20,
         wal_bypass: bool = False,
+        max_open_files: int | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._meta_dir = self.root / ".mkts"
         self._buckets: dict[TimeBucketKey, Bucket] = {}
+        self.open_files = OpenFiles(max_open_files)
+        """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
+        # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.
+        self._closed_dirty: set[Path] = set()
         self._write_lock = threading.RLock()
+        self._queue = WriteQueue()  # writes waiting for group commit (see write)
         self._apply_lock = threading.RLock()
         self._lock_fd: int | None = None
         self._closed = False
@@ -135,6 +151,7 @@ class Engine:
         else:
             self._generation = None  # a read-only root no writer has opened yet: nothing to follow
         self._seen_generation = self._generation.value() if self._generation is not None else None
+        self._catalog_cache: tuple[tuple[int, int], list[TimeBucketKey]] | None = None
         self._wal: WriteAheadLog | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -180,25 +197,16 @@ class Engine:
             if rec.meta.get("op") == "destroy":
                 last_destroy[rec.meta["key"]] = rec.seq
         for rec in records:
-            key = rec.meta.get("key", "")
-            if rec.meta.get("op") != "destroy" and last_destroy.get(key, 0) > rec.seq:
-                continue  # erased by a later destroy of the same key
-            try:
-                op = rec.meta.get("op")
-                if op == "commit":
-                    continue  # read with its direct record
-                if op == "direct":
-                    change = self._replay_direct(parse_key(key), rec.meta["ranges"], rec.seq, rec.seq in committed)
-                else:
-                    meta, arrays = _expand_run(rec.meta, rec.arrays())
-                    self._apply(meta, arrays, seq=rec.seq, replay=True)
-                    change = self._replayed_change(meta, arrays)
-                if change is not None:
-                    self.recovery.changes.append(change)
-            except (MktsError, OSError, ValueError) as exc:
-                msg = f"WAL record {rec.seq} ({rec.meta.get('op')} {key}) could not be replayed: {exc}"
+            try:  # a write_many record stands for a create or write per bucket: replay each
+                many = rec.meta.get("op") == "write_many"
+                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                msg = f"WAL record {rec.seq} (write_many) could not be decoded: {exc}"
                 log.error(msg)
                 self.recovery.problems.append(msg)
+                continue
+            for meta, sub_arrays in subs:
+                self._replay_one(rec, meta, sub_arrays, last_destroy.get(meta.get("key", ""), 0), committed)
         if self.recovery.records or self.recovery.problems:
             log.warning(
                 "recovered %s: replayed %d WAL records, %d problem(s)",
@@ -207,6 +215,30 @@ class Engine:
                 len(self.recovery.problems),
             )
         self._checkpoint(rotate=True)
+
+    def _replay_one(
+        self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, destroyed_at: int, committed: set[Any]
+    ) -> None:
+        """Replay one operation of log record ``rec`` (``arrays``: its own, or ``None`` for the record's)."""
+        key = meta.get("key", "")
+        if meta.get("op") != "destroy" and destroyed_at > rec.seq:
+            return  # erased by a later destroy of the same key
+        try:
+            op = meta.get("op")
+            if op == "commit":
+                return  # read with its direct record
+            if op == "direct":
+                change = self._replay_direct(parse_key(key), meta["ranges"], rec.seq, rec.seq in committed)
+            else:
+                meta, arrays = _expand_run(meta, rec.arrays() if arrays is None else arrays)
+                self._apply(meta, arrays, seq=rec.seq, replay=True)
+                change = self._replayed_change(meta, arrays)
+            if change is not None:
+                self.recovery.changes.append(change)
+        except (MktsError, OSError, ValueError) as exc:
+            msg = f"WAL record {rec.seq} ({meta.get('op')} {key}) could not be replayed: {exc}"
+            log.error(msg)
+            self.recovery.problems.append(msg)
 
     def _replayed_change(
         self, meta: dict[str, Any], arrays: list[np.ndarray]
@@ -321,6 +353,13 @@ class Engine:
                     yf.flush()
                 if b.ticks is not None:
                     b.ticks.checkpoint()
+            closed_dirty, self._closed_dirty = self._closed_dirty, set()
+        # Year files closed with changes: their pages are still in the page cache. Many: one syncfs.
+        if len(closed_dirty) > _SYNC_EACH_MAX:
+            sync_filesystem(self.root)
+        else:
+            for path in closed_dirty:
+                sync_path(path)
         self.commits.before_checkpoint()  # listeners' own records durable before replay forgets
         wal.write_checkpoint(wal.written_seq)
         self._checkpoints += 1
@@ -346,7 +385,15 @@ class Engine:
             meta = read_bucket_meta(directory)
             if meta is None:
                 return None
-            b = Bucket(key, directory, meta, writable=not self.read_only)
+            b = Bucket(
+                key,
+                directory,
+                meta,
+                writable=not self.read_only,
+                files=self.open_files,
+                on_dirty_close=self._closed_dirty.add,
+                hold_ticks_while_dirty=self.background_sync or self.wal_bypass,
+            )
             self._buckets[key] = b
             return b
 
@@ -362,7 +409,9 @@ class Engine:
             if self._meta_dir.is_dir():  # the writer has started since this engine opened
                 self._generation = DestroyGeneration(self._meta_dir, writable=False)
                 self._seen_generation = None
-            return self._buckets.clear()
+                with self._apply_lock:
+                    self._buckets.clear()
+            return None  # no writer has ever opened this root (a copy): nothing is being destroyed
         value = gen.value()
         if value is None or value != self._seen_generation:
             with self._apply_lock:
@@ -387,17 +436,33 @@ class Engine:
             raise ReadOnlyError(f"{self.root} is open read-only; writes are refused")
 
     def list_keys(self) -> list[str]:
-        return sorted(k.item_key for k in iter_bucket_keys(self.root))
+        return sorted(k.item_key for k in self._catalog())
 
     def list_symbols(self) -> list[str]:
-        return sorted({k.symbol for k in iter_bucket_keys(self.root)})
+        return sorted({k.symbol for k in self._catalog()})
+
+    def _catalog(self) -> list[TimeBucketKey]:
+        """Every bucket's key, sorted by parts: a directory walk (10,000 buckets: ~20,000 system
+        calls) cached until the catalog stamp (destroys and creations, :mod:`.generation`) moves."""
+        gen = self._generation
+        stamp = gen.catalog_stamp() if gen is not None else None
+        cached = self._catalog_cache
+        if stamp is not None and cached is not None and cached[0] == stamp:
+            return cached[1]
+        keys = sorted(iter_bucket_keys(self.root), key=lambda k: k.parts)
+        self._catalog_cache = (stamp, keys) if stamp is not None else None
+        return keys
+
+    def _created(self) -> None:
+        """A bucket was created (under the apply lock): listings must be made again."""
+        if self._generation is not None and not self.read_only:
+            self._generation.bump_created()
 
     def _resolve(self, key: str) -> list[Bucket]:
         pattern = parse_key_pattern(key)
         named = pattern.expand()
         if named is None:
-            matched = [k for k in iter_bucket_keys(self.root) if pattern.matches(k)]
-            matched.sort(key=lambda k: k.parts)
+            matched = [k for k in self._catalog() if pattern.matches(k)]
             buckets = [b for b in (self._bucket(k) for k in matched) if b is not None]
             if not buckets:
                 raise BucketNotFoundError(f"no bucket matches {key!r} (no files returned from query parse)")
@@ -435,7 +500,195 @@ class Engine:
         Fixed buckets: a bar at an existing timestamp is replaced. Tick buckets (created with
         ``variable_length=True``; the flag is ignored for existing buckets): rows are added at their
         exact nanosecond, after any rows already stored at the same time.
+
+        Group commit: a write that finds another one holding the log queues itself, and the next
+        thread to take the write lock commits every queued write of up to ``GROUP_MAX_ROWS`` rows
+        as one record with one sync (:mod:`.many`). Each still succeeds or fails on its own, and
+        none returns before its own rows are durable.
         """
+        if not self._queue.pending and self._write_lock.acquire(blocking=False):
+            try:  # uncontended: no queue, no grouping
+                self._write_one(key, batch, variable_length)
+            finally:
+                self._write_lock.release()
+            return
+        w = PendingWrite(key, batch, variable_length, rows=len(batch) if isinstance(batch, Batch) else 0)
+        self._queue.put(w)
+        with self._write_lock:
+            if not w.done:
+                self._commit_queued(self._queue.take())
+        if w.error is not None:
+            raise w.error
+
+    def write_many(
+        self, items: Mapping[str, Batch] | Sequence[tuple[str, Batch]], *, variable_length: bool = False
+    ) -> None:
+        """Store rows in many buckets at once: one log record and one sync, all or nothing.
+
+        Every item is checked (key, schema, types) before anything is logged, so a bad item fails
+        the call with nothing written; a crash leaves all of it or none of it. Each bucket behaves
+        as with :meth:`write` (created if missing, with ``variable_length`` as its kind). A key may
+        appear once (after aliases are resolved).
+        """
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        self._require_writable()
+        with self._write_lock:
+            self._require_writable()
+            self._commit_items(self._prepare_many([(k, b, variable_length) for k, b in pairs]))
+
+    def _commit_queued(self, group: list[PendingWrite]) -> None:
+        """Commit queued writes in arrival order: runs of small writes to distinct keys as one
+        ``write_many`` each (each write alone if the run is refused, to give each its own error),
+        larger ones alone. Marks every write done. Call holding the write lock."""
+        run: list[PendingWrite] = []
+        keys: set[str] = set()
+
+        def flush() -> None:
+            if len(run) == 1:
+                self._commit_alone(run[0])
+            elif run:
+                try:
+                    items = self._prepare_many([(w.key, w.batch, w.variable_length) for w in run])
+                except Exception:  # someone's write is refused: find whose, one by one
+                    for w in run:
+                        self._commit_alone(w)
+                else:
+                    try:
+                        self._commit_items(items)
+                    except BaseException as exc:
+                        for w in run:
+                            w.error = exc
+                    for w in run:
+                        w.done = True
+            run.clear()
+            keys.clear()
+
+        for w in group:
+            try:
+                canonical = parse_key(w.key).item_key
+            except ValueError:
+                canonical = None
+            if canonical is None or w.rows > GROUP_MAX_ROWS or canonical in keys:
+                flush()
+            if canonical is None or w.rows > GROUP_MAX_ROWS:
+                self._commit_alone(w)
+                continue
+            run.append(w)
+            keys.add(canonical)
+        flush()
+
+    def _commit_alone(self, w: PendingWrite) -> None:
+        try:
+            self._write_one(w.key, w.batch, w.variable_length)
+        except BaseException as exc:
+            w.error = exc
+        w.done = True
+
+    def _prepare_many(self, entries: list[tuple[str, Batch, bool]]) -> list[Item]:
+        """Check and normalise every ``(key, batch, variable_length)``; raises before anything is logged."""
+        items: list[Item] = []
+        seen: set[TimeBucketKey] = set()
+        for key, batch, variable_length in entries:
+            k = parse_key(key)
+            if k in seen:
+                raise ValueError(f"key {k.item_key!r} appears more than once in one write_many")
+            seen.add(k)
+            item = self._prepare_item(k, batch, variable_length)
+            if item is not None:
+                items.append(item)
+        return items
+
+    def _prepare_item(self, k: TimeBucketKey, batch: Batch, variable_length: bool) -> Item | None:
+        """What :meth:`_write_one` checks and converts, for one bucket of a multi-bucket write;
+        ``None`` if there is nothing to write."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"{k.item_key}: expected a Batch, got {type(batch).__name__}")
+        index = np.asarray(batch.index)
+        if index.dtype != _I8 or index.ndim != 1:
+            raise SchemaMismatchError(f"{k.item_key}: batch index must be a 1-d int64 array of nanoseconds")
+        n = index.shape[0]
+        bucket = self._bucket(k)
+        arrays = _usual_columns(bucket, batch.columns, n) if bucket is not None else None
+        create = None
+        if arrays is None:
+            cols = _checked_columns(batch.columns, n)
+            if bucket is None:
+                if n == 0:
+                    return None
+                schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
+                create = (schema, "variable" if variable_length else "fixed")
+                arrays = [coerce_column(name, cols[name], t) for name, t in schema]
+            else:
+                arrays = _conform(bucket, cols)
+        if n == 0:
+            return None
+        ticks = bucket.ticks is not None if bucket is not None else variable_length
+        if ticks:
+            times, arrays = sort_ticks(index, arrays)
+        else:
+            times, arrays = _normalise(index, arrays, k.timeframe.seconds)
+        return Item(k, ticks, times, arrays, k.timeframe.seconds, create)
+
+    def _commit_items(self, items: list[Item]) -> None:
+        """Log ``items`` as one record, sync once (unless ``background_sync``), apply, then announce."""
+        if not items:
+            return
+        self._create_files(items)
+        seq = None
+        if not self.wal_bypass:
+            wal = self._wal
+            assert wal is not None
+            meta, arrays = encode_record(items)
+            seq = wal.append(meta, arrays)
+            self._log_replays_over_rows = True
+            if not self.background_sync:
+                wal.sync()
+        buckets = []
+        with self._apply_lock:
+            for it in items:
+                if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
+                    write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
+                    self._created()
+                b = self._require(it.key)
+                if b.ticks is not None:
+                    b.ticks.write(it.times, it.arrays, seq=seq)
+                else:
+                    self._apply_write(b, it.times, it.arrays)
+                buckets.append(b)
+        # Announced once all is applied: an announcement may checkpoint, which covers the whole record.
+        for it, b in zip(items, buckets, strict=True):
+            if it.create is not None:
+                self._announce("create", b.item_key)
+            stored = None
+            if self.commits:
+                ns = it.times if it.ticks else it.times * NS
+                stored = Batch(ns, dict(zip(b.names, it.arrays, strict=True)), it.ticks)
+            self._announce("write", b.item_key, batch=stored)
+
+    def _create_files(self, items: list[Item]) -> None:
+        """Create the buckets and year files that ``items`` need, then make them durable with one
+        ``syncfs`` (a bucket created alone costs six ``fsync`` calls; a universe of new symbols, or
+        every symbol's first bar of a new year, would pay thousands). Done before the record is
+        logged: a crash in between leaves empty buckets or year files, never rows."""
+        created = False
+        with self._apply_lock:
+            for it in items:
+                b = self._bucket(it.key)
+                if b is None and it.create is not None:
+                    write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create, durable=False)
+                    self._created()
+                    b, created = self._require(it.key), True
+                if b is None or b.ticks is not None:
+                    continue
+                known = b.years()
+                for year, _, _ in _year_spans(it.times):
+                    if year not in known and b.year_file(year, create=True, durable=False) is not None:
+                        created = True
+        if created:
+            sync_filesystem(self.root)
+
+    def _write_one(self, key: str, batch: Batch, variable_length: bool) -> None:
+        """One write on its own (:meth:`write` without group commit)."""
         k = parse_key(key)
         self._require_writable()
         if not isinstance(batch, Batch):
@@ -533,10 +786,19 @@ class Engine:
             for year, a, z in _year_spans(secs):
                 yf = b.year_file(year, create=True)
                 assert yf is not None
-                s0 = (int(secs[a]) - yf.year_start) // tf
-                if not yf.unpublished(s0, s0 + z - a):
-                    return False
-                plan.append((yf, s0, a, z))
+                self.open_files.pin(yf)  # used outside the apply lock below: readers may not close it
+                plan.append((yf, (int(secs[a]) - yf.year_start) // tf, a, z))
+            empty = all(yf.unpublished(s0, s0 + z - a) for yf, s0, a, z in plan)
+        try:
+            if empty:
+                self._store_direct(b, plan, arrays)
+            return empty
+        finally:
+            for yf, *_ in plan:
+                self.open_files.unpin(yf)
+
+    def _store_direct(self, b: Bucket, plan: list[tuple[YearFile, int, int, int]], arrays: list[np.ndarray]) -> None:
+        """Steps 0–4 of :meth:`_write_direct` for a ``plan`` of pinned year files whose ranges are unpublished."""
         wal = self._wal
         assert wal is not None
         if self._log_replays_over_rows:
@@ -559,7 +821,6 @@ class Engine:
             b.last_written = plan[-1][0]
         wal.append({"op": "commit", "key": b.key.item_key, "direct": seq})
         wal.sync()
-        return True
 
     def _announce(self, op: Any, key: str, **detail: Any) -> None:
         """Tell commit listeners (cheap when there are none); the caller holds the write lock."""
@@ -581,7 +842,15 @@ class Engine:
         if self.background_sync or secs.shape[0] < _STAGE_MIN_ROWS or yf is None:
             return None
         run = _run_start(yf, secs)
-        return None if run is None else lambda: yf.stage_run(run, arrays)
+        return None if run is None else lambda: self._stage_run(yf, run, arrays)
+
+    def _stage_run(self, yf: YearFile, run: int, arrays: list[np.ndarray]) -> None:
+        """:meth:`YearFile.stage_run` outside the apply lock: only if ``yf`` is still open, pinned meanwhile."""
+        if self.open_files.pin(yf):
+            try:
+                yf.stage_run(run, arrays)
+            finally:
+                self.open_files.unpin(yf)
 
     def _log(
         self,
@@ -624,6 +893,7 @@ class Engine:
                 if self._bucket(k) is None:
                     schema = tuple((str(n), str(t)) for n, t in meta["columns"])
                     write_bucket_meta(self.root.joinpath(*k.parts), k, schema, meta.get("record_type", "fixed"))
+                    self._created()
                 return None
             if op == "destroy":
                 self._apply_destroy(k)
@@ -680,6 +950,7 @@ class Engine:
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
         yf = b.last_written
         if yf is not None:  # appends land in the same year file again: no calendar maths
+            self.open_files.touch(yf)
             run = _run_start(yf, secs)
             if run is not None:
                 yf.write_run(run, secs.shape[0], arrays)
@@ -688,6 +959,14 @@ class Engine:
                 yf.write((secs - yf.year_start) // b.timeframe, dict(zip(b.names, arrays, strict=True)))
                 return
         for year, a, z in _year_spans(secs):
+            if (
+                b.open_year(year) is None
+                and self.open_files.full
+                and year in b.years()
+                and year_io.write_run(b.dir / f"{year}.bin", secs[a:z], b.names, [arr[a:z] for arr in arrays])
+            ):  # appended by position: no file closed to make room for this one
+                self._closed_dirty.add(b.dir / f"{year}.bin")
+                continue
             yf = b.year_file(year, create=True)
             assert yf is not None
             slots = (secs[a:z] - yf.year_start) // b.timeframe
@@ -772,15 +1051,53 @@ class Engine:
         years = b.year_range(s, e) if limit != 0 else []
         if limit is not None and not from_start:
             years = years[::-1]
+        pinned: list[YearFile] = []
         with self._apply_lock:
-            self._still_there(b)
-            # Plan: which slots of which year files, honouring the limit, before copying anything.
-            plan: list[tuple[YearFile, int, int, np.ndarray | None]] = []
-            remaining = limit
-            for year in years:
-                yf = b.year_file(year)
+            try:
+                return self._copy_years(b, years, s, e, names, limit, from_start, pinned)
+            finally:
+                for yf in pinned:
+                    self.open_files.unpin(yf)
+                self.open_files.trim()
+
+    def _copy_years(
+        self,
+        b: Bucket,
+        years: list[int],
+        s: int | None,
+        e: int | None,
+        names: list[str],
+        limit: int | None,
+        from_start: bool,
+        pinned: list[YearFile],
+    ) -> Batch:
+        """The rows of ``b`` in bar-start seconds ``[s, e]`` from ``years``; call under the apply lock.
+        Files it opens are added to ``pinned`` (and pinned) so that none is closed before the copy.
+        A year file that is not open while the set of open files is full is read by position
+        (:mod:`.year_io`) instead of being opened in place of another."""
+        self._still_there(b)
+        # Plan: which slots of which year files, honouring the limit, before copying anything;
+        # a year read by position is a piece already copied: (None, ns, columns, None).
+        plan: list[tuple[Any, Any, Any, Any]] = []
+        remaining = limit
+        tf = b.timeframe
+        for year in years:
+            yf = b.open_year(year)
+            if yf is None and self.open_files.full:
+                y0, y1 = year_bounds(year)
+                s0 = 0 if s is None else max(0, (s - y0) // tf)
+                s1 = (y1 - y0) // tf if e is None else min((y1 - y0) // tf, (e - y0) // tf + 1)
+                piece = year_io.read_slots(b.dir / f"{year}.bin", s0, s1, names, remaining, from_start)
+                rows = 0 if piece is None else piece[0].shape[0]
+                if rows:
+                    plan.append((None, *piece, None))  # type: ignore[misc]
+            else:
+                yf = yf if yf is not None else b.year_file(year)
                 if yf is None:
                     continue
+                if len(years) > 1:  # opening the next year may not close this one
+                    pinned.append(yf)
+                    self.open_files.pin(yf)
                 s0 = 0 if s is None else max(0, yf.slot_of(s))
                 s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
                 if s1 <= s0:
@@ -794,21 +1111,28 @@ class Engine:
                 rows = (s1 - s0) if idx is None else idx.size
                 if rows:
                     plan.append((yf, s0, s1, idx))
-                if remaining is not None:
-                    remaining -= rows
-                    if remaining <= 0:
-                        break
-            if limit is not None and not from_start:
-                plan.reverse()
-            # Copy: one pass from the mapping into preallocated result arrays.
-            total = sum((p[2] - p[1]) if p[3] is None else p[3].size for p in plan)
-            out_ns = np.empty(total, np.int64)
-            cols = {n: np.empty(total, b.dtypes[n]) for n in names}
-            pos = 0
-            for yf, s0, s1, idx in plan:
-                n = (s1 - s0) if idx is None else idx.size
+            if remaining is not None:
+                remaining -= rows
+                if remaining <= 0:
+                    break
+        if limit is not None and not from_start:
+            plan.reverse()
+        if len(plan) == 1 and plan[0][0] is None:  # one piece read by position: it is the result
+            return Batch(plan[0][1], plan[0][2])
+        # Copy: one pass from the mappings (and pieces) into preallocated result arrays.
+        sizes = [p[1].shape[0] if p[0] is None else (p[2] - p[1]) if p[3] is None else p[3].size for p in plan]
+        total = sum(sizes)
+        out_ns = np.empty(total, np.int64)
+        cols = {n: np.empty(total, b.dtypes[n]) for n in names}
+        pos = 0
+        for (yf, s0, s1, idx), n in zip(plan, sizes, strict=True):
+            if yf is None:
+                out_ns[pos : pos + n] = s0
+                for k, v in cols.items():
+                    v[pos : pos + n] = s1[k]
+            else:
                 yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
-                pos += n
+            pos += n
         return Batch(out_ns, cols)
 
     def info(self, key: str) -> BucketInfo:

@@ -8,7 +8,10 @@ So the writer bumps this counter after every destroy it applies, and a reader co
 the value it last saw before using its cache: one memory read per query, no system call.
 
 The counter lives in ``root/.mkts/generation``: 8 bytes, a little-endian ``uint64``, mapped
-shared so a store by the writer is visible to readers at once. It is never reset (the file is
+shared so a store by the writer is visible to readers at once. A second ``uint64`` after it counts
+bucket creations: with the first it stamps the catalog, so listing and pattern resolution over
+thousands of buckets can use a cached key list until either changes (a file from an older
+writer has only the first; readers then rescan every time). It is never reset (the file is
 created once, and reopened by later writers), so a value a reader saw is never seen again. It
 needs no ``fsync``: it only matters to readers that are alive at the same time as the writer.
 """
@@ -24,6 +27,7 @@ __all__ = ["DestroyGeneration"]
 
 FILE_NAME = "generation"
 _FORMAT = struct.Struct("<Q")
+_SIZE = 2 * _FORMAT.size  # destroys, then creations
 
 
 class DestroyGeneration:
@@ -42,12 +46,14 @@ class DestroyGeneration:
         except OSError:
             return  # a reader of a root whose writer predates this file: see value()
         try:
-            if os.fstat(fd).st_size < _FORMAT.size:
-                if not self._writable:
-                    return
-                os.ftruncate(fd, _FORMAT.size)
+            size = os.fstat(fd).st_size
+            if size < _SIZE and self._writable:
+                os.ftruncate(fd, _SIZE)
+                size = _SIZE
+            if size < _FORMAT.size:
+                return
             access = mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ
-            self._map = mmap.mmap(fd, _FORMAT.size, access=access)
+            self._map = mmap.mmap(fd, min(size, _SIZE), access=access)
         finally:
             os.close(fd)
 
@@ -63,6 +69,20 @@ class DestroyGeneration:
         """Record one more destroy (writer only, under its apply lock)."""
         assert self._map is not None, "read-only"
         _FORMAT.pack_into(self._map, 0, _FORMAT.unpack_from(self._map, 0)[0] + 1)
+
+    def catalog_stamp(self) -> tuple[int, int] | None:
+        """``(destroys, creations)`` so far: equal stamps mean the same set of buckets; ``None`` when
+        unknown (no writer yet, or one that does not count creations)."""
+        if self._map is None:
+            self._open()
+        if self._map is None or len(self._map) < _SIZE:
+            return None
+        return _FORMAT.unpack_from(self._map, 0)[0], _FORMAT.unpack_from(self._map, _FORMAT.size)[0]
+
+    def bump_created(self) -> None:
+        """Record bucket creations (writer only, under its apply lock)."""
+        assert self._map is not None, "read-only"
+        _FORMAT.pack_into(self._map, _FORMAT.size, _FORMAT.unpack_from(self._map, _FORMAT.size)[0] + 1)
 
     def close(self) -> None:
         if self._map is not None:

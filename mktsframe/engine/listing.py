@@ -20,13 +20,18 @@ class NumberedFiles:
     entries that are not such files.
     """
 
-    def __init__(self, directory: Path, parse: Callable[[str], int | None]) -> None:
+    def __init__(self, directory: Path, parse: Callable[[str], int | None], *, owner: bool = False) -> None:
         self.dir = directory
         self._parse = parse
         self._found: list[int] | None = None
         self._mtime = -1
+        #: The writer process creates and removes these files itself (and calls :meth:`invalidate`):
+        #: it may trust its listing without a ``stat`` per use (thousands of buckets per query).
+        self._owner = owner
 
     def get(self) -> list[int]:
+        if self._owner and self._found is not None:
+            return self._found
         try:
             mtime = os.stat(self.dir).st_mtime_ns
         except FileNotFoundError:

@@ -34,6 +34,7 @@ Crash safety, with the write-ahead log doing the durable part:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import mmap
@@ -50,6 +51,7 @@ import numpy as np
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
+from mktsframe.engine.open_files import OpenFiles
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
@@ -246,6 +248,14 @@ class TickPartition:
             os.close(fd)
         return cls(path, meta, state, mm, writable)
 
+    #: Set by the owning store when the log is synced in the background: a partition is then only
+    #: made durable by a checkpoint (which syncs the log first), so it stays open while dirty.
+    hold_while_dirty = False
+
+    def evicted(self) -> None:
+        """Closed to make room in the engine's open-file set; the owning :class:`TickStore` replaces this."""
+        self.close()
+
     def close(self) -> None:
         self.ns = None  # type: ignore[assignment]
         self.columns = {}
@@ -421,18 +431,32 @@ def _read_slots(head: bytes, path: Path) -> _State:
 class TickStore:
     """The partitions of one tick bucket: writes, deletes and reads by nanosecond range.
 
-    The writer process keeps partitions open; a read-only process opens them per query (a writer in
-    another process replaces a partition by renaming, which an open mapping would not see).
+    The writer process keeps partitions open, within the engine's bounded set of open files
+    (:class:`~mktsframe.engine.open_files.OpenFiles`: a partition closed to make room is checkpointed
+    first, so its durable state never lags what the log has forgotten); a read-only process opens
+    them per query (a writer in another process replaces a partition by renaming, which an open
+    mapping would not see).
     """
 
-    def __init__(self, directory: Path, key: str, schema: Schema, writable: bool) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: str,
+        schema: Schema,
+        writable: bool,
+        files: OpenFiles | None = None,
+        *,
+        hold_while_dirty: bool = False,
+    ) -> None:
         self.dir = directory
         self.key = key
         self.schema = schema
         self.names = [n for n, _ in schema]
         self.writable = writable
+        self.files = files if files is not None else OpenFiles()
+        self._hold_while_dirty = hold_while_dirty
         self._open: dict[int, TickPartition] = {}
-        self._days = NumberedFiles(directory, _day_of_name)
+        self._days = NumberedFiles(directory, _day_of_name, owner=writable)
         if writable:  # temporary files of a rewrite that a crash interrupted
             for tmp in directory.glob(f".*{SUFFIX}.*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -448,8 +472,11 @@ class TickStore:
     def _partition(self, day: int, *, recovering: bool = False) -> TickPartition | None:
         p = self._open.get(day)
         if p is not None:
+            self.files.touch(p)
             return p
         path = self._path(day)
+        if self.writable:
+            self.files.reserve()
         try:
             p = TickPartition.open(path, writable=self.writable)
         except FileNotFoundError:
@@ -460,8 +487,21 @@ class TickStore:
         if self.writable:
             if recovering:
                 p.roll_back_to_durable()
-            self._open[day] = p
+            self._keep(day, p)
         return p
+
+    def _keep(self, day: int, p: TickPartition) -> None:
+        self._open[day] = p
+        p.hold_while_dirty = self._hold_while_dirty
+        p.evicted = functools.partial(self._evict_day, day)  # type: ignore[method-assign]
+        self.files.add(p)
+
+    def _evict_day(self, day: int) -> None:
+        """Called by :class:`OpenFiles` (under the apply lock) when day ``day``'s partition is closed to make room."""
+        p = self._open.pop(day, None)
+        if p is not None:
+            p.checkpoint()  # durable now (the log is synced: see hold_while_dirty), as the log may drop its records
+            p.close()
 
     def _release(self, p: TickPartition) -> None:
         if not self.writable:
@@ -478,11 +518,13 @@ class TickStore:
             fsync_dir(self.dir)
             p = None
         else:
+            self.files.reserve()
             p = TickPartition.write_new(path, self.key, day, self.schema, ns, columns, seq, from_log=from_log)
         if old is not None:
+            self.files.discard(old)
             old.close()
         if p is not None:
-            self._open[day] = p
+            self._keep(day, p)
         self._days.invalidate()
 
     # -- writing --------------------------------------------------------------------------------
@@ -543,6 +585,7 @@ class TickStore:
 
     def close(self) -> None:
         for p in self._open.values():
+            self.files.discard(p)
             p.close()
         self._open.clear()
 

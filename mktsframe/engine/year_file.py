@@ -81,6 +81,33 @@ def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
     return _Layout(header_size, nslots, presence, tuple(offsets), pos)
 
 
+def read_header(fd: int, path: Path, head: bytes) -> tuple[dict[str, Any], _Layout]:
+    """Validate and decode the header of the open year file ``fd`` whose first ``_FIXED.size`` bytes
+    are ``head``: its metadata (checksummed) and layout. Raises :class:`CorruptFileError`."""
+    if len(head) < _FIXED.size or head[:8] != MAGIC:
+        raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
+    _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
+    if version != FORMAT_VERSION:
+        raise CorruptFileError(f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
+    if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
+        raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
+    blob = os.pread(fd, meta_len, _META_OFFSET)
+    if len(blob) != meta_len or zlib.crc32(blob) != crc:
+        raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
+    meta = json.loads(blob)
+    layout = _Layout(
+        header_size,
+        meta["nslots"],
+        meta["presence_offset"],
+        tuple(c["offset"] for c in meta["columns"]),
+        meta["file_size"],
+    )
+    size = os.fstat(fd).st_size
+    if size < layout.file_size:
+        raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+    return meta, layout
+
+
 class YearFile:
     """A memory-mapped year file. Slots are 0-based: slot 0 is 1 January 00:00 UTC.
 
@@ -120,8 +147,11 @@ class YearFile:
 
     # -- creation and opening -------------------------------------------------------------------
     @classmethod
-    def create(cls, path: Path, key: str, timeframe: int, year: int, schema: Schema) -> YearFile:
-        """Create the file atomically (temp file + rename) at full sparse size and open it."""
+    def create(
+        cls, path: Path, key: str, timeframe: int, year: int, schema: Schema, *, durable: bool = True
+    ) -> YearFile:
+        """Create the file atomically (temp file + rename) at full sparse size and open it
+        (``durable=False``: without ``fsync``, for many files made durable at once by the caller)."""
         start, end = year_bounds(year)
         nslots = (end - start) // timeframe
         meta: dict[str, Any] = {
@@ -152,11 +182,13 @@ class YearFile:
         try:
             os.write(fd, header)
             os.ftruncate(fd, layout.file_size)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
         return cls.open(path, writable=True)
 
     @classmethod
@@ -164,30 +196,7 @@ class YearFile:
         """Open and validate an existing year file."""
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
-            head = os.pread(fd, PAGE, 0)
-            if len(head) < _FIXED.size or head[:8] != MAGIC:
-                raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
-            _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
-            if version != FORMAT_VERSION:
-                raise CorruptFileError(
-                    f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})"
-                )
-            if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
-                raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
-            blob = os.pread(fd, meta_len, _META_OFFSET)
-            if len(blob) != meta_len or zlib.crc32(blob) != crc:
-                raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
-            meta = json.loads(blob)
-            layout = _Layout(
-                header_size,
-                meta["nslots"],
-                meta["presence_offset"],
-                tuple(c["offset"] for c in meta["columns"]),
-                meta["file_size"],
-            )
-            size = os.fstat(fd).st_size
-            if size < layout.file_size:
-                raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+            meta, layout = read_header(fd, path, os.pread(fd, _FIXED.size, 0))
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
             mm = mmap.mmap(fd, layout.file_size, access=access)
         finally:
@@ -196,6 +205,14 @@ class YearFile:
         if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
             mm.madvise(mmap.MADV_RANDOM)
         return cls(path, meta, layout, mm, writable)
+
+    #: Year files may be closed dirty: the engine ``fdatasync``'s their path at the next checkpoint.
+    hold_while_dirty = False
+
+    def evicted(self) -> None:
+        """Close the file to make room in the engine's open-file set; its owner replaces this
+        (:meth:`Bucket._evict_year <mktsframe.engine.catalog.Bucket._evict_year>`) to forget it too."""
+        self.close()
 
     def close(self) -> None:
         """Unmap the file; views handed out earlier must have been copied (they always are)."""

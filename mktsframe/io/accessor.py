@@ -7,6 +7,7 @@ key a frame was read from lives in ``df.attrs["mkts_key"]``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -14,6 +15,9 @@ from mktsframe.backend import Backend
 from mktsframe.functions.candles import Reduction, candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.io.pandas import write_mkts
+
+if TYPE_CHECKING:
+    from mktsframe.widgets.chart import CandleChart
 
 __all__ = ["MktsAccessor", "ToMkts"]
 
@@ -50,7 +54,7 @@ class MktsAccessor:
         if not labels:
             return self._candles(df, timeframe, agg, price)
         parts = []
-        for values, part in df.groupby(labels, sort=False):
+        for values, part in df.groupby(labels, sort=False, observed=True):
             out = self._candles(part.drop(columns=labels), timeframe, agg, price)
             for j, (name, value) in enumerate(zip(labels, values if isinstance(values, tuple) else (values,),
                                                    strict=True)):
@@ -62,6 +66,20 @@ class MktsAccessor:
     def _candles(df: pd.DataFrame, timeframe: str, agg: Mapping[str, Reduction] | None, price: str | None
                  ) -> pd.DataFrame:  # fmt: skip
         return batch_to_frame(candles(frame_to_batch(df), timeframe, agg=agg, price=price))
+
+    def plot(
+        self, kind: str = "candles", *, title: str | None = None, max_candles: int = 600, height: int = 460
+    ) -> CandleChart:
+        """An interactive chart of this frame: the widgets' :class:`~mktsframe.widgets.chart.CandleChart`.
+
+        Candles (or a line with ``kind="line"``; ticks and other columns draw a line), a volume
+        pane, a dated UTC axis, hover, zoom and pan; more rows than ``max_candles`` in view are
+        drawn as candles of a coarser timeframe. ``height`` in pixels. Needs ``mktsframe[jupyter]``.
+        """
+        from mktsframe.widgets.chart import CandleChart
+
+        return CandleChart(self._df, title=(self.key or "") if title is None else title, kind=kind,
+                           max_candles=max_candles, height=height)  # fmt: skip
 
     def write(
         self, key: str | None = None, *, variable_length: bool = False, backend: Backend | None = None

@@ -1,7 +1,8 @@
 """Loading CSV files into a bucket: MarketStore's loader control files and plain CSVs with a header.
 
 A load is **all or nothing**: the whole file is parsed and checked first (streamed in chunks of
-``chunk_rows`` lines, with a progress line on stderr), and only then written in one call, which
+``chunk_rows`` lines, with a tqdm progress bar: on stderr, or as a widget in a notebook), and
+only then written in one call, which
 the engine applies as one atomic write-ahead-log record. A bad row stops the load with its line
 number and nothing is written.
 
@@ -11,6 +12,7 @@ Description file (MarketStore's YAML control file, every key optional)::
     timeFormat: "20060102 15:04:05"   # a Go layout, or "timestamp" (Unix seconds[.fraction])
     timeZone: "US/Eastern"            # zone of times without an offset (default UTC)
     columnNameMap: [Epoch, Open, High, Low, Close, Volume]   # names by position (renames a header)
+    truncateStrings: false            # mktsframe: cut string16 values to 16 characters (see below)
 
 Without a description the first row must be a header. The time comes from a column named
 ``Epoch`` (any case) or from ``Epoch-date`` + ``Epoch-time`` columns joined with a space; other
@@ -20,11 +22,18 @@ default ``1/2/2006 3:04:05 PM``, or ISO 8601. As in MarketStore, a time with a t
 ``" 140000"`` (7 characters more than the layout) is read as microseconds and with 3 characters
 more as milliseconds.
 
+``string16`` columns hold at most 16 characters. MarketStore silently truncated longer values;
+a load refuses them by default, naming the line. ``truncateStrings: true`` (or
+``load_csv(truncate_strings=True)``, ``\\load ... --truncate-strings``, ``mktsframe load
+--truncate-strings``) cuts them to 16 characters instead and reports how many were cut
+(:attr:`LoadResult.truncated`).
+
 Units: times become int64 ns UTC; fixed buckets keep the bar start (sub-bar parts are floored).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -78,6 +87,8 @@ class CsvDescription:
     """A Go layout (``"2006-01-02 15:04:05"``), ``"timestamp"``, or ``None`` to detect it."""
     time_zone: str = "UTC"
     column_name_map: tuple[str, ...] | None = None
+    truncate_strings: bool = False
+    """Cut ``string16`` values longer than 16 characters (counted) instead of refusing the load."""
 
     @classmethod
     def from_yaml(cls, source: str | os.PathLike[str]) -> CsvDescription:
@@ -89,12 +100,13 @@ class CsvDescription:
             raise CsvLoadError(f"cannot read the description file {path}: {exc}") from None
         if not isinstance(data, dict):
             raise CsvLoadError(f"{path}: a description file must be a YAML mapping")
-        known = {"firstrowhascolumnnames", "timeformat", "timezone", "columnnamemap"}
+        known = {"firstrowhascolumnnames", "timeformat", "timezone", "columnnamemap", "truncatestrings"}
         folded = {str(k).lower(): v for k, v in data.items()}
         unknown = sorted(str(k) for k in data if str(k).lower() not in known)
         if unknown:
             raise CsvLoadError(
-                f"{path}: unknown keys {unknown} (known: firstRowHasColumnNames, timeFormat, timeZone, columnNameMap)"
+                f"{path}: unknown keys {unknown} (known: firstRowHasColumnNames, timeFormat, timeZone, "
+                "columnNameMap, truncateStrings)"
             )
         names = folded.get("columnnamemap")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
@@ -106,7 +118,10 @@ class CsvDescription:
         fmt = folded.get("timeformat")
         if fmt is not None and not isinstance(fmt, str):
             raise CsvLoadError(f"{path}: timeFormat must be a string")
-        desc = cls(header, fmt or None, str(tz), tuple(names) if names is not None else None)
+        truncate = folded.get("truncatestrings", False)
+        if not isinstance(truncate, bool):
+            raise CsvLoadError(f"{path}: truncateStrings must be true or false")
+        desc = cls(header, fmt or None, str(tz), tuple(names) if names is not None else None, truncate)
         desc.check()
         return desc
 
@@ -124,13 +139,15 @@ class CsvDescription:
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What a load wrote: rows and the first/last time (int64 ns UTC, ``None`` if no rows)."""
+    """What a load wrote: rows and the first/last time (int64 ns UTC, ``None`` if no rows), and how
+    many ``string16`` values were cut to 16 characters (only with ``truncate_strings``)."""
 
     key: str
     rows: int
     first: int | None
     last: int | None
     seconds: float
+    truncated: int = 0
 
 
 def go_layout_to_strptime(layout: str) -> str:
@@ -155,22 +172,37 @@ def go_layout_to_strptime(layout: str) -> str:
 
 
 class _Progress:
-    """One self-overwriting stderr line: bytes read of the file and rows parsed."""
+    """A tqdm bar over the file's bytes, with the rows parsed so far (``tqdm.auto``: a widget in
+    a notebook, a text bar on stderr elsewhere)."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
-        self.enabled = enabled
-        self.size = max(path.stat().st_size, 1)
-        self.name = path.name
-        self.last = 0.0
+        from tqdm.auto import tqdm
 
-    def update(self, pos: int, rows: int, *, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not final and now - self.last < 0.2):
-            return
-        self.last = now
-        pct = 100 if final else min(99, pos * 100 // self.size)
-        sys.stderr.write(f"\rloading {self.name}: {pct:3d}% {rows:,} rows" + ("\n" if final else ""))
-        sys.stderr.flush()
+        self.bar = tqdm(total=path.stat().st_size, desc=f"loading {path.name}", unit="B", unit_scale=True,
+                        unit_divisor=1024, disable=not enabled, file=sys.stderr, mininterval=0.2)  # fmt: skip
+        self.pos = 0
+
+    def update(self, pos: int, rows: int) -> None:
+        self.bar.set_postfix_str(f"{rows:,} rows", refresh=False)
+        self.bar.update(pos - self.pos)
+        self.pos = pos
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _interactive() -> bool:
+    """Whether a person is watching: stderr is a terminal, or this runs in a Jupyter kernel (where
+    ``tqdm.auto`` draws a widget)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+@dataclass
+class _Strings:
+    """How ``string16`` values longer than 16 characters are handled, and how many were cut."""
+
+    truncate: bool
+    cut: int = 0
 
 
 @dataclass
@@ -322,7 +354,8 @@ def _bad(message: str, first_line: int, offset: int) -> CsvLoadError:
 
 
 def _parse_chunk(
-    chunk: pd.DataFrame, layout: _Layout, types: dict[str, str], times: _TimeParser, first_line: int, strict: bool
+    chunk: pd.DataFrame, layout: _Layout, types: dict[str, str], times: _TimeParser, first_line: int, strict: bool,
+    strings: _Strings,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Times and typed columns of one chunk; raises :class:`CsvLoadError` at the first bad row."""
     tcols = [chunk[c].to_numpy() for c in layout.time_cols]
@@ -361,7 +394,7 @@ def _parse_chunk(
     out: dict[str, np.ndarray] = {}
     for name, t in types.items():
         raw = chunk[layout.columns[name]]
-        out[name] = _column(name, raw, t, first_line, lines)
+        out[name] = _column(name, raw, t, first_line, lines, strings)
     return ns, out
 
 
@@ -369,7 +402,9 @@ def _line(lines: np.ndarray | None, at: int) -> int:
     return int(lines[at]) if lines is not None else at
 
 
-def _column(name: str, raw: pd.Series, wire: str, first_line: int, lines: np.ndarray | None) -> np.ndarray:
+def _column(
+    name: str, raw: pd.Series, wire: str, first_line: int, lines: np.ndarray | None, strings: _Strings
+) -> np.ndarray:
     dt = WIRE_TYPES[wire]
     values = raw.to_numpy()
     if values.dtype != object:  # typed fast path: pandas already parsed it
@@ -381,8 +416,13 @@ def _column(name: str, raw: pd.Series, wire: str, first_line: int, lines: np.nda
         text = raw.astype(str).str.strip()
         long = (text.str.len() > 16).to_numpy()
         if long.any():
-            at = int(np.argmax(long))
-            raise _bad(f"column {name!r}: {text.iloc[at]!r} is longer than 16 characters", first_line, _line(lines, at))
+            if not strings.truncate:
+                at = int(np.argmax(long))
+                raise _bad(f"column {name!r}: {text.iloc[at]!r} is longer than 16 characters (MarketStore cut such "
+                           "values; to do the same, set truncateStrings or --truncate-strings)",
+                           first_line, _line(lines, at))  # fmt: skip
+            strings.cut += int(long.sum())
+            text = text.str[:16]
         return text.to_numpy().astype(dt)
     if dt.kind == "b":
         low = raw.astype(str).str.strip().str.lower()
@@ -439,6 +479,7 @@ def load_csv(
     create: bool = True,
     chunk_rows: int = 1_000_000,
     progress: bool | None = None,
+    truncate_strings: bool | None = None,
 ) -> LoadResult:
     """Load a CSV file into bucket ``key``, all or nothing.
 
@@ -458,7 +499,11 @@ def load_csv(
     chunk_rows : int
         Lines parsed at a time (bounds the parser's temporary memory, not the staged rows).
     progress : bool, optional
-        Show a progress line on stderr (default: when stderr is a terminal).
+        Show a tqdm progress bar (default: when stderr is a terminal or in a Jupyter kernel).
+    truncate_strings : bool, optional
+        Cut ``string16`` values longer than 16 characters and count them in
+        :attr:`LoadResult.truncated` (default: the description's ``truncateStrings``, else refuse
+        the load at the first such value).
 
     Raises
     ------
@@ -478,16 +523,19 @@ def load_csv(
     existing = _target_types(be, key, create)
     layout = _layout(path, desc, list(existing) if existing is not None else None)
     types = existing if existing is not None else _infer_types(path, layout)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = _interactive() if progress is None else progress
+    truncate = desc.truncate_strings if truncate_strings is None else truncate_strings
+    strings = _Strings(truncate)
     try:
-        index, columns = _parse_file(path, layout, types, desc, chunk_rows, _Progress(path, show), strict=False)
+        index, columns = _parse_file(path, layout, types, desc, chunk_rows, show, strings, strict=False)
     except _Retry:
-        index, columns = _parse_file(path, layout, types, desc, chunk_rows, _Progress(path, show), strict=True)
+        strings = _Strings(truncate)
+        index, columns = _parse_file(path, layout, types, desc, chunk_rows, show, strings, strict=True)
     if existing is None and len(index) == 0:
         raise CsvLoadError(f"{path} has no data rows to create {key!r} from")
     be.write(key, Batch(index, columns))
     first, last = (int(index.min()), int(index.max())) if len(index) else (None, None)
-    return LoadResult(key, len(index), first, last, time.perf_counter() - t0)
+    return LoadResult(key, len(index), first, last, time.perf_counter() - t0, strings.cut)
 
 
 class _Retry(Exception):
@@ -500,7 +548,8 @@ def _parse_file(
     types: dict[str, str],
     desc: CsvDescription,
     chunk_rows: int,
-    bar: _Progress,
+    show: bool,
+    strings: _Strings,
     *,
     strict: bool,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -514,18 +563,19 @@ def _parse_file(
     parts: dict[str, list[np.ndarray]] = {n: [] for n in types}
     rows = 0
     line = layout.header_lines + 1
-    with path.open("rb") as handle:
+    with path.open("rb") as handle, contextlib.closing(_Progress(path, show)) as bar:
         try:
-            for chunk in _read(handle, layout, typed, chunk_rows):
-                if not strict and any(chunk[i].isna().any() for i in typed if chunk[i].dtype.kind == "f"):
-                    raise _Retry  # NaN may be a missing field: let the strict pass decide
-                ns, cols = _parse_chunk(chunk, layout, types, times, line, strict)
-                indexes.append(ns)
-                for n in types:
-                    parts[n].append(cols[n])
-                rows += len(ns)
-                line += len(chunk)
-                bar.update(handle.tell(), rows)
+            with _read(handle, layout, typed, chunk_rows) as reader:  # closes pandas' wrapper of ``handle``
+                for chunk in reader:
+                    if not strict and any(chunk[i].isna().any() for i in typed if chunk[i].dtype.kind == "f"):
+                        raise _Retry  # NaN may be a missing field: let the strict pass decide
+                    ns, cols = _parse_chunk(chunk, layout, types, times, line, strict, strings)
+                    indexes.append(ns)
+                    for n in types:
+                        parts[n].append(cols[n])
+                    rows += len(ns)
+                    line += len(chunk)
+                    bar.update(handle.tell(), rows)
         except pd.errors.ParserError as exc:
             m = re.search(r"line (\d+)", str(exc))
             at = int(m.group(1)) if m else None
@@ -543,7 +593,7 @@ def _parse_file(
             raise CsvLoadError(f"{path}: {exc}; nothing was written") from None
         except UnicodeDecodeError as exc:
             raise CsvLoadError(f"{path} is not UTF-8 text ({exc}); nothing was written") from None
-    bar.update(0, rows, final=True)
+        bar.update(bar.bar.total, rows)
     index = np.concatenate(indexes) if indexes else np.empty(0, np.int64)
     columns = {n: (np.concatenate(p) if p else np.empty(0, WIRE_TYPES[types[n]])) for n, p in parts.items()}
     return index, columns

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend.base import Batch
+from mktsframe.dtypes import nanoseconds_part
 from mktsframe.errors import SchemaMismatchError
+from mktsframe.io import fastpaths
 
 __all__ = ["batch_to_frame", "empty_index", "frame_to_batch"]
 
@@ -63,10 +65,7 @@ def frame_to_batch(df: pd.DataFrame, *, tz: str = "UTC", nanoseconds_column: boo
         ns = epoch.astype(np.int64) * _NS
         skip = ("Epoch",)
         if nanoseconds_column and "Nanoseconds" in names:
-            nanos = df["Nanoseconds"].to_numpy()
-            if nanos.dtype.kind not in "iu" or (nanos.size and (nanos.min() < 0 or nanos.max() >= _NS)):
-                raise SchemaMismatchError("the Nanoseconds column must hold integers in [0, 999999999]")
-            ns = ns + nanos.astype(np.int64)
+            ns = ns + nanoseconds_part(df["Nanoseconds"].to_numpy())
             skip = ("Epoch", "Nanoseconds")
     else:
         raise SchemaMismatchError(
@@ -93,9 +92,10 @@ _NAMES_MAX = 256
 def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
     """The names of ``columns`` and what is wrong with them (duplicates, non-strings) or ``None``.
 
-    Reading a pandas 3 ``str`` index costs ~9 µs even for five names, so the answer is cached.
+    Reading a pandas 3 ``str`` index costs ~9 µs even for five names, so the answer is cached
+    (keyed by the index's data where :func:`fastpaths.index_data` gives it; else not cached).
     """
-    data = getattr(columns, "_data", None)
+    data = fastpaths.index_data(columns)
     if data is not None:
         hit = _NAMES.get(id(data))
         if hit is not None and hit[0] is data:
@@ -117,29 +117,20 @@ def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
 
 def _block_arrays(df: pd.DataFrame, ncols: int) -> list[np.ndarray | None]:
     """Each column's values as a 1-d view of its pandas block where that is a numpy array of a
-    storable kind; ``None`` for the others (and for all if pandas' internals moved)."""
-    out: list[np.ndarray | None] = [None] * ncols
-    try:
-        blocks = df._mgr.blocks
-        for blk in blocks:
-            values = blk.values
-            if isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.kind in "iufb":
-                locs = blk.mgr_locs.indexer
-                positions = range(locs.start, locs.stop, locs.step or 1) if isinstance(locs, slice) else locs.tolist()
-                for j, pos in enumerate(positions):
-                    out[pos] = values[j]
-    except AttributeError:  # pragma: no cover - pandas internals moved: every column takes the slow path
-        return [None] * ncols
-    return out
+    storable kind; ``None`` for the others (for all where the fast path is off)."""
+    fast = fastpaths.block_arrays
+    return fast(df, ncols) if fast is not None else [None] * ncols
 
 
 def _column_values(name: str, df: pd.DataFrame, i: int) -> np.ndarray:
     # ``df[name]`` builds a Series (~20 µs a column); on a 1-row append that is most of the cost,
-    # so look at the column's array directly where pandas offers it.
-    try:
-        arr = df._get_column_array(i)
-    except AttributeError:  # pragma: no cover - pandas internals moved
-        arr = df.iloc[:, i].array
+    # so look at the column's array directly where the fast path allows.
+    fast = fastpaths.column_array
+    if fast is not None:
+        arr = fast(df, i)
+    else:
+        col = df.iloc[:, i]
+        arr = col.to_numpy() if isinstance(col.dtype, np.dtype) else col.array
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "iufbU":
         return arr
     s = df.iloc[:, i]
@@ -165,18 +156,14 @@ _UTC_NS = pd.DatetimeTZDtype("ns", "UTC")
 
 
 def _index(ns: np.ndarray) -> pd.DatetimeIndex:
-    """A UTC ns ``DatetimeIndex`` over ``ns`` without copying it.
+    """A UTC ns ``DatetimeIndex`` named ``Epoch`` over ``ns``: without copying where the fast path is on.
 
-    The public route (``DatetimeIndex(...).tz_localize("UTC")``) copies and converts the whole
-    array — 3.5 ms per million rows, more than reading them. Wrapping the int64 buffer directly
-    is what pandas does internally; if a future pandas moves these internals we fall back.
+    The public route copies the whole array (~250 µs per million rows), more than reading them.
     """
-    values = ns.view("M8[ns]")
-    try:
-        arr = pd.arrays.DatetimeArray._simple_new(values, dtype=_UTC_NS)
-        return pd.DatetimeIndex._simple_new(arr, name="Epoch")
-    except (AttributeError, TypeError):  # pragma: no cover - depends on pandas internals
-        return pd.DatetimeIndex(values, name="Epoch").tz_localize("UTC")
+    fast = fastpaths.utc_index
+    if fast is not None:
+        return fast(ns, "Epoch")
+    return pd.DatetimeIndex(ns.view("M8[ns]"), dtype=_UTC_NS, name="Epoch")
 
 
 def empty_index() -> pd.DatetimeIndex:
@@ -194,20 +181,15 @@ def batch_to_frame(batch: Batch) -> pd.DataFrame:
     Numeric columns skip ``DataFrame(dict)``'s per-column sanitising (220 µs for five columns under
     pandas 3, more than reading a day of bars): the arrays are fresh, 1-d and of the right length,
     so each becomes a block as it is — no copy and no consolidation (which would copy 24 MB for
-    1M bars: +10 ms). Other columns (strings) take the public route.
+    1M bars: +10 ms). Other columns (strings), and every column where the fast path is off
+    (:mod:`mktsframe.io.fastpaths`), take the public route, which does not consolidate either.
     """
     cols = batch.columns
     n = batch.index.shape[0]
     arrays = list(cols.values())
-    if all(isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays):
-        try:
-            from pandas.core.internals.construction import arrays_to_mgr
-
-            mgr = arrays_to_mgr(
-                arrays, _columns_index(tuple(cols))._view(), _index(batch.index), verify_integrity=False,
-                consolidate=False,
-            )
-            return pd.DataFrame._from_mgr(mgr, axes=mgr.axes)
-        except (ImportError, AttributeError, TypeError):  # pragma: no cover - pandas internals moved
-            pass
+    fast = fastpaths.frame_from_arrays
+    if fast is not None and all(
+        isinstance(a, np.ndarray) and a.ndim == 1 and a.shape[0] == n and a.dtype.kind in "iufb" for a in arrays
+    ):
+        return fast(arrays, _columns_index(tuple(cols)), _index(batch.index))
     return pd.DataFrame(dict(cols), index=_index(batch.index), copy=False)

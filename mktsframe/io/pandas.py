@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mktsframe.backend import Backend, default_backend
+from mktsframe.backend.base import Batch
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.functions.resample import read_candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
 from mktsframe.times import TimeLike
 
-__all__ = ["read_mkts", "write_mkts"]
+__all__ = ["read_mkts", "write_many", "write_mkts"]
 
 
 def read_mkts(
@@ -85,34 +86,54 @@ def read_mkts(
     return _combine(results)
 
 
-def _combine(results: dict[str, object]) -> pd.DataFrame:
+def _combine(results: dict[str, Batch]) -> pd.DataFrame:
+    """One frame from several buckets' rows, sorted by time then by the order the keys were named,
+    with a categorical ``Symbol`` column first (and ``Timeframe`` / ``AttributeGroup`` if those vary).
+
+    Built once, by column: each column is the buckets' arrays joined into one numpy array, labels are
+    integer codes into the distinct names (a ``Categorical``), and the time order is one stable sort
+    (or a transpose, when every bucket holds the same bar times, as a cross-section of a universe
+    does). A DataFrame per bucket and a ``concat`` cost ~1 ms a bucket: 5,000 symbols took seconds.
+    """
     keys = list(results)
-    split = [k.split("/") for k in keys]
-    label_cols = {"Symbol": [s[0] for s in split]}
-    if len({s[1] for s in split}) > 1:
-        label_cols["Timeframe"] = [s[1] for s in split]
-    if len({s[2] for s in split}) > 1:
-        label_cols["AttributeGroup"] = [s[2] for s in split]
-    frames = []
-    for i, batch in enumerate(results.values()):
-        df = batch_to_frame(batch)  # type: ignore[arg-type]
-        for j, (name, values) in enumerate(label_cols.items()):
-            df.insert(j, name, pd.Series(values[i], index=df.index, dtype="str"))
-        df.insert(0, "_order", np.full(len(df), i, np.int32))
-        frames.append(df)
-    # Same names *and* types: concatenating an i8 column with an f8 one would silently round it.
-    schemas = [
-        [f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()]  # type: ignore[attr-defined]
-        for b in results.values()
-    ]
-    if any(sc != schemas[0] for sc in schemas):
+    batches = list(results.values())
+    names = list(batches[0].columns)
+    # Same names *and* types: joining an i8 column with an f8 one would silently round it.
+    dtypes = [np.asarray(a).dtype for a in batches[0].columns.values()]
+    if any(list(b.columns) != names or [a.dtype for a in b.columns.values()] != dtypes for b in batches[1:]):
+        schemas = [[f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()] for b in batches]
         raise SchemaMismatchError(
             "symbols in a query must have the same columns (or be filtered by common columns): "
-            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True))
+            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True) if sc != schemas[0])
+            + f" (the first, {keys[0]}: {schemas[0]})"
         )
-    out = pd.concat(frames)
-    order = np.lexsort((out["_order"].to_numpy(), out.index.asi8))
-    out = out.iloc[order].drop(columns="_order")
+    lengths = np.fromiter((len(b) for b in batches), np.int64, len(batches))
+    which = np.arange(len(batches), dtype=np.int32)
+    first = batches[0].index
+    if lengths.min() == lengths.max() and (np.stack([b.index for b in batches]) == first).all():
+        # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
+        index = np.repeat(first, len(batches))
+        cols = {n: np.stack([b.columns[n] for b in batches]).T.reshape(-1) for n in names}
+        which = np.tile(which, first.shape[0])
+    else:
+        index = np.concatenate([b.index for b in batches])
+        cols = {n: np.concatenate([b.columns[n] for b in batches]) for n in names}
+        which = np.repeat(which, lengths)
+        if index.shape[0] > 1 and not (index[1:] >= index[:-1]).all():
+            order = np.argsort(index, kind="stable")  # ties keep the order named (and ticks their arrival)
+            index, which = index[order], which[order]
+            cols = {n: c[order] for n, c in cols.items()}
+    out = batch_to_frame(Batch(index, cols))
+    parts = list(zip(*(k.split("/") for k in keys), strict=True))
+    pos = 0
+    for label, values in zip(("Symbol", "Timeframe", "AttributeGroup"), parts, strict=True):
+        distinct = list(dict.fromkeys(values))
+        if label != "Symbol" and len(distinct) == 1:
+            continue
+        code_of = {v: i for i, v in enumerate(distinct)}
+        codes = np.array([code_of[v] for v in values], np.int32)[which]
+        out.insert(pos, label, pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object)))
+        pos += 1
     out.attrs["mkts_key"] = ",".join(keys)
     return out
 
@@ -135,3 +156,23 @@ def write_mkts(
     """
     be = backend if backend is not None else default_backend()
     be.write(key, frame_to_batch(df, nanoseconds_column=variable_length), variable_length=variable_length)
+
+
+def write_many(
+    frames: Mapping[str, pd.DataFrame] | Sequence[tuple[str, pd.DataFrame]],
+    *,
+    variable_length: bool = False,
+    backend: Backend | None = None,
+) -> None:
+    """Store several frames, each in its bucket, as **one** durable commit: ``{key: df, ...}``.
+
+    A live feed that writes a bar to every symbol of a universe each minute pays one log sync
+    instead of one per symbol, and a crash keeps all of the call or none of it. Every frame is
+    checked before anything is written: a bad one fails the call with nothing stored. Each bucket
+    behaves as with :func:`write_mkts` (created if missing, ``variable_length`` making new buckets
+    tick buckets). Over HTTP, frames with the same columns travel in one request.
+    """
+    be = backend if backend is not None else default_backend()
+    pairs = list(frames.items()) if isinstance(frames, Mapping) else list(frames)
+    be.write_many([(key, frame_to_batch(df, nanoseconds_column=variable_length)) for key, df in pairs],
+                  variable_length=variable_length)  # fmt: skip

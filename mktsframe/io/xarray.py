@@ -37,7 +37,8 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from mktsframe.backend import Backend, connect
-from mktsframe.keys import parse_key, parse_key_pattern
+from mktsframe.backend.base import Batch
+from mktsframe.keys import join_keys, parse_key, parse_key_pattern
 from mktsframe.times import TimeLike, to_ns
 
 __all__ = ["MktsBackendEntrypoint", "open_mkts_dataset"]
@@ -154,13 +155,12 @@ class MktsColumnArray(BackendArray):
         if len(rows) and len(syms):
             lo, hi = min(rows[0], rows[-1]), max(rows[0], rows[-1])
             start, end = self.t0 + lo * self.step, self.t0 + hi * self.step
-            be = self.source.backend()
+            wanted = [self.keys[s] for s in syms if self.present[s]]
+            got = _query_many(self.source.backend(), wanted, start=_at(start), end=_at(end), columns=[self.column])
             for j, s in enumerate(syms):
                 if not self.present[s]:
                     continue
-                (batch,) = be.query(
-                    self.keys[s], start=_at(start), end=_at(end), columns=[self.column]
-                ).values()
+                batch = got[self.keys[s]]
                 slot = (batch.index - self.t0) // self.step - rows.start
                 stride = rows.step
                 ok = slot % abs(stride) == 0
@@ -292,6 +292,15 @@ def _expand_keys(backend: Backend, keys: str | Sequence[str]) -> list[str]:
     return list(out)
 
 
+def _query_many(backend: Backend, keys: Sequence[str], **kw: Any) -> dict[str, Batch]:
+    """Each of ``keys`` (canonical) queried with ``kw``, in a few multi-symbol queries
+    (:func:`~mktsframe.keys.join_keys`) instead of one per symbol: a universe is thousands."""
+    out: dict[str, Batch] = {}
+    for q in join_keys(keys) if keys else ():
+        out.update(backend.query(q, **kw))
+    return out
+
+
 def _at(ns: int | None) -> np.datetime64 | None:
     """A time for ``Backend.query`` (a bare int near 1970 would read as epoch seconds)."""
     return None if ns is None else np.datetime64(ns, "ns")
@@ -334,8 +343,9 @@ def _build(
     # Schemas from an empty query (limit=0 reads no year file).
     schemas: list[dict[str, np.dtype[Any]]] = []
     ticks: list[str] = []
+    empty = _query_many(backend, names, limit=0)
     for k in names:
-        (batch,) = backend.query(k, limit=0).values()
+        batch = empty[k]
         schemas.append({c: np.asarray(a).dtype for c, a in batch.columns.items()})
         ticks += [k] if batch.variable_length else []
     all_columns = _chosen_columns(names, schemas, columns, drop_variables)
@@ -452,14 +462,17 @@ def _extent(
         return _floor(lo, step), _floor(hi, step)
     firsts: list[int] = []
     lasts: list[int] = []
+    by_first_column: dict[str, list[str]] = {}
     for k, schema in zip(names, schemas, strict=True):
-        cols = list(schema)[:1]
+        by_first_column.setdefault(next(iter(schema), ""), []).append(k)
+    for column, group in by_first_column.items():  # one query per first column, not one per symbol
+        cols = [column] if column else None
         if lo is None:
-            (b,) = backend.query(k, end=_at(hi), columns=cols, limit=1, limit_from_start=True).values()
-            firsts += [int(b.index[0])] if len(b) else []
+            got = _query_many(backend, group, end=_at(hi), columns=cols, limit=1, limit_from_start=True)
+            firsts += [int(b.index[0]) for b in got.values() if len(b)]
         if hi is None:
-            (b,) = backend.query(k, start=_at(lo), columns=cols, limit=1).values()
-            lasts += [int(b.index[-1])] if len(b) else []
+            got = _query_many(backend, group, start=_at(lo), columns=cols, limit=1)
+            lasts += [int(b.index[-1]) for b in got.values() if len(b)]
     first = _floor(lo, step) if lo is not None else (min(firsts) if firsts else None)
     last = _floor(hi, step) if hi is not None else (max(lasts) if lasts else None)
     return first, last

@@ -41,7 +41,7 @@ from mktsframe.backend import nmds
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.config import Config
-from mktsframe.dtypes import WIRE_TYPES, coerce_column
+from mktsframe.dtypes import WIRE_TYPES, coerce_column, nanoseconds_part
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import (
     BucketExistsError,
@@ -241,12 +241,16 @@ class Service:
             raise CallError(Status.UNAVAILABLE, _NOT_QUERYABLE, "MktsError")
 
     def _time(self, req: Mapping[str, Any], which: str) -> int | None:
-        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's zone-aware ``mkts_<which>`` → ns."""
+        """``epoch_<which>`` (+ ``_nanos``) or mktsframe's time text ``mkts_<which>`` → ns.
+
+        Zone-less text is UTC, as everywhere in mktsframe; the ``timezone`` setting only labels
+        replies (pymarketstore localises its DataFrames to it) and never shifts a bound.
+        """
         text = req.get(f"mkts_{which}")
         if text is not None:
             if not isinstance(text, str) or len(text) > 64:
                 raise _param_error(f"mkts_{which} must be a time string")
-            return to_ns(text, tz=self.config.timezone, name=which)
+            return to_ns(text, name=which)
         secs = req.get(f"epoch_{which}")
         if secs is None:
             return None
@@ -452,14 +456,33 @@ class Service:
     def write(self, params: dict[str, Any]) -> dict[str, Any]:
         """``DataService.Write``: ``{responses: None}`` if all succeed, else only the failures."""
         errors = []
-        for i, req in enumerate(self._requests(params)):
+        requests = self._requests(params)
+        if params.get("mkts_atomic") is True and len(requests) > 1:
+            # mktsframe's write_many over several datasets (buckets of different columns): one
+            # commit for all of them, or nothing (MarketStore's clients never send the flag).
             try:
-                self._write_one(i, req)
+                planned = [item for i, req in enumerate(requests) for item in self._plan_write(i, req)]
+                self._commit_write(planned)
+            except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
+                errors.append(self._fail(exc))
+            return {"responses": errors or None}
+        for i, req in enumerate(requests):
+            try:
+                self._commit_write(self._plan_write(i, req))
             except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 errors.append(self._fail(exc))
         return {"responses": errors or None}
 
-    def _write_one(self, i: int, req: Mapping[str, Any]) -> None:
+    def _commit_write(self, planned: list[tuple[str, Batch, bool]]) -> None:
+        """Store what :meth:`_plan_write` checked: several keys as one commit, all or nothing."""
+        if len(planned) == 1:
+            (key, batch, ticks), = planned
+            self.backend.write(key, batch, variable_length=ticks)
+        elif planned:  # ``ticks`` only matters for buckets the write creates, where it is the request's flag
+            self.backend.write_many([(key, batch) for key, batch, _ in planned],
+                                    variable_length=any(t for _, _, t in planned))  # fmt: skip
+
+    def _plan_write(self, i: int, req: Mapping[str, Any]) -> list[tuple[str, Batch, bool]]:
         """One WriteRequest. ``is_variable_length`` (MarketStore's flag) makes a missing bucket a tick
         bucket and, as there, takes the ``Nanoseconds`` column as the sub-second part of each row's
         time; into an existing tick bucket ``Nanoseconds`` is always read that way. mktsframe's
@@ -489,8 +512,7 @@ class Service:
             else:
                 batch = _conform(key, batch, found.dtypes)
             planned.append((key, batch, ticks))
-        for key, batch, ticks in planned:
-            self.backend.write(key, batch, variable_length=ticks)
+        return planned
 
     # -- Create / Destroy -----------------------------------------------------------------------
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -521,8 +543,9 @@ class Service:
                     raise SchemaMismatchError(f"unexpected data type for Epoch column: {tstr!r} (must be i8)")
                 continue
             if name == "Nanoseconds" and variable:  # part of each tick's time, not a stored column
-                if wt != "i4":
-                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (must be i4)")
+                if wt[0] not in "iu":
+                    raise SchemaMismatchError(f"unexpected data type for Nanoseconds column: {tstr!r} (an integer "
+                                              "type: i4 as MarketStore, or any other)")  # fmt: skip
                 continue
             columns.append((name, wt))
         with self._ddl_lock:
@@ -670,14 +693,12 @@ def _conform(key: str, batch: Batch, schema: Mapping[str, np.dtype]) -> Batch:
 
 
 def _fold_nanoseconds(batch: Batch) -> Batch:
-    """Add a ``Nanoseconds`` column (int32, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
+    """Add a ``Nanoseconds`` column (any integer type, 0 ≤ n < 10⁹) to the index and drop it from the columns."""
     nanos = batch.columns.get("Nanoseconds")
     if nanos is None:
         return batch
-    if nanos.size and (int(nanos.min()) < 0 or int(nanos.max()) >= NS):
-        raise SchemaMismatchError("Nanoseconds values must be in [0, 999999999] (the sub-second part of Epoch)")
     cols = {n: v for n, v in batch.columns.items() if n != "Nanoseconds"}
-    return Batch(batch.index + nanos.astype(np.int64), cols)
+    return Batch(batch.index + nanoseconds_part(nanos), cols)
 
 
 def _index_ns(value: object, length: int) -> np.ndarray | None:

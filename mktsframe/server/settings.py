@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -53,21 +53,33 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, **overrides)
 
 
+#: Settings this server accepts but does not honour: whether each is set, and why it has no effect.
+#: ``tests/server/test_settings_truth.py`` checks that each really changes nothing.
+_UNSUPPORTED: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
+    ("utilities_url", lambda c: bool(c.utilities_url),
+     "no separate listener; /heartbeat is always served on the main port"),
+    ("init_catalog", lambda c: not c.init_catalog,
+     "ignored; the catalog is always read lazily, one bucket at a time"),
+    ("replication", lambda c: bool(c.replication), "WAL replication is not implemented"),
+    ("enable_last_known", lambda c: c.enable_last_known, "never implemented by MarketStore either; ignored"),
+    ("stale_threshold", lambda c: c.stale_threshold is not None,
+     "never implemented by MarketStore either; ignored"),
+)  # fmt: skip
+
+
 def unsupported_settings(config: Config) -> list[str]:
-    """Settings this server accepts but cannot honour yet, each with the reason (logged at start)."""
+    """``"key: why"`` for each setting in ``config`` that this server accepts but does not honour
+    (logged as a warning at start). Honoured settings are never listed; see :func:`setting_notes`."""
+    return [f"{key}: {why}" for key, is_set, why in _UNSUPPORTED if is_set(config)]
+
+
+def setting_notes(config: Config) -> list[str]:
+    """What honoured settings with consequences an operator must know do (logged as warnings)."""
     out = []
-    if config.utilities_url:
-        out.append("utilities_url: /heartbeat is always served on the main port; no separate listener")
     if config.wal_bypass:
-        out.append("wal_bypass: ignored; every write goes through the write-ahead log")
-    if not config.init_catalog:
-        out.append("init_catalog: ignored; the catalog is read lazily per bucket")
-    if config.triggers or config.bgworkers:
-        out.append("triggers/bgworkers: plugins are not implemented yet")
-    if config.replication:
-        out.append("replication: not implemented yet")
-    if config.enable_last_known or config.stale_threshold is not None:
-        out.append("enable_last_known/stale_threshold: never implemented by MarketStore either; ignored")
+        out.append("wal_bypass: writes skip the write-ahead log and reach the data files directly; they are "
+                   "flushed only at checkpoints and shutdown, so a crash can lose or tear anything written "
+                   "since the last checkpoint (meant for one-off bulk loads)")  # fmt: skip
     return out
 
 
@@ -142,7 +154,9 @@ def serve(config: Config) -> None:
     )
     give_back_large_blocks()
     for reason in unsupported_settings(config):
-        log.warning("mkts.yml %s", reason)
+        log.warning("mkts.yml %s (not supported)", reason)
+    for note in setting_notes(config):
+        log.warning("mkts.yml %s", note)
     log.info("mktsframe server: root %s, http://%s:%d/rpc", config.root_path(), host, config.listen_port)
     _Server(uv_config).run()
 

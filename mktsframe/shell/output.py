@@ -1,4 +1,5 @@
-"""Result tables as MarketStore's ``connect`` shell prints them, and as CSV for ``\\o FILE``.
+"""Result tables as MarketStore's ``connect`` shell prints them, and as CSV for ``\\o FILE``
+(our re-loadable CSV, or with ``\\o FILE show`` MarketStore's own ``\\o`` layout).
 
 MarketStore's layout: a rule of ``=`` per column (29 wide for ``Epoch``, 10 for the others, each
 followed by two spaces), the column names (``Epoch`` right-aligned, others left-aligned), another
@@ -16,7 +17,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-__all__ = ["format_table", "go_time", "write_csv"]
+__all__ = ["format_table", "go_time", "write_csv", "write_show_csv"]
 
 EPOCH_WIDTH = 29
 MIN_WIDTH = 10
@@ -97,4 +98,22 @@ def write_csv(df: pd.DataFrame, out: IO[str], *, header: bool) -> None:
     for r in range(len(df)):
         row = [str(epochs[r])] if epochs is not None else []
         row += [cells[r] for _, cells in columns]
+        writer.writerow(row)
+
+
+def write_show_csv(df: pd.DataFrame, out: IO[str], *, ticks: bool) -> None:
+    """Rows in MarketStore's ``\\o`` layout, for scripts that diff its output: no header, ``Epoch``
+    as Go prints it (``2016-12-30 21:37:57 +0000 UTC``, whole seconds), then the columns, and for
+    tick buckets (``ticks``) a trailing ``Nanoseconds`` field: the sub-second part of each time."""
+    writer = csv.writer(out, lineterminator="\n")
+    columns = _columns(df)
+    ns = df.index.as_unit("ns").asi8 if isinstance(df.index, pd.DatetimeIndex) else None
+    for r in range(len(df)):
+        row = []
+        if ns is not None:
+            secs, nanos = divmod(int(ns[r]), 1_000_000_000)
+            row.append(go_time(secs * 1_000_000_000 if ticks else int(ns[r])))
+        row += [cells[r] for _, cells in columns]
+        if ns is not None and ticks:
+            row.append(str(nanos))
         writer.writerow(row)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from mktsframe.backend.base import Backend
 from mktsframe.errors import MktsError
-from mktsframe.shell.output import format_table, go_time, write_csv
+from mktsframe.shell.output import format_table, go_time, write_csv, write_show_csv
 from mktsframe.times import to_ns
 
 __all__ = ["MktsShell", "parse_shape"]
@@ -45,12 +45,12 @@ _SHOW_WORDS = {"between", "and"}
 HELP = {
     "help": """Commands (prefix matches, e.g. \\sh for \\show); any other line is SQL:
   \\create KEY SHAPE fixed|variable   create a bucket (\\help create)
-  \\load KEY FILE.csv [DESC.yaml]    load a CSV file into an existing bucket (all or nothing)
+  \\load KEY FILE.csv [DESC.yaml]    load a CSV file into an existing bucket (all or nothing; \\help load)
   \\show KEY START [END] [csv]       print rows from START (to END); csv writes mstore-csv-output.csv
   \\getinfo KEY                      schema, extent and size of a bucket
   \\trim KEY START [END]             delete rows from START (to END), inclusive
   \\destroy KEY                      remove a bucket and all its data
-  \\o [FILE]                         send results to FILE as CSV (no FILE: back to the terminal)
+  \\o [FILE [show]]                  send results to FILE as CSV (show: MarketStore's layout; no FILE: terminal)
   \\timing                           toggle printing of elapsed time
   \\help [COMMAND], \\?               this help;  \\q, \\quit, \\stop, exit: leave
 SQL: SELECT cols | count(*) | candlecandler('5Min', Open, High, Low, Close, Sum::Volume) FROM `SYM/TF/AG`
@@ -60,18 +60,24 @@ SQL: SELECT cols | count(*) | candlecandler('5Min', Open, High, Low, Close, Sum:
   Open,High,Low,Close/float32:Volume/int64
   Types: """
     + ", ".join(TYPE_NAMES),
-    "load": """\\load KEY FILE.csv [DESC.yaml]
+    "load": """\\load KEY FILE.csv [DESC.yaml] [--truncate-strings]
   Loads into an existing bucket. Without DESC.yaml the first row must name the columns
   (Epoch, or Epoch-date and Epoch-time, plus the bucket's columns). DESC.yaml keys:
   firstRowHasColumnNames, timeFormat (Go layout such as "20060102 15:04:05", or "timestamp"),
-  timeZone (e.g. "US/Eastern"), columnNameMap ([Epoch, Open, ...], names by position).""",
+  timeZone (e.g. "US/Eastern"), columnNameMap ([Epoch, Open, ...], names by position),
+  truncateStrings (true: as --truncate-strings). string16 values longer than 16 characters
+  stop the load unless --truncate-strings cuts them (the count is reported).""",
     "show": """\\show KEY START [END] [csv]
   Times: 2006-01-02, 2006-01-02T15:04, 2006-01-02 15:04:05 (quoted), or ISO 8601; UTC.
   The words 'between' and 'and' are ignored.""",
     "trim": "\\trim KEY START [END]\n  Deletes the rows of KEY from START (to END), inclusive.",
     "destroy": "\\destroy KEY\n  Removes the bucket and all its data.",
     "getinfo": "\\getinfo KEY\n  Latest year, record type, timeframe, columns, rows, first/last time, disk size.",
-    "o": "\\o [FILE]\n  Sends the results of the following commands to FILE as CSV; \\o alone returns to the terminal.",
+    "o": """\\o [FILE [show]]
+  Sends the results of the following commands to FILE as CSV that \\load reads back (a header,
+  then Epoch as 2006-01-02 15:04:05[.f] UTC); \\o alone returns to the terminal. With 'show',
+  MarketStore's \\o layout instead: no header, Epoch as 2016-12-30 21:37:57 +0000 UTC, and for
+  tick buckets a trailing Nanoseconds field.""",
     "timing": "\\timing\n  Toggles printing of the elapsed time of each command.",
 }
 
@@ -129,6 +135,7 @@ class MktsShell(cmd.Cmd):
         self.timing = False
         self.failures = 0
         self.output: Path | None = None
+        self.output_show = False  # \o FILE show: MarketStore's layout instead of our re-loadable CSV
         self._keys: list[str] | None = None
         self._handlers: dict[str, Callable[[list[str]], bool | None]] = {
             "create": self.cmd_create, "destroy": self.cmd_destroy, "getinfo": self.cmd_getinfo,
@@ -195,12 +202,26 @@ class MktsShell(cmd.Cmd):
     def _key(self, text: str) -> str:
         return text.split(":", 1)[0]
 
+    def _ticks(self, df: pd.DataFrame) -> bool:
+        """Whether ``df`` holds ticks: it was read from a tick bucket, or (a SQL result, which names
+        no bucket) its times have a sub-second part."""
+        keys = [k for k in str(df.attrs.get("mkts_key") or "").split(",") if k]
+        try:
+            if keys:
+                return any(self.backend.info(k).record_type == "variable" for k in keys)
+        except MktsError:
+            pass
+        return isinstance(df.index, pd.DatetimeIndex) and bool((df.index.as_unit("ns").asi8 % 1_000_000_000).any())
+
     def emit(self, df: pd.DataFrame) -> None:
         """Print a result, or append it to the ``\\o`` file as CSV."""
         if self.output is not None:
             new = not self.output.exists() or self.output.stat().st_size == 0
             with self.output.open("a", encoding="utf-8", newline="") as f:
-                write_csv(df, f, header=new)
+                if self.output_show:
+                    write_show_csv(df, f, ticks=self._ticks(df))
+                else:
+                    write_csv(df, f, header=new)
             return
         if len(df) == 0:
             self.say("No results")
@@ -256,13 +277,17 @@ class MktsShell(cmd.Cmd):
     def cmd_load(self, args: list[str]) -> None:
         from mktsframe.io.csv_loader import load_csv
 
+        truncate = "--truncate-strings" in args
+        args = [a for a in args if a != "--truncate-strings"]
         if len(args) not in (2, 3):
-            raise ValueError("usage: \\load KEY FILE.csv [DESC.yaml]")
+            raise ValueError("usage: \\load KEY FILE.csv [DESC.yaml] [--truncate-strings]")
         key = self._key(args[0])
         result = load_csv(
             key, Path(args[1]).expanduser(), Path(args[2]).expanduser() if len(args) == 3 else None,
-            backend=self.backend, create=False, progress=self.interactive,
+            backend=self.backend, create=False, progress=self.interactive, truncate_strings=True if truncate else None,
         )  # fmt: skip
+        if result.truncated:
+            self.say(f"{result.truncated} string values longer than 16 characters were cut to 16")
         if result.rows:
             self.say(f"{result.rows} new lines written")
             span = (go_time(t) if t is not None else "?" for t in (result.first, result.last))
@@ -311,14 +336,15 @@ class MktsShell(cmd.Cmd):
         self.say(f"Removed {n} rows from {key}")
 
     def cmd_output(self, args: list[str]) -> None:
-        if len(args) > 1:
-            raise ValueError("usage: \\o [FILE]")
+        if len(args) > 2 or (len(args) == 2 and args[1].lower() != "show"):
+            raise ValueError("usage: \\o [FILE [show]]")
         if not args:
             self.output = None
             return
         path = Path(args[0]).expanduser()
         path.write_text("", encoding="utf-8")  # start the file afresh, fail now if it cannot be written
         self.output = path
+        self.output_show = len(args) == 2
 
     def cmd_timing(self, args: list[str]) -> None:
         self.timing = not self.timing

@@ -2,8 +2,8 @@
 
 Works with any backend (a local root or a server URL), since it only calls the
 :class:`~mktsframe.backend.base.Backend` protocol through :func:`mktsframe.read_mkts`. The chart
-is inline SVG (candles when the bucket has Open/High/Low/Close, else a line), so it renders in
-any Jupyter front end without JavaScript or network access.
+is :class:`~mktsframe.widgets.chart.CandleChart` (candles when the bucket has
+Open/High/Low/Close, else a line; volume below; zoom, pan, hover); the table is pandas' own HTML.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import pandas as pd
 from mktsframe.backend import Backend, connect
 from mktsframe.errors import MktsError
 from mktsframe.io.pandas import read_mkts
-from mktsframe.widgets.html import error_html, table_html
-from mktsframe.widgets.svg_chart import chart_svg
+from mktsframe.widgets.chart import CandleChart
+from mktsframe.widgets.html import error_html, table_html, table_widget
 
 __all__ = ["SymbolBrowser"]
 
@@ -32,7 +32,8 @@ class SymbolBrowser(widgets.VBox):
     backend : Backend or str
         An open backend, or a data root / server URL to connect to.
     max_rows : int
-        The most recent bars shown in the range (table and chart).
+        The most recent bars read from the range (the chart coarsens them to fit its width;
+        the table shows the newest 50).
 
     Attributes
     ----------
@@ -40,7 +41,7 @@ class SymbolBrowser(widgets.VBox):
         The bars currently shown (UTC ``DatetimeIndex``).
     """
 
-    def __init__(self, backend: Backend | str, *, max_rows: int = 200) -> None:
+    def __init__(self, backend: Backend | str, *, max_rows: int = 5000) -> None:
         self.backend = connect(backend) if isinstance(backend, str) else backend
         self.frame: pd.DataFrame | None = None
         self.key = widgets.Dropdown(options=self.backend.list_keys(), description="Key")
@@ -49,8 +50,8 @@ class SymbolBrowser(widgets.VBox):
         self.chart_kind = widgets.ToggleButtons(options=["candles", "line"], value="candles")
         self.max_rows = widgets.BoundedIntText(value=max_rows, min=1, max=100_000, description="Rows")
         self.status = widgets.HTML()
-        self.chart = widgets.HTML()
-        self.table = widgets.HTML()
+        self.chart = CandleChart()
+        self.table = table_widget()
         self._quiet = False
         super().__init__(
             [
@@ -61,8 +62,10 @@ class SymbolBrowser(widgets.VBox):
                 self.table,
             ]
         )
+        self.add_class("mkts-browser")
         self.key.observe(self._key_changed, names="value")
-        for w in (self.start, self.end, self.chart_kind, self.max_rows):
+        self.chart_kind.observe(self._kind_changed, names="value")
+        for w in (self.start, self.end, self.max_rows):
             w.observe(lambda _change: self.refresh(), names="value")
         if self.key.value is not None:
             self._key_changed({"new": self.key.value})
@@ -92,6 +95,11 @@ class SymbolBrowser(widgets.VBox):
             self._quiet = False
         self.refresh()
 
+    def _kind_changed(self, change: dict[str, Any]) -> None:
+        """Candles or line: the same rows, drawn again (no new query)."""
+        if self.frame is not None:
+            self.chart.show(self.frame, kind=change["new"])
+
     def refresh(self) -> None:
         """Query the selected key and range, then redraw the table and the chart."""
         if self._quiet or self.key.value is None:
@@ -116,12 +124,13 @@ class SymbolBrowser(widgets.VBox):
         if len(df):
             title += f" from {df.index[0]:%Y-%m-%d %H:%M:%S} to {df.index[-1]:%Y-%m-%d %H:%M:%S} UTC"
         self.status.value = escape(title)
-        self.chart.value = chart_svg(df, title, self.chart_kind.value)
+        self.chart.show(df, self.key.value, self.chart_kind.value)
         self.table.value = table_html(df)
 
     def _error(self, exc: Exception) -> None:
         self.frame = None
-        self.chart.value = self.table.value = ""
+        self.chart.show(pd.DataFrame(index=pd.DatetimeIndex([], tz="UTC")), "")
+        self.table.value = ""
         self.status.value = error_html(exc)
 
 

@@ -2,8 +2,8 @@
 
 Works with any backend (a local root or a server URL): it only calls ``backend.subscribe`` (see
 :mod:`mktsframe.streaming`). The chart and table are the symbol browser's
-(:func:`~mktsframe.widgets.svg_chart.chart_svg`, :func:`~mktsframe.widgets.html.table_html`):
-inline SVG and HTML, so they render in any Jupyter front end, offline and headless.
+(:class:`~mktsframe.widgets.chart.CandleChart`, :func:`~mktsframe.widgets.html.table_html`):
+a zoom the user chose is kept across redraws.
 
 Threads: one daemon thread per started view drains the subscription (all pending messages at
 once), updates the kept rows and redraws at most every ``interval`` seconds. Only that thread
@@ -29,8 +29,8 @@ from mktsframe.streaming import Subscription
 from mktsframe.streaming.messages import NS, Message
 from mktsframe.streaming.patterns import stream_list
 from mktsframe.times import TimeLike, to_ns
-from mktsframe.widgets.html import error_html, table_html
-from mktsframe.widgets.svg_chart import chart_svg
+from mktsframe.widgets.chart import CandleChart
+from mktsframe.widgets.html import error_html, table_html, table_widget
 
 __all__ = ["LiveView"]
 
@@ -144,9 +144,10 @@ class LiveView(widgets.VBox):
         self.chart_kind = widgets.ToggleButtons(options=["candles", "line"], value="candles")
         self.running = widgets.ToggleButton(value=False, description="Live", icon="play")
         self.status = widgets.HTML()
-        self.chart = widgets.HTML()
-        self.table = widgets.HTML()
+        self.chart = CandleChart()
+        self.table = table_widget()
         super().__init__([widgets.HBox([self.key, self.chart_kind, self.running]), self.status, self.chart, self.table])
+        self.add_class("mkts-live")
         self.key.observe(self._key_chosen, names="value")
         self.chart_kind.observe(lambda _change: self.redraw(), names="value")
         self.running.observe(self._toggled, names="value")
@@ -287,14 +288,15 @@ class LiveView(widgets.VBox):
         if self.key.value != key:
             self.key.value = key
         if key is None:
-            self.chart.value = self.table.value = ""
+            self.chart.show(KeptRows(1).frame(), "")
+            self.table.value = ""
             self.frame = None
         else:
             df = self._kept[key].frame()
             title = f"{key}: last {len(df)} rows"
             if len(df):
                 title += f" to {df.index[-1]:%Y-%m-%d %H:%M:%S} UTC"
-            self.chart.value = chart_svg(df, title, self.chart_kind.value)
+            self.chart.show(df, title, self.chart_kind.value)
             self.table.value = table_html(df)
             self.frame = df  # last: whoever sees the new frame sees its table and chart too
         self._show_status()

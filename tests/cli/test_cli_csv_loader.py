@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -113,11 +114,45 @@ def test_chunked_load_matches_a_single_chunk(db, tmp_path) -> None:
     pd.testing.assert_frame_equal(a, b, check_like=False)
 
 
-def test_progress_line_goes_to_stderr(db, tmp_path, capsys) -> None:
+def test_progress_bar_goes_to_stderr(db, tmp_path, capsys) -> None:
     db.create(KEY, OHLCV)
-    load_csv(KEY, write(tmp_path, "bars.csv", HEADER + rows(3)), backend=db, progress=True)
+    path = write(tmp_path, "bars.csv", HEADER + rows(300))
+    load_csv(KEY, path, backend=db, progress=True, chunk_rows=100)
     err = capsys.readouterr().err
-    assert "loading bars.csv: 100% 3 rows" in err
+    final = err.split("\r")[-1]  # tqdm redraws its line; the last state stays
+    assert final.startswith("loading bars.csv: 100%|")
+    assert "12.8k/12.8k" in final  # the whole file, in bytes
+    assert final.rstrip().endswith("300 rows]")
+    load_csv(KEY, path, backend=db, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+STRINGS = [("Name", "U16"), ("Px", "f8")]
+LONG = HEADER.split(",")[0] + ",Name,Px\n" + "2024-01-02 09:30:00,short,1\n2024-01-02 09:31:00,{},2\n" \
+       "2024-01-02 09:32:00,{},3\n".format("x" * 17, "añ€😀" * 5)  # fmt: skip
+
+
+def test_long_strings_are_refused_by_default(db, tmp_path) -> None:
+    db.create(KEY, STRINGS)
+    with pytest.raises(CsvLoadError, match=r"line 3: column 'Name': 'xxxxxxxxxxxxxxxxx' is longer than 16 characters"):
+        load_csv(KEY, write(tmp_path, "s.csv", LONG), backend=db, progress=False)
+    assert mktsframe.read_mkts(KEY, backend=db).empty  # nothing was written
+
+
+def test_long_strings_are_cut_when_asked(db, tmp_path) -> None:
+    db.create(KEY, STRINGS)
+    result = load_csv(KEY, write(tmp_path, "s.csv", LONG), backend=db, progress=False, truncate_strings=True)
+    assert (result.rows, result.truncated) == (3, 2)
+    assert mktsframe.read_mkts(KEY, backend=db)["Name"].tolist() == ["short", "x" * 16, ("añ€😀" * 5)[:16]]
+    # the same through the description file (MarketStore-style camelCase key)
+    desc = write(tmp_path, "d.yaml", "firstRowHasColumnNames: true\ntruncateStrings: true\n")
+    db.create("T2/1Min/OHLCV", STRINGS)
+    assert load_csv("T2/1Min/OHLCV", tmp_path / "s.csv", desc, backend=db, progress=False).truncated == 2
+    # an explicit False wins over the file
+    with pytest.raises(CsvLoadError, match="longer than 16"):
+        load_csv("T2/1Min/OHLCV", tmp_path / "s.csv", desc, backend=db, progress=False, truncate_strings=False)
+    with pytest.raises(CsvLoadError, match="truncateStrings must be true or false"):
+        CsvDescription.from_yaml(write(tmp_path, "bad.yaml", "truncateStrings: maybe\n"))
 
 
 def test_marketstore_description_no_header_timezone_and_microsecond_suffix(db, tmp_path) -> None:
@@ -213,3 +248,47 @@ def test_python_and_command_line_entry_points(tmp_path) -> None:
     assert "line 3: cannot read time 'x'" in out.stderr
     with mktsframe.connect(root) as db:
         assert db.info(KEY).rows == 4
+
+
+def test_truncate_strings_flag_on_the_command_line_and_in_the_shell(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from mktsframe.shell import MktsShell
+
+    path = write(tmp_path, "s.csv", LONG)
+    root = tmp_path / "root"
+    with mktsframe.connect(root) as db:
+        db.create(KEY, STRINGS)
+    cmd = [sys.executable, "-m", "mktsframe.cli", "load", KEY, str(path), "--dir", str(root), "--no-create"]
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2
+    assert "longer than 16 characters" in refused.stderr
+    cut = subprocess.run([*cmd, "--truncate-strings"], capture_output=True, text=True, timeout=120, check=True)
+    assert "3 rows written" in cut.stdout
+    assert "2 string values longer than 16 characters were cut to 16" in cut.stdout
+    with mktsframe.connect(root) as db:
+        db.create("T2/1Min/OHLCV", STRINGS)
+        out, err = io.StringIO(), io.StringIO()
+        script = f"\\load T2/1Min/OHLCV {path}\n\\load T2/1Min/OHLCV {path} --truncate-strings\n"
+        MktsShell(db, "test", stdin=io.StringIO(script), stdout=out, stderr=err).cmdloop()
+        assert "longer than 16 characters" in err.getvalue()
+        assert "2 string values longer than 16 characters were cut to 16\n3 new lines written" in out.getvalue()
+        assert mktsframe.read_mkts("T2/1Min/OHLCV", backend=db)["Name"].str.len().max() == 16
+
+
+@pytest.mark.timeout(120)
+def test_progress_is_a_widget_in_a_notebook(tmp_path) -> None:
+    """In a Jupyter kernel a load shows its progress by default, as tqdm.auto's widget."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = write(tmp_path, "bars.csv", HEADER + rows(50))
+    code = (f"from mktsframe.io import load_csv\nr = load_csv({KEY!r}, {str(path)!r}, backend=__import__('mktsframe')"
+            f".connect({str(tmp_path / 'root')!r}))\nprint(r.rows)")  # fmt: skip
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    nbclient.NotebookClient(nb, timeout=90, kernel_name="python3").execute()
+    outputs = nb.cells[0].outputs
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), outputs
+    assert any(o.get("text", "").strip() == "50" for o in outputs)
+    models = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"].values()
+    assert any(m["model_name"] == "FloatProgressModel" and m["state"]["value"] == m["state"]["max"] for m in models)

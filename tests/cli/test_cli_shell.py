@@ -110,6 +110,36 @@ def test_sql_lines_and_output_redirect(db, tmp_path) -> None:
     )
 
 
+def test_output_in_marketstores_show_layout(db, tmp_path) -> None:
+    """``\\o FILE show``: no header, Go times, and a trailing Nanoseconds field for tick buckets."""
+    db.create(KEY, [("Open", "f4"), ("Volume", "i8")])
+    db.create("TICKS/1Sec/TICK", [("Bid", "f8")], variable_length=True)
+    ticks = pd.DataFrame({"Bid": [1.25, 2.5]}, index=pd.DatetimeIndex(
+        ["2016-12-30 21:37:57.000000250", "2016-12-30 21:37:58.5"], tz="UTC").as_unit("ns"))  # fmt: skip
+    mktsframe.write_mkts(ticks, "TICKS/1Sec/TICK", backend=db)
+    target = tmp_path / "show.csv"
+    _, err, _ = run_lines(
+        db,
+        f"\\load {KEY} {csv_file(tmp_path)}",
+        f"\\o {target} show",
+        f"\\show {KEY} 2024-01-02",
+        "\\show TICKS/1Sec/TICK 2016-12-30",
+        "SELECT Bid FROM `TICKS/1Sec/TICK`",
+        "\\o",
+    )
+    assert err == ""
+    assert target.read_text().splitlines() == [
+        "2024-01-02 09:30:00 +0000 UTC,1.5,100",
+        "2024-01-02 09:31:00 +0000 UTC,1.625,200",
+        "2016-12-30 21:37:57 +0000 UTC,1.25,250",
+        "2016-12-30 21:37:58 +0000 UTC,2.5,500000000",
+        "2016-12-30 21:37:57 +0000 UTC,1.25,250",
+        "2016-12-30 21:37:58 +0000 UTC,2.5,500000000",
+    ]
+    _, err, _ = run_lines(db, f"\\o {target} shown")
+    assert "usage: \\o [FILE [show]]" in err
+
+
 def test_errors_go_to_stderr_and_the_session_goes_on(db, tmp_path) -> None:
     out, err, shell = run_lines(
         db,

@@ -28,14 +28,25 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     assert rc in (0, -signal.SIGTERM, 128 + signal.SIGTERM), server.output()
 
 
+@pytest.fixture(scope="session")
+def live_server_ny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A session server whose ``timezone`` is America/New_York: results must not depend on it."""
+    server = start_server(tmp_path_factory.mktemp("live-server-ny"), config={"timezone": "America/New_York"})
+    yield server
+    rc = server.stop()
+    assert rc in (0, -signal.SIGTERM, 128 + signal.SIGTERM), server.output()
+
+
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with their own config and root; all are stopped after the test."""
     started: list[ServerProcess] = []
     counter = itertools.count()
 
-    def make(config: dict[str, Any] | None = None, root: Path | None = None) -> ServerProcess:
-        s = start_server(tmp_path / f"srv{next(counter)}", root=root, config=config)
+    def make(
+        config: dict[str, Any] | None = None, root: Path | None = None, nofile: int | None = None
+    ) -> ServerProcess:
+        s = start_server(tmp_path / f"srv{next(counter)}", root=root, config=config, nofile=nofile)
         started.append(s)
         return s
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import resource
 import signal
 import socket
 import subprocess
@@ -107,8 +109,15 @@ def replies(reply: Any) -> list[dict[str, str]] | None:
     return out or None
 
 
-def start_server(workdir: Path, *, root: Path | None = None, config: dict[str, Any] | None = None) -> ServerProcess:
-    """Start a server (retrying on a port race) and wait until ``/heartbeat`` answers."""
+def _limit_files(n: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
+def start_server(
+    workdir: Path, *, root: Path | None = None, config: dict[str, Any] | None = None, nofile: int | None = None
+) -> ServerProcess:
+    """Start a server (retrying on a port race) and wait until ``/heartbeat`` answers; ``nofile``
+    sets its open-file limit, soft and hard (as ``ulimit -n`` in a shell does)."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = root or workdir / "data"
     for attempt in range(5):
@@ -121,7 +130,8 @@ def start_server(workdir: Path, *, root: Path | None = None, config: dict[str, A
             cmd += ["--config", str(cfg_path)]
         log = workdir / f"server-{port}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+            limit = None if nofile is None else functools.partial(_limit_files, nofile)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=limit)
         server = ServerProcess(root, port, proc, log, grpc_port)
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:

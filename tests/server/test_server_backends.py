@@ -1,8 +1,9 @@
 """One behavioural suite for ``read_mkts``/``to_mkts``/``connect`` over both backends.
 
 ``backend`` is the local engine on a temp directory, :class:`HTTPBackend` on a live server
-process, or :class:`HTTPBackend` over the server's service in this process (its ``InProcess``
-transport: the same client and service, no socket); every test must pass identically on all.
+process (one in UTC, one whose ``timezone`` is America/New_York), or :class:`HTTPBackend` over the
+server's service in this process (its ``InProcess`` transport: the same client and service, no
+socket); every test must pass identically on all: zone-less times are UTC on every backend.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mktsframe.server.service import Service
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=["local", "http", "in-process"])
+@pytest.fixture(params=["local", "http", "http-new-york", "in-process"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "local":
         be = mktsframe.connect(tmp_path / "data")
@@ -43,7 +44,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         local.close()
         return
     else:
-        server = request.getfixturevalue("live_server")
+        server = request.getfixturevalue("live_server" if request.param == "http" else "live_server_ny")
         be = mktsframe.connect(server.url)
         assert isinstance(be, HTTPBackend)
     yield be
@@ -216,3 +217,50 @@ def test_invalid_keys(backend: Backend, bad: str) -> None:
 
 def test_is_a_backend(backend: Backend) -> None:
     assert isinstance(backend, mktsframe.Backend)
+
+
+def test_write_many_and_cross_section(backend: Backend, sym: str) -> None:
+    """A universe written in one call and read back as one frame (issue 19), on both backends."""
+    syms = [f"{sym}U{i:03d}" for i in range(60)]
+    frames = {f"{s}/1Min/OHLCV": frame(n=3) * (i + 1) for i, s in enumerate(syms)}
+    frames[f"{syms[7]}/1Min/OHLCV"] = frame(start="2024-01-02 09:31", n=1)  # other times: the general path
+    mktsframe.write_many(frames, backend=backend)
+    key = ",".join(syms) + "/1Min/OHLCV"
+    out = pd.read_mkts(key, start="2024-01-02 09:31", end="2024-01-02 09:31", backend=backend)
+    assert list(out["Symbol"]) == syms  # one bar each, in the order named
+    assert isinstance(out["Symbol"].dtype, pd.CategoricalDtype)
+    assert (out.index == pd.Timestamp("2024-01-02 09:31", tz="UTC")).all()
+    expected = [(i + 1) * 2.0 if i != 7 else 0.0 for i in range(60)]
+    assert list(out["Close"]) == expected
+    whole = pd.read_mkts(key, backend=backend)
+    assert len(whole) == 59 * 3 + 1
+    assert whole.index.is_monotonic_increasing
+    first = whole.loc[whole.index[0]]
+    assert list(first["Symbol"]) == [s for i, s in enumerate(syms) if i != 7]  # ties: the order named
+
+
+def test_write_many_refuses_all_when_one_is_bad(backend: Backend, sym: str) -> None:
+    frame().to_mkts(f"{sym}A/1Min/OHLCV", backend=backend)
+    bad = frame().rename(columns={"Close": "Last"})
+    with pytest.raises(SchemaMismatchError):
+        mktsframe.write_many({f"{sym}B/1Min/OHLCV": frame(), f"{sym}A/1Min/OHLCV": bad}, backend=backend)
+    assert f"{sym}B/1Min/OHLCV" not in backend.list_keys()
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint32", "uint64"])
+def test_tick_nanoseconds_column_of_any_integer_dtype(backend: Backend, sym: str, dtype: str) -> None:
+    """pymarketstore-style tick frames: integer Epoch seconds plus Nanoseconds of any integer dtype."""
+    key = f"{sym}/1Sec/TICK"
+    df = pd.DataFrame({"Epoch": np.full(3, 1_704_067_200), "Nanoseconds": np.array([90, 10, 50], dtype),
+                       "Bid": [1.0, 2.0, 3.0]})  # fmt: skip
+    df.to_mkts(key, variable_length=True, backend=backend)
+    out = pd.read_mkts(key, backend=backend)
+    assert (out.index.asi8 - 1_704_067_200 * 10**9).tolist() == [10, 50, 90]
+    assert out["Bid"].tolist() == [2.0, 3.0, 1.0]
+    bad = df.assign(Nanoseconds=np.array([1, 2, 3], dtype))
+    bad.loc[2, "Nanoseconds"] = np.iinfo(dtype).max if np.iinfo(dtype).max >= 10**9 else np.iinfo(dtype).min
+    if np.iinfo(dtype).max < 10**9 and np.iinfo(dtype).min == 0:
+        return  # no out-of-range value exists for this dtype
+    with pytest.raises(SchemaMismatchError, match=r"column 'Nanoseconds', row 2: -?\d+ is not in \[0, 999999999\]"):
+        bad.to_mkts(key, variable_length=True, backend=backend)
+    assert len(pd.read_mkts(key, backend=backend)) == 3  # nothing of the bad frame was written

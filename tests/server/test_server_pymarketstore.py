@@ -216,16 +216,36 @@ def test_write_errors_are_returned_not_raised(client: pymkts.Client, sym: str) -
     assert "unable to match data columns" in replies(other)[0]["error"]
     i4_epoch = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i4"), ("Bid", "f4")]), f"{sym}/1Min/X")
     assert "unexpected data type for Epoch column" in replies(i4_epoch)[0]["error"]
-    i8_nanos = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i8")]), f"{sym}/1Min/Y")
-    assert "unexpected data type for Nanoseconds column" in replies(i8_nanos)[0]["error"]
-    nanos = bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "i4"), ("Bid", "f4")])
-    nanos["Nanoseconds"] = 1_000_000_000
+    f8_nanos = client.write(bars(["2024-01-03"], dtype=[("Epoch", "i8"), ("Nanoseconds", "f8")]), f"{sym}/1Min/Y")
+    assert "unexpected data type for Nanoseconds column" in replies(f8_nanos)[0]["error"]
+    nanos = bars(["2024-01-03"] * 3, dtype=[("Epoch", "i8"), ("Nanoseconds", "i4"), ("Bid", "f4")])
+    nanos["Nanoseconds"] = [5, 1_000_000_000, -1]
     var = client.write(nanos, f"{sym}/1Sec/TICK", isvariablelength=True)
-    assert "Nanoseconds values must be in [0, 999999999]" in replies(var)[0]["error"]
+    assert "column 'Nanoseconds', row 1: 1000000000 is not in [0, 999999999]" in replies(var)[0]["error"]
     assert client.query(pymkts.Params(sym, "1Min", "OHLCV")).first().array.shape == (1,)
     assert set(client.list_symbols(pymkts.ListSymbolsFormat.TBK)).isdisjoint(
         {f"{sym}/1Min/X", f"{sym}/1Min/Y", f"{sym}/1Sec/TICK"}
     )
+
+
+@pytest.mark.parametrize("dtype", ["i2", "i4", "i8", "u2", "u4", "u8", "<i8"])
+def test_tick_nanoseconds_of_any_integer_dtype(client: pymkts.Client, sym: str, dtype: str) -> None:
+    """pandas >= 2 keeps int64 where pymarketstore-era code had int32: every integer type is taken."""
+    arr = np.zeros(3, dtype=[("Epoch", "i8"), ("Nanoseconds", dtype), ("Bid", "f8")])
+    arr["Epoch"], arr["Nanoseconds"], arr["Bid"] = ts("2024-01-03"), [7, 3, 9], [1.0, 2.0, 3.0]
+    assert client.write(arr, f"{sym}/1Sec/TICK", isvariablelength=True) == {"responses": None}
+    df = client.query(pymkts.Params(sym, "1Sec", "TICK")).first().df()
+    assert df["Nanoseconds"].tolist() == [3, 7, 9]
+    assert df["Bid"].tolist() == [2.0, 1.0, 3.0]
+
+
+def test_tick_nanoseconds_from_a_pandas_frame(client: pymkts.Client, sym: str) -> None:
+    """A DataFrame's records written through pymarketstore (int64 columns under pandas >= 2)."""
+    df = pd.DataFrame({"Epoch": [ts("2024-01-03")] * 2, "Nanoseconds": [500, 100], "Bid": [1.5, 2.5]})
+    assert df["Nanoseconds"].dtype == np.int64
+    records = df.to_records(index=False)
+    assert client.write(records, f"{sym}/1Sec/TICK", isvariablelength=True) == {"responses": None}
+    assert client.query(pymkts.Params(sym, "1Sec", "TICK")).first().df()["Nanoseconds"].tolist() == [100, 500]
 
 
 def test_string16_and_column_names(client: pymkts.Client, sym: str) -> None:

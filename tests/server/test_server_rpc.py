@@ -233,15 +233,21 @@ def test_read_only_without_wal(server_factory, tmp_path: Path) -> None:
             )
 
 
-def test_timezone_for_zone_less_times(server_factory) -> None:
+def test_zone_less_times_are_utc_whatever_the_server_timezone(server_factory) -> None:
+    """One rule on every backend: zone-less bounds are UTC; the server's ``timezone`` only labels replies."""
     server = server_factory(config={"timezone": "America/New_York"})
+    idx = pd.date_range("2024-01-02 09:29", periods=3, freq="1min", tz="UTC")
     with HTTPBackend(server.url) as db:
-        idx = pd.date_range("2024-01-02 14:29", periods=3, freq="1min", tz="UTC")
         pd.DataFrame({"Close": [1.0, 2.0, 3.0]}, index=idx).to_mkts("TZ/1Min/OHLCV", backend=db)
-        naive = pd.read_mkts("TZ/1Min/OHLCV", start="2024-01-02 09:30", backend=db)  # New York time
+        naive = pd.read_mkts("TZ/1Min/OHLCV", start="2024-01-02 09:30", backend=db)
         assert naive["Close"].tolist() == [2.0, 3.0]
-        aware = pd.read_mkts("TZ/1Min/OHLCV", start="2024-01-02 14:30+00:00", backend=db)
+        aware = pd.read_mkts("TZ/1Min/OHLCV", start="2024-01-02 04:30-05:00", backend=db)
         assert aware["Close"].tolist() == [2.0, 3.0]
+    # The wire's own time text (``mkts_start``) follows the same rule.
+    reply = call(server, "DataService.Query", {"requests": [
+        {"destination": "TZ/1Min/OHLCV", "mkts_start": "2024-01-02 09:30", "mkts_end": "2024-01-02 09:30"}]})
+    assert reply["result"]["responses"][0]["result"]["length"] == 1
+    assert reply["result"]["timezone"] == "America/New_York"
 
 
 def test_log_level(server_factory) -> None:

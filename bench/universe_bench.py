@@ -1,0 +1,457 @@
+"""Universe benchmark: thousands of symbols × 1Min OHLCV, mktsframe beside ArcticDB (issue 19).
+
+Every measurement runs under ``ulimit -n 256`` (``make bench-universe`` sets it; the orchestrator
+refuses to run with a higher soft limit unless ``--any-ulimit``): the laptop default that the old
+engine failed at. The orchestrator builds the universe (``--symbols`` × ``--days`` of 1Min bars,
+columns Open/High/Low/Close float64 and Volume int64) once per system, each in its own process:
+
+* **mktsframe** (``.venv``): ``write_many`` in chunks to load, then per round
+  - *cross-section*: one bar from every symbol → one DataFrame (``pd.read_mkts("*/1Min/OHLCV",
+    start=t, end=t)``), checked against the source;
+  - *one day*: a whole day from every symbol → one DataFrame, checked; beside it the time to copy
+    the same bytes out of the page cache into fresh memory (a file of that size, mapped and resident;
+    ``np.array(mapping)``), the floor any reader pays;
+  - *one new bar to every symbol*: ``mktsframe.write_many({key: 1-row frame})``, durable, one call;
+    beside it one 32-byte write + ``fdatasync`` on the same disk;
+  - catalog: ``list_keys``, ``list_symbols``, resolving ``*/1Min/OHLCV``, ``info``, opening the root
+    (recovery with an empty log) and recovering a log that holds one ``write_many`` of every symbol;
+  - the data files it holds open (``/proc/self/fd`` and ``maps`` under the root) after every phase.
+* **ArcticDB** (LMDB, ``bench/.venv-peers``): ``write_batch`` to load; ``read_batch`` with
+  ``date_range`` plus the ``concat`` (with a ``Symbol`` column) a user needs for one frame; and
+  ``append_batch`` of one bar per symbol.
+* **server**: ``python -m mktsframe.server`` on mktsframe's root (start-up time until ``/heartbeat``
+  answers), 1-row durable writes to distinct symbols from one client, then from ``--clients``
+  clients (threads spread over ``--client-procs`` processes, each its own ``HTTPBackend``):
+  total writes/s and the ratio (group commit), and the data files the server holds open.
+
+Medians over ``--rounds``. Usage: ``.venv/bin/python bench/universe_bench.py [--symbols 5000]
+[--days 2] [--rounds 5] [--clients 50]`` (``make bench-universe``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``bench`` importable as a package
+    sys.path.insert(0, str(REPO))
+
+TITLE = "## Universe"
+T0 = 1704153600  # 2024-01-02 00:00 UTC, seconds
+DAY = 86_400
+NS = 1_000_000_000
+COLS = ("Open", "High", "Low", "Close")
+
+
+def sym(i: int) -> str:
+    return f"S{i:05d}"
+
+
+def series(i: int, n: int) -> dict[str, np.ndarray]:
+    """Symbol ``i``'s ``n`` bars (deterministic: any process rebuilds the same values)."""
+    base = 100.0 + i + np.arange(n) * 0.01
+    return {"Open": base, "High": base + 0.5, "Low": base - 0.5, "Close": base + 0.25,
+            "Volume": (np.arange(n, dtype=np.int64) + i) % 1000}  # fmt: skip
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def _timed(fn: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def fsync_latency(directory: Path, n: int = 50) -> float:
+    fd = os.open(directory / "fsync.probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            os.pwrite(fd, b"x" * 32, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    return _median(times)
+
+
+def page_cache_copy(directory: Path, nbytes: int, rounds: int) -> float:
+    """Seconds to copy ``nbytes`` of a resident (page-cache) file into fresh memory, median."""
+    path = directory / "copy.probe"
+    with open(path, "wb") as f:
+        f.truncate(nbytes)
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), nbytes)
+        view = np.frombuffer(mm, np.uint8)
+        view[::4096] = 1  # resident
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            out = np.array(view)
+            times.append(time.perf_counter() - t)
+            del out
+        del view
+        mm.close()
+    path.unlink()
+    return _median(times)
+
+
+# -- mktsframe ----------------------------------------------------------------------------------
+def run_ours(root: Path, p: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+
+    import mktsframe
+    from mktsframe.backend.base import Batch
+    from mktsframe.engine.open_files import count_open_data_files
+
+    n_sym, bars = p["symbols"], p["days"] * 1440
+    keys = [f"{sym(i)}/1Min/OHLCV" for i in range(n_sym)]
+    peak = [0, 0]
+
+    def sample() -> None:
+        f, m = count_open_data_files(root)
+        peak[0], peak[1] = max(peak[0], f), max(peak[1], m)
+
+    be = mktsframe.connect(root)
+    t_load = time.perf_counter()
+    index = (T0 + np.arange(bars, dtype=np.int64) * 60) * NS
+    for a in range(0, n_sym, 250):
+        be.write_many([(keys[i], Batch(index, series(i, bars))) for i in range(a, min(n_sym, a + 250))])
+        sample()
+    load_s = time.perf_counter() - t_load
+    out: dict[str, Any] = {"load_s": load_s, "capacity": be.engine.open_files.capacity}
+    last_bar = pd.Timestamp((T0 + (bars - 1) * 60) * NS, tz="UTC")
+    day_start = pd.Timestamp((T0 + (p["days"] - 1) * DAY) * NS, tz="UTC")
+    day_end = day_start + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    xs, days, writes = [], [], []
+    for r in range(p["rounds"]):
+        t, df = _timed(lambda: pd.read_mkts("*/1Min/OHLCV", start=last_bar, end=last_bar, backend=be))
+        assert len(df) == n_sym, len(df)
+        assert list(df["Symbol"][:3]) == [sym(0), sym(1), sym(2)], df.head()
+        assert df["Close"].iloc[-1] == series(n_sym - 1, bars)["Close"][-1]
+        xs.append(t)
+        sample()
+        t, df = _timed(lambda: pd.read_mkts("*/1Min/OHLCV", start=day_start, end=day_end, backend=be))
+        assert len(df) == n_sym * 1440, len(df)
+        assert df["Volume"].iloc[-1] == series(n_sym - 1, bars)["Volume"][-1]
+        day_bytes = int(df.index.nbytes + sum(df[c].to_numpy().nbytes for c in (*COLS, "Volume")))
+        days.append(t)
+        del df
+        sample()
+        when = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + r) * 60) * NS, tz="UTC")])
+        frames = {k: pd.DataFrame({c: [1.0] for c in COLS} | {"Volume": [np.int64(1)]}, index=when) for k in keys}
+        t, _ = _timed(lambda frames=frames: mktsframe.write_many(frames, backend=be))
+        writes.append(t)
+        sample()
+    (probe,) = be.query(keys[-1], start=int(when[0].value), end=int(when[0].value)).values()
+    assert len(probe) == 1
+    out.update(cross_section_s=_median(xs), cross_section_rounds=xs, day_s=_median(days), day_rounds=days,
+               day_rows=n_sym * 1440, day_bytes=day_bytes, write_all_s=_median(writes), write_all_rounds=writes,
+               copy_s=page_cache_copy(root.parent, day_bytes, p["rounds"]), fsync_s=fsync_latency(root.parent))  # fmt: skip
+    # catalog
+    eng = be.engine
+    cat: dict[str, float] = {}
+    cat["list_keys_s"] = _median([_timed(be.list_keys)[0] for _ in range(p["rounds"])])
+    cat["list_symbols_s"] = _median([_timed(be.list_symbols)[0] for _ in range(p["rounds"])])
+    cat["resolve_s"] = _median([_timed(lambda: eng._resolve("*/1Min/OHLCV"))[0] for _ in range(p["rounds"])])
+    cat["info_s"] = _median([_timed(lambda: be.info(keys[n_sym // 2]))[0] for _ in range(p["rounds"])])
+    out["open_files_peak_tracked"] = eng.open_files.peak
+    be.close()
+    cat["open_s"] = _median([_timed(lambda: mktsframe.connect(root).close())[0] for _ in range(3)])
+    # recovery: a child logs one write_many of every symbol and dies without a checkpoint
+    code = (
+        "import os, sys, numpy as np\n"
+        "from mktsframe.backend.base import Batch\nfrom mktsframe.engine import Engine\n"
+        f"e = Engine(sys.argv[1]); t = {(T0 + (bars + 100) * 60) * NS}\n"
+        f"e.write_many({{f'S{{i:05d}}/1Min/OHLCV': Batch(np.array([t], np.int64), "
+        "{'Open': np.ones(1), 'High': np.ones(1), 'Low': np.ones(1), 'Close': np.ones(1), "
+        f"'Volume': np.ones(1, np.int64)}}) for i in range({n_sym})}})\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(root)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    t, be = _timed(lambda: mktsframe.connect(root))
+    cat["recover_s"] = t
+    cat["recovered_records"] = be.engine.recovery.records
+    got = pd.read_mkts("*/1Min/OHLCV", start=int((T0 + (bars + 100) * 60) * NS), end=int((T0 + (bars + 100) * 60) * NS),
+                       backend=be)  # fmt: skip
+    assert len(got) == n_sym
+    sample()
+    be.close()
+    out["catalog"] = cat
+    out["peak_fds"], out["peak_maps"] = peak
+    return out
+
+
+# -- ArcticDB -----------------------------------------------------------------------------------
+def run_arctic(root: Path, p: dict[str, Any]) -> dict[str, Any]:
+    import pandas as pd
+    from arcticdb import Arctic
+    from arcticdb.version_store.library import ReadRequest, WritePayload
+
+    n_sym, bars = p["symbols"], p["days"] * 1440
+    ac = Arctic(f"lmdb://{root}")
+    lib = ac.get_library("universe", create_if_missing=True)
+    idx = pd.DatetimeIndex((T0 + np.arange(bars, dtype=np.int64) * 60) * NS, tz="UTC").tz_localize(None)
+    t_load = time.perf_counter()
+    for a in range(0, n_sym, 250):
+        lib.write_batch([WritePayload(sym(i), pd.DataFrame(series(i, bars), index=idx))
+                         for i in range(a, min(n_sym, a + 250))])  # fmt: skip
+    out: dict[str, Any] = {"load_s": time.perf_counter() - t_load}
+    symbols = [sym(i) for i in range(n_sym)]
+    last = pd.Timestamp((T0 + (bars - 1) * 60) * NS)
+    day_start = pd.Timestamp((T0 + (p["days"] - 1) * DAY) * NS)
+    day_end = day_start + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+
+    def one_frame(start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+        got = lib.read_batch([ReadRequest(s, date_range=(start, end)) for s in symbols])
+        frames = [r.data.assign(Symbol=r.symbol) for r in got]
+        return pd.concat(frames).sort_index(kind="stable")
+
+    xs, days, writes = [], [], []
+    for r in range(p["rounds"]):
+        t, df = _timed(lambda: one_frame(last, last))
+        assert len(df) == n_sym
+        xs.append(t)
+        t, df = _timed(lambda: one_frame(day_start, day_end))
+        assert len(df) == n_sym * 1440
+        days.append(t)
+        del df
+        when = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + r) * 60) * NS)])
+        payloads = [WritePayload(s, pd.DataFrame({c: [1.0] for c in COLS} | {"Volume": [np.int64(1)]}, index=when))
+                    for s in symbols]  # fmt: skip
+        t, _ = _timed(lambda payloads=payloads: lib.append_batch(payloads))
+        writes.append(t)
+    out.update(cross_section_s=_median(xs), cross_section_rounds=xs, day_s=_median(days), day_rounds=days,
+               write_all_s=_median(writes), write_all_rounds=writes)  # fmt: skip
+    return out
+
+
+# -- server -------------------------------------------------------------------------------------
+def _client(url: str, symbols: list[str], seconds: float, go: Any, q: Any) -> None:
+    """Threads of one client process: each its own HTTPBackend, 1-row writes to its own symbol."""
+    from mktsframe.backend.base import Batch
+    from mktsframe.backend.http import HTTPBackend
+
+    counts = [0] * len(symbols)
+
+    def run(j: int) -> None:
+        be = HTTPBackend(url)
+        cols = {c: np.ones(1) for c in COLS} | {"Volume": np.ones(1, np.int64)}
+        go.wait()
+        t_end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < t_end:
+            be.write(f"{symbols[j]}/1Min/OHLCV", Batch(np.array([(T0 + DAY * 10 + n * 60) * NS], np.int64), cols))
+            n += 1
+        counts[j] = n
+        be.close()
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(len(symbols))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    q.put(sum(counts))
+
+
+def writers_rate(url: str, clients: int, procs: int, seconds: float, first: int) -> float:
+    ctx = mp.get_context("spawn")
+    go, q = ctx.Event(), ctx.Queue()
+    per = [list(range(first + k, first + clients, procs)) for k in range(min(procs, clients))]
+    ps = [ctx.Process(target=_client, args=(url, [sym(i) for i in ids], seconds, go, q)) for ids in per]
+    for pr in ps:
+        pr.start()
+    time.sleep(2.0 + 0.2 * len(ps))  # imports and connections before the start signal
+    go.set()
+    total = sum(q.get(timeout=seconds + 120) for _ in ps)
+    for pr in ps:
+        pr.join()
+    return total / seconds
+
+
+def run_server(root: Path, workdir: Path, p: dict[str, Any], log: Any) -> dict[str, Any]:
+    from bench.systems.server import ServerProcess
+    from mktsframe.engine.open_files import count_open_data_files
+
+    t, server = _timed(lambda: ServerProcess(root, workdir / "server.log"))
+    out: dict[str, Any] = {"start_s": t}
+    peak = [0, 0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            try:
+                f, m = count_open_data_files(root, server.proc.pid)  # type: ignore[union-attr]
+            except (OSError, AttributeError):
+                return
+            peak[0], peak[1] = max(peak[0], f), max(peak[1], m)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        ones, manys = [], []
+        for r in range(p["server_rounds"]):
+            ones.append(writers_rate(server.url, 1, 1, p["seconds"], first=0))
+            manys.append(writers_rate(server.url, p["clients"], p["client_procs"], p["seconds"], first=100 + r))
+            log(f"server round {r + 1}: 1 client {ones[-1]:.0f}/s, {p['clients']} clients {manys[-1]:.0f}/s")
+        out.update(one_client_per_s=_median(ones), many_clients_per_s=_median(manys), one_rounds=ones, many_rounds=manys)
+    finally:
+        stop.set()
+        watcher.join()
+        server.stop()
+    out["peak_fds"], out["peak_maps"] = peak
+    return out
+
+
+# -- report -------------------------------------------------------------------------------------
+def _ms(s: float | None) -> str:
+    return "–" if s is None else (f"{s * 1e3:.1f} ms" if s < 10 else f"{s:.1f} s")
+
+
+def _x(r: float | None) -> str:
+    return "–" if r is None else f"{r:.1f}×"
+
+
+def section(res: dict[str, Any]) -> str:
+    p, ours, arc, srv = res["params"], res["ours"], res.get("arctic") or {}, res.get("server") or {}
+    meta = res["meta"]
+    rows = [
+        ("one bar from every symbol → one DataFrame", ours["cross_section_s"], arc.get("cross_section_s")),
+        (f"one day from every symbol ({ours['day_rows']:,} rows) → one DataFrame", ours["day_s"], arc.get("day_s")),
+        ("one new bar to every symbol, durable, one call", ours["write_all_s"], arc.get("write_all_s")),
+    ]
+    lines = [TITLE, "", f"`make bench-universe` on {meta['date']}: {p['symbols']:,} symbols × {p['days']} days of "
+             f"1Min OHLCV ({p['symbols'] * p['days'] * 1440:,} rows), medians of {p['rounds']} rounds, every process "
+             f"under `ulimit -n {res['nofile']}`. {meta['machine']}. pandas {meta['pandas']} (mktsframe), "
+             f"{arc.get('pandas', '–')} (ArcticDB {arc.get('arcticdb', '–')}, LMDB). Raw: `{meta['json']}`.", "",
+             "| operation | mktsframe | ArcticDB (+ concat) | ArcticDB ÷ mktsframe |", "|---|---:|---:|---:|"]  # fmt: skip
+    for title, a, b in rows:
+        lines.append(f"| {title} | {_ms(a)} | {_ms(b)} | {_x(b / a if a and b else None)} |")
+    cat = ours["catalog"]
+    copy_ratio = ours["day_s"] / ours["copy_s"]
+    fsync = ours["fsync_s"]
+    lines += ["", "| target | measured | status |", "|---|---|---|"]
+    targets = [
+        ("one bar from every symbol ≤ 20 ms", _ms(ours["cross_section_s"]), ours["cross_section_s"] <= 0.020),
+        ("… and ≥ 20× faster than ArcticDB read_batch + concat", _x(arc.get("cross_section_s", 0) / ours["cross_section_s"]),
+         arc.get("cross_section_s", 0) / ours["cross_section_s"] >= 20),
+        (f"one day ≤ 2× copying its {ours['day_bytes'] / 1e6:.0f} MB from the page cache ({_ms(ours['copy_s'])})",
+         _x(copy_ratio), copy_ratio <= 2),
+        ("… and ≥ 3× faster than ArcticDB", _x(arc.get("day_s", 0) / ours["day_s"]), arc.get("day_s", 0) / ours["day_s"] >= 3),
+        (f"one bar to every symbol ≤ 5 ms + one fdatasync ({_ms(fsync)})", _ms(ours["write_all_s"]),
+         ours["write_all_s"] <= 0.005 + fsync),
+        ("… and ≥ 50× faster than ArcticDB append_batch", _x(arc.get("write_all_s", 0) / ours["write_all_s"]),
+         arc.get("write_all_s", 0) / ours["write_all_s"] >= 50),
+    ]  # fmt: skip
+    if srv:
+        ratio = srv["many_clients_per_s"] / srv["one_client_per_s"]
+        targets.append((f"{p['clients']} clients' durable 1-row writes/s ≥ 10× one client's",
+                        f"{srv['many_clients_per_s']:,.0f}/s ÷ {srv['one_client_per_s']:,.0f}/s = {_x(ratio)}",
+                        ratio >= 10))  # fmt: skip
+    cap = ours["capacity"]
+    fds = max(ours["peak_fds"], srv.get("peak_fds", 0))
+    maps = max(ours["peak_maps"], srv.get("peak_maps", 0))
+    targets.append((f"peak data files open ≤ the LRU's size ({cap})", f"{fds} fds, {maps} maps (engine and server)",
+                    fds <= cap and maps <= cap))  # fmt: skip
+    for title, got, ok in targets:
+        lines.append(f"| {title} | {got} | {'PASS' if ok else 'FAIL'} |")
+    lines += ["", f"Catalog with {p['symbols']:,} buckets: list keys {_ms(cat['list_keys_s'])}, list symbols "
+              f"{_ms(cat['list_symbols_s'])}, resolve `*/1Min/OHLCV` {_ms(cat['resolve_s'])}, info of one bucket "
+              f"{_ms(cat['info_s'])}, open the root {_ms(cat['open_s'])}, recover a log holding one write_many of "
+              f"every symbol {_ms(cat['recover_s'])}"
+              + (f", server start to first `/heartbeat` {_ms(srv['start_s'])}" if srv else "") + ". "
+              f"Loading the universe: {_ms(ours['load_s'])} (write_many, 250 symbols a call), ArcticDB "
+              f"{_ms(arc.get('load_s'))} (write_batch)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", nargs="?", default="all", choices=["all", "ours", "arctic"])
+    ap.add_argument("--symbols", type=int, default=5000)
+    ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--client-procs", type=int, default=10)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--server-rounds", type=int, default=3)
+    ap.add_argument("--root", type=Path)
+    ap.add_argument("--params", type=str)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--peers-python", type=Path, default=REPO / "bench" / ".venv-peers" / "bin" / "python")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
+    ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--any-ulimit", action="store_true", help="run even if the soft open-file limit is not 256")
+    a = ap.parse_args(argv)
+    if a.mode != "all":  # a worker: measure, write JSON, exit
+        params = json.loads(a.params)
+        res = run_ours(a.root, params) if a.mode == "ours" else run_arctic(a.root, params)
+        import pandas as pd
+
+        res["pandas"] = pd.__version__
+        if a.mode == "arctic":
+            import arcticdb
+
+            res["arcticdb"] = arcticdb.__version__
+        a.out.write_text(json.dumps(res))
+        return 0
+
+    from bench.run import finish_run, run_meta
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile != 256 and not a.any_ulimit:
+        print(f"the soft open-file limit is {nofile}: run under `ulimit -n 256` (make bench-universe does)")
+        return 2
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
+
+    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-universe-bench-"))
+    out_json = a.out or REPO / "bench" / "results" / f"universe-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    params = {k: getattr(a, k) for k in ("symbols", "days", "rounds", "clients", "client_procs", "seconds",
+                                          "server_rounds")}  # fmt: skip
+    import pandas as pd
+
+    res: dict[str, Any] = {"params": params, "nofile": nofile,
+                           "meta": {**run_meta(argv, out_json, a.peers_python), "pandas": pd.__version__}}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MKTS_MAX_OPEN_FILES", None)
+    for name, python in (("ours", Path(sys.executable)), ("arctic", a.peers_python)):
+        if not python.exists():
+            log(f"skipping {name}: {python} is missing (make bench-peers)")
+            continue
+        log(f"{name}: loading {a.symbols:,} symbols × {a.days} days and measuring")
+        tmp = workdir / f"{name}.json"
+        subprocess.run([str(python), __file__, name, "--root", str(workdir / name / "root"), "--params",
+                        json.dumps(params), "--out", str(tmp)], check=True, env=env, cwd=REPO)  # fmt: skip
+        res["ours" if name == "ours" else "arctic"] = json.loads(tmp.read_text())
+        log(f"{name}: {json.dumps({k: v for k, v in res[name].items() if k.endswith('_s')})}")
+    log("server: one client, then many")
+    res["server"] = run_server(workdir / "ours" / "root", workdir, params, log)
+    finish_run(a, log, workdir, out_json, res, section(res), TITLE)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

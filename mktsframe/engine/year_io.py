@@ -1,0 +1,165 @@
+"""Year files read and written by position (``pread``/``pwrite``), without mapping them.
+
+When a universe holds more year files than the engine may keep open (``max_open_files``: 128 under
+``ulimit -n 256``), opening a file into the set means closing another: ``open``, header checks,
+``mmap``, a view per column, and later ``munmap`` and ``close`` — ~0.4 ms a file, so a one-bar
+cross-section of 5,000 symbols took seconds. A read of a few slots needs none of that: the slot
+arithmetic gives the byte offsets, and ``preadv`` copies straight from the page cache into the
+result arrays (the floor any reader pays). So the engine reads and appends *by position* those
+year files that are not open while the set is full, and keeps mapping the ones it holds.
+
+The checksummed header of each file is decoded once and cached (keyed by path, checked against
+the header's own CRC on every use, so a file re-created under the same path is decoded again);
+the watermarks, which change with every write, are read each time. The bytes read and written are
+the ones the mapping would touch, in the same order (values, then presence, then watermarks), so
+readers in other processes see the same publication order, and the engine's apply lock serialises
+this with its own mapped access.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mktsframe.dtypes import dtype_of
+from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, _Layout, read_header
+from mktsframe.errors import CorruptFileError
+
+__all__ = ["read_slots", "write_run"]
+
+NS = 1_000_000_000
+#: Headers kept decoded (a few hundred bytes each); emptied when full so it stays bounded.
+_HEADERS_MAX = 1 << 16
+_WATERMARKS = np.dtype("<i8")
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    crc: int
+    layout: _Layout
+    year_start: int
+    timeframe: int
+    dtypes: dict[str, np.dtype[Any]]
+    offsets: dict[str, int]
+
+
+_headers: dict[str, _Header] = {}
+_headers_lock = threading.Lock()
+
+
+def _open(path: Path, fd: int) -> tuple[_Header, int, int]:
+    """The header of ``fd`` (cached) and its watermarks ``(lo, hi)`` (implausible ones: the whole year)."""
+    head = os.pread(fd, _FIXED.size, 0)
+    if len(head) < _FIXED.size:
+        raise CorruptFileError(f"{path}: not a mktsframe year file (short header)")
+    _, _, _, _, crc, _, lo, hi = _FIXED.unpack_from(head)
+    key = str(path)
+    h = _headers.get(key)
+    if h is None or h.crc != crc:
+        meta, layout = read_header(fd, path, head)
+        h = _Header(
+            crc,
+            layout,
+            meta["year_start"],
+            meta["timeframe_seconds"],
+            {c["name"]: dtype_of(c["type"]) for c in meta["columns"]},
+            {c["name"]: c["offset"] for c in meta["columns"]},
+        )
+        with _headers_lock:
+            if len(_headers) >= _HEADERS_MAX:
+                _headers.clear()
+            _headers[key] = h
+    if not 0 <= lo <= hi <= h.layout.nslots:
+        lo, hi = 0, h.layout.nslots  # an unchecksummed hint gone wrong: the presence bytes decide
+    return h, lo, hi
+
+
+def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise CorruptFileError(f"{path}: truncated at byte {offset + done}")
+        done += n
+
+
+def read_slots(
+    path: Path, s0: int, s1: int, names: list[str], limit: int | None, from_start: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The present rows of slots ``[s0, s1)`` of the year file at ``path``: bar starts in ns (UTC)
+    and the ``names`` columns, at most ``limit`` of them (the first, or the last). ``None`` if the
+    file does not exist. Call under the engine's apply lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        h, lo, hi = _open(path, fd)
+        s0, s1 = max(s0, lo, 0), min(s1, hi, h.layout.nslots)
+        if s1 <= s0 or limit == 0:
+            return _empty(h, names)
+        presence = np.empty(s1 - s0, np.uint8)
+        _pread_into(fd, presence, h.layout.presence_offset + s0, path)
+        idx = np.flatnonzero(presence)
+        if limit is not None and idx.size > limit:
+            idx = idx[:limit] if from_start else idx[idx.size - limit :]
+        if idx.size == 0:
+            return _empty(h, names)
+        a, z = s0 + int(idx[0]), s0 + int(idx[-1]) + 1  # read only the span that holds the rows
+        dense = idx.size == z - a
+        cols = {}
+        for name in names:
+            dt = h.dtypes[name]
+            buf = np.empty(z - a, dt)
+            _pread_into(fd, buf, h.offsets[name] + a * dt.itemsize, path)
+            cols[name] = buf if dense else buf[idx - (a - s0)]
+    finally:
+        os.close(fd)
+    step = h.timeframe * NS
+    ns = (idx + s0).astype(np.int64) * step + h.year_start * NS
+    return ns, cols
+
+
+def _empty(h: _Header, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return np.empty(0, np.int64), {n: np.empty(0, h.dtypes[n]) for n in names}
+
+
+def write_run(path: Path, secs: np.ndarray, names: list[str], values: list[np.ndarray]) -> bool:
+    """Store consecutive bars (``secs``: bar-start seconds, one timeframe apart, in this file's year)
+    with ``pwrite``: each column's values, then the presence bytes, then the widened watermarks.
+    ``False`` (nothing written) if the file does not exist or the rows are not one run inside it.
+    Not durable: the caller hands the path to the next checkpoint. Call under the apply lock."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        h, lo, hi = _open(path, fd)
+        n = secs.shape[0]
+        first = (int(secs[0]) - h.year_start) // h.timeframe
+        consecutive = int(secs[-1]) - int(secs[0]) == (n - 1) * h.timeframe
+        if not consecutive or first < 0 or first + n > h.layout.nslots or list(h.dtypes) != names:
+            return False
+        for name, v in zip(names, values, strict=True):
+            dt = h.dtypes[name]
+            _pwrite_all(fd, np.ascontiguousarray(v, dt), h.offsets[name] + first * dt.itemsize)
+        _pwrite_all(fd, np.ones(n, np.uint8), h.layout.presence_offset + first)
+        new = (first, first + n) if lo == hi else (min(lo, first), max(hi, first + n))
+        if new != (lo, hi):
+            _pwrite_all(fd, np.array(new, _WATERMARKS), _WATERMARK_OFFSET)
+        return True
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
+    view = memoryview(arr).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
