@@ -233,7 +233,7 @@ def test_tick_nanoseconds_of_any_integer_dtype(client: pymkts.Client, sym: str, 
     """pandas >= 2 keeps int64 where pymarketstore-era code had int32: every integer type is taken."""
     arr = np.zeros(3, dtype=[("Epoch", "i8"), ("Nanoseconds", dtype), ("Bid", "f8")])
     arr["Epoch"], arr["Nanoseconds"], arr["Bid"] = ts("2024-01-03"), [7, 3, 9], [1.0, 2.0, 3.0]
-    assert client.write(arr, f"{sym}/1Sec/TICK", isvariablelength=True) == {"responses": None}
+    assert replies(client.write(arr, f"{sym}/1Sec/TICK", isvariablelength=True)) is None
     df = client.query(pymkts.Params(sym, "1Sec", "TICK")).first().df()
     assert df["Nanoseconds"].tolist() == [3, 7, 9]
     assert df["Bid"].tolist() == [2.0, 1.0, 3.0]
@@ -244,7 +244,7 @@ def test_tick_nanoseconds_from_a_pandas_frame(client: pymkts.Client, sym: str) -
     df = pd.DataFrame({"Epoch": [ts("2024-01-03")] * 2, "Nanoseconds": [500, 100], "Bid": [1.5, 2.5]})
     assert df["Nanoseconds"].dtype == np.int64
     records = df.to_records(index=False)
-    assert client.write(records, f"{sym}/1Sec/TICK", isvariablelength=True) == {"responses": None}
+    assert replies(client.write(records, f"{sym}/1Sec/TICK", isvariablelength=True)) is None
     assert client.query(pymkts.Params(sym, "1Sec", "TICK")).first().df()["Nanoseconds"].tolist() == [100, 500]
 
 
