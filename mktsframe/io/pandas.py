@@ -113,7 +113,7 @@ def _combine(results: dict[str, Batch]) -> pd.DataFrame:
     if lengths.min() == lengths.max() and (np.stack([b.index for b in batches]) == first).all():
         # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
         index = np.repeat(first, len(batches))
-        cols = {n: np.stack([b.columns[n] for b in batches]).T.reshape(-1) for n in names}
+        cols = {n: np.stack([b.columns[n] for b in batches], axis=1).reshape(-1) for n in names}  # one copy
         which = np.tile(which, first.shape[0])
     else:
         index = np.concatenate([b.index for b in batches])
