@@ -163,6 +163,7 @@ class RpcFront:
         self.limit = limit
         self._headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         self._pool: ThreadPoolExecutor | None = None
+        self._working = 0  # /rpc requests being answered in worker threads now
         app: ASGIApp = self._route
         for cls, args, kwargs in reversed(middleware):
             app = cls(app, *args, **kwargs)
@@ -243,9 +244,16 @@ class RpcFront:
         rpc: JsonRpc = self.site.state.rpc
         client = scope.get("client")
         caller = f"{client[0]}:{client[1]}" if client else ""
-        out = rpc.handle_now(body, codec, caller)  # a few-row append, when it cannot stall the loop
+        # A few-row append runs on the loop when it cannot stall it, and only while no other request
+        # is in a worker: concurrent writers go to the workers, where the engine commits them in
+        # groups (one log sync for many), which the loop's one-at-a-time writes never could.
+        out = rpc.handle_now(body, codec, caller) if self._working == 0 else LATER
         if out is LATER:
-            out = await self._in_thread(rpc.handle, bytes(body), codec, caller)
+            self._working += 1
+            try:
+                out = await self._in_thread(rpc.handle, bytes(body), codec, caller)
+            finally:
+                self._working -= 1
         if out is None:  # a notification (no id): MarketStore writes no body
             await self._reply(send, 200, b"", None)
         else:
