@@ -18,8 +18,10 @@ this with its own mapped access.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,21 @@ def _open(path: Path, fd: int) -> tuple[_Header, int, int]:
     return h, lo, hi
 
 
+@contextlib.contextmanager
+def _opened(path: Path, flags: int) -> Iterator[tuple[int, _Header, int, int] | None]:
+    """``(fd, header, lo, hi)`` of the year file at ``path`` for the block (closed after), or
+    ``None`` if there is no such file."""
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield (fd, *_open(path, fd))
+    finally:
+        os.close(fd)
+
+
 def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path) -> None:
     view = memoryview(buf).cast("B")
     done = 0
@@ -95,12 +112,10 @@ def read_slots(
     """The present rows of slots ``[s0, s1)`` of the year file at ``path``: bar starts in ns (UTC)
     and the ``names`` columns, at most ``limit`` of them (the first, or the last). ``None`` if the
     file does not exist. Call under the engine's apply lock."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        h, lo, hi = _open(path, fd)
+    with _opened(path, os.O_RDONLY) as found:
+        if found is None:
+            return None
+        fd, h, lo, hi = found
         s0, s1 = max(s0, lo, 0), min(s1, hi, h.layout.nslots)
         if s1 <= s0 or limit == 0:
             return _empty(h, names)
@@ -119,8 +134,6 @@ def read_slots(
             buf = np.empty(z - a, dt)
             _pread_into(fd, buf, h.offsets[name] + a * dt.itemsize, path)
             cols[name] = buf if dense else buf[idx - (a - s0)]
-    finally:
-        os.close(fd)
     step = h.timeframe * NS
     ns = (idx + s0).astype(np.int64) * step + h.year_start * NS
     return ns, cols
@@ -135,12 +148,10 @@ def write_run(path: Path, secs: np.ndarray, names: list[str], values: list[np.nd
     with ``pwrite``: each column's values, then the presence bytes, then the widened watermarks.
     ``False`` (nothing written) if the file does not exist or the rows are not one run inside it.
     Not durable: the caller hands the path to the next checkpoint. Call under the apply lock."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        h, lo, hi = _open(path, fd)
+    with _opened(path, os.O_RDWR) as found:
+        if found is None:
+            return False
+        fd, h, lo, hi = found
         n = secs.shape[0]
         first = (int(secs[0]) - h.year_start) // h.timeframe
         consecutive = int(secs[-1]) - int(secs[0]) == (n - 1) * h.timeframe
@@ -154,8 +165,6 @@ def write_run(path: Path, secs: np.ndarray, names: list[str], values: list[np.nd
         if new != (lo, hi):
             _pwrite_all(fd, np.array(new, _WATERMARKS), _WATERMARK_OFFSET)
         return True
-    finally:
-        os.close(fd)
 
 
 def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:
