@@ -20,7 +20,8 @@ import pytest
 
 from mktsframe.backend.base import Batch
 from mktsframe.engine import Engine
-from mktsframe.errors import SchemaMismatchError
+from mktsframe.engine.many import PendingWrite
+from mktsframe.errors import MktsError, SchemaMismatchError
 
 NS = 1_000_000_000
 T0 = pd.Timestamp("2024-01-02", tz="UTC").value
@@ -335,3 +336,20 @@ def test_reads_and_appends_by_position_match_mapped_ones(tmp_path: Path) -> None
     finally:
         small.close()
         big.close()
+
+
+def test_a_queued_write_is_never_acknowledged_when_its_committer_fails(tmp_path: Path) -> None:
+    """Group commit: if the thread committing a group dies before reaching a write (here: an
+    interrupt while committing the first), the other writes of the group get an error, not success."""
+    with Engine(tmp_path) as e:
+        group = [PendingWrite(f"Q{i}/1Min/OHLCV", bars(1), False, rows=1) for i in range(3)]
+        group.insert(1, PendingWrite("BAD/1Min/OHLCV", bars(5000), False, rows=5000))  # committed alone
+
+        def interrupted(w: PendingWrite) -> None:
+            raise KeyboardInterrupt
+
+        e._commit_alone = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            e._commit_queued(group)
+        assert all(w.done for w in group)
+        assert all(isinstance(w.error, MktsError) for w in group[2:])

@@ -563,19 +563,25 @@ class Engine:
             run.clear()
             keys.clear()
 
-        for w in group:
-            try:
-                canonical = parse_key(w.key).item_key
-            except ValueError:
-                canonical = None
-            if canonical is None or w.rows > GROUP_MAX_ROWS or canonical in keys:
-                flush()
-            if canonical is None or w.rows > GROUP_MAX_ROWS:
-                self._commit_alone(w)
-                continue
-            run.append(w)
-            keys.add(canonical)
-        flush()
+        try:
+            for w in group:
+                try:
+                    canonical = parse_key(w.key).item_key
+                except ValueError:
+                    canonical = None
+                if canonical is None or w.rows > GROUP_MAX_ROWS or canonical in keys:
+                    flush()
+                if canonical is None or w.rows > GROUP_MAX_ROWS:
+                    self._commit_alone(w)
+                    continue
+                run.append(w)
+                keys.add(canonical)
+            flush()
+        finally:  # never let a queued write look acknowledged when this thread failed before reaching it
+            for w in group:
+                if not w.done:
+                    w.error = MktsError(f"write to {w.key!r} was not committed: the committing thread failed")
+                    w.done = True
 
     def _commit_alone(self, w: PendingWrite) -> None:
         try:
