@@ -694,37 +694,27 @@ class Engine:
             sync_filesystem(self.root)
 
     def _write_one(self, key: str, batch: Batch, variable_length: bool) -> None:
-        """One write on its own (:meth:`write` without group commit)."""
+        """One write on its own (:meth:`write` without group commit): checked and normalised as an
+        item of :meth:`write_many`, then logged with the single-bucket optimisations (direct
+        writes, staging, ``write_run`` records)."""
         k = parse_key(key)
         self._require_writable()
-        if not isinstance(batch, Batch):
-            raise TypeError(f"expected a Batch, got {type(batch).__name__}")
-        index = np.asarray(batch.index)
-        if index.dtype != _I8 or index.ndim != 1:
-            raise SchemaMismatchError("batch index must be a 1-d int64 array of nanoseconds")
-        n = index.shape[0]
         with self._write_lock:
             self._require_writable()
-            bucket = self._bucket(k)
-            arrays = _usual_columns(bucket, batch.columns, n) if bucket is not None else None
-            if arrays is None:  # a new bucket, or columns that need checking and converting
-                cols = _checked_columns(batch.columns, n)
-                if bucket is None:
-                    if n == 0:
-                        return
-                    schema = _validate_schema([(name, wire_type(v.dtype)) for name, v in cols.items()], variable_length)
-                    self._log_create(k, schema, "variable" if variable_length else "fixed")
-                    bucket = self._require(k)
-                arrays = _conform(bucket, cols)
-            if n == 0:
+            item = self._prepare_item(k, batch, variable_length)
+            if item is None:
                 return
-            if bucket.ticks is not None:
-                ns, arrays = sort_ticks(index, arrays)
-                self._log({"op": "write", "key": k.item_key}, [ns, *arrays])
-                stored = Batch(ns, dict(zip(bucket.names, arrays, strict=True)), True) if self.commits else None
+            if item.create is not None:
+                self._log_create(k, *item.create)
+            bucket = self._require(k)
+            arrays = item.arrays
+            if item.ticks:
+                self._log({"op": "write", "key": k.item_key}, [item.times, *arrays])
+                stored = Batch(item.times, dict(zip(bucket.names, arrays, strict=True)), True) if self.commits else None
                 self._announce("write", k.item_key, batch=stored)
                 return
-            secs, arrays = _normalise(index, arrays, bucket.timeframe)
+            secs = item.times
+            n = secs.shape[0]
             b, item_key = bucket, bucket.item_key
             if not self._write_direct(bucket, secs, arrays):
                 apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731

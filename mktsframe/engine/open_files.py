@@ -30,7 +30,7 @@ import os
 import resource
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Protocol
 
 __all__ = ["OpenFiles", "count_open_data_files", "default_capacity", "raise_fd_limit"]
@@ -177,16 +177,6 @@ class OpenFiles:
                 self._pins[fid] = n
             else:
                 self._pins.pop(fid, None)
-
-    @contextlib.contextmanager
-    def pinned(self, files: list[Any]) -> Iterator[None]:
-        """Pin ``files`` (those still open) for the block."""
-        held = [f for f in files if self.pin(f)]
-        try:
-            yield
-        finally:
-            for f in held:
-                self.unpin(f)
 
 
 def count_open_data_files(root: str | os.PathLike[str], pid: int | str = "self") -> tuple[int, int]:
