@@ -13,58 +13,15 @@ fixed-timeframe buckets return the start of each bar. ``start``/``end`` argument
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
-
+from mktsframe.records import Batch, BucketInfo
 from mktsframe.times import TimeLike
 
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
 __all__ = ["Backend", "Batch", "BucketInfo"]
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Rows of one bucket, by column.
-
-    Attributes
-    ----------
-    index : numpy.ndarray
-        int64 nanoseconds since the epoch, UTC, ascending for query results.
-    columns : Mapping[str, numpy.ndarray]
-        One array per column, each as long as ``index``, in bucket order.
-    variable_length : bool
-        ``True`` for rows of a tick (variable-length) bucket: ``index`` holds each record's exact
-        time, and equal timestamps may repeat (in arrival order). ``False``: bar starts, unique.
-    """
-
-    index: np.ndarray
-    columns: Mapping[str, np.ndarray] = field(default_factory=dict)
-    variable_length: bool = False
-
-    def __len__(self) -> int:
-        return int(self.index.shape[0])
-
-
-@dataclass(frozen=True)
-class BucketInfo:
-    """What :meth:`Backend.info` reports about a bucket."""
-
-    key: str
-    timeframe: str
-    timeframe_seconds: int
-    record_type: str
-    columns: tuple[tuple[str, str], ...]
-    years: tuple[int, ...]
-    rows: int
-    first: int | None
-    """Nanoseconds of the first bar, or ``None`` if empty."""
-    last: int | None
-    """Nanoseconds of the last bar, or ``None`` if empty."""
-    disk_bytes: int
 
 
 @runtime_checkable

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.changes import ChangeFeed, CommitEvent
 from mktsframe.engine import Engine
-from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import MktsError, ReadOnlyError
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
 from mktsframe.times import TimeLike, to_ns
@@ -162,7 +162,13 @@ class LocalBackend:
         listener that journals events can make them durable first. Returns a function that
         unregisters both.
         """
-        return self.engine.commits.add(listener, before_checkpoint)
+        return self.engine.listen(listener, before_checkpoint)
+
+    @property
+    def changes(self) -> ChangeFeed:
+        """This root's change feed (the engine, seen only through :class:`~mktsframe.changes.ChangeFeed`):
+        what the server's streaming hub and replication consume."""
+        return self.engine
 
     def replayed_changes(self) -> list[tuple[str, str, int | None, int | None]]:
         """Changes the engine replayed from its write-ahead log when it opened: ``(op, key,
@@ -189,7 +195,7 @@ class LocalBackend:
         Listening starts before this returns. Changes made by other processes are not heard."""
         from mktsframe.streaming.local import subscribe_local
 
-        return subscribe_local(self.engine, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy)
+        return subscribe_local(self.changes, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy)
 
     def sync(self) -> None:
         """Make all writes durable now (only matters with ``background_sync``)."""

@@ -23,45 +23,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
-from mktsframe.backend.base import Batch
+from mktsframe.changes import CommitEvent, Listener
 
-__all__ = ["CommitEvent", "CommitListeners"]
+__all__ = ["CommitEvent", "CommitListeners"]  # CommitEvent lives in mktsframe.changes
 
 log = logging.getLogger("mktsframe.engine.commits")
-
-CommitOp = Literal["create", "write", "delete", "destroy"]
-
-
-@dataclass(frozen=True)
-class CommitEvent:
-    """One durable change to one bucket.
-
-    Attributes
-    ----------
-    op : {"create", "write", "delete", "destroy"}
-    key : str
-        Canonical bucket key, ``SYMBOL/TIMEFRAME/ATTRGROUP`` (aliases already resolved).
-    seq : int
-        Position of the change in this engine's commit order (strictly increasing per process).
-    batch : Batch or None
-        For ``write``: the rows as stored (index in int64 nanoseconds UTC, sorted, one row per
-        timestamp for fixed-timeframe buckets; columns in bucket order).
-    start, end : int or None
-        For ``delete``: the removed range in nanoseconds UTC, inclusive; ``None`` = unbounded.
-    """
-
-    op: CommitOp
-    key: str
-    seq: int
-    batch: Batch | None = None
-    start: int | None = None
-    end: int | None = None
-
-
-Listener = Callable[[CommitEvent], None]
 
 
 class CommitListeners:

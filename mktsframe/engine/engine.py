@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.changes import CommitEvent, Listener
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
-from mktsframe.engine.commits import CommitEvent, CommitListeners
+from mktsframe.engine.commits import CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
@@ -51,6 +51,7 @@ from mktsframe.errors import (
     SchemaMismatchError,
 )
 from mktsframe.keys import TimeBucketKey, parse_key, parse_key_pattern
+from mktsframe.records import Batch, BucketInfo
 
 __all__ = ["Engine"]
 
@@ -326,6 +327,16 @@ class Engine:
             yield wal is not None and not self._closed and fast
         finally:
             self._write_lock.release()
+
+    def listen(self, listener: Listener, before_checkpoint: Callable[[], None] | None = None) -> Callable[[], None]:
+        """Hear every acknowledged change (the :class:`~mktsframe.changes.ChangeFeed` protocol;
+        see :mod:`mktsframe.engine.commits` for the rules a listener follows)."""
+        return self.commits.add(listener, before_checkpoint)
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of this engine's latest change (0 before any; counts from 0 in each process)."""
+        return self.commits.last_seq
 
     @contextlib.contextmanager
     def commit_barrier(self) -> Iterator[int]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from mktsframe.backend.base import Backend
-from mktsframe.engine.commits import CommitEvent
+from mktsframe.changes import CommitEvent
 
 __all__ = ["BgWorker", "BgWorkerFactory", "Trigger", "TriggerFactory"]
 

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from mktsframe.backend.base import Backend, Batch
-from mktsframe.engine.commits import CommitEvent
+from mktsframe.changes import CommitEvent
 from mktsframe.errors import BucketNotFoundError, InvalidKeyError, MktsError
 from mktsframe.functions.candles import BAR_RULES, candles
 from mktsframe.functions.windows import Window

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mktsframe.backend.base import Backend
-from mktsframe.engine.commits import CommitEvent
+from mktsframe.changes import CommitEvent
 
 __all__ = ["TriggerRunner", "glob_regex"]
 

@@ -103,7 +103,9 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         app.state.plugins = plugins
         # One commit listener for all /ws connections; fan-out happens on this event loop.
         loop = asyncio.get_running_loop()
-        hub = CommitHub(be.engine, loop=loop, max_wait=config.stream_max_wait) if isinstance(be, LocalBackend) else None
+        hub = None
+        if isinstance(be, LocalBackend):
+            hub = CommitHub(be.changes, loop=loop, max_wait=config.stream_max_wait)
         app.state.hub = hub
         app.state.frames = FrameCache()
         grpc_server = None

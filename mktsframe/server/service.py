@@ -40,9 +40,9 @@ import pandas as pd
 from mktsframe.backend import nmds
 from mktsframe.backend.base import Backend, Batch
 from mktsframe.backend.bucket_kinds import BucketKinds
+from mktsframe.changes import CommitEvent
 from mktsframe.config import Config
 from mktsframe.dtypes import WIRE_TYPES, coerce_column, nanoseconds_part
-from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,

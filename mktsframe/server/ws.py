@@ -198,7 +198,7 @@ async def _send(websocket: WebSocket, outlet: _Outlet, hub: CommitHub) -> None:
 
 async def _replay(websocket: WebSocket, hub: CommitHub, req: _CatchUp) -> tuple[int, StreamPatterns]:
     variable = hub.kinds.variable
-    snap = await anyio.to_thread.run_sync(snapshot_since, hub.engine, req.patterns, req.since, variable)
+    snap = await anyio.to_thread.run_sync(snapshot_since, hub.source, req.patterns, req.since, variable)
     for key, batch in snap.batches.items():
         for frame in Chunk(snap.seq, key, batch, variable(key)).frames():
             await websocket.send_bytes(frame)

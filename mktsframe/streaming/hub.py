@@ -40,8 +40,7 @@ import weakref
 from dataclasses import dataclass
 
 from mktsframe.backend.bucket_kinds import BucketKinds
-from mktsframe.engine import Engine
-from mktsframe.engine.commits import CommitEvent
+from mktsframe.changes import ChangeFeed, CommitEvent
 from mktsframe.streaming.feed import Sink
 from mktsframe.streaming.messages import Chunk, Notice
 from mktsframe.streaming.patterns import StreamPatterns
@@ -76,18 +75,19 @@ class Subscriber:
 
 
 class CommitHub:
-    """Delivers each commit of ``engine`` to the feeds of the subscribers whose patterns match."""
+    """Delivers each commit of ``source`` (the engine, or any change feed) to the feeds of the
+    subscribers whose patterns match."""
 
     def __init__(
-        self, engine: Engine, loop: asyncio.AbstractEventLoop | None = None, *, max_wait: float = FAN_OUT_MAX_WAIT
+        self, source: ChangeFeed, loop: asyncio.AbstractEventLoop | None = None, *, max_wait: float = FAN_OUT_MAX_WAIT
     ) -> None:
         if not max_wait >= 0:
             raise ValueError(f"max_wait must be a number of seconds >= 0, got {max_wait!r}")
-        self.engine = engine
+        self.source = source
         self.loop = loop
         self.max_wait = float(max_wait)
         """Longest wait of a pass behind earlier ones, seconds (0: passes never wait)."""
-        self.kinds = BucketKinds(lambda key: engine.query(key, limit=0))
+        self.kinds = BucketKinds(lambda key: source.query(key, limit=0))
         self._subscribers: tuple[Subscriber, ...] = ()
         self._groups: tuple[_Group, ...] = ()
         self._group_of: dict[tuple[tuple[str, ...], bool], _Group] = {}  # by what they hear
@@ -112,7 +112,7 @@ class CommitHub:
             self._subscribers = (*self._subscribers, sub)
             self._join(sub)
             if self._detach is None:
-                self._detach = self.engine.commits.add(self._listen)
+                self._detach = self.source.listen(self._listen)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -306,14 +306,14 @@ class _Pass:
     """Seconds of event-loop time the pass has taken so far."""
 
 
-_hubs: weakref.WeakKeyDictionary[Engine, CommitHub] = weakref.WeakKeyDictionary()
+_hubs: weakref.WeakKeyDictionary[ChangeFeed, CommitHub] = weakref.WeakKeyDictionary()
 _hubs_lock = threading.Lock()
 
 
-def hub_for(engine: Engine) -> CommitHub:
-    """The in-process hub of ``engine`` (fan-out on the writer's thread), made on first use."""
+def hub_for(source: ChangeFeed) -> CommitHub:
+    """The in-process hub of ``source`` (fan-out on the writer's thread), made on first use."""
     with _hubs_lock:
-        hub = _hubs.get(engine)
+        hub = _hubs.get(source)
         if hub is None:
-            hub = _hubs[engine] = CommitHub(engine)
+            hub = _hubs[source] = CommitHub(source)
         return hub

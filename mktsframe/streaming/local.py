@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from mktsframe.engine import Engine
+from mktsframe.changes import ChangeFeed
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed, OverflowPolicy
 from mktsframe.streaming.hub import hub_for
 from mktsframe.streaming.messages import Message
@@ -22,7 +22,7 @@ __all__ = ["subscribe_local"]
 
 
 def subscribe_local(
-    engine: Engine,
+    source: ChangeFeed,
     pattern: str | Iterable[str],
     *,
     since: TimeLike = None,
@@ -30,17 +30,17 @@ def subscribe_local(
     max_rows: int = DEFAULT_MAX_ROWS,
     policy: OverflowPolicy = "drop_oldest",
 ) -> Subscription:
-    """Subscribe to the commits of ``engine``; listening starts before this returns."""
+    """Subscribe to the commits of ``source`` (the local engine); listening starts before this returns."""
     streams = stream_list(pattern)
     patterns = StreamPatterns(streams)
     since_ns = to_ns(since, name="since")
-    hub = hub_for(engine)
+    hub = hub_for(source)
     feed = Feed(max_rows, policy)
     subscriber = hub.subscribe(patterns, feed, notices=True)
     prelude = None
     if since_ns is not None:
         variable = hub.kinds.variable
-        prelude = Prelude(lambda: snapshot_since(engine, patterns, since_ns, variable), patterns, variable)
+        prelude = Prelude(lambda: snapshot_since(source, patterns, since_ns, variable), patterns, variable)
     sub = Subscription(feed, streams=streams, prelude=prelude, on_close=lambda: hub.unsubscribe(subscriber))
     if callback is not None:
         sub.start_callback(callback)

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mktsframe.backend.base import Batch
-from mktsframe.engine import Engine
-from mktsframe.engine.commits import CommitEvent
+from mktsframe.changes import ChangeFeed, CommitEvent
 from mktsframe.errors import BucketNotFoundError
 from mktsframe.keys import parse_key
 from mktsframe.streaming.patterns import StreamPatterns
@@ -58,7 +57,7 @@ class Snapshot:
 
 
 def snapshot_since(
-    engine: Engine,
+    source: ChangeFeed,
     patterns: StreamPatterns,
     since: int,
     variable: Callable[[str], bool],
@@ -68,11 +67,11 @@ def snapshot_since(
     ``variable(key)`` tells tick buckets from bar buckets (for splicing re-read spans).
     """
     window: list[CommitEvent] = []
-    with engine.commit_barrier():
-        remove = engine.commits.add(window.append)
+    with source.commit_barrier():
+        remove = source.listen(window.append)
     try:
-        found = _read(engine, patterns, since)
-        with engine.commit_barrier() as cut:
+        found = _read(source, patterns, since)
+        with source.commit_barrier() as cut:
             remove()
             touched: dict[str, _Span | None] = {}
             for e in window:
@@ -80,17 +79,17 @@ def snapshot_since(
                     span = _span(e)
                     touched[e.key] = _widen(touched[e.key], span) if e.key in touched else span
             for key, span in touched.items():
-                _splice(engine, found, key, since, span, variable(key))
+                _splice(source, found, key, since, span, variable(key))
     finally:
         remove()
     return Snapshot(cut, {k: found[k] for k in sorted(found)})
 
 
-def _read(engine: Engine, patterns: StreamPatterns, since: int) -> dict[str, Batch]:
+def _read(source: ChangeFeed, patterns: StreamPatterns, since: int) -> dict[str, Batch]:
     out: dict[str, Batch] = {}
     for stream in patterns.streams:
         try:
-            out.update(engine.query(stream, start=since))
+            out.update(source.query(stream, start=since))
         except BucketNotFoundError:
             continue
     return out
@@ -114,13 +113,13 @@ def _widen(prev: _Span | None, span: _Span | None) -> _Span | None:
     return min(prev[0], span[0]), max(prev[1], span[1])
 
 
-def _splice(engine: Engine, found: dict[str, Batch], key: str, since: int, span: _Span | None,
+def _splice(source: ChangeFeed, found: dict[str, Batch], key: str, since: int, span: _Span | None,
             variable: bool) -> None:
     """Replace ``found[key]`` within ``span`` by what storage holds now (under the barrier)."""
     lo = since if span is None else max(since, span[0] if span[0] is not None else since)
     hi = None if span is None else span[1]
     try:
-        fresh = engine.query(key, start=lo, end=hi)[key]
+        fresh = source.query(key, start=lo, end=hi)[key]
     except BucketNotFoundError:
         found.pop(key, None)
         return
