@@ -1,11 +1,12 @@
 """A bounded set of open data files: year files and tick partitions, least recently used closed first.
 
-Every open year file or tick partition holds a memory map and a file descriptor (Python's ``mmap``
-keeps a duplicate of the descriptor it maps). A universe of 10,000 buckets × a few years would hold
-tens of thousands of both for the life of the process: past ``ulimit -n`` (256 on macOS, 1024 on
-Linux by default) a query fails with ``EMFILE``, and past ``vm.max_map_count`` (65,530) ``mmap``
-fails. So the engine keeps at most :attr:`OpenFiles.capacity` of them open and closes the least
-recently used one when it opens another.
+Every open year file or tick partition holds a memory map (and, only where
+:mod:`mktsframe.engine.mapping` falls back to Python's ``mmap``, a file descriptor). A universe of
+10,000 buckets × a few years would hold tens of thousands of them for the life of the process:
+past ``vm.max_map_count`` (65,530) ``mmap`` fails, and with descriptors past ``ulimit -n`` (256 on
+macOS, 1024 on Linux by default) a query fails with ``EMFILE``. So the engine keeps at most
+:attr:`OpenFiles.capacity` of them open and closes the least recently used one when it opens
+another.
 
 Closing is only safe when nobody is copying out of the file. The rules that make it so:
 
@@ -32,6 +33,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from mktsframe.engine.mapping import HOLDS_DESCRIPTOR
 
 __all__ = ["OpenFiles", "count_open_data_files", "default_capacity", "raise_fd_limit"]
 
@@ -79,16 +82,21 @@ def _max_map_count() -> int:
 
 
 def default_capacity() -> int:
-    """How many data files an engine may keep open: at most half of the soft ``RLIMIT_NOFILE`` (after
-    trying to raise it) leaving at least ``_FD_RESERVE_MIN`` descriptors free, an eighth of
-    ``vm.max_map_count``, and ``MAX_CAPACITY``; ``MKTS_MAX_OPEN_FILES`` overrides it. 128 under
-    ``ulimit -n 256``: 128."""
+    """How many data files an engine may keep open (mapped): an eighth of ``vm.max_map_count`` and
+    at most ``MAX_CAPACITY`` (8,191 with Linux's default count); ``MKTS_MAX_OPEN_FILES`` overrides it.
+
+    Maps hold no file descriptor (:mod:`mktsframe.engine.mapping`), so ``ulimit -n`` does not bound
+    them. Where the fallback to :class:`mmap.mmap` keeps one descriptor per map, the budget is also
+    at most half of the soft ``RLIMIT_NOFILE`` (after trying to raise it), leaving at least
+    ``_FD_RESERVE_MIN`` descriptors free: 128 under ``ulimit -n 256``."""
     env = os.environ.get("MKTS_MAX_OPEN_FILES")
     if env:
         return max(1, int(env))
-    soft, _ = raise_fd_limit()
-    fds = MAX_CAPACITY if soft == resource.RLIM_INFINITY else min(soft // _FD_RESERVE_SHARE, soft - _FD_RESERVE_MIN)
-    return max(MIN_CAPACITY, min(fds, _max_map_count() // 8, MAX_CAPACITY))
+    soft, _ = raise_fd_limit()  # sockets and clients want descriptors in any case
+    cap = min(_max_map_count() // 8, MAX_CAPACITY)
+    if HOLDS_DESCRIPTOR and soft != resource.RLIM_INFINITY:
+        cap = min(cap, soft // _FD_RESERVE_SHARE, soft - _FD_RESERVE_MIN)
+    return max(MIN_CAPACITY, cap)
 
 
 class OpenFiles:

@@ -33,11 +33,9 @@ Crash safety, with the write-ahead log doing the durable part:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import mmap
 import os
 import struct
 import zlib
@@ -51,6 +49,7 @@ import numpy as np
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
+from mktsframe.engine.mapping import FileMap, map_file
 from mktsframe.engine.open_files import OpenFiles
 from mktsframe.errors import CorruptFileError
 
@@ -121,7 +120,7 @@ class _State:
 class TickPartition:
     """One day of one tick bucket, memory-mapped. Not thread-safe: the engine serialises access."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], state: _State, mm: mmap.mmap, writable: bool) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], state: _State, mm: FileMap, writable: bool) -> None:
         self.path = path
         self.meta = meta
         self.day: int = meta["day"]
@@ -133,9 +132,9 @@ class TickPartition:
         self._undo: list[np.ndarray] | None = None  # durable rows saved before an in-place overwrite
         self._undo_lo: int | None = None  # ... from this row to durable_nrows
         self._mm = mm
-        self.ns = np.ndarray((self.capacity,), np.int64, buffer=mm, offset=meta["ns_offset"])
+        self.ns = np.ndarray((self.capacity,), np.int64, buffer=mm.buffer, offset=meta["ns_offset"])
         self.columns: dict[str, np.ndarray] = {
-            c["name"]: np.ndarray((self.capacity,), dtype_of(c["type"]), buffer=mm, offset=c["offset"])
+            c["name"]: np.ndarray((self.capacity,), dtype_of(c["type"]), buffer=mm.buffer, offset=c["offset"])
             for c in meta["columns"]
         }
 
@@ -243,9 +242,9 @@ class TickPartition:
             state = _read_slots(head, path)
             if not (0 <= state.nrows <= meta["capacity"] and 0 <= state.durable_nrows <= meta["capacity"]):
                 raise CorruptFileError(f"{path}: commit slot holds an impossible row count {state.nrows}")
-            mm = mmap.mmap(fd, meta["file_size"], access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+            mm = map_file(fd, meta["file_size"], writable=writable)
         finally:
-            os.close(fd)
+            os.close(fd)  # the map holds no descriptor (see mktsframe.engine.mapping)
         return cls(path, meta, state, mm, writable)
 
     #: Set by the owning store when the log is synced in the background: a partition is then only
@@ -259,8 +258,7 @@ class TickPartition:
     def close(self) -> None:
         self.ns = None  # type: ignore[assignment]
         self.columns = {}
-        with contextlib.suppress(BufferError):  # a view is still referenced: the GC will unmap it
-            self._mm.close()
+        self._mm.close()  # unmapped now, or by the GC once a view still referenced goes
 
     # -- state ----------------------------------------------------------------------------------
     @property
@@ -276,7 +274,7 @@ class TickPartition:
         """Publish ``state`` in the inactive slot: one small store, checksummed, so a kill either
         leaves the previous slot in force or the new one complete."""
         state.gen = self.state.gen + 1
-        _pack_slot(self._mm, _SLOT_OFFSETS[state.gen % 2], state)
+        _pack_slot(self._mm.buffer, _SLOT_OFFSETS[state.gen % 2], state)
         self.state = state
         self.dirty = True
 

@@ -19,10 +19,8 @@ The header is checksummed and a bad one raises :class:`~mktsframe.errors.Corrupt
 from __future__ import annotations
 
 import calendar
-import contextlib
 import functools
 import json
-import mmap
 import os
 import struct
 import zlib
@@ -34,6 +32,7 @@ import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, pwrite_durable
+from mktsframe.engine.mapping import FileMap, map_file
 from mktsframe.errors import CorruptFileError
 
 __all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
@@ -115,7 +114,7 @@ class YearFile:
     readers copy, so a reader never sees half of a write.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], layout: _Layout, mm: mmap.mmap, writable: bool) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], layout: _Layout, mm: FileMap, writable: bool) -> None:
         self.path = path
         self.meta = meta
         self.year: int = meta["year"]
@@ -127,12 +126,12 @@ class YearFile:
         self.writable = writable
         self._mm = mm
         self._layout = layout
-        self.presence = np.ndarray((layout.nslots,), np.uint8, buffer=mm, offset=layout.presence_offset)
+        self.presence = np.ndarray((layout.nslots,), np.uint8, buffer=mm.buffer, offset=layout.presence_offset)
         self.columns: dict[str, np.ndarray] = {
-            name: np.ndarray((layout.nslots,), dtype_of(t), buffer=mm, offset=off)
+            name: np.ndarray((layout.nslots,), dtype_of(t), buffer=mm.buffer, offset=off)
             for (name, t), off in zip(self.schema, layout.column_offsets, strict=True)
         }
-        self._marks = np.ndarray((2,), np.int64, buffer=mm, offset=_WATERMARK_OFFSET)
+        self._marks = np.ndarray((2,), np.int64, buffer=mm.buffer, offset=_WATERMARK_OFFSET)
         # Watermarks live in the shared mapping, so a reader in another process sees the writer's
         # appends. They are an unchecksummed hint: if implausible, scan once and pin the result.
         self._pinned: tuple[int, int] | None = None
@@ -197,13 +196,10 @@ class YearFile:
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
             meta, layout = read_header(fd, path, os.pread(fd, _FIXED.size, 0))
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            mm = mmap.mmap(fd, layout.file_size, access=access)
+            mm = map_file(fd, layout.file_size, writable=writable)
         finally:
-            os.close(fd)
-        # Range reads are small slices of a large file: don't let a page fault read megabytes ahead.
-        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-            mm.madvise(mmap.MADV_RANDOM)
+            os.close(fd)  # the map holds no descriptor (see mktsframe.engine.mapping)
+        mm.advise_random()
         return cls(path, meta, layout, mm, writable)
 
     #: Year files may be closed dirty: the engine ``fdatasync``'s their path at the next checkpoint.
@@ -218,8 +214,7 @@ class YearFile:
         """Unmap the file; views handed out earlier must have been copied (they always are)."""
         self.presence = self._marks = None  # type: ignore[assignment]
         self.columns = {}
-        with contextlib.suppress(BufferError):  # a view is still referenced: the GC will unmap it
-            self._mm.close()
+        self._mm.close()  # unmapped now, or by the GC once a view still referenced goes
 
     @property
     def lo(self) -> int:
