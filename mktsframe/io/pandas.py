@@ -110,11 +110,13 @@ def _combine(results: dict[str, Batch]) -> pd.DataFrame:
     lengths = np.fromiter((len(b) for b in batches), np.int64, len(batches))
     which = np.arange(len(batches), dtype=np.int32)
     first = batches[0].index
-    if lengths.min() == lengths.max() and (np.stack([b.index for b in batches]) == first).all():
+    nb, rows = len(batches), first.shape[0]
+    if lengths.min() == lengths.max() and (np.concatenate([b.index for b in batches]).reshape(nb, rows) == first).all():
         # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
-        index = np.repeat(first, len(batches))
-        cols = {n: np.stack([b.columns[n] for b in batches], axis=1).reshape(-1) for n in names}  # one copy
-        which = np.tile(which, first.shape[0])
+        # (concatenate, not stack: stack costs ~1 µs an array, 5 ms a column for 5,000 symbols)
+        index = np.repeat(first, nb)
+        cols = {n: _transposed(np.concatenate([b.columns[n] for b in batches]), nb, rows) for n in names}
+        which = np.tile(which, rows)
     else:
         index = np.concatenate([b.index for b in batches])
         cols = {n: np.concatenate([b.columns[n] for b in batches]) for n in names}
@@ -136,6 +138,13 @@ def _combine(results: dict[str, Batch]) -> pd.DataFrame:
         pos += 1
     out.attrs["mkts_key"] = ",".join(keys)
     return out
+
+
+def _transposed(joined: np.ndarray, buckets: int, rows: int) -> np.ndarray:
+    """``joined`` holds ``buckets`` runs of ``rows`` values; the same values row-major by time."""
+    if rows == 1:
+        return joined
+    return np.ascontiguousarray(joined.reshape(buckets, rows).T).reshape(-1)
 
 
 def write_mkts(
