@@ -117,3 +117,52 @@ def test_background_sync_writes_never_wait_for_the_disk(open_engine) -> None:
         with engine.writes_without_waiting() as now:
             assert now is expected
         engine.close()
+
+
+def test_the_server_writes_on_its_loop_only_while_no_worker_is_busy(tmp_path: Path) -> None:
+    """The app's rule: a few-row write runs on the event loop only while no other /rpc request is in
+    a worker thread; otherwise it joins the workers (where concurrent writers share log syncs).
+    A query held up inside a worker (the test holds the engine's apply lock) makes the next small
+    write go to a worker too: without the rule it would run on the loop, and block it."""
+    import asyncio
+
+    import httpx
+    from live_helpers import asgi_lifespan
+
+    from mktsframe.config import load_config
+    from mktsframe.server.app import create_app
+
+    db = connect(tmp_path / "data")
+    db.write(KEY, Batch(np.array([(T0 - 60) * NS]), {"Close": np.array([0.0])}))
+    db.engine._wal.last_sync_seconds = 0.0
+    threads: list[str] = []
+    db.on_commit(lambda event: threads.append(threading.current_thread().name))
+    app = create_app(load_config(None, root_directory=str(tmp_path / "data"), grpc_listen_port=0), backend=db)
+    query = msgpack.packb({"jsonrpc": "2.0", "id": "q", "method": "DataService.Query",
+                           "params": {"requests": [{"destination": KEY}]}})
+
+    async def run() -> None:
+        headers = {"Content-Type": MSGPACK}
+        async with asgi_lifespan(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://in-process"
+        ) as c:
+            await c.post("/rpc", content=write_body(1, first=1), headers=headers)  # learns the bucket's kind
+            db.engine._wal.last_sync_seconds = 0.0
+            await c.post("/rpc", content=write_body(1, first=2), headers=headers)  # idle: on the loop
+            assert threads[-1] == threading.current_thread().name
+            with db.engine._apply_lock:
+                slow = asyncio.create_task(c.post("/rpc", content=query, headers=headers))
+                await asyncio.sleep(0.3)  # the query is now waiting in its worker
+                db.engine._wal.last_sync_seconds = 0.0
+                write = asyncio.create_task(c.post("/rpc", content=write_body(1, first=3), headers=headers))
+                await asyncio.sleep(0.2)
+                assert not write.done()  # waiting in a worker for the lock, not blocking this loop
+            await slow
+            await write
+            assert threads[-1].startswith("mkts-rpc")
+
+    try:
+        asyncio.run(run())
+        assert stored(db) == 4
+    finally:
+        db.close()
