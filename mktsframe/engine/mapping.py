@@ -94,7 +94,9 @@ class FileMap:
             _raise_errno("mmap")
         self._addr = addr
         region = (ctypes.c_char * size).from_address(addr)
-        weakref.finalize(region, _unmap, addr, size)  # when the last view of it is gone
+        # Unmapped when the last view of it is gone, and never at interpreter exit: finalizers'
+        # exit hook would run before the engine's own (which still flushes the maps).
+        weakref.finalize(region, _unmap, addr, size).atexit = False
         view = memoryview(region).cast("B")
         self.buffer = view if writable else view.toreadonly()
 
