@@ -236,9 +236,9 @@ max_body_bytes: 268435456
 # mktsframe: while writers go flat out, /ws subscribers get rows in batches at most this many
 # seconds apart (lower: fresher rows, slower writers; 0: never batch on purpose).
 stream_max_wait: 0.15
-# mktsframe: most year files and tick partitions kept open at once (each holds a memory map and a
-# file descriptor; the least recently used is closed to open another). 0: sized from the process's
-# limits (half of `ulimit -n` after raising it to the hard limit, at most 8192).
+# mktsframe: most year files and tick partitions kept mapped at once (a map holds no file
+# descriptor; the least recently used is closed to open another). 0: an eighth of
+# vm.max_map_count, at most 8192.
 max_open_files: 0
 # Plugins (see docs): triggers run after writes, bgworkers run beside the server.
 triggers: []

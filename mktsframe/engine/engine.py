@@ -102,10 +102,10 @@ class Engine:
         the year files, which are ``msync``'d only at checkpoints and close. A crash can lose or
         tear anything written since the last checkpoint. Never use it for live data.
     max_open_files : int or None
-        Most year files and tick partitions kept open (each holds a memory map and a descriptor);
-        the least recently used is closed to open another. ``None``: sized from the process's
-        limits (:func:`~mktsframe.engine.open_files.default_capacity`, which first raises the soft
-        ``RLIMIT_NOFILE`` to the hard one), or ``MKTS_MAX_OPEN_FILES``.
+        Most year files and tick partitions kept mapped (a map holds no descriptor, see
+        :mod:`~mktsframe.engine.mapping`); the least recently used is closed to open another.
+        ``None``: sized from the process's limits
+        (:func:`~mktsframe.engine.open_files.default_capacity`), or ``MKTS_MAX_OPEN_FILES``.
     """
 
     def __init__(
