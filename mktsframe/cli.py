@@ -1,4 +1,4 @@
-"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``.
+"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``, ``token``.
 
 ``mktsframe init`` writes the commented default ``mkts.yml`` here; ``mktsframe start`` runs the
 server exactly like ``python -m mktsframe.server`` (same flags), as MarketStore's
@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_target(p_sql)
     p_sql.set_defaults(func=_sql)
+    from mktsframe.token_cli import add_token_commands
+
+    add_token_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
