@@ -4,10 +4,16 @@ uvicorn times out a keep-alive connection only *after* a response (``timeout_kee
 connection that sends nothing, or a few bytes of a head and then nothing, stays open for ever,
 so enough of them exhaust the server's file descriptors (slowloris). :func:`idle_protocol`
 subclasses uvicorn's HTTP protocol to close such a connection after ``idle_timeout`` seconds
-without a byte while it waits for a request head. While a request runs the timer is off (a
-long query is not idleness); a body that stops arriving is timed out by the app
+without a byte while it waits for a request head (after a response, uvicorn's own keep-alive
+timeout closes an idle connection). While a request runs the timer is off (a long query is not idleness); a body that stops arriving is timed out by the app
 (:class:`~.app.RpcFront`), and a connection upgraded to a WebSocket belongs to the WebSocket
 protocol (pings find dead peers there).
+
+Over TLS a connection closed between requests (idle, keep-alive expired, server stopping) is
+aborted rather than closed: a graceful TLS close waits for the client's ``close_notify``, which an
+idle client that is not reading never sends, so each such connection stayed in uvicorn's set for
+the TLS shutdown timeout (30 s) and held up a server's stop that long. A request in progress is
+never cut (uvicorn closes it after its response).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from typing import Any
 __all__ = ["idle_protocol"]
 
 
-def idle_protocol(base: type[asyncio.Protocol], idle_timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class ``base`` (httptools' or h11's) with the head timeout."""
+def idle_protocol(base: type[asyncio.Protocol], idle_timeout: float | None) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class ``base`` (httptools' or h11's) with the head timeout
+    (``None`` or 0: none) and TLS connections aborted when they are closed between requests."""
 
     class IdleTimeout(base):  # type: ignore[misc, valid-type]
         _idle_timer: asyncio.TimerHandle | None = None
@@ -27,6 +34,21 @@ def idle_protocol(base: type[asyncio.Protocol], idle_timeout: float) -> type[asy
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()
+
+        def shutdown(self) -> None:
+            if self._between_requests() and self._tls():
+                self.transport.abort()
+            else:
+                super().shutdown()
+
+        def timeout_keep_alive_handler(self) -> None:
+            if self._tls() and not self.transport.is_closing():
+                self.transport.abort()
+            else:
+                super().timeout_keep_alive_handler()
+
+        def _tls(self) -> bool:
+            return self.transport.get_extra_info("sslcontext") is not None
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -39,17 +61,14 @@ def idle_protocol(base: type[asyncio.Protocol], idle_timeout: float) -> type[asy
             self._disarm()
             super().connection_lost(exc)
 
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            self._arm()  # uvicorn's keep-alive timer (shorter) usually closes it first
-
         def _between_requests(self) -> bool:
             cycle = getattr(self, "cycle", None)
             return cycle is None or bool(cycle.response_complete)
 
         def _arm(self) -> None:
             self._disarm()
-            self._idle_timer = self.loop.call_later(idle_timeout, self._idle)
+            if idle_timeout:
+                self._idle_timer = self.loop.call_later(idle_timeout, self._idle)
 
         def _disarm(self) -> None:
             if self._idle_timer is not None:
@@ -59,7 +78,7 @@ def idle_protocol(base: type[asyncio.Protocol], idle_timeout: float) -> type[asy
         def _idle(self) -> None:
             transport = self.transport
             if transport.get_protocol() is self and not transport.is_closing() and self._between_requests():
-                transport.close()
+                transport.abort()
 
     IdleTimeout.__name__ = IdleTimeout.__qualname__ = f"Idle{base.__name__}"
     return IdleTimeout

@@ -167,7 +167,7 @@ def serve(config: Config) -> None:
         host=host,
         port=config.listen_port,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http=idle_protocol(http, config.idle_timeout) if config.idle_timeout else http,
+        http=idle_protocol(http, config.idle_timeout),
         ws="websockets-sansio" if _has("websockets") else "none",
         ws_per_message_deflate=False,  # deflate costs CPU on binary msgpack
         ws_max_size=WS_MAX_MESSAGE,  # what a client sends on /ws is a subscribe message
