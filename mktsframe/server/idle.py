@@ -5,7 +5,8 @@ connection that sends nothing, or a few bytes of a head and then nothing, stays 
 so enough of them exhaust the server's file descriptors (slowloris). :func:`idle_protocol`
 subclasses uvicorn's HTTP protocol to close such a connection after ``idle_timeout`` seconds
 without a byte while it waits for a request head (after a response, uvicorn's own keep-alive
-timeout closes an idle connection). While a request runs the timer is off (a long query is not idleness); a body that stops arriving is timed out by the app
+timeout closes an idle connection). While a request runs the timer is off (a long query is not
+idleness); a body that stops arriving is timed out by the app
 (:class:`~.app.RpcFront`), and a connection upgraded to a WebSocket belongs to the WebSocket
 protocol (pings find dead peers there).
 
