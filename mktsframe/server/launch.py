@@ -88,7 +88,8 @@ class ServerProcess:
     root : path
         The data root served.
     host : str
-        Loopback by default; ``""`` would listen on every interface.
+        Loopback by default; ``""`` is loopback too unless ``auth`` (or ``allow_anonymous``) is
+        configured, then every interface (see :mod:`mktsframe.server.exposure`).
     port : int
         ``0`` picks a free port.
     args : sequence of str

@@ -176,5 +176,8 @@ def test_streams_per_connection_capped(bounded: ServerProcess) -> None:
         ok = {"streams": ["S1/1Min/C", "S2/1Min/C", "*/1Min/C"]}
         ws.send_binary(msgpack.packb(ok))
         assert msgpack.unpackb(ws.recv()) == ok
+        ws.send_binary(msgpack.packb({"streams": ["x" * (2 << 20)]}))  # over the 1 MiB message bound
+        with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionResetError)):
+            ws.recv()
     finally:
         ws.close()
