@@ -54,9 +54,11 @@ def _open(args: argparse.Namespace) -> Backend:
 def _connect(args: argparse.Namespace) -> int:
     from mktsframe.shell import run
 
+    from mktsframe.backend.http import redact_url
+
     backend = _open(args)
     try:
-        return run(backend, _target(args) or "the default root")
+        return run(backend, redact_url(_target(args)) or "the default root")
     finally:
         backend.close()
 

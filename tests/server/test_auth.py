@@ -170,7 +170,15 @@ def test_mktsframe_client_token_env_and_stream(secured: tuple[ServerProcess, dic
         assert "OURS" in reader.list_symbols()
         with pytest.raises(AccessDeniedError, match="needs the write role"):
             df.mkts.write("OURS/1Min/OHLC", backend=reader)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # the CLI sends $MKTS_TOKEN too
+        assert cli(["sql", "SELECT count(*) AS n FROM `OURS/1Min/OHLC`", "--url", server.url, "--csv"]) == 0
+    assert out.getvalue().strip().endswith(",1")
     monkeypatch.delenv("MKTS_TOKEN")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli(["sql", "SELECT * FROM `OURS/1Min/OHLC`", "--url", server.url]) == 2
+    assert "authentication required" in err.getvalue()
     with mktsframe.connect(url_with(server, "read", tokens["read"])) as via_url:  # Basic, as pymarketstore
         assert tokens["read"] not in via_url.url
         assert "OURS" in via_url.list_symbols()
