@@ -52,9 +52,8 @@ def _open(args: argparse.Namespace) -> Backend:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from mktsframe.shell import run
-
     from mktsframe.backend.http import redact_url
+    from mktsframe.shell import run
 
     backend = _open(args)
     try:
