@@ -11,6 +11,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mktsframe.server.auth import TokenStore
 
 __all__ = ["add_token_commands"]
 

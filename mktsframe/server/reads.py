@@ -3,16 +3,18 @@
 :class:`GuardedReads` stands in for the backend during one ``DataService.Query`` call, for every
 path a query can take (plain reads, ``columns``, candles of an unstored timeframe, SQL, SQL's
 ``INSERT``). It bounds the rows the call reads in all at ``max_reply_rows``: each read asks the
-backend for at most the rows still allowed plus one, so the server never materialises more
-than that before refusing with a message that points at ``limit`` and paging. A pattern
-(``*/1Min/OHLCV``, ``A,B/...``) is read key by key against the same allowance, as one read with
-a per-key limit could still return that many rows for every key. Writes through it (SQL
-``INSERT``) need the write role.
+backend for at most the rows still allowed plus one per key, and the rows it got are counted
+against the allowance before anything else is read, so a refusal (pointing at ``limit`` and
+paging) comes before any further work. A pattern (``*/1Min/OHLCV``, ``A,B/...``) is read in one
+pass, each key limited to the allowance: its transient peak is at most the allowance per key,
+not in all. Reading such a pattern key by key would bound the total strictly but made a
+2,000-symbol cross-section 2.4x slower (107 → 263 ms in process), the commonest pattern query.
+Writes through it (SQL ``INSERT``) need the write role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mktsframe.backend.base import Backend, Batch
@@ -43,22 +45,11 @@ class GuardedReads:
         if self.left is None or limit == 0:
             return self.backend.query(key, start=start, end=end, columns=columns, limit=limit,
                                       limit_from_start=limit_from_start)  # fmt: skip
-        out: dict[str, Batch] = {}
-        for k in self._keys(key):
-            step = self.left + 1 if limit is None else min(limit, self.left + 1)
-            part = self.backend.query(k, start=start, end=end, columns=columns, limit=step,
-                                      limit_from_start=limit_from_start)  # fmt: skip
-            for name, batch in part.items():
-                self._take(len(batch.index))
-                out[name] = batch
+        step = self.left + 1 if limit is None else min(limit, self.left + 1)
+        out = self.backend.query(key, start=start, end=end, columns=columns, limit=step,
+                                 limit_from_start=limit_from_start)  # fmt: skip
+        self._take(sum(len(batch.index) for batch in out.values()))
         return out
-
-    def _keys(self, key: str) -> Iterator[str]:
-        """``key`` itself, or each bucket a pattern names (found with a zero-row read)."""
-        if not any(c in key.partition(":")[0] for c in ",*?"):
-            yield key
-            return
-        yield from self.backend.query(key, limit=0)
 
     def _take(self, rows: int) -> None:
         assert self.left is not None
