@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mktsframe.server.auth import TokenStore
+    pass
 
 __all__ = ["add_token_commands"]
 
