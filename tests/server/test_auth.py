@@ -20,6 +20,7 @@ import pymarketstore as pymkts
 import pymarketstore.proto.marketstore_pb2_grpc as gp
 import pytest
 import requests
+import websocket
 from live_helpers import ServerProcess, replies, start_server
 
 import mktsframe
@@ -187,6 +188,31 @@ def test_mktsframe_client_token_env_and_stream(secured: tuple[ServerProcess, dic
             anonymous.list_keys()
         with pytest.raises(AccessDeniedError, match="401"):
             anonymous.subscribe("OURS/1Min/OHLC")
+
+
+def test_pymarketstore_stream_with_a_header(secured: tuple[ServerProcess, dict[str, str]]) -> None:
+    """docs/security.md's recipe: pymarketstore's StreamConn connects with an Authorization header."""
+    server, tokens = secured
+    url = f"ws://127.0.0.1:{server.port}/ws"
+
+    class AuthStreamConn(pymkts.StreamConn):
+        def _connect(self) -> websocket.WebSocket:
+            ws = websocket.WebSocket()
+            ws.connect(self.endpoint, header=["Authorization: Bearer " + tokens["read"]], timeout=10)
+            return ws
+
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        pymkts.StreamConn(url)._connect()
+    assert e.value.status_code == 401
+    ws = AuthStreamConn(url)._connect()
+    try:
+        AuthStreamConn(url)._subscribe(ws, ["STREAM/1Min/OHLC"])
+        assert msgpack.unpackb(ws.recv()) == {"streams": ["STREAM/1Min/OHLC"]}
+        writer = pymkts.Client(url_with(server, "write", tokens["write"]))
+        assert replies(writer.write(bars(1), "STREAM/1Min/OHLC")) is None
+        assert msgpack.unpackb(ws.recv())["key"] == "STREAM/1Min/OHLC"
+    finally:
+        ws.close()
 
 
 # -- gRPC: metadata ----------------------------------------------------------------------------------
