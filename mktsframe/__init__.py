@@ -7,6 +7,7 @@ accessor.
 from mktsframe.backend import Backend, Batch, BucketInfo, connect, set_default_backend
 from mktsframe.config import Config, load_config
 from mktsframe.errors import (
+    AccessDeniedError,
     BucketExistsError,
     BucketNotFoundError,
     CorruptFileError,
@@ -23,6 +24,7 @@ from mktsframe.io.accessor import register as _register
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "Backend",
     "Batch",
     "BucketExistsError",

@@ -1,4 +1,4 @@
-"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``.
+"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``, ``token``.
 
 ``mktsframe init`` writes the commented default ``mkts.yml`` here; ``mktsframe start`` runs the
 server exactly like ``python -m mktsframe.server`` (same flags), as MarketStore's
@@ -52,11 +52,12 @@ def _open(args: argparse.Namespace) -> Backend:
 
 
 def _connect(args: argparse.Namespace) -> int:
+    from mktsframe.backend.http import redact_url
     from mktsframe.shell import run
 
     backend = _open(args)
     try:
-        return run(backend, _target(args) or "the default root")
+        return run(backend, redact_url(_target(args)) or "the default root")
     finally:
         backend.close()
 
@@ -143,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_target(p_sql)
     p_sql.set_defaults(func=_sql)
+    from mktsframe.token_cli import add_token_commands
+
+    add_token_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -70,6 +70,14 @@ class Config:
     max_body_bytes: int = 256 << 20
     stream_max_wait: float = 0.15
     max_open_files: int = 0
+    # mktsframe's access control and bounds (docs/security.md)
+    auth: bool = False
+    allow_anonymous: bool = False
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    max_reply_rows: int = 25_000_000
+    idle_timeout: float = 30.0
+    max_streams: int = 1000
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for :class:`mktsframe.engine.Engine`."""
@@ -158,6 +166,10 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         raise ConfigError(f"mkts.yml: unknown timezone {cfg.timezone!r}") from None
     if base is not None and not Path(cfg.root_directory).is_absolute():
         cfg.root_directory = str(base / cfg.root_directory)
+    for key in ("tls_cert_file", "tls_key_file"):  # relative to the file, as the root
+        value = getattr(cfg, key)
+        if value and base is not None and not Path(value).expanduser().is_absolute():
+            setattr(cfg, key, str(base / value))
     return cfg
 
 
@@ -200,7 +212,7 @@ DEFAULT_CONFIG_TEXT = """\
 
 # Data directory (created if missing).
 root_directory: data
-# HTTP API (/rpc, /ws, /heartbeat). Empty host = all interfaces.
+# HTTP API (/rpc, /ws, /heartbeat). Empty host: 127.0.0.1 without auth, all interfaces with it.
 listen_host: ""
 listen_port: 5993
 # gRPC API port (proto.Marketstore, for pymarketstore's grpc=True); 0 disables it.
@@ -240,6 +252,20 @@ stream_max_wait: 0.15
 # descriptor; the least recently used is closed to open another). 0: an eighth of
 # vm.max_map_count, at most 8192.
 max_open_files: 0
+# mktsframe: access control (docs/security.md). true: every listener needs a token
+# (`mktsframe token add NAME --role read|write|admin`). Without auth the server listens on
+# 127.0.0.1 only, unless allow_anonymous: true (anyone who reaches the port may write and destroy).
+auth: false
+allow_anonymous: false
+# mktsframe: TLS for HTTP/WS and gRPC (PEM files; paths relative to this file).
+tls_cert_file: ""
+tls_key_file: ""
+# mktsframe: most rows one query may read or return (0: no bound); ask with limit or page past it.
+max_reply_rows: 25000000
+# mktsframe: seconds a connection may stall before sending a whole request (head or body).
+idle_timeout: 30
+# mktsframe: most stream patterns one /ws connection may subscribe to.
+max_streams: 1000
 # Plugins (see docs): triggers run after writes, bgworkers run beside the server.
 triggers: []
 bgworkers: []

@@ -8,6 +8,7 @@ network clients, so they must make sense without a traceback.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
     "BucketExistsError",
     "BucketNotFoundError",
     "CorruptFileError",
@@ -50,6 +51,11 @@ class CorruptFileError(MktsError):
 
 class LockedError(MktsError):
     """Another process holds the root's write lock."""
+
+
+class AccessDeniedError(MktsError, PermissionError):
+    """The server refused the caller: no valid token (HTTP 401, gRPC ``UNAUTHENTICATED``) or a
+    token whose role does not allow the operation (HTTP 403, gRPC ``PERMISSION_DENIED``)."""
 
 
 class ReadOnlyError(MktsError):

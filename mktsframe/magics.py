@@ -3,6 +3,7 @@
 Line magic::
 
     %mkts connect data/                # a data root, file://… or http://host:5993
+                                       # (a server with auth: the token from $MKTS_TOKEN)
     %mkts ls [PATTERN]                 # bucket keys (globs allowed: */1Min/OHLCV)
     %mkts info KEY                     # schema, extent and size as a Series
     df = %mkts read KEY --start 2024-01-02 --end 2024-01-03 --limit 100 [--columns Open,Close] [--first]
@@ -104,9 +105,12 @@ class MktsMagics(Magics):
             backend.close()
             raise
         self.close()
-        self.backend, self.target, self._keys = backend, args[0], keys
+        from mktsframe.backend.http import redact_url
+
+        shown = redact_url(args[0])  # a token in the URL is never printed (nor kept)
+        self.backend, self.target, self._keys = backend, shown, keys
         self._previous_default = set_default_backend(backend)
-        print(f"connected to {args[0]} ({len(keys)} buckets)")
+        print(f"connected to {shown} ({len(keys)} buckets)")
 
     def _ls(self, args: list[str]) -> list[str]:
         if len(args) > 1:

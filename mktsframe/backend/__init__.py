@@ -36,7 +36,8 @@ def connect(
     config : Config, optional
         Engine settings (``background_sync``, checkpoint and WAL intervals) from ``mkts.yml``.
     **options
-        Passed to the backend (e.g. ``timeout=`` for HTTP, ``background_sync=`` for local).
+        Passed to the backend (e.g. ``timeout=``, ``token=``, ``ca_file=`` for HTTP;
+        ``background_sync=`` for local).
     """
     if target is None:
         target = default_root()

@@ -12,9 +12,12 @@ unreachable server raises :class:`~mktsframe.errors.MktsError` naming the URL.
 
 from __future__ import annotations
 
+import base64
+import os
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlparse, urlunparse
+from urllib.parse import unquote, urlparse, urlunparse
 
 import msgpack
 import numpy as np
@@ -31,7 +34,7 @@ from mktsframe.times import TimeLike, to_ns
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["HTTPBackend", "Transport"]
+__all__ = ["HTTPBackend", "Transport", "redact_url"]
 
 NS = 1_000_000_000
 _MSGPACK = "application/x-msgpack"
@@ -65,17 +68,31 @@ class HTTPBackend:
         What carries the request bodies (default: a keep-alive :class:`~.http_pool.ConnectionPool`
         to ``url``). Tests pass :class:`mktsframe.server.rpc.InProcess` to run a server's ``/rpc``
         in the same process, as httpx's tests use a mock transport.
+    token : str, optional
+        The access token of a server with ``auth`` (``mktsframe token add``), sent as ``Bearer`` on
+        every call and stream. Default: ``$MKTS_TOKEN``, or the password of a
+        ``http://NAME:TOKEN@host`` URL (sent as Basic, as pymarketstore does). Never shown in
+        :attr:`url`, ``repr`` or error messages.
+    ca_file : str, optional
+        PEM file of the CA to trust for ``https://`` (default: the system's, or ``$SSL_CERT_FILE``).
     """
 
-    def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None,
+                 token: str | None = None, ca_file: str | os.PathLike[str] | None = None) -> None:
         parts = urlparse(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {redact_url(url)!r}")
         path = parts.path.rstrip("/") or "/rpc"
-        self.url = urlunparse(parts._replace(path=path, query="", fragment=""))
+        netloc = parts.netloc.rpartition("@")[2]  # credentials go in a header, never in the URL kept
+        self.url = urlunparse(parts._replace(netloc=netloc, path=path, query="", fragment=""))
         self.timeout = float(timeout)
+        self._auth = _authorization(token, parts.username, parts.password)
+        self._ssl = ssl.create_default_context(cafile=os.fspath(ca_file)) if ca_file is not None else None
+        headers = {"Content-Type": _MSGPACK, "Accept": _MSGPACK}
+        if self._auth:
+            headers["Authorization"] = self._auth
         self._pool: Transport = transport if transport is not None else ConnectionPool(
-            self.url, {"Content-Type": _MSGPACK, "Accept": _MSGPACK}, self.timeout)
+            self.url, headers, self.timeout, context=self._ssl)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -92,6 +109,8 @@ class HTTPBackend:
             raise MktsError(f"server at {self.url} did not answer within {self.timeout:g} s ({exc})") from None
         except OSError as exc:
             raise MktsError(f"cannot reach the mktsframe server at {self.url}: {exc or type(exc).__name__}") from None
+        if status in (401, 403):
+            raise errors.AccessDeniedError(f"{self.url}: {_message(content)}")
         if status != 200:
             raise MktsError(f"{self.url} answered HTTP {status}: {content[:300].decode('utf-8', 'replace')}")
         try:
@@ -245,7 +264,8 @@ class HTTPBackend:
         from mktsframe.streaming.ws_client import subscribe_ws
 
         return subscribe_ws(
-            self.url, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy, timeout=self.timeout
+            self.url, pattern, since=since, callback=callback, max_rows=max_rows, policy=policy, timeout=self.timeout,
+            headers={"Authorization": self._auth} if self._auth else None, ssl_context=self._ssl,
         )
 
     def close(self) -> None:
@@ -258,6 +278,36 @@ class HTTPBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _authorization(token: str | None, user: str | None, password: str | None) -> str | None:
+    """The ``Authorization`` header: ``token=``, else ``$MKTS_TOKEN``, else the URL's credentials."""
+    token = token or os.environ.get("MKTS_TOKEN") or None
+    if token:
+        return f"Bearer {token}"
+    if user or password:
+        pair = f"{unquote(user or '')}:{unquote(password or '')}".encode()
+        return "Basic " + base64.b64encode(pair).decode("ascii")
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the credentials it may carry."""
+    head, at, tail = url.partition("@")
+    return f"{head.partition('://')[0]}://***@{tail}" if at and "://" in head else url
+
+
+def _message(content: bytes) -> str:
+    """The error message of a 401/403 reply (a JSON-RPC error in msgpack or JSON)."""
+    import json
+
+    for load in (lambda b: msgpack.unpackb(b, raw=False), json.loads):
+        try:
+            err = load(content).get("error") or {}
+            return str(err.get("message") or err)
+        except Exception:
+            continue
+    return content[:300].decode("utf-8", "replace")
 
 
 def _error(message: str, obj: Any) -> Exception:

@@ -19,9 +19,12 @@ a large reply that keeps streaming is not cut off while a dead server is.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import select
+import ssl
 import threading
+from typing import Any
 from urllib.parse import urlparse
 
 __all__ = ["ConnectionPool"]
@@ -35,9 +38,12 @@ SMALL_BODY = 64 << 10
 class ConnectionPool:
     """``POST`` to one URL over reused connections; callable from any number of threads."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout: float) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout: float,
+                 context: ssl.SSLContext | None = None) -> None:
+        """``context`` verifies an ``https://`` server (default: Python's default, the system CAs)."""
         parts = urlparse(url)
-        self._factory = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self._factory: Any = (functools.partial(http.client.HTTPSConnection, context=context)
+                              if parts.scheme == "https" else http.client.HTTPConnection)
         self._host = parts.hostname or "localhost"
         self._port = parts.port
         self._path = parts.path or "/"

@@ -45,8 +45,18 @@ from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
-from mktsframe.server.rpc import INVALID_REQUEST, JSON, LATER, JsonRpc, Reply, content_codec, request_error
-from mktsframe.server.service import Service
+from mktsframe.server.auth import ANONYMOUS, WWW_AUTHENTICATE, Authenticator, AuthFailure, Principal
+from mktsframe.server.rpc import (
+    INVALID_REQUEST,
+    JSON,
+    LATER,
+    SERVER_ERROR,
+    JsonRpc,
+    Reply,
+    content_codec,
+    request_error,
+)
+from mktsframe.server.service import CallContext, Service
 from mktsframe.server.ws import serve_stream
 from mktsframe.server.ws_push import FrameCache
 from mktsframe.streaming.hub import CommitHub
@@ -88,6 +98,10 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
 
     ``middleware`` (starlette :class:`~starlette.middleware.Middleware` entries, outermost first)
     wraps every path, ``/rpc`` and ``/ws`` included, not only the starlette routes.
+
+    With ``auth: true`` every HTTP and WebSocket request is authenticated here, before its body
+    is read or the socket accepted (401 otherwise); the caller's role goes into the
+    :class:`~.service.CallContext` of its calls, where the service checks it.
     """
     version = server_version()
     headers = {"Marketstore-Version": version, "X-Content-Type-Options": "nosniff"}
@@ -136,14 +150,16 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         ],
         lifespan=lifespan,
     )
-    return RpcFront(site, headers, limit, middleware)
+    site.state.max_streams = config.max_streams
+    return RpcFront(site, headers, limit, middleware, auth=Authenticator.for_config(config),
+                    idle_timeout=config.idle_timeout or None)
 
 
 async def _start_grpc(service: Service, config: Config) -> Any:
     """The gRPC API beside ``/rpc`` on this event loop (grpcio is imported only when it is configured)."""
     from mktsframe.server.grpc_api import GrpcServer
 
-    return await GrpcServer.start(service, config)
+    return await GrpcServer.start(service, config, auth=Authenticator.for_config(config))
 
 
 #: ``stop_grace_period: 0`` means "until in-flight calls finish": for gRPC, at most this many seconds.
@@ -160,9 +176,12 @@ class RpcFront:
     to the starlette ``site``, whose ``state`` this exposes."""
 
     def __init__(self, site: Starlette, headers: dict[str, str], limit: int,
-                 middleware: Sequence[Middleware] = ()) -> None:
+                 middleware: Sequence[Middleware] = (), *, auth: Authenticator | None = None,
+                 idle_timeout: float | None = None) -> None:
         self.site = site
         self.limit = limit
+        self.auth = auth
+        self.idle_timeout = idle_timeout
         self._headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         self._pool: ThreadPoolExecutor | None = None
         self._working = 0  # /rpc requests being answered in worker threads now
@@ -179,8 +198,15 @@ class RpcFront:
         await self._app(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        who = ANONYMOUS
+        if self.auth is not None and scope["type"] in ("http", "websocket"):
+            try:
+                who = self.auth.authenticate(dict(scope["headers"]).get(b"authorization"))
+            except AuthFailure as exc:
+                await self._unauthenticated(scope, send, str(exc))
+                return
         if scope["type"] == "http" and scope["path"] == "/rpc":
-            await self._rpc(scope, receive, send)
+            await self._rpc(scope, receive, send, who)
             return
         if scope["type"] == "websocket" and scope["path"] == "/ws":
             await serve_stream(scope, receive, send, self.site.state)
@@ -192,11 +218,11 @@ class RpcFront:
                 self._pool.shutdown(wait=False)
 
     async def _reply(self, send: Send, status: int, body: bytes | Reply, content_type: str | None,
-                     close: bool = False) -> None:
+                     close: bool = False, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
         """Send ``body``; a :class:`Reply` goes out buffer by buffer, each after the socket took the
         previous one (uvicorn's flow control), so a large reply is never copied whole."""
         size = body.nbytes if isinstance(body, Reply) else len(body)
-        headers = [*self._headers, (b"content-length", str(size).encode())]
+        headers = [*self._headers, *extra, (b"content-length", str(size).encode())]
         if content_type is not None:
             headers.append((b"content-type", content_type.encode()))
         if close:
@@ -211,7 +237,21 @@ class RpcFront:
             body = last
         await send({"type": "http.response.body", "body": body})
 
-    async def _rpc(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _unauthenticated(self, scope: Scope, send: Send, message: str) -> None:
+        """401 in the JSON-RPC error shape (the body is never read, so the connection closes);
+        a WebSocket handshake is answered 401 without being accepted."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.http.response.start", "status": 401,
+                        "headers": [*self._headers, (b"www-authenticate", WWW_AUTHENTICATE.encode())]})
+            await send({"type": "websocket.http.response.body", "body": message.encode()})
+            return
+        raw_ct = dict(scope["headers"]).get(b"content-type")
+        codec = content_codec(raw_ct.decode("latin-1") if raw_ct is not None else None) or JSON
+        body = request_error(message, SERVER_ERROR, codec == JSON, "AccessDeniedError")
+        await self._reply(send, 401, body, codec, close=True,
+                          extra=[(b"www-authenticate", WWW_AUTHENTICATE.encode())])
+
+    async def _rpc(self, scope: Scope, receive: Receive, send: Send, who: Principal = ANONYMOUS) -> None:
         method = scope["method"]
         if method == "HEAD":
             await self._reply(send, 200, b"", None)
@@ -235,7 +275,14 @@ class RpcFront:
         body = bytearray()
         more = True
         while more:
-            message = await receive()
+            try:  # a client that stops sending mid-body must not hold the connection for ever
+                async with asyncio.timeout(self.idle_timeout):
+                    message = await receive()
+            except TimeoutError:
+                await self._reply(send, 408, request_error(
+                    f"rpc: no request data for {self.idle_timeout:g} s (idle_timeout); closing", INVALID_REQUEST,
+                    codec == JSON), codec, close=True)  # fmt: skip
+                return
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -245,7 +292,7 @@ class RpcFront:
                 return
         rpc: JsonRpc = self.site.state.rpc
         client = scope.get("client")
-        caller = f"{client[0]}:{client[1]}" if client else ""
+        caller = CallContext("http", f"{client[0]}:{client[1]}" if client else "", role=who.role, user=who.name)
         # A few-row append runs on the loop when it cannot stall it, and only while no other request
         # is in a worker: concurrent writers go to the workers, where the engine commits them in
         # groups (one log sync for many), which the loop's one-at-a-time writes never could.
@@ -259,7 +306,7 @@ class RpcFront:
         if out is None:  # a notification (no id): MarketStore writes no body
             await self._reply(send, 200, b"", None)
         else:
-            await self._reply(send, 200, out, codec)
+            await self._reply(send, out.status, out, codec)
 
     def _in_thread(self, fn: Callable[..., Reply | None], *args: object) -> Awaitable[Reply | None]:
         if self._pool is None:

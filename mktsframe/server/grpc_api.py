@@ -13,6 +13,11 @@ read-only server, ``UNAVAILABLE`` while not queryable, ``RESOURCE_EXHAUSTED`` fo
 ``grpc_max_send_msg_size``) with the message ``/rpc`` gives; a per-request failure of Write,
 Create or Destroy is that request's ``ServerResponse.error``, as in MarketStore.
 
+With ``auth: true`` each call is authenticated from its ``authorization`` metadata (``Bearer
+TOKEN`` or ``Basic ...``, as on HTTP) before its request is even decoded: ``UNAUTHENTICATED``
+otherwise; a role too low for the method is ``PERMISSION_DENIED`` from the service. With
+``tls_cert_file``/``tls_key_file`` the port serves TLS only.
+
 proto3 has no "unset" for scalars, so as in MarketStore a zero means absent: ``epoch_start`` and
 ``epoch_end`` of 0 (with 0 nanos) are open bounds and ``limit_record_count`` 0 is no limit.
 """
@@ -25,6 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -33,6 +39,8 @@ from google.protobuf.message import DecodeError
 
 from mktsframe.backend import nmds
 from mktsframe.config import Config
+from mktsframe.server.auth import ANONYMOUS, Authenticator, AuthFailure
+from mktsframe.server.exposure import bind_host, tls_files
 from mktsframe.server.grpc_schema import METHODS, PACKAGE, SERVICE, messages
 from mktsframe.server.service import CallContext, CallError, Service, Status, brief, message_of, status_of
 
@@ -238,11 +246,19 @@ def _int32(n: int, what: str) -> int:
     return n
 
 
-def _handler(api: GrpcApi, method: str, pool: ThreadPoolExecutor) -> Callable[..., Awaitable[bytes]]:
+def _handler(api: GrpcApi, method: str, pool: ThreadPoolExecutor,
+             auth: Authenticator | None) -> Callable[..., Awaitable[bytes]]:
     async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        who = ANONYMOUS
+        if auth is not None:
+            header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+            try:
+                who = auth.authenticate(header)
+            except AuthFailure as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        ctx = CallContext("grpc", context.peer() or "", deadline)
+        ctx = CallContext("grpc", context.peer() or "", deadline, role=who.role, user=who.name)
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, api.handle, method, body, ctx)
         except Exception as exc:
@@ -267,7 +283,8 @@ class GrpcServer:
         self.address = address
 
     @classmethod
-    async def start(cls, service: Service, config: Config, host: str | None = None) -> GrpcServer | None:
+    async def start(cls, service: Service, config: Config, host: str | None = None,
+                    auth: Authenticator | None = None) -> GrpcServer | None:
         """Serve on ``config.grpc_listen_port`` (``None`` when it is unset or 0).
 
         Raises ``RuntimeError`` naming the address when the port cannot be bound, so a server never
@@ -279,15 +296,25 @@ class GrpcServer:
         send, recv = config.grpc_max_send_msg_size * MIB, config.grpc_max_recv_msg_size * MIB
         pool = ThreadPoolExecutor(GRPC_THREADS, thread_name_prefix="mkts-grpc")
         api = GrpcApi(service, send)
-        handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(api, name, pool)) for name in METHODS}
+        handlers = {name: grpc.unary_unary_rpc_method_handler(_handler(api, name, pool, auth)) for name in METHODS}
+        idle_ms = int(config.idle_timeout * 1000) if config.idle_timeout else 0
         server = grpc.aio.server(
             handlers=[grpc.method_handlers_generic_handler(f"{PACKAGE}.{SERVICE}", handlers)],
             options=[("grpc.max_send_message_length", send), ("grpc.max_receive_message_length", recv),
-                     ("grpc.so_reuseport", 0)],  # a port in use is an error, not shared
+                     ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
+                     # connections without calls for idle_timeout get a GOAWAY (clients reconnect when needed),
+                     # and a connection must finish its handshake within it
+                     *([("grpc.max_connection_idle_ms", idle_ms), ("grpc.server_handshake_timeout_ms", idle_ms)]
+                       if idle_ms else [])],
         )
-        address = f"{host or config.listen_host or '0.0.0.0'}:{port}"
+        address = f"{host or bind_host(config)}:{port}"
+        tls = tls_files(config)
         try:
-            bound = server.add_insecure_port(address)
+            if tls is None:
+                bound = server.add_insecure_port(address)
+            else:
+                cert, key = (Path(p).read_bytes() for p in tls)
+                bound = server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
         except RuntimeError as exc:
             bound, reason = 0, str(exc)
         else:
@@ -296,7 +323,7 @@ class GrpcServer:
             pool.shutdown(wait=False)
             raise RuntimeError(f"cannot serve gRPC on {address} ({reason})")
         await server.start()
-        log.info("gRPC API on %s", address)
+        log.info("gRPC API on %s%s", address, " (TLS)" if tls else "")
         return cls(server, pool, address)
 
     async def stop(self, grace: float) -> None:

@@ -35,8 +35,9 @@ class ServerStartError(RuntimeError):
 def wait_until_serving(
     proc: subprocess.Popen[bytes], url: str, output: Callable[[], str], *, timeout: float, name: str = "the server"
 ) -> None:
-    """Poll ``url`` until it answers 200; raise :class:`ServerStartError` quoting ``output()`` when
-    ``proc`` exits first (noticed at once) or ``timeout`` seconds pass."""
+    """Poll ``url`` until it answers 200 (or 401: a server with ``auth`` is serving too); raise
+    :class:`ServerStartError` quoting ``output()`` when ``proc`` exits first (noticed at once) or
+    ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
         code = proc.poll()
@@ -45,7 +46,7 @@ def wait_until_serving(
             hint = _hint(text)
             raise ServerStartError(f"{name} exited with code {code} before serving {url}{hint}:\n{text}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0).status_code in (200, 401):
                 return
         except httpx.TransportError:
             pass
@@ -88,7 +89,8 @@ class ServerProcess:
     root : path
         The data root served.
     host : str
-        Loopback by default; ``""`` would listen on every interface.
+        Loopback by default; ``""`` is loopback too unless ``auth`` (or ``allow_anonymous``) is
+        configured, then every interface (see :mod:`mktsframe.server.exposure`).
     port : int
         ``0`` picks a free port.
     args : sequence of str

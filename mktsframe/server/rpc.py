@@ -50,6 +50,8 @@ METHOD_NOT_FOUND = -32601
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 SERVER_ERROR = -32000
+#: Access refusals keep their HTTP status (the body still holds the JSON-RPC error); every other error is HTTP 200.
+_HTTP_STATUS = {Status.UNAUTHENTICATED: 401, Status.PERMISSION_DENIED: 403}
 #: A :class:`~.service.Status` as a JSON-RPC code (MarketStore answers -32000 for any method error).
 _CODES = {Status.INVALID_ARGUMENT: INVALID_PARAMS, Status.UNIMPLEMENTED: METHOD_NOT_FOUND,
           Status.INTERNAL: INTERNAL_ERROR}  # fmt: skip
@@ -86,11 +88,11 @@ class JsonRpc:
         self._no_wait: Callable[[], AbstractContextManager[bool]] | None = getattr(
             service.backend, "writes_without_waiting", None)
 
-    def handle(self, body: bytes, content_type: str, caller: str = "") -> Reply | None:
+    def handle(self, body: bytes, content_type: str, caller: str | CallContext = "") -> Reply | None:
         """Decode one request body, run it, and encode the reply (``None``: notification)."""
         return self._handle(body, content_type == JSON, caller)
 
-    def handle_now(self, body: bytes, content_type: str, caller: str = "") -> Reply | Later | None:
+    def handle_now(self, body: bytes, content_type: str, caller: str | CallContext = "") -> Reply | Later | None:
         """:meth:`handle` a small write on the calling thread if nothing there can wait; else
         :data:`LATER` (hand the body to a worker thread).
 
@@ -131,8 +133,10 @@ class JsonRpc:
                 return False
         return rows <= NOW_MAX_ROWS
 
-    def _handle(self, body: bytes, codec_json: bool, caller: str, decoded: Any = None) -> Reply | None:
+    def _handle(self, body: bytes, codec_json: bool, caller: str | CallContext, decoded: Any = None) -> Reply | None:
+        """``caller``: the transport's :class:`~.service.CallContext` (its role), or only the peer's name."""
         req_id: Any = None
+        status = 200
         try:
             try:
                 req = decoded if decoded is not None else (json.loads(body) if codec_json
@@ -159,7 +163,8 @@ class JsonRpc:
                 raise RpcError(INVALID_PARAMS, "rpc: params must be a map (or a one-element list holding one)")
             if codec_json:
                 params = _unbase64(params)
-            result = self.service.call(method, params, CallContext("http", caller))
+            ctx = caller if isinstance(caller, CallContext) else CallContext("http", caller)
+            result = self.service.call(method, params, ctx)
             if "id" not in req or req_id is None:
                 return None
             reply: dict[str, Any] = {"jsonrpc": "2.0", "result": result, "id": req_id}
@@ -167,6 +172,7 @@ class JsonRpc:
             reply = _error_reply(exc.code, exc.message, exc.kind, req_id)
         except CallError as exc:
             reply = _error_reply(_CODES.get(exc.status, SERVER_ERROR), exc.message, exc.kind, req_id)
+            status = _HTTP_STATUS.get(exc.status, 200) if exc.kind == "AccessDeniedError" else 200
         except MktsError as exc:
             reply = _error_reply(SERVER_ERROR, message_of(exc), kind_of(exc), req_id)
         except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
@@ -175,7 +181,9 @@ class JsonRpc:
             log.exception("internal error handling a request")
             reply = _error_reply(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}", None, req_id)
         try:
-            return encode(reply, codec_json)
+            out = encode(reply, codec_json)
+            out.status = status
+            return out
         except ValueError as exc:  # a result too large for the wire format
             return encode(_error_reply(INVALID_PARAMS, str(exc), "ValueError", req_id), codec_json)
 
@@ -244,9 +252,11 @@ class Reply:
     the result plus its epochs plus a packed copy (plus a transport copy).
     """
 
-    def __init__(self, parts: list[Any]) -> None:
+    def __init__(self, parts: list[Any], status: int = 200) -> None:
         self._parts = parts
         self.nbytes = sum(_nbytes(p) for p in parts)
+        self.status = status
+        """The HTTP status to send it with (401/403 for access refusals, else 200)."""
 
     def buffers(self) -> Iterator[bytes | memoryview]:
         """The body in order; each part is dropped (and its memory freed) once it has been handed out."""
@@ -337,6 +347,6 @@ def content_codec(header: str | None) -> str | None:
     return ct if ct in (MSGPACK, JSON) else None
 
 
-def request_error(message: str, code: int, as_json: bool) -> bytes:
+def request_error(message: str, code: int, as_json: bool, kind: str | None = None) -> bytes:
     """An error reply for a request that could not even be read (id unknown)."""
-    return bytes(encode(_error_reply(code, message, None, None), as_json))
+    return bytes(encode(_error_reply(code, message, kind, None), as_json))

@@ -20,8 +20,9 @@ Errors come in two sizes, as on MarketStore's wire:
 An operation refused by the server's configuration (read-only, ``enable_add: false`` for Create,
 ``enable_remove: false`` for Destroy) refuses the whole call with :attr:`Status.PERMISSION_DENIED`.
 
-Each call carries a :class:`CallContext` (transport, caller, deadline), so an access check or a
-quota is one more line in :meth:`Service.call`.
+Each call carries a :class:`CallContext` (transport, caller, deadline, role): :meth:`Service.call`
+refuses an operation the caller's :class:`~.auth.Role` does not allow (``_NEEDS``) before any work,
+for every transport; the transports only authenticate (:mod:`~.auth`) and fill the context.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ from mktsframe.errors import (
 from mktsframe.functions import Call, apply_functions, parse_functions, parse_window
 from mktsframe.functions.resample import read_candles
 from mktsframe.keys import CATEGORY, parse_key
+from mktsframe.server.auth import Role
+from mktsframe.server.reads import GuardedReads
 from mktsframe.times import to_ns
 
-__all__ = ["MAX_REQUESTS", "MAX_SQL_CHARS", "CallContext", "CallError", "Service", "Status", "brief", "kind_of",
-           "message_of", "status_of"]
+__all__ = ["MAX_REQUESTS", "MAX_SQL_CHARS", "CallContext", "CallError", "Role", "Service", "Status", "brief",
+           "kind_of", "message_of", "status_of"]
 
 #: Most sub-requests accepted in one call: bounds the work one request can queue.
 MAX_REQUESTS = 10_000
@@ -81,6 +84,7 @@ class Status(enum.Enum):
     NOT_FOUND = "not_found"
     ALREADY_EXISTS = "already_exists"
     PERMISSION_DENIED = "permission_denied"
+    UNAUTHENTICATED = "unauthenticated"
     RESOURCE_EXHAUSTED = "resource_exhausted"
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline_exceeded"
@@ -139,12 +143,16 @@ class CallContext:
 
     ``deadline`` is a :func:`time.monotonic` value in seconds (``None``: no deadline); a call whose
     deadline has passed is refused before any work. ``caller`` is the peer as the transport names
-    it (``"127.0.0.1:51234"``, ``"ipv4:127.0.0.1:51234"``); no check uses it yet.
+    it (``"127.0.0.1:51234"``, ``"ipv4:127.0.0.1:51234"``); no check uses it yet. ``role`` is what
+    the caller's token allows (:class:`~.auth.Role`; everything on a server without ``auth``),
+    ``user`` the token's name (for messages; never the token).
     """
 
     transport: str = "local"
     caller: str = ""
     deadline: float | None = None
+    role: Role = Role.ADMIN
+    user: str = ""
 
 
 #: The context of calls made in-process (tests, tools).
@@ -157,6 +165,20 @@ def _param_error(message: str) -> CallError:
 
 def _denied(message: str) -> CallError:
     return CallError(Status.PERMISSION_DENIED, message, "ReadOnlyError")
+
+
+#: The role each operation needs (``/ws`` subscriptions need READ, which every token has).
+_NEEDS = {"DataService.Query": Role.READ, "DataService.ListSymbols": Role.READ, "DataService.GetInfo": Role.READ,
+          "DataService.Write": Role.WRITE, "DataService.Create": Role.WRITE, "DataService.Delete": Role.WRITE,
+          "DataService.Destroy": Role.ADMIN}  # fmt: skip
+
+
+def forbidden(ctx: CallContext, what: str, needs: Role) -> CallError:
+    """The refusal of ``what`` to a caller whose role is below ``needs`` (HTTP 403, gRPC PERMISSION_DENIED)."""
+    who = f"token {ctx.user!r}" if ctx.user else "this caller"
+    has = ctx.role.name.lower()
+    return CallError(Status.PERMISSION_DENIED, f"permission denied: {what} needs the {needs.name.lower()} role; "
+                     f"{who} has {has}", "AccessDeniedError")  # fmt: skip
 
 
 @dataclass
@@ -228,11 +250,16 @@ class Service:
         fn = self._methods.get(method)
         if fn is None:
             raise CallError(Status.UNIMPLEMENTED, f"rpc: can't find method {method[:100]!r}", "MktsError")
+        needs = _NEEDS.get(method, Role.ADMIN)
+        if ctx.role < needs:
+            raise forbidden(ctx, method, needs)
         if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
             raise CallError(Status.DEADLINE_EXCEEDED, f"{method}: the caller's deadline passed before it ran",
                             "MktsError")
         if method in self._changes and self.read_only:
             raise _denied("the server is read-only (init_wal_cache: false): no writes, creates or deletes")
+        if method == "DataService.Query":
+            return self.query(params, ctx)
         return fn(params)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -332,15 +359,20 @@ class Service:
             functions=functions,
         )
 
-    def query(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``DataService.Query``: one response per request; any failure fails the whole call."""
+    def query(self, params: dict[str, Any], ctx: CallContext = LOCAL) -> dict[str, Any]:
+        """``DataService.Query``: one response per request; any failure fails the whole call.
+
+        Everything the call reads goes through one :class:`GuardedReads` (at most ``max_reply_rows``
+        rows in all, SQL ``INSERT`` only for the write role), so no request can make the server
+        materialise more than that, whichever path (plain, columns, candles, SQL) it takes."""
         self._require_queryable()
         specs = [self._parse_query(i, r) for i, r in enumerate(self._requests(params))]
-        responses = [self._run_query(spec) for spec in specs]
+        reads = GuardedReads(self.backend, self.config.max_reply_rows, ctx)
+        responses = [self._run_query(spec, reads) for spec in specs]
         return {"responses": responses, "version": self.version, "timezone": self.config.timezone}
 
-    def _fetch(self, spec: _QuerySpec, key: str, columns: list[str] | None) -> dict[str, Batch]:
-        return self.backend.query(
+    def _fetch(self, spec: _QuerySpec, key: str, columns: list[str] | None, reads: Backend) -> dict[str, Batch]:
+        return reads.query(
             key,
             start=_ts(spec.start),
             end=_ts(spec.end),
@@ -349,7 +381,7 @@ class Service:
             limit_from_start=spec.from_start,
         )
 
-    def _run_sql(self, stmt: str) -> dict[str, Any]:
+    def _run_sql(self, stmt: str, reads: Backend) -> dict[str, Any]:
         """An ``is_sqlstatement`` request: the rows in the usual NMDS, keyed ``<statement>:SQL``.
 
         As in MarketStore the key is the statement text (pymarketstore keeps the part before the
@@ -359,28 +391,28 @@ class Service:
 
         if not self.config.enable_add and re.match(r"\s*insert\b", stmt, re.IGNORECASE):
             raise ReadOnlyError("INSERT INTO is disabled on this server (enable_add: false)")
-        frame = execute(stmt, self.backend)
+        frame = execute(stmt, reads)
         batch = sql_batch(frame)
         ds = nmds.encode([(stmt, batch)], key_suffix=":SQL")
         if batch.variable_length:
             ds["mkts_variable"] = True  # as for tick queries: HTTPBackend folds Nanoseconds back
         return {"result": ds}
 
-    def _run_query(self, spec: _QuerySpec) -> dict[str, Any]:
+    def _run_query(self, spec: _QuerySpec, reads: Backend) -> dict[str, Any]:
         if spec.sql is not None:
-            return self._run_sql(spec.sql)
+            return self._run_sql(spec.sql, reads)
         try:
-            results = self._select(spec)
+            results = self._select(spec, reads)
         except (BucketNotFoundError, InvalidKeyError) as missing:
             if spec.native:
                 raise  # HTTPBackend must see exactly what the local engine does
-            results = self._candles_instead(spec, missing)
+            results = self._candles_instead(spec, missing, reads)
         if spec.functions:
             # MarketStore runs the chain per bucket on the rows the query selected (after limit).
             results = {key: apply_functions(batch, spec.functions) for key, batch in results.items()}
         return self._respond(spec, results)
 
-    def _candles_instead(self, spec: _QuerySpec, missing: MktsError) -> dict[str, Batch]:
+    def _candles_instead(self, spec: _QuerySpec, missing: MktsError, reads: Backend) -> dict[str, Batch]:
         """A timeframe nobody stored (``10Min``, ``4H``, ``1W``, ``1M``…): candles from the finest
         stored bucket of the symbol and group whose timeframe divides it.
 
@@ -394,7 +426,7 @@ class Service:
         tf = parts[1]
         try:
             parse_window(tf)
-            results = read_candles(self.backend, spec.destination, tf, start=_ts(spec.start), end=_ts(spec.end),
+            results = read_candles(reads, spec.destination, tf, start=_ts(spec.start), end=_ts(spec.end),
                                    limit=spec.limit, limit_from_start=spec.from_start)  # fmt: skip
         except (BucketNotFoundError, InvalidKeyError):
             raise missing from None
@@ -407,9 +439,9 @@ class Service:
                        for k, b in results.items()}  # fmt: skip
         return results
 
-    def _select(self, spec: _QuerySpec) -> dict[str, Batch]:
+    def _select(self, spec: _QuerySpec, reads: Backend) -> dict[str, Batch]:
         if spec.columns is None or spec.native:
-            results = self._fetch(spec, spec.destination, spec.columns)
+            results = self._fetch(spec, spec.destination, spec.columns, reads)
         else:
             # MarketStore: Epoch first, then the requested columns that exist in request order,
             # then Nanoseconds if the bucket has it; unknown names are ignored.
@@ -422,11 +454,11 @@ class Service:
                 wanted[key] = cols
             lists = {tuple(v) for v in wanted.values()}
             if len(lists) == 1:
-                results = self._fetch(spec, spec.destination, next(iter(wanted.values())))
+                results = self._fetch(spec, spec.destination, next(iter(wanted.values())), reads)
             else:
                 results = {}
                 for key, cols in wanted.items():
-                    results.update(self._fetch(spec, key, cols))
+                    results.update(self._fetch(spec, key, cols, reads))
         return results
 
     def _respond(self, spec: _QuerySpec, results: dict[str, Batch]) -> dict[str, Any]:

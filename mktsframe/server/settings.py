@@ -1,8 +1,8 @@
 """Command-line settings and the uvicorn runner for ``python -m mktsframe.server``.
 
 Precedence: command-line flags, then ``--config mkts.yml``, then the embedded defaults (root
-``data/`` under the current directory, HTTP port 5993, gRPC port 5995, all interfaces — MarketStore's
-defaults).
+``data/`` under the current directory, HTTP port 5993, gRPC port 5995 — MarketStore's defaults —
+and, unlike MarketStore, 127.0.0.1 only unless ``auth`` is on: see :mod:`~.exposure`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", metavar="FILE", help="MarketStore-style mkts.yml to read")
     parser.add_argument("--root", metavar="DIR", help="data directory (default: data/ here, or the config's)")
     parser.add_argument("--port", type=int, metavar="N", help="HTTP port (default 5993)")
-    parser.add_argument("--host", metavar="H", help="listen address (default: all interfaces)")
+    parser.add_argument("--host", metavar="H",
+                        help="listen address (default: 127.0.0.1; all interfaces with --auth)")
+    parser.add_argument("--auth", action="store_true", default=None,
+                        help="require a token on every listener (as auth: true in mkts.yml; see docs/security.md)")
     parser.add_argument("--grpc-port", type=int, metavar="N", help="gRPC port (default 5995; 0 = no gRPC API)")
     return parser
 
@@ -50,6 +53,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides["grpc_listen_port"] = args.grpc_port
     if args.host is not None:
         overrides["listen_host"] = args.host
+    if getattr(args, "auth", None):
+        overrides["auth"] = True
     return load_config(args.config, **overrides)
 
 
@@ -112,6 +117,21 @@ def give_back_large_blocks(threshold: int = 1 << 20) -> bool:
         return False
 
 
+#: Largest message a client may send on ``/ws`` (bytes): subscribe messages are a few KB.
+WS_MAX_MESSAGE = 1 << 20
+
+
+def _http_protocol() -> type:
+    """uvicorn's HTTP protocol class (httptools' when installed)."""
+    if _has("httptools"):
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+        return HttpToolsProtocol
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    return H11Protocol
+
+
 def serve(config: Config) -> None:
     """Run the server in the foreground until SIGINT/SIGTERM.
 
@@ -122,6 +142,8 @@ def serve(config: Config) -> None:
     import uvicorn
 
     from mktsframe.server.app import create_app
+    from mktsframe.server.exposure import bind_host, exposure_warnings, tls_files
+    from mktsframe.server.idle import idle_protocol
 
     class _Server(uvicorn.Server):
         """Marks the service not queryable (heartbeat 503) as soon as a stop signal arrives."""
@@ -135,29 +157,39 @@ def serve(config: Config) -> None:
     level = _LEVELS.get(config.log_level.lower(), "info")
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mktsframe").setLevel(level.upper())
-    host = config.listen_host or "0.0.0.0"
+    host = bind_host(config)  # refuses a non-loopback address without auth (ConfigError)
+    config.listen_host = host  # the gRPC API binds the same address
+    tls = tls_files(config)
     app = create_app(config)
+    http = _http_protocol()
     uv_config = uvicorn.Config(
         app,
         host=host,
         port=config.listen_port,
         loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
+        http=idle_protocol(http, config.idle_timeout),
         ws="websockets-sansio" if _has("websockets") else "none",
         ws_per_message_deflate=False,  # deflate costs CPU on binary msgpack
+        ws_max_size=WS_MAX_MESSAGE,  # what a client sends on /ws is a subscribe message
         lifespan="on",
         log_level=level,
         access_log=level == "debug",
         server_header=False,
         proxy_headers=False,  # no X-Forwarded-* rewriting: the app never uses the client address
         timeout_graceful_shutdown=config.stop_grace_period or None,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )
     give_back_large_blocks()
     for reason in unsupported_settings(config):
         log.warning("mkts.yml %s (not supported)", reason)
     for note in setting_notes(config):
         log.warning("mkts.yml %s", note)
-    log.info("mktsframe server: root %s, http://%s:%d/rpc", config.root_path(), host, config.listen_port)
+    for warning in exposure_warnings(config, host):
+        log.warning("mkts.yml %s", warning)
+    scheme = "https" if tls else "http"
+    log.info("mktsframe server: root %s, %s://%s:%d/rpc (auth %s)", config.root_path(), scheme, host,
+             config.listen_port, "on" if config.auth else "off")
     _Server(uv_config).run()
 
 
@@ -167,8 +199,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        serve(config)
     except MktsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(config)
     return 0

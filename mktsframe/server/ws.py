@@ -13,6 +13,8 @@ Protocol (binary msgpack frames; see :mod:`mktsframe.streaming.messages` for the
 * mktsframe extensions in the subscribe message (see :mod:`mktsframe.streaming.ws_client`):
   ``mkts_since`` replays from storage first, ``mkts_notices`` adds delete/destroy notices,
   ``mkts_max_rows``/``mkts_policy`` set this connection's queue (never above the server's bound).
+* Bounds: at most ``max_streams`` patterns per connection and :data:`MAX_PENDING_REPLAYS` replays
+  waiting at once; a message over either gets an ``{"error": ...}`` and changes nothing.
 
 Each connection has a bounded :class:`~mktsframe.streaming.feed.Feed` drained by its own sender
 task, so a slow reader only ever fills its own queue (policy ``drop_oldest`` by default;
@@ -48,6 +50,11 @@ __all__ = ["serve_stream"]
 
 log = logging.getLogger("mktsframe.server.ws")
 
+#: ``mkts_since`` replays one connection may have waiting (each reads storage): more are refused.
+MAX_PENDING_REPLAYS = 4
+#: Patterns per connection when the app sets no ``max_streams``.
+DEFAULT_MAX_STREAMS = 1000
+
 
 @dataclass(eq=False)
 class _CatchUp:
@@ -74,6 +81,9 @@ class _Outlet:
         """The sender holds items it took from the feed and has not sent yet."""
         self.skip: tuple[int, StreamPatterns] | None = None
         """After a ``since`` replay: commits up to this seq, to these patterns, were replayed."""
+        self.replays = 0
+        """``mkts_since`` replays queued and not finished."""
+        self.max_streams = DEFAULT_MAX_STREAMS
 
     def put(self, item: Chunk | Notice | _CatchUp) -> None:
         self.feed.put(item)
@@ -116,6 +126,7 @@ async def serve_stream(scope: Scope, receive: Receive, send: Send, state: Any) -
         return
     feed = Feed(DEFAULT_MAX_ROWS)
     outlet = _Outlet(feed, direct_transport(send), getattr(state, "frames", None))
+    outlet.max_streams = getattr(state, "max_streams", DEFAULT_MAX_STREAMS) or DEFAULT_MAX_STREAMS
     subscriber = hub.subscribe(StreamPatterns(), outlet)
     sender = asyncio.create_task(_send(websocket, outlet, hub))
     try:
@@ -148,6 +159,15 @@ def _handle_subscribe(raw: bytes, hub: CommitHub, subscriber: Subscriber, outlet
     if not isinstance(request, dict) or not isinstance(request.get("streams"), list):
         log.info("ignoring a /ws message without a 'streams' list")
         return
+    if len(request["streams"]) > outlet.max_streams:
+        outlet.put(Notice({"error": f"too many streams in one subscription ({len(request['streams'])}; "
+                                    f"max_streams is {outlet.max_streams}): use wildcards such as */1Min/*"}))
+        return
+    since = request.get("mkts_since")
+    replay = isinstance(since, int) and not isinstance(since, bool)
+    if replay and outlet.replays >= MAX_PENDING_REPLAYS:
+        outlet.put(Notice({"error": f"too many replays waiting ({MAX_PENDING_REPLAYS}): wait for caught_up"}))
+        return
     try:
         patterns = StreamPatterns(request["streams"])
     except InvalidKeyError as exc:
@@ -160,8 +180,8 @@ def _handle_subscribe(raw: bytes, hub: CommitHub, subscriber: Subscriber, outlet
     if request.get("mkts_policy") in ("drop_oldest", "disconnect"):
         feed.policy = request["mkts_policy"]
     outlet.put(Notice(request, raw=raw))
-    since = request.get("mkts_since")
-    if isinstance(since, int) and not isinstance(since, bool):
+    if replay:
+        outlet.replays += 1
         outlet.put(_CatchUp(subscriber.patterns, since))
 
 
@@ -175,7 +195,10 @@ async def _send(websocket: WebSocket, outlet: _Outlet, hub: CommitHub) -> None:
                 await websocket.send_bytes(msgpack.packb({"notice": "dropped", "dropped": dropped}))
             for item in items:
                 if isinstance(item, _CatchUp):
-                    outlet.skip = await _replay(websocket, hub, item)
+                    try:
+                        outlet.skip = await _replay(websocket, hub, item)
+                    finally:
+                        outlet.replays -= 1
                     continue
                 if outlet.replayed(item):
                     continue

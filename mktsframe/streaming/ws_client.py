@@ -23,6 +23,7 @@ acknowledged after that is delivered.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,7 +31,7 @@ from urllib.parse import urlparse, urlunparse
 
 import msgpack
 
-from mktsframe.errors import InvalidKeyError, MktsError
+from mktsframe.errors import AccessDeniedError, InvalidKeyError, MktsError
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, Feed, OverflowPolicy, SlowConsumerError
 from mktsframe.streaming.messages import Message
 from mktsframe.streaming.patterns import stream_list
@@ -62,8 +63,11 @@ def subscribe_ws(
     max_rows: int = DEFAULT_MAX_ROWS,
     policy: OverflowPolicy = "drop_oldest",
     timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Subscription:
-    """Subscribe over ``/ws`` of the server at ``rpc_url``."""
+    """Subscribe over ``/ws`` of the server at ``rpc_url`` (``headers``: added to the handshake,
+    e.g. ``Authorization``; ``ssl_context``: verifies a ``wss://`` server)."""
     try:
         from websockets.exceptions import ConnectionClosed
 
@@ -79,11 +83,13 @@ def subscribe_ws(
         request["mkts_since"] = since_ns
     url = ws_url(rpc_url)
     try:
-        ws = WsSocket(url, timeout)
+        ws = WsSocket(url, timeout, headers=headers, ssl_context=ssl_context)
     except (OSError, TimeoutError) as exc:
         raise MktsError(f"cannot open the stream at {url}: {exc}") from None
     except Exception as exc:  # websockets' handshake errors (e.g. HTTP 404 from a server without /ws)
-        raise MktsError(f"{url} refused the stream: {exc}") from None
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        cls = AccessDeniedError if status in (401, 403) else MktsError
+        raise cls(f"{url} refused the stream: {exc}") from None
     try:
         ws.send(msgpack.packb(request, use_bin_type=True))
         echo = msgpack.unpackb(ws.recv(timeout), raw=False)

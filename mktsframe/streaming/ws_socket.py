@@ -47,7 +47,8 @@ class WsSocket:
     """An open WebSocket to ``url`` (``ws://`` or ``wss://``); raises :class:`OSError`,
     :class:`TimeoutError` or ``websockets``' :class:`InvalidHandshake` if it cannot be opened."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, *, headers: dict[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         uri = parse_uri(url)
         self._protocol = ClientProtocol(uri, max_size=None)  # no extensions: no compression
         self._send_lock = threading.Lock()
@@ -62,9 +63,12 @@ class WsSocket:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if uri.secure:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=uri.host)
+                sock = (ssl_context or ssl.create_default_context()).wrap_socket(sock, server_hostname=uri.host)
             self._sock = sock
-            self._protocol.send_request(self._protocol.connect())
+            request = self._protocol.connect()
+            for name, value in (headers or {}).items():
+                request.headers[name] = value
+            self._protocol.send_request(request)
             self._flush()
             self._handshake()
         except BaseException:

@@ -8,6 +8,7 @@ import functools
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -44,10 +45,11 @@ class ServerProcess:
     log: Path
     grpc_port: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def rpc(self) -> str:
@@ -114,10 +116,13 @@ def _limit_files(n: int) -> None:
 
 
 def start_server(
-    workdir: Path, *, root: Path | None = None, config: dict[str, Any] | None = None, nofile: int | None = None
+    workdir: Path, *, root: Path | None = None, config: dict[str, Any] | None = None, nofile: int | None = None,
+    tls_ca: str | None = None,
 ) -> ServerProcess:
     """Start a server (retrying on a port race) and wait until ``/heartbeat`` answers; ``nofile``
-    sets its open-file limit, soft and hard (as ``ulimit -n`` in a shell does)."""
+    sets its open-file limit, soft and hard (as ``ulimit -n`` in a shell does). ``tls_ca``: the
+    server serves https (its config has the TLS files) and this CA file verifies it. A 401 (a
+    server with ``auth``) counts as answering."""
     workdir.mkdir(parents=True, exist_ok=True)
     root = root or workdir / "data"
     for attempt in range(5):
@@ -132,14 +137,15 @@ def start_server(
         with log.open("wb") as out:
             limit = None if nofile is None else functools.partial(_limit_files, nofile)
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=limit)
-        server = ServerProcess(root, port, proc, log, grpc_port)
+        server = ServerProcess(root, port, proc, log, grpc_port, scheme="https" if tls_ca else "http")
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=tls_ca) if tls_ca else True
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
             try:
-                r = httpx.get(f"{server.url}/heartbeat", timeout=2.0)
-                if r.status_code in (200, 503):
+                r = httpx.get(f"{server.url}/heartbeat", timeout=2.0, verify=verify)
+                if r.status_code in (200, 401, 503):
                     return server
             except httpx.TransportError:
                 time.sleep(0.05)
