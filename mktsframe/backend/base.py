@@ -23,7 +23,7 @@ from mktsframe.times import TimeLike
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["Backend", "Batch", "BucketInfo"]
+__all__ = ["Backend", "Batch", "BucketInfo", "Capabilities", "capabilities"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,35 @@ class BucketInfo:
     last: int | None
     """Nanoseconds of the last bar, or ``None`` if empty."""
     disk_bytes: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by its class (``capabilities`` attribute) instead of being
+    probed with ``getattr``: callers ask before offering a feature (a read-only store refuses writes
+    with :class:`~mktsframe.errors.ReadOnlyError` either way)."""
+
+    write: bool = True
+    """``write``/``write_many``/``create`` can succeed (a handle opened read-only still says so: its
+    ``read_only`` property is the per-handle answer)."""
+    delete: bool = True
+    """``delete``/``destroy`` can succeed."""
+    stream: bool = True
+    """``subscribe`` hears committed writes."""
+    commit_listeners: bool = False
+    """``on_commit``/``replayed_changes`` exist (the local engine in this process)."""
+    pickle_spec: bool = True
+    """``spec`` describes the backend so that another process (a dask worker) can open its own."""
+
+
+#: What a backend that declares nothing is taken to support (the protocol's full surface).
+_DEFAULT_CAPABILITIES = Capabilities()
+
+
+def capabilities(backend: object) -> Capabilities:
+    """The :class:`Capabilities` ``backend`` declares (the full protocol if it declares none)."""
+    caps = getattr(type(backend), "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else _DEFAULT_CAPABILITIES
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ import msgpack
 import numpy as np
 
 from mktsframe import errors
+from mktsframe.backend.registry import BackendSpec
 from mktsframe.backend import nmds
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.backend.http_pool import ConnectionPool
@@ -51,6 +52,12 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def open_target(url: str, *, read_only: bool | None = None, **options: Any) -> HTTPBackend:
+    """The registry's opener for ``http(s)://`` (see :mod:`.registry`). ``read_only`` is the
+    server's business (its ``read_only`` setting and tokens): accepted and not used here."""
+    return HTTPBackend(url, **options)
+
+
 class HTTPBackend:
     """A mktsframe (or MarketStore) server at ``url``.
 
@@ -80,6 +87,11 @@ class HTTPBackend:
 
     def __repr__(self) -> str:
         return f"<HTTPBackend {self.url!r}>"
+
+    @property
+    def spec(self) -> BackendSpec:
+        """The server's URL and timeout (a custom transport is not carried: it stays in this process)."""
+        return BackendSpec(self.url, {"timeout": self.timeout})
 
     # -- transport ------------------------------------------------------------------------------
     def _call(self, method: str, params: dict[str, Any]) -> Any:

@@ -14,8 +14,10 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
-from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.backend.base import Batch, BucketInfo, Capabilities
+from mktsframe.backend.registry import BackendSpec
 from mktsframe.engine import Engine
 from mktsframe.engine.commits import CommitEvent
 from mktsframe.errors import MktsError, ReadOnlyError
@@ -25,7 +27,7 @@ from mktsframe.times import TimeLike, to_ns
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["LocalBackend", "open_local"]
+__all__ = ["LocalBackend", "open_local", "open_target"]
 
 _lock = threading.Lock()
 _engines: dict[Path, tuple[Engine, int]] = {}
@@ -46,6 +48,13 @@ def open_local(root: str | os.PathLike[str], **options: object) -> LocalBackend:
             _engines[path] = (engine, refs + 1)
     # A handle asked for read-only stays read-only even when it shares this process's writable engine.
     return LocalBackend(engine, read_only=options.get("read_only") is True)
+
+
+def open_target(target: str, **options: object) -> LocalBackend:
+    """The registry's opener for a path or ``file://`` URL (see :mod:`.registry`)."""
+    if target.lower().startswith("file://"):
+        target = unquote(urlparse(target).path)
+    return open_local(Path(target), **options)
 
 
 def _release(engine: Engine) -> None:
@@ -74,6 +83,8 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
+    capabilities = Capabilities(commit_listeners=True)
+
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
         self._read_only = read_only
@@ -90,6 +101,11 @@ class LocalBackend:
     @property
     def read_only(self) -> bool:
         return self._read_only or self.engine.read_only
+
+    @property
+    def spec(self) -> BackendSpec:
+        """This root, read-only: what a dask worker or another process opens (never the writer's lock)."""
+        return BackendSpec(str(self.engine.root), {"read_only": True})
 
     def _check_writable(self) -> None:
         if self._read_only:
