@@ -20,10 +20,10 @@ import msgpack
 import numpy as np
 
 from mktsframe import errors
-from mktsframe.backend.registry import BackendSpec
 from mktsframe.backend import nmds
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.backend.http_pool import ConnectionPool
+from mktsframe.backend.registry import BackendSpec
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy

@@ -212,7 +212,8 @@ class ObjectStoreBackend:
             return Batch(np.empty(0, np.int64), {n: np.empty(0, dtypes[n]) for n in names})
         if len(pieces) == 1:
             return Batch(pieces[0][0], pieces[0][1])
-        return Batch(np.concatenate([p[0] for p in pieces]), {n: np.concatenate([p[1][n] for p in pieces]) for n in names})
+        cols = {n: np.concatenate([p[1][n] for p in pieces]) for n in names}
+        return Batch(np.concatenate([p[0] for p in pieces]), cols)
 
     def info(self, key: str) -> BucketInfo:
         k = parse_key(key)
