@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from mktsframe.backend.base import Batch, BucketInfo, Capabilities
+from mktsframe.backend.base import Backend, Batch, BucketInfo, Capabilities
+from mktsframe.backend.manifest import MANIFEST
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.engine import Engine
 from mktsframe.engine.commits import CommitEvent
@@ -50,10 +51,15 @@ def open_local(root: str | os.PathLike[str], **options: object) -> LocalBackend:
     return LocalBackend(engine, read_only=options.get("read_only") is True)
 
 
-def open_target(target: str, **options: object) -> LocalBackend:
-    """The registry's opener for a path or ``file://`` URL (see :mod:`.registry`)."""
+def open_target(target: str, **options: Any) -> Backend:
+    """The registry's opener for a path or ``file://`` URL (see :mod:`.registry`): the local engine,
+    or the object-storage reader when the folder holds a root *published* by ``sync`` (a manifest)."""
     if target.lower().startswith("file://"):
         target = unquote(urlparse(target).path)
+    if (Path(target) / MANIFEST).is_file() and not (Path(target) / ".mkts").exists():
+        from mktsframe.backend.objstore import open_store  # a root published here by sync, not a data root
+
+        return open_store(Path(target).resolve().as_uri(), **options)
     return open_local(Path(target), **options)
 
 
