@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from mktsframe.backend.local import LocalBackend, open_local
 from mktsframe.backend.manifest import (
@@ -121,13 +122,13 @@ def sync(
             result = SyncResult(_new_id(), url, files=len(files), skipped=skipped)
             _upload(fs, root, staged, files, result, progress)
         snap = Snapshot(result.snapshot, _now_iso(), buckets, files)
-        fs.pipe_file(f"{root}/{snapshot_path(snap.id)}", snap.to_json())
+        _put_whole(fs, f"{root}/{snapshot_path(snap.id)}", snap.to_json())
         manifest["snapshots"].append({
             "id": snap.id, "created": snap.created, "files": len(files),
             "bytes": sum(f.size for f in files.values()),
         })  # fmt: skip
         manifest["current"] = snap.id
-        fs.pipe_file(f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # last: publishes it
+        _put_whole(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # last: publishes it
     finally:
         if owned:
             backend.close()
@@ -182,6 +183,21 @@ def _stage(
     return buckets, files, staged, skipped
 
 
+def _put_whole(fs: Any, path: str, data: bytes) -> None:
+    """Write ``path`` so that readers see the old bytes or the new, never part: one ``PUT`` on an
+    object store; a temporary file renamed over it on a local (or mounted) filesystem."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
 def _copy_hashing(src: Path, dst: Path) -> str:
     h = hashlib.sha256()
     with open(src, "rb") as fin, open(dst, "wb") as fout:
@@ -204,6 +220,7 @@ def _upload(
             obj = f"{root}/{files[rel].object}"
             size = copy.stat().st_size
             if not fs.exists(obj):  # content-named: an object already there holds these bytes
+                fs.makedirs(obj.rsplit("/", 1)[0], exist_ok=True)  # folders of file:// (nothing on S3)
                 fs.put_file(str(copy), obj)
                 result.uploaded += 1
                 result.uploaded_bytes += size

@@ -19,7 +19,7 @@ time across buckets. One bucket: the divisions (partition start times, UTC) are 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +59,19 @@ class _Part:
     """``(column, this bucket's value, every value)`` for each label column of the combined frame."""
     columns: tuple[str, ...] | None
     """The stored columns asked for (``None``: all); dask's projection may narrow them further."""
+    here: Backend | None = field(default=None, compare=False, repr=False)
+    """The caller's backend, used while the task runs in the caller's process; never pickled (a task
+    sent to a worker opens its own from ``source``, so the caller's handles stay the caller's)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Part, self._fields())
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        source = self.source if isinstance(self.source, BackendSpec) else id(self.source)
+        return ("mktsframe-part", source, *self._fields()[1:])
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.source, self.key, self.lo, self.hi, self.window, self.labels, self.columns)
 
 
 def read_dask(
@@ -113,14 +126,14 @@ def read_dask(
     labels = _label_values(keys) if len(keys) > 1 else []
     label_of = {k: tuple((name, values[i], tuple(dict.fromkeys(values))) for name, values in labels)
                 for i, k in enumerate(keys)}  # fmt: skip
-    parts = [_Part(source, src, a, b, window, label_of[k], ask)
+    parts = [_Part(source, src, a, b, window, label_of[k], ask, be)
              for k, src in zip(keys, sources, strict=True) for a, b in _spans(be, src, lo, hi, window)]  # fmt: skip
     meta = _frame(next(iter(empty.values())), label_of[keys[0]], None)
     divisions = None
     if len(keys) == 1 and parts:
         divisions = tuple(pd.Timestamp(t, tz="UTC") for t in [p.lo for p in parts] + [parts[-1].hi])
     if not parts:  # nothing in range: one empty partition keeps the schema
-        parts = [_Part(source, sources[0], 0, -1, window, label_of[keys[0]], ask)]
+        parts = [_Part(source, sources[0], 0, -1, window, label_of[keys[0]], ask, be)]
     return dd.from_map(_read_part, parts, meta=meta, divisions=divisions, label="read-mkts", enforce_metadata=False)
 
 
@@ -167,7 +180,10 @@ def _year_aligned(window: Window) -> bool:
 
 def _read_part(part: _Part, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """One partition's frame (runs in a dask task: in this process or a worker)."""
-    be = open_spec(part.source) if isinstance(part.source, BackendSpec) else part.source
+    if part.here is not None:
+        be = part.here
+    else:
+        be = open_spec(part.source) if isinstance(part.source, BackendSpec) else part.source
     label_names = [n for n, _, _ in part.labels]
     wanted = list(part.columns) if part.columns is not None else None
     if columns is not None:
