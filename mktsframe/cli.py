@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_target(p_sql)
     p_sql.set_defaults(func=_sql)
+    from mktsframe.cli_publish import add_commands as add_publish_commands
+
+    add_publish_commands(sub)  # sync, snapshots
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -28,12 +28,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from mktsframe.backend.local import LocalBackend, open_local
 from mktsframe.backend.manifest import (
     MANIFEST,
     FileEntry,
@@ -42,8 +41,10 @@ from mktsframe.backend.manifest import (
     load_snapshot,
     snapshot_path,
 )
-from mktsframe.engine.catalog import iter_bucket_keys, read_bucket_meta
 from mktsframe.errors import LockedError, MktsError
+
+if TYPE_CHECKING:
+    from mktsframe.backend.local import LocalBackend
 
 __all__ = ["SyncResult", "list_snapshots", "sync"]
 
@@ -102,6 +103,8 @@ def sync(
     SyncResult
         The new snapshot's id and what was uploaded. ``connect(url)`` now reads it.
     """
+    from mktsframe.backend.local import LocalBackend, open_local
+
     t0 = time.perf_counter()
     owned = not isinstance(source, LocalBackend)
     backend = open_local(Path(os.fspath(source))) if owned else source  # type: ignore[arg-type]
@@ -144,6 +147,8 @@ def _stage(
     """Under the engine's writers' lock: checkpoint, then list every bucket and year file, copying
     the changed ones to ``staging`` (hashed on the way). Returns the bucket metadata, every file's
     entry (objects of changed files not uploaded yet), the staged copies and the skipped buckets."""
+    from mktsframe.engine.catalog import iter_bucket_keys, read_bucket_meta
+
     buckets: dict[str, dict[str, Any]] = {}
     files: dict[str, FileEntry] = {}
     staged: dict[str, Path] = {}

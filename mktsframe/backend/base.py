@@ -91,8 +91,9 @@ _DEFAULT_CAPABILITIES = Capabilities()
 
 
 def capabilities(backend: object) -> Capabilities:
-    """The :class:`Capabilities` ``backend`` declares (the full protocol if it declares none)."""
-    caps = getattr(type(backend), "capabilities", None)
+    """The :class:`Capabilities` ``backend`` (an instance or a class) declares (the full protocol,
+    without commit listeners, if it declares none)."""
+    caps = getattr(backend if isinstance(backend, type) else type(backend), "capabilities", None)
     return caps if isinstance(caps, Capabilities) else _DEFAULT_CAPABILITIES
 
 

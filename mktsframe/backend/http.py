@@ -21,7 +21,7 @@ import numpy as np
 
 from mktsframe import errors
 from mktsframe.backend import nmds
-from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.backend.base import Batch, BucketInfo, Capabilities
 from mktsframe.backend.http_pool import ConnectionPool
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
@@ -73,6 +73,8 @@ class HTTPBackend:
         to ``url``). Tests pass :class:`mktsframe.server.rpc.InProcess` to run a server's ``/rpc``
         in the same process, as httpx's tests use a mock transport.
     """
+
+    capabilities = Capabilities()  # writes, deletes and streams as the server allows
 
     def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None) -> None:
         parts = urlparse(url)

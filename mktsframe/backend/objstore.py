@@ -275,29 +275,28 @@ class ObjectStoreBackend:
         return lambda ranges: self._cat_ranges([obj] * len(ranges), ranges)
 
     def _prefetch_headers(self, paths: Iterable[str]) -> None:
-        """The headers of ``paths`` not cached yet, in one batch of ranged reads."""
-        missing = [p for p in dict.fromkeys(paths) if p not in self._headers]
+        """The headers of ``paths`` not cached yet, in one batch of ranged reads. Cached by object
+        name: an object's bytes never change, and a refreshed snapshot names new objects."""
+        entries = {e.object: e for e in (self._entry(p) for p in dict.fromkeys(paths))}
+        missing = [e for o, e in entries.items() if o not in self._headers]
         if not missing:
             return
-        entries = [self._entry(p) for p in missing]
-        heads = self._cat_ranges([e.object for e in entries], [(0, min(_HEAD_BYTES, e.size)) for e in entries])
-        for path, entry, head in zip(missing, entries, heads, strict=True):
-            self._decode_header(path, entry, head)
+        heads = self._cat_ranges([e.object for e in missing], [(0, min(_HEAD_BYTES, e.size)) for e in missing])
+        for entry, head in zip(missing, heads, strict=True):
+            obj = entry.object
+            found = year_io.header_of(f"{self.url}/{obj}", head,
+                                      lambda offset, n, o=obj: self._cat_ranges([o], [(offset, n)])[0],
+                                      lambda e=entry: e.size)  # fmt: skip
+            with self._lock:
+                self._headers[obj] = found
 
     def _header(self, path: str) -> tuple[Any, int, int]:
-        found = self._headers.get(path)
+        obj = self._entry(path).object
+        found = self._headers.get(obj)
         if found is None:
             self._prefetch_headers([path])
-            found = self._headers[path]
+            found = self._headers[obj]
         return found
-
-    def _decode_header(self, path: str, entry: FileEntry, head: bytes) -> None:
-        fetch = self._fetcher(path)
-        # Cached by object name (immutable content), so the header of one snapshot serves the next.
-        found = year_io.header_of(f"{self.url}/{entry.object}", head,
-                                  lambda offset, n: fetch([(offset, n)])[0], lambda: entry.size)  # fmt: skip
-        with self._lock:
-            self._headers[path] = found
 
     # -- writes are refused ----------------------------------------------------------------------
     def _refuse(self, what: str) -> NoReturn:
