@@ -5,7 +5,9 @@ that writes it. ``sync`` copies a *consistent* snapshot of a live root there:
 
 1. with the engine's writers held off, it checkpoints (every acknowledged write is then in the
    year files) and copies the files that changed since the last published snapshot into a local
-   staging folder, hashing them on the way — writers wait only for that local copy;
+   staging folder, re-blocked by day for ranged reads (:mod:`mktsframe.engine.year_blocks`: days
+   without bars are left out, so a sparse year uploads only its data) — writers wait only for
+   that local copy;
 2. it uploads the changed files as new, content-named objects (unchanged ones are shared with the
    previous snapshot, so a daily sync uploads the year files that changed, not the archive);
 3. it writes the snapshot document, then the manifest, last, naming it current.
@@ -177,9 +179,9 @@ def _stage(
                     continue
                 hashed_at = time.time_ns()
                 copy = staging / f"{len(staged)}.bin"
-                digest = _copy_hashing(Path(entry.path), copy)
+                digest = _publishable_copy(Path(entry.path), copy)
                 trusted = st.st_mtime_ns if st.st_mtime_ns < hashed_at - _MTIME_MARGIN_NS else 0
-                files[rel] = FileEntry(f"objects/{rel}.{digest[:20]}", st.st_size, digest, trusted)
+                files[rel] = FileEntry(f"objects/{rel}.{digest[:20]}", copy.stat().st_size, digest, trusted)
                 if old is not None and old.sha256 == digest:
                     files[rel] = FileEntry(old.object, old.size, old.sha256, trusted)
                     copy.unlink()
@@ -203,12 +205,17 @@ def _put_whole(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def _copy_hashing(src: Path, dst: Path) -> str:
+def _publishable_copy(src: Path, dst: Path) -> str:
+    """Write the year file ``src`` re-blocked for object storage (:mod:`~mktsframe.engine.year_blocks`)
+    to ``dst``; the sha256 of what was written names the object."""
+    from mktsframe.engine.year_blocks import write_blocked
+
+    with open(dst, "wb") as out:
+        write_blocked(src, out)
     h = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
+    with open(dst, "rb") as f:
+        while chunk := f.read(_CHUNK):
             h.update(chunk)
-            fout.write(chunk)
     return h.hexdigest()
 
 

@@ -4,10 +4,11 @@
 published there (:mod:`.manifest`): the catalog, the bucket schemas and every file's size come from
 the snapshot document (one ``GET``), so listing and opening cost no ``LIST`` request. Year files are
 read by byte range, with the same slot arithmetic as the local engine's positional reads
-(:mod:`mktsframe.engine.year_io`): a one-day query is the header (fetched once, cached: objects are
-immutable, so a cached header never goes stale) and then one batch of ranged ``GET``s — the
-presence bytes and each asked-for column over the day's slots — issued together through
-``fs.cat_ranges`` (concurrent on s3fs/gcsfs/adlfs), so one round trip per year file touched.
+(:mod:`mktsframe.engine.year_io`). ``sync`` publishes each year file in day blocks
+(:mod:`mktsframe.engine.year_blocks`), so a one-day query is the header (fetched once, cached:
+objects are immutable, so a cached header never goes stale) and then **one ranged GET** per year
+file touched; reads of several files go out together through ``fs.cat_ranges`` (concurrent on
+s3fs/gcsfs/adlfs).
 
 The backend stays on the snapshot it opened (readers keep reading it while the next sync runs);
 ``refresh()`` moves to the newest. Writes raise :class:`~mktsframe.errors.ReadOnlyError`.
@@ -30,6 +31,7 @@ from mktsframe.backend.registry import BackendSpec
 from mktsframe.dtypes import dtype_of
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import parse_bucket_meta, query_columns
+from mktsframe.engine.year_blocks import HEAD_BYTES, BlockedHeader, parse_blocked_header
 from mktsframe.engine.year_file import year_bounds
 from mktsframe.errors import BucketNotFoundError, MktsError, ReadOnlyError
 from mktsframe.keys import TimeBucketKey, parse_key, parse_key_pattern
@@ -38,9 +40,6 @@ from mktsframe.times import TimeLike, to_ns
 __all__ = ["ObjectStoreBackend", "open_store"]
 
 NS = 1_000_000_000
-#: Bytes fetched for a year file's header on first use: its fixed part and metadata (a few hundred
-#: bytes; the header region is 4 KiB), so one request. A longer one is completed by a second.
-_HEAD_BYTES = 4096
 
 
 def open_store(url: str, **options: Any) -> ObjectStoreBackend:
@@ -195,7 +194,7 @@ class ObjectStoreBackend:
         remaining = limit
         for year in years if limit is None or from_start else years[::-1]:
             path = f"{k.item_key}/{year}.bin"
-            h, lo, hi = self._header(path)
+            h, lo, hi, _ = self._header(path)
             s0, s1 = year_io.year_slots(year, k.timeframe.seconds, s, e)
             ns, cols = year_io.slots_from(h, lo, hi, s0, s1, names, remaining, from_start,
                                           self._fetcher(path), one_trip=True)  # fmt: skip
@@ -225,16 +224,12 @@ class ObjectStoreBackend:
         self._prefetch_headers(paths)
         rows, first, last = 0, None, None
         for year, path in zip(years, paths, strict=True):
-            h, lo, hi = self._header(path)
-            if hi <= lo:
-                continue
-            (presence,) = self._fetcher(path)([(h.layout.presence_offset + lo, hi - lo)])
-            idx = np.flatnonzero(np.frombuffer(presence, np.uint8))
-            if idx.size:
-                rows += int(idx.size)
+            h, lo, hi, blocked = self._header(path)  # exact extent and count, from the header alone
+            if blocked.rows:
+                rows += blocked.rows
                 y0 = year_bounds(year)[0]
-                first = (y0 + (lo + int(idx[0])) * h.timeframe) * NS if first is None else first
-                last = (y0 + (lo + int(idx[-1])) * h.timeframe) * NS
+                first = (y0 + lo * h.timeframe) * NS if first is None else first
+                last = (y0 + (hi - 1) * h.timeframe) * NS
         return BucketInfo(
             key=k.item_key,
             timeframe=k.timeframe.name,
@@ -270,9 +265,10 @@ class ObjectStoreBackend:
             self.bytes_fetched += sum(len(b) for b in got)
         return got  # type: ignore[no-any-return]
 
-    def _fetcher(self, path: str) -> Callable[[list[tuple[int, int]]], list[bytes]]:
+    def _fetcher(self, path: str) -> Callable[[list[tuple[int, int]]], list[Any]]:
+        """Reads of ``path`` addressed as the column-major year file, served from its published blocks."""
         obj = self._entry(path).object
-        return lambda ranges: self._cat_ranges([obj] * len(ranges), ranges)
+        return self._header(path)[3].fetcher(lambda ranges: self._cat_ranges([obj] * len(ranges), ranges))
 
     def _prefetch_headers(self, paths: Iterable[str]) -> None:
         """The headers of ``paths`` not cached yet, in one batch of ranged reads. Cached by object
@@ -281,16 +277,17 @@ class ObjectStoreBackend:
         missing = [e for o, e in entries.items() if o not in self._headers]
         if not missing:
             return
-        heads = self._cat_ranges([e.object for e in missing], [(0, min(_HEAD_BYTES, e.size)) for e in missing])
+        heads = self._cat_ranges([e.object for e in missing], [(0, min(HEAD_BYTES, e.size)) for e in missing])
         for entry, head in zip(missing, heads, strict=True):
             obj = entry.object
-            found = year_io.header_of(f"{self.url}/{obj}", head,
-                                      lambda offset, n, o=obj: self._cat_ranges([o], [(offset, n)])[0],
-                                      lambda e=entry: e.size)  # fmt: skip
+            blocked = parse_blocked_header(f"{self.url}/{obj}", head,
+                                           lambda offset, n, o=obj: self._cat_ranges([o], [(offset, n)])[0],
+                                           entry.size)  # fmt: skip
+            h = year_io.cache_header(f"{self.url}/{obj}", blocked.crc, blocked.meta, blocked.layout())
             with self._lock:
-                self._headers[obj] = found
+                self._headers[obj] = (h, blocked.lo, blocked.hi, blocked)
 
-    def _header(self, path: str) -> tuple[Any, int, int]:
+    def _header(self, path: str) -> tuple[Any, int, int, BlockedHeader]:
         obj = self._entry(path).object
         found = self._headers.get(obj)
         if found is None:

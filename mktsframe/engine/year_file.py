@@ -82,6 +82,17 @@ def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
     return _Layout(header_size, nslots, presence, tuple(offsets), pos)
 
 
+def layout_of(meta: dict[str, Any], header_size: int) -> _Layout:
+    """The layout a year file's metadata describes."""
+    return _Layout(
+        header_size,
+        meta["nslots"],
+        meta["presence_offset"],
+        tuple(c["offset"] for c in meta["columns"]),
+        meta["file_size"],
+    )
+
+
 def read_header(fd: int, path: Path, head: bytes) -> tuple[dict[str, Any], _Layout]:
     """Validate and decode the header of the open year file ``fd`` whose first ``_FIXED.size`` bytes
     are ``head``: its metadata (checksummed) and layout. Raises :class:`CorruptFileError`."""
@@ -106,13 +117,7 @@ def parse_header(
     if len(blob) != meta_len or zlib.crc32(blob) != crc:
         raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
     meta = json.loads(blob)
-    layout = _Layout(
-        header_size,
-        meta["nslots"],
-        meta["presence_offset"],
-        tuple(c["offset"] for c in meta["columns"]),
-        meta["file_size"],
-    )
+    layout = layout_of(meta, header_size)
     actual = size()
     if actual < layout.file_size:
         raise CorruptFileError(f"{path}: truncated ({actual} bytes, header says {layout.file_size})")

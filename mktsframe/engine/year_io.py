@@ -32,7 +32,7 @@ from mktsframe.dtypes import dtype_of
 from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, _Layout, parse_header, year_bounds
 from mktsframe.errors import CorruptFileError
 
-__all__ = ["header_of", "read_slots", "slots_from", "write_run", "year_slots"]
+__all__ = ["cache_header", "header_of", "read_slots", "slots_from", "write_run", "year_slots"]
 
 NS = 1_000_000_000
 #: Headers kept decoded (a few hundred bytes each); emptied when full so it stays bounded.
@@ -68,21 +68,27 @@ def header_of(
     h = _headers.get(key)
     if h is None or h.crc != crc:
         meta, layout = parse_header(key, head, read, size)
-        h = _Header(
-            crc,
-            layout,
-            meta["year_start"],
-            meta["timeframe_seconds"],
-            {c["name"]: dtype_of(c["type"]) for c in meta["columns"]},
-            {c["name"]: c["offset"] for c in meta["columns"]},
-        )
-        with _headers_lock:
-            if len(_headers) >= _HEADERS_MAX:
-                _headers.clear()
-            _headers[key] = h
+        h = cache_header(key, crc, meta, layout)
     if not 0 <= lo <= hi <= h.layout.nslots:
         lo, hi = 0, h.layout.nslots  # an unchecksummed hint gone wrong: the presence bytes decide
     return h, lo, hi
+
+
+def cache_header(key: str, crc: int, meta: dict[str, Any], layout: _Layout) -> _Header:
+    """Decode and cache (under ``key``) a year file's header from its checked metadata."""
+    h = _Header(
+        crc,
+        layout,
+        meta["year_start"],
+        meta["timeframe_seconds"],
+        {c["name"]: dtype_of(c["type"]) for c in meta["columns"]},
+        {c["name"]: c["offset"] for c in meta["columns"]},
+    )
+    with _headers_lock:
+        if len(_headers) >= _HEADERS_MAX:
+            _headers.clear()
+        _headers[key] = h
+    return h
 
 
 def _open(path: Path, fd: int) -> tuple[_Header, int, int]:

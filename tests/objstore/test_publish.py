@@ -52,7 +52,7 @@ def test_sync_uploads_changes_only_and_old_snapshots_stay_readable(open_db, s3: 
     assert [s["current"] for s in snaps] == [False, False, True]
 
 
-def test_one_day_read_is_one_batch_of_ranges_and_fetches_little_more_than_it_returns(
+def test_one_day_read_is_one_ranged_get_and_fetches_little_more_than_it_returns(
     open_db, s3: S3Server
 ) -> None:
     db = open_db(read_only=False)
@@ -65,8 +65,13 @@ def test_one_day_read_is_one_batch_of_ranges_and_fetches_little_more_than_it_ret
     df = mktsframe.read_mkts("AAA/1Min/OHLCV", "2024-03-05", "2024-03-05 23:59", backend=store)
     assert len(df) == 1440
     returned = df.index.asi8.nbytes + sum(df[c].to_numpy().nbytes for c in df)
-    assert store.requests - r0 == 3  # presence + 2 columns, issued together
+    assert store.requests - r0 == 1  # the day's block: presence and both columns in one ranged GET
     assert (store.bytes_fetched - b0) / returned <= 1.5
+    # Days without bars are not uploaded: 10 days of a year, not the 6.9 MB sparse year file.
+    (entry,) = store.snapshot.files.values()
+    assert entry.size < 11 * 1440 * (1 + 8 + 8) + 8192
+    limited = mktsframe.read_mkts("AAA/1Min/OHLCV", limit=3, backend=store)
+    assert list(limited.index) == list(pd.date_range("2024-03-10 23:57", periods=3, freq="1min", tz="UTC"))
 
 
 def test_object_store_refuses_writes_and_explains(open_db) -> None:
