@@ -128,3 +128,25 @@ def test_cli_sync_and_snapshots(open_db, tmp_path: Path) -> None:
     bad = subprocess.run([*cli, "sync", str(root), url, "--storage-options", "[1]"], capture_output=True, text=True)
     assert bad.returncode != 0
     assert "JSON object" in bad.stderr
+
+
+def test_magic_connects_to_a_published_root(open_db) -> None:
+    pytest.importorskip("IPython")
+    from mktsframe.backend import set_default_backend
+
+    from ..helpers import ipython_shell
+
+    db = open_db(read_only=False)
+    _bars("2024-01-01", 50, 3.0).to_mkts("AAA/1Min/OHLCV", backend=db)
+    sync(db, "memory://magic-pub")
+    ip = ipython_shell()
+    ip.run_line_magic("load_ext", "mktsframe")
+    try:
+        ip.run_line_magic("mkts", "connect memory://magic-pub")
+        assert ip.run_line_magic("mkts", "ls") == ["AAA/1Min/OHLCV"]
+        assert ip.run_line_magic("mkts", "info AAA/1Min/OHLCV")["rows"] == 50
+        got = ip.run_line_magic("mkts", "read AAA/1Min/OHLCV --limit 3")
+        assert list(got["Close"]) == [3.0, 3.0, 3.0]
+    finally:
+        ip.run_line_magic("unload_ext", "mktsframe")
+        set_default_backend(None)
