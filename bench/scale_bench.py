@@ -138,7 +138,8 @@ def run_s3(days: int, workdir: Path, log: Any) -> dict[str, Any]:
     moto = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     out: dict[str, Any] = {}
     try:
-        assert moto.stdout is not None and moto.stdout.readline().strip() == b"up"
+        assert moto.stdout is not None
+        assert moto.stdout.readline().strip() == b"up"
         import s3fs
 
         fs = s3fs.S3FileSystem(key="testing", secret="testing",

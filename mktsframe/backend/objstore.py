@@ -30,7 +30,7 @@ from mktsframe.backend.manifest import FileEntry, Snapshot, load_snapshot
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.dtypes import dtype_of
 from mktsframe.engine import year_io
-from mktsframe.engine.catalog import parse_bucket_meta, query_columns
+from mktsframe.engine.catalog import check_limit, parse_bucket_meta, query_columns
 from mktsframe.engine.year_blocks import HEAD_BYTES, BlockedHeader, parse_blocked_header
 from mktsframe.engine.year_file import year_bounds
 from mktsframe.errors import BucketNotFoundError, MktsError, ReadOnlyError
@@ -161,8 +161,7 @@ class ObjectStoreBackend:
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        check_limit(limit)
         s_ns, e_ns = to_ns(start, name="start"), to_ns(end, name="end")
         keys = self._resolve(key)
         plans = []

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
@@ -25,7 +27,15 @@ from mktsframe.engine.year_file import YearFile, year_bounds
 from mktsframe.errors import CorruptFileError, SchemaMismatchError
 from mktsframe.keys import TimeBucketKey, parse_key
 
-__all__ = ["Bucket", "iter_bucket_keys", "parse_bucket_meta", "query_columns", "read_bucket_meta", "write_bucket_meta"]
+__all__ = [
+    "Bucket",
+    "check_limit",
+    "iter_bucket_keys",
+    "parse_bucket_meta",
+    "query_columns",
+    "read_bucket_meta",
+    "write_bucket_meta",
+]
 
 META_NAME = "bucket.json"
 FORMAT = "mktsframe-bucket"
@@ -81,6 +91,12 @@ def parse_bucket_meta(raw: bytes, where: object) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptFileError(f"{where}: unreadable bucket metadata ({exc})") from None
     return meta
+
+
+def check_limit(limit: object) -> None:
+    """A query's ``limit``: ``None`` or a non-negative integer (``ValueError`` otherwise)."""
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
 
 
 def query_columns(key: str, names: list[str], columns: Sequence[str] | None) -> list[str]:

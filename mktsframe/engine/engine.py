@@ -33,7 +33,14 @@ import numpy as np
 from mktsframe.backend.base import Batch, BucketInfo
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
-from mktsframe.engine.catalog import Bucket, iter_bucket_keys, query_columns, read_bucket_meta, write_bucket_meta
+from mktsframe.engine.catalog import (
+    Bucket,
+    check_limit,
+    iter_bucket_keys,
+    query_columns,
+    read_bucket_meta,
+    write_bucket_meta,
+)
 from mktsframe.engine.commits import CommitEvent, CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
@@ -1019,8 +1026,7 @@ class Engine:
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        check_limit(limit)
         buckets = self._resolve(key)
         return {b.key.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
 

@@ -66,7 +66,9 @@ def test_one_bucket_has_divisions_and_df_mkts_runs_on_the_workers(
     pd.testing.assert_frame_equal(client.compute(candles).result(), frame.mkts.candles("1H"), check_flags=False)
 
 
-def test_xarray_chunks_compute_on_the_workers(client: distributed.Client, populated: LocalBackend, s3: S3Server) -> None:
+def test_xarray_chunks_compute_on_the_workers(
+    client: distributed.Client, populated: LocalBackend, s3: S3Server
+) -> None:
     keys = "AAA,BBB/1Min/OHLCV"
     frame = mktsframe.read_mkts(keys, backend=populated)
     expect = frame.groupby("Symbol", observed=True)["Close"].sum()
