@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +96,13 @@ class LocalBackend:
         self.engine = engine
         self._read_only = read_only
         self._closed = False
+        self._finalizer: weakref.finalize[Any, LocalBackend] | None = None
+
+    def close_when_unreachable(self) -> None:
+        """Release this handle when nothing refers to it any more (``close()`` still works): for
+        handles a library opens on the caller's behalf, such as an unpickled dask array's."""
+        if self._finalizer is None and not self._closed:
+            self._finalizer = weakref.finalize(self, _release, self.engine)
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
@@ -220,7 +228,10 @@ class LocalBackend:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _release(self.engine)
+            if self._finalizer is not None:
+                self._finalizer()  # releases once, whichever of the two comes first
+            else:
+                _release(self.engine)
 
     def __enter__(self) -> LocalBackend:
         return self

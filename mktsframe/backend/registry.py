@@ -134,6 +134,15 @@ def open_spec(spec: BackendSpec) -> Backend:
     fetch) costs more than a task's read. Closed at interpreter exit by the backends' own hooks."""
     with _process_lock:
         be = _process_backends.get(spec.key)
-        if be is None:
-            be = _process_backends[spec.key] = spec.open()
+        if be is not None:
+            return be
+        be = spec.open()
+        from mktsframe.backend.local import LocalBackend
+
+        if isinstance(be, LocalBackend) and not be.engine.read_only:
+            # This process writes the root (a Dataset pickled and loaded here): never keep the writer's
+            # engine open past its owner's close; the handle goes when its user does.
+            be.close_when_unreachable()
+            return be
+        _process_backends[spec.key] = be
         return be
