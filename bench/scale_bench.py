@@ -11,9 +11,9 @@ one year of 1Min OHLCV bars (525,600 rows; Open/High/Low/Close f4, Volume f8) fo
 * ``arcticdb-s3``: ``lib.read(sym, date_range=…)`` from ArcticDB's ``s3://`` library on the same
   endpoint (``bench/.venv-peers``, pandas 2).
 
-Each system runs in its own process: it writes (and, for us, publishes) the year, reads one day
-once to warm up (headers, library metadata), then reads ``--days`` other days, each checked
-against the source. We also report bytes fetched ÷ bytes returned (index + columns of the frame).
+Each system runs in its own process, ``--rounds`` times (alternating which goes first): it writes
+(and, for us, publishes) the year, reads one day once to warm up (headers, library metadata), then
+reads ``--days`` other days, each checked against the source; the median over the round medians. We also report bytes fetched ÷ bytes returned (index + columns of the frame).
 
 **Dask scan.** ``--symbols`` symbols × 2 years of 5Min bars in a local root and the same rows in
 a Parquet dataset (one file per symbol-year, snappy). The scan is ``read_dask(...)`` → per-symbol
@@ -128,7 +128,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_s3(days: int, workdir: Path, log: Any) -> dict[str, Any]:
+def run_s3(days: int, rounds: int, workdir: Path, log: Any) -> dict[str, Any]:
     """Both systems against one moto server in its own process."""
     port = _free_port()
     code = ("import logging, time, sys; from moto.server import ThreadedMotoServer; "
@@ -146,16 +146,27 @@ def run_s3(days: int, workdir: Path, log: Any) -> dict[str, Any]:
                                client_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})  # fmt: skip
         fs.mkdir("mkts-bench")
         fs.mkdir("adb-bench")
-        for name, py in (("mktsframe-s3", Path(sys.executable)), ("arcticdb-s3", PEERS_PY)):
-            if not py.exists():
-                out[name] = {"error": f"{py} missing (make bench-peers)"}
+        systems = [("mktsframe-s3", Path(sys.executable)), ("arcticdb-s3", PEERS_PY)]
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n, _ in systems}
+        for r in range(rounds):  # alternate the order: the machine's load drifts
+            for name, py in systems if r % 2 == 0 else systems[::-1]:
+                if not py.exists():
+                    runs[name].append({"error": f"{py} missing (make bench-peers)"})
+                    continue
+                res = workdir / f"{name}.json"
+                cmd = [str(py), str(Path(__file__).resolve()), "--worker", name, "--port", str(port),
+                       "--days", str(days), "--workdir", str(workdir / name), "--out", str(res)]  # fmt: skip
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+                got = json.loads(res.read_text()) if res.exists() else {"error": proc.stderr[-800:]}
+                runs[name].append(got)
+                log(f"round {r + 1} {name}: " + (f"{got['median_s'] * 1e3:.2f} ms" if "median_s" in got else got["error"]))
+        for name, results in runs.items():
+            ok = [x for x in results if "median_s" in x]
+            if not ok:
+                out[name] = results[0]
                 continue
-            res = workdir / f"{name}.json"
-            cmd = [str(py), str(Path(__file__).resolve()), "--worker", name, "--port", str(port),
-                   "--days", str(days), "--workdir", str(workdir / name), "--out", str(res)]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            out[name] = json.loads(res.read_text()) if res.exists() else {"error": proc.stderr[-800:]}
-            log(f"{name}: " + (f"{out[name]['median_s'] * 1e3:.2f} ms" if "median_s" in out[name] else out[name]["error"]))
+            out[name] = {**ok[0], "median_s": statistics.median(x["median_s"] for x in ok),
+                         "round_medians_s": [x["median_s"] for x in ok]}  # fmt: skip
     finally:
         moto.communicate(b"", timeout=30)
     return out
@@ -243,6 +254,7 @@ def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, An
             log(f"round {r + 1}: cluster {times['cluster_s'][-1]:.2f} s, one process {times['one_process_s'][-1]:.2f} s, "
                 f"parquet on the cluster {times['parquet_cluster_s'][-1]:.2f} s")
         nparts = mktsframe.read_dask(key, backend=db).npartitions
+        ntasks = len(_scan(mktsframe.read_dask(key, columns=["Close", "Volume"], backend=db)).__dask_graph__())
         # The cluster's own cost on this machine: as many no-op tasks as partitions, round trip.
         noop = []
         for _ in range(3):
@@ -252,7 +264,7 @@ def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, An
     db.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
     out.update(rounds=times, partitions=nparts, symbols=symbols, dask=dask.__version__,
-               noop_tasks_s=statistics.median(noop))  # fmt: skip
+               noop_tasks_s=statistics.median(noop), tasks=ntasks)  # fmt: skip
     return out
 
 
@@ -272,9 +284,9 @@ def section(res: dict[str, Any]) -> str:
         TITLE, "",
         f"{m['date']}, `{m['command']}`; {m['load']}. Raw: `{m['json']}`.", "",
         "### One-day read from S3 (moto's S3 server on loopback, one year of 1Min OHLCV)", "",
-        "| system | one-day read (median) | notes |", "|---|---|---|",
+        "| system | one-day read (median of rounds) | notes |", "|---|---|---|",
         f"| mktsframe (`connect('s3://…')`, s3fs ranged GETs) | {ms(ours.get('median_s'))} | "
-        f"{ours.get('requests_per_read', 0):.0f} ranged GETs per read, issued together; bytes fetched ÷ returned "
+        f"ranged GETs per read: {ours.get('requests_per_read', 0):.0f}; bytes fetched ÷ returned "
         f"{ours.get('fetched_over_returned', float('nan')):.2f}; sync of the year {ours.get('sync_s', float('nan')):.2f} s |",
         f"| ArcticDB {adb.get('arcticdb', '')} (`s3://` library, pandas {adb.get('pandas', '')}) | {ms(adb.get('median_s'))} | |",
         "",
@@ -290,11 +302,12 @@ def section(res: dict[str, Any]) -> str:
         f"Speed-up of the cluster over one process: **{x(r.get('cluster_speedup'))}** (target ≥ 1.6×); "
         f"read_dask ÷ read_parquet time: **{x(r.get('dask_vs_parquet'))}** (target ≤ 1×).", "",
         f"The cluster's own overhead in the same run: {dk.get('partitions')} no-op tasks took "
-        f"{dk.get('noop_tasks_s', float('nan')):.2f} s to schedule and gather (median of 3). Where that is a large "
-        "part of the cluster's time, the scheduler is starved of CPU (the machine's load average is above): the "
-        "speed-up cannot show until the two cores are free. The one-process run's profile: about a quarter of it "
-        "is mktsframe's reads (copies out of the year files, frame building), the rest pandas' groupby in dask's "
-        "aggregation, the same for Parquet.", "",
+        f"{dk.get('noop_tasks_s', float('nan')):.2f} s to schedule and gather (median of 3); the scan's graph has "
+        f"{dk.get('tasks', '–')} tasks (dask does not fuse the reads with the groupby's first step). On this shared "
+        "2-CPU machine the cluster is slower than one process for both readers alike (Parquet's scan is no faster), "
+        "so the cost is dask.distributed's, not the reads': in the one-process profile about a quarter of the time "
+        "is mktsframe's reads (copies out of the year files, frame building), the rest pandas' groupby inside "
+        "dask's aggregation. The ≥ 1.6× target is not met here; rerun on a quiet machine before judging it.", "",
     ]
     return "\n".join(lines)
 
@@ -331,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     res: dict[str, Any] = {"s3": {}, "dask": {}}
     if "s3" not in a.skip:
-        res["s3"] = run_s3(a.days, workdir, log)
+        res["s3"] = run_s3(a.days, a.rounds, workdir, log)
     if "dask" not in a.skip:
         res["dask"] = run_dask(a.symbols, a.rounds, workdir, log)
     ours, adb, dk = res["s3"].get("mktsframe-s3", {}), res["s3"].get("arcticdb-s3", {}), res["dask"]
