@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe bench-scale clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,12 @@ bench-stream: $(STAMP)
 # the universe, one bar to every symbol, 50 writers through the server (~10 minutes): the ## Universe section.
 bench-universe: $(STAMP) $(PEERS_STAMP)
 	bash -c 'ulimit -n 256 && exec $(PY) bench/universe_bench.py $(BENCH_ARGS)'
+
+# One-day reads from S3 (moto's server on loopback) beside ArcticDB's s3:// library, and 100 symbols × 2 years
+# of 5Min bars scanned with read_dask on LocalCluster(2 workers × 1 thread) vs one process vs read_parquet
+# (~5 minutes): prints the ratios, writes bench/results/scale-*.json and the ## Scaling section.
+bench-scale: $(STAMP) $(PEERS_STAMP)
+	$(PY) bench/scale_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PD2) $(PEERS) .pytest_cache .ruff_cache docs/_build

@@ -20,6 +20,8 @@ from mktsframe.errors import (
 )
 from mktsframe.io import read_mkts, write_many, write_mkts
 from mktsframe.io.accessor import register as _register
+from mktsframe.io.dask import read_dask
+from mktsframe.publish import list_snapshots, sync
 
 __version__ = "0.1.0"
 
@@ -40,10 +42,13 @@ __all__ = [
     "SchemaMismatchError",
     "__version__",
     "connect",
+    "list_snapshots",
     "load_config",
     "load_ipython_extension",
+    "read_dask",
     "read_mkts",
     "set_default_backend",
+    "sync",
     "write_many",
     "write_mkts",
 ]

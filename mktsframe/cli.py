@@ -147,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mktsframe.token_cli import add_token_commands
 
     add_token_commands(sub)
+    from mktsframe.cli_publish import add_commands as add_publish_commands
+
+    add_publish_commands(sub)  # sync, snapshots
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -2,7 +2,7 @@
 
 Line magic::
 
-    %mkts connect data/                # a data root, file://… or http://host:5993
+    %mkts connect data/                # a data root, file://…, http://host:5993 or s3://bucket/prefix
                                        # (a server with auth: the token from $MKTS_TOKEN)
     %mkts ls [PATTERN]                 # bucket keys (globs allowed: */1Min/OHLCV)
     %mkts info KEY                     # schema, extent and size as a Series
@@ -97,7 +97,7 @@ class MktsMagics(Magics):
     # -- commands -------------------------------------------------------------------------------
     def _connect(self, args: list[str]) -> None:
         if len(args) != 1:
-            raise UsageError("usage: %mkts connect <data root | file://path | http://host:port>")
+            raise UsageError("usage: %mkts connect <data root | file://path | http://host:port | s3://bucket/prefix>")
         backend = connect(args[0])
         try:
             keys = backend.list_keys()  # fail here, before dropping a working connection

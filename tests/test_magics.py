@@ -125,7 +125,7 @@ def test_cell_sql(ip: InteractiveShell, root: Path) -> None:
         ("%mkts ls", "not connected: run %mkts connect"),
         ("%mkts frobnicate", "unknown %mkts command 'frobnicate'"),
         ("%mkts connect", "usage: %mkts connect"),
-        ("%mkts connect ftp://x/y", "unsupported backend URL scheme"),
+        ("%mkts connect nosuch://x/y", "unsupported backend URL scheme"),
     ],
 )
 def test_errors_before_connecting(ip: InteractiveShell, code: str, message: str) -> None:

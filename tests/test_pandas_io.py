@@ -355,7 +355,7 @@ def test_connect_targets(tmp_path: Path, open_db) -> None:
     assert b.engine is a.engine  # one engine per root per process
     assert b.list_keys() == ["T/1Min/OHLCV"]
     with pytest.raises(ValueError, match="scheme"):
-        mktsframe.connect("ftp://example/x")
+        mktsframe.connect("nosuch://example/x")
 
 
 def test_read_only_handle_refuses_writes_even_beside_a_writer(tmp_root: Path, open_db) -> None:

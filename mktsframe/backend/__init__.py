@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
-from mktsframe.backend.base import Backend, Batch, BucketInfo
+from mktsframe.backend.base import Backend, Batch, BucketInfo, Capabilities, capabilities
+from mktsframe.backend.registry import BackendSpec, opener_for, register_backend
 from mktsframe.config import Config, default_root, load_config
 
-__all__ = ["Backend", "Batch", "BucketInfo", "connect", "default_backend", "set_default_backend"]
+__all__ = [
+    "Backend",
+    "BackendSpec",
+    "Batch",
+    "BucketInfo",
+    "Capabilities",
+    "capabilities",
+    "connect",
+    "default_backend",
+    "register_backend",
+    "set_default_backend",
+]
 
 _default: Backend | None = None
 _default_lock = threading.Lock()
@@ -29,37 +40,31 @@ def connect(
     ----------
     target : str or path, optional
         A directory or ``file://`` URL → the local engine; ``http://host:port`` → a mktsframe
-        or MarketStore server. Default: ``$MKTS_ROOT``, ``./mkts.yml``'s root, else ``./data``.
+        or MarketStore server; an fsspec object-store URL (``s3://bucket/prefix``, ``gcs://``,
+        ``az://``, ``memory://``) → a read-only published root (see :func:`mktsframe.sync`);
+        other schemes → a backend registered for them (:mod:`mktsframe.backend.registry`).
+        Default: ``$MKTS_ROOT``, ``./mkts.yml``'s root, else ``./data``.
     read_only : bool, optional
-        Local only. ``None`` writes if no other process holds the root's write lock and reads
+        Local: ``None`` writes if no other process holds the root's write lock and reads
         otherwise; ``False`` raises :class:`~mktsframe.errors.LockedError` if it is held.
+        Object stores are always read-only.
     config : Config, optional
         Engine settings (``background_sync``, checkpoint and WAL intervals) from ``mkts.yml``.
     **options
         Passed to the backend (e.g. ``timeout=``, ``token=``, ``ca_file=`` for HTTP;
-        ``background_sync=`` for local).
+        ``background_sync=`` for local; ``storage_options=`` and ``snapshot=`` for object stores).
     """
     if target is None:
         target = default_root()
         if config is None and not os.environ.get("MKTS_ROOT") and Path("mkts.yml").is_file():
             config = load_config("mkts.yml")
     text = os.fspath(target)
-    scheme = urlparse(text).scheme.lower() if "://" in text else ""
-    if scheme in ("http", "https"):
-        from mktsframe.backend.http import HTTPBackend
-
-        return HTTPBackend(text, **options)  # type: ignore[arg-type]
-    if scheme == "file":
-        text = unquote(urlparse(text).path)
-    elif scheme:
-        raise ValueError(f"unsupported backend URL scheme {scheme!r} in {text!r} (use a path, file:// or http://)")
-    from mktsframe.backend.local import open_local
-
-    opts: dict[str, object] = dict(config.engine_options()) if config is not None else {}
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    opts: dict[str, object] = dict(config.engine_options()) if config is not None and scheme in ("", "file") else {}
     opts.update(options)
     if read_only is not None:
         opts["read_only"] = read_only
-    return open_local(Path(text), **opts)
+    return opener_for(scheme)(text, **opts)
 
 
 def default_backend() -> Backend:

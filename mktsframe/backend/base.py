@@ -13,6 +13,7 @@ fixed-timeframe buckets return the start of each bar. ``start``/``end`` argument
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from mktsframe.records import Batch, BucketInfo
@@ -21,7 +22,37 @@ from mktsframe.times import TimeLike
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["Backend", "Batch", "BucketInfo"]
+__all__ = ["Backend", "Batch", "BucketInfo", "Capabilities", "capabilities"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, declared by its class (``capabilities`` attribute) instead of being
+    probed with ``getattr``: callers ask before offering a feature (a read-only store refuses writes
+    with :class:`~mktsframe.errors.ReadOnlyError` either way)."""
+
+    write: bool = True
+    """``write``/``write_many``/``create`` can succeed (a handle opened read-only still says so: its
+    ``read_only`` property is the per-handle answer)."""
+    delete: bool = True
+    """``delete``/``destroy`` can succeed."""
+    stream: bool = True
+    """``subscribe`` hears committed writes."""
+    commit_listeners: bool = False
+    """``on_commit``/``replayed_changes`` exist (the local engine in this process)."""
+    pickle_spec: bool = True
+    """``spec`` describes the backend so that another process (a dask worker) can open its own."""
+
+
+#: What a backend that declares nothing is taken to support (the protocol's full surface).
+_DEFAULT_CAPABILITIES = Capabilities()
+
+
+def capabilities(backend: object) -> Capabilities:
+    """The :class:`Capabilities` ``backend`` (an instance or a class) declares (the full protocol,
+    without commit listeners, if it declares none)."""
+    caps = getattr(backend if isinstance(backend, type) else type(backend), "capabilities", None)
+    return caps if isinstance(caps, Capabilities) else _DEFAULT_CAPABILITIES
 
 
 @runtime_checkable

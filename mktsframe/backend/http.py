@@ -24,8 +24,9 @@ import numpy as np
 
 from mktsframe import errors
 from mktsframe.backend import nmds
-from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.backend.base import Batch, BucketInfo, Capabilities
 from mktsframe.backend.http_pool import ConnectionPool
+from mktsframe.backend.registry import BackendSpec
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
@@ -54,6 +55,12 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def open_target(url: str, *, read_only: bool | None = None, **options: Any) -> HTTPBackend:
+    """The registry's opener for ``http(s)://`` (see :mod:`.registry`). ``read_only`` is the
+    server's business (its ``read_only`` setting and tokens): accepted and not used here."""
+    return HTTPBackend(url, **options)
+
+
 class HTTPBackend:
     """A mktsframe (or MarketStore) server at ``url``.
 
@@ -77,6 +84,8 @@ class HTTPBackend:
         PEM file of the CA to trust for ``https://`` (default: the system's, or ``$SSL_CERT_FILE``).
     """
 
+    capabilities = Capabilities()  # writes, deletes and streams as the server allows
+
     def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None,
                  token: str | None = None, ca_file: str | os.PathLike[str] | None = None) -> None:
         parts = urlparse(url)
@@ -97,6 +106,11 @@ class HTTPBackend:
 
     def __repr__(self) -> str:
         return f"<HTTPBackend {self.url!r}>"
+
+    @property
+    def spec(self) -> BackendSpec:
+        """The server's URL and timeout (a custom transport is not carried: it stays in this process)."""
+        return BackendSpec(self.url, {"timeout": self.timeout})
 
     # -- transport ------------------------------------------------------------------------------
     def _call(self, method: str, params: dict[str, Any]) -> Any:

@@ -11,11 +11,15 @@ import atexit
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
-from mktsframe.backend.base import Batch, BucketInfo
+from mktsframe.backend.base import Backend, Batch, BucketInfo, Capabilities
+from mktsframe.backend.manifest import MANIFEST
+from mktsframe.backend.registry import BackendSpec
 from mktsframe.changes import ChangeFeed, CommitEvent
 from mktsframe.engine import Engine
 from mktsframe.errors import MktsError, ReadOnlyError
@@ -25,7 +29,7 @@ from mktsframe.times import TimeLike, to_ns
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["LocalBackend", "open_local"]
+__all__ = ["LocalBackend", "open_local", "open_target"]
 
 _lock = threading.Lock()
 _engines: dict[Path, tuple[Engine, int]] = {}
@@ -46,6 +50,18 @@ def open_local(root: str | os.PathLike[str], **options: object) -> LocalBackend:
             _engines[path] = (engine, refs + 1)
     # A handle asked for read-only stays read-only even when it shares this process's writable engine.
     return LocalBackend(engine, read_only=options.get("read_only") is True)
+
+
+def open_target(target: str, **options: Any) -> Backend:
+    """The registry's opener for a path or ``file://`` URL (see :mod:`.registry`): the local engine,
+    or the object-storage reader when the folder holds a root *published* by ``sync`` (a manifest)."""
+    if target.lower().startswith("file://"):
+        target = unquote(urlparse(target).path)
+    if (Path(target) / MANIFEST).is_file() and not (Path(target) / ".mkts").exists():
+        from mktsframe.backend.objstore import open_store  # a root published here by sync, not a data root
+
+        return open_store(Path(target).resolve().as_uri(), **options)
+    return open_local(Path(target), **options)
 
 
 def _release(engine: Engine) -> None:
@@ -74,10 +90,19 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
+    capabilities = Capabilities(commit_listeners=True)
+
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
         self._read_only = read_only
         self._closed = False
+        self._finalizer: weakref.finalize[Any, LocalBackend] | None = None
+
+    def close_when_unreachable(self) -> None:
+        """Release this handle when nothing refers to it any more (``close()`` still works): for
+        handles a library opens on the caller's behalf, such as an unpickled dask array's."""
+        if self._finalizer is None and not self._closed:
+            self._finalizer = weakref.finalize(self, _release, self.engine)
 
     def __repr__(self) -> str:
         mode = "read-only" if self.read_only else "read-write"
@@ -90,6 +115,11 @@ class LocalBackend:
     @property
     def read_only(self) -> bool:
         return self._read_only or self.engine.read_only
+
+    @property
+    def spec(self) -> BackendSpec:
+        """This root, read-only: what a dask worker or another process opens (never the writer's lock)."""
+        return BackendSpec(str(self.engine.root), {"read_only": True})
 
     def _check_writable(self) -> None:
         if self._read_only:
@@ -204,7 +234,10 @@ class LocalBackend:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            _release(self.engine)
+            if self._finalizer is not None:
+                self._finalizer()  # releases once, whichever of the two comes first
+            else:
+                _release(self.engine)
 
     def __enter__(self) -> LocalBackend:
         return self

@@ -12,9 +12,11 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine.durable import fsync_dir, write_atomic
@@ -22,10 +24,18 @@ from mktsframe.engine.listing import NumberedFiles
 from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import TickStore
 from mktsframe.engine.year_file import YearFile, year_bounds
-from mktsframe.errors import CorruptFileError
+from mktsframe.errors import CorruptFileError, SchemaMismatchError
 from mktsframe.keys import TimeBucketKey, parse_key
 
-__all__ = ["Bucket", "iter_bucket_keys", "read_bucket_meta", "write_bucket_meta"]
+__all__ = [
+    "Bucket",
+    "check_limit",
+    "iter_bucket_keys",
+    "parse_bucket_meta",
+    "query_columns",
+    "read_bucket_meta",
+    "write_bucket_meta",
+]
 
 META_NAME = "bucket.json"
 FORMAT = "mktsframe-bucket"
@@ -66,6 +76,11 @@ def read_bucket_meta(directory: Path) -> dict[str, Any] | None:
         raw = (directory / META_NAME).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return None
+    return parse_bucket_meta(raw, directory / META_NAME)
+
+
+def parse_bucket_meta(raw: bytes, where: object) -> dict[str, Any]:
+    """A ``bucket.json``'s bytes, checked, with ``schema`` added; ``where`` names it in errors."""
     try:
         meta = json.loads(raw)
         if meta.get("format") != FORMAT:
@@ -74,8 +89,27 @@ def read_bucket_meta(directory: Path) -> dict[str, Any] | None:
         if meta.setdefault("record_type", "fixed") not in RECORD_TYPES:
             raise ValueError(f"record_type {meta['record_type']!r}")
     except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptFileError(f"{directory / META_NAME}: unreadable bucket metadata ({exc})") from None
+        raise CorruptFileError(f"{where}: unreadable bucket metadata ({exc})") from None
     return meta
+
+
+def check_limit(limit: object) -> None:
+    """A query's ``limit``: ``None`` or a non-negative integer (``ValueError`` otherwise)."""
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
+        raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+
+
+def query_columns(key: str, names: list[str], columns: Sequence[str] | None) -> list[str]:
+    """The columns a query of bucket ``key`` (columns ``names``) returns: all, or those asked for in
+    that order (``Epoch``, always returned as the index, is accepted and dropped). Raises
+    :class:`SchemaMismatchError` naming the unknown ones."""
+    if columns is None:
+        return names
+    wanted = list(columns)
+    unknown = [c for c in wanted if c not in names and c != "Epoch"]
+    if unknown:
+        raise SchemaMismatchError(f"bucket {key!r} has no column(s) {unknown}; it has {names}")
+    return [c for c in wanted if c != "Epoch"]
 
 
 def iter_bucket_keys(root: Path) -> Iterator[TimeBucketKey]:

@@ -33,7 +33,14 @@ import numpy as np
 from mktsframe.changes import CommitEvent, Listener
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
-from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
+from mktsframe.engine.catalog import (
+    Bucket,
+    check_limit,
+    iter_bucket_keys,
+    query_columns,
+    read_bucket_meta,
+    write_bucket_meta,
+)
 from mktsframe.engine.commits import CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
@@ -437,7 +444,10 @@ class Engine:
                     self._buckets.clear()
             return None  # no writer has ever opened this root (a copy): nothing is being destroyed
         value = gen.value()
-        if value is None or value != self._seen_generation:
+        # ``None`` twice running: no writer has made the counter yet (a copied root whose ``.mkts/``
+        # holds no ``generation``), so nothing is being destroyed and the cache stays valid; a writer
+        # creates it before its first destroy, and the change from ``None`` clears the cache once.
+        if value != self._seen_generation:
             with self._apply_lock:
                 self._buckets.clear()
                 self._seen_generation = value
@@ -1048,8 +1058,7 @@ class Engine:
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
-            raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
+        check_limit(limit)
         buckets = self._resolve(key)
         return {b.key.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
 
@@ -1062,14 +1071,7 @@ class Engine:
         limit: int | None,
         from_start: bool,
     ) -> Batch:
-        if columns is None:
-            names = b.names
-        else:
-            names = list(columns)
-            unknown = [c for c in names if c not in b.names and c != "Epoch"]
-            if unknown:
-                raise SchemaMismatchError(f"bucket {b.key.item_key!r} has no column(s) {unknown}; it has {b.names}")
-            names = [c for c in names if c != "Epoch"]
+        names = query_columns(b.key.item_key, b.names, columns)
         if b.ticks is not None:
             with self._apply_lock:
                 self._still_there(b)
@@ -1112,9 +1114,7 @@ class Engine:
         for year in years:
             yf = b.open_year(year)
             if yf is None and self.open_files.full:
-                y0, y1 = year_bounds(year)
-                s0 = 0 if s is None else max(0, (s - y0) // tf)
-                s1 = (y1 - y0) // tf if e is None else min((y1 - y0) // tf, (e - y0) // tf + 1)
+                s0, s1 = year_io.year_slots(year, tf, s, e)
                 piece = year_io.read_slots(b.dir / f"{year}.bin", s0, s1, names, remaining, from_start)
                 rows = 0 if piece is None else piece[0].shape[0]
                 if rows:

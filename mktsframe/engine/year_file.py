@@ -24,6 +24,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,9 +81,28 @@ def _layout(meta_len: int, nslots: int, schema: Schema) -> _Layout:
     return _Layout(header_size, nslots, presence, tuple(offsets), pos)
 
 
+def layout_of(meta: dict[str, Any], header_size: int) -> _Layout:
+    """The layout a year file's metadata describes."""
+    return _Layout(
+        header_size,
+        meta["nslots"],
+        meta["presence_offset"],
+        tuple(c["offset"] for c in meta["columns"]),
+        meta["file_size"],
+    )
+
+
 def read_header(fd: int, path: Path, head: bytes) -> tuple[dict[str, Any], _Layout]:
     """Validate and decode the header of the open year file ``fd`` whose first ``_FIXED.size`` bytes
     are ``head``: its metadata (checksummed) and layout. Raises :class:`CorruptFileError`."""
+    return parse_header(path, head, lambda offset, n: os.pread(fd, n, offset), lambda: os.fstat(fd).st_size)
+
+
+def parse_header(
+    path: object, head: bytes, read: Callable[[int, int], bytes], size: Callable[[], int]
+) -> tuple[dict[str, Any], _Layout]:
+    """:func:`read_header` over any byte source: ``read(offset, n)`` and the file's ``size()`` (a
+    local descriptor, or ranged reads of an object in a store). ``path`` only names the file in errors."""
     if len(head) < _FIXED.size or head[:8] != MAGIC:
         raise CorruptFileError(f"{path}: not a mktsframe year file (bad magic number)")
     _, version, header_size, meta_len, crc, _, _, _ = _FIXED.unpack_from(head)
@@ -90,20 +110,16 @@ def read_header(fd: int, path: Path, head: bytes) -> tuple[dict[str, Any], _Layo
         raise CorruptFileError(f"{path}: unsupported format version {version} (this build reads {FORMAT_VERSION})")
     if not (_META_OFFSET + meta_len <= header_size <= _MAX_HEADER):
         raise CorruptFileError(f"{path}: corrupt header (header size {header_size}, metadata {meta_len} bytes)")
-    blob = os.pread(fd, meta_len, _META_OFFSET)
+    blob = bytes(head[_META_OFFSET : _META_OFFSET + meta_len])
+    if len(blob) < meta_len:
+        blob = read(_META_OFFSET, meta_len)
     if len(blob) != meta_len or zlib.crc32(blob) != crc:
         raise CorruptFileError(f"{path}: header checksum mismatch; the file is corrupt and will not be served")
     meta = json.loads(blob)
-    layout = _Layout(
-        header_size,
-        meta["nslots"],
-        meta["presence_offset"],
-        tuple(c["offset"] for c in meta["columns"]),
-        meta["file_size"],
-    )
-    size = os.fstat(fd).st_size
-    if size < layout.file_size:
-        raise CorruptFileError(f"{path}: truncated ({size} bytes, header says {layout.file_size})")
+    layout = layout_of(meta, header_size)
+    actual = size()
+    if actual < layout.file_size:
+        raise CorruptFileError(f"{path}: truncated ({actual} bytes, header says {layout.file_size})")
     return meta, layout
 
 

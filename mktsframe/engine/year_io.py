@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from mktsframe.dtypes import dtype_of
-from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, _Layout, read_header
+from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, _Layout, parse_header, year_bounds
 from mktsframe.errors import CorruptFileError
 
-__all__ = ["read_slots", "write_run"]
+__all__ = ["cache_header", "header_of", "read_slots", "slots_from", "write_run", "year_slots"]
 
 NS = 1_000_000_000
 #: Headers kept decoded (a few hundred bytes each); emptied when full so it stays bounded.
@@ -52,33 +52,49 @@ class _Header:
 
 _headers: dict[str, _Header] = {}
 _headers_lock = threading.Lock()
+#: ``fetch([(offset, nbytes), ...])`` → the bytes of each range, in order (preads, or ranged GETs).
+Fetch = Callable[[list[tuple[int, int]]], list[bytes | bytearray | memoryview]]
 
 
-def _open(path: Path, fd: int) -> tuple[_Header, int, int]:
-    """The header of ``fd`` (cached) and its watermarks ``(lo, hi)`` (implausible ones: the whole year)."""
-    head = os.pread(fd, _FIXED.size, 0)
+def header_of(
+    key: str, head: bytes, read: Callable[[int, int], bytes], size: Callable[[], int]
+) -> tuple[_Header, int, int]:
+    """The decoded header of the year file whose first bytes are ``head`` (cached under ``key``,
+    checked against its CRC) and its watermarks ``(lo, hi)`` (implausible ones: the whole year).
+    ``read``/``size`` reach the rest of the file if the header is not cached (see :func:`parse_header`)."""
     if len(head) < _FIXED.size:
-        raise CorruptFileError(f"{path}: not a mktsframe year file (short header)")
+        raise CorruptFileError(f"{key}: not a mktsframe year file (short header)")
     _, _, _, _, crc, _, lo, hi = _FIXED.unpack_from(head)
-    key = str(path)
     h = _headers.get(key)
     if h is None or h.crc != crc:
-        meta, layout = read_header(fd, path, head)
-        h = _Header(
-            crc,
-            layout,
-            meta["year_start"],
-            meta["timeframe_seconds"],
-            {c["name"]: dtype_of(c["type"]) for c in meta["columns"]},
-            {c["name"]: c["offset"] for c in meta["columns"]},
-        )
-        with _headers_lock:
-            if len(_headers) >= _HEADERS_MAX:
-                _headers.clear()
-            _headers[key] = h
+        meta, layout = parse_header(key, head, read, size)
+        h = cache_header(key, crc, meta, layout)
     if not 0 <= lo <= hi <= h.layout.nslots:
         lo, hi = 0, h.layout.nslots  # an unchecksummed hint gone wrong: the presence bytes decide
     return h, lo, hi
+
+
+def cache_header(key: str, crc: int, meta: dict[str, Any], layout: _Layout) -> _Header:
+    """Decode and cache (under ``key``) a year file's header from its checked metadata."""
+    h = _Header(
+        crc,
+        layout,
+        meta["year_start"],
+        meta["timeframe_seconds"],
+        {c["name"]: dtype_of(c["type"]) for c in meta["columns"]},
+        {c["name"]: c["offset"] for c in meta["columns"]},
+    )
+    with _headers_lock:
+        if len(_headers) >= _HEADERS_MAX:
+            _headers.clear()
+        _headers[key] = h
+    return h
+
+
+def _open(path: Path, fd: int) -> tuple[_Header, int, int]:
+    """The header of ``fd`` (cached) and its watermarks ``(lo, hi)``."""
+    head = os.pread(fd, _FIXED.size, 0)
+    return header_of(str(path), head, lambda offset, n: os.pread(fd, n, offset), lambda: os.fstat(fd).st_size)
 
 
 @contextlib.contextmanager
@@ -116,27 +132,82 @@ def read_slots(
         if found is None:
             return None
         fd, h, lo, hi = found
-        s0, s1 = max(s0, lo, 0), min(s1, hi, h.layout.nslots)
-        if s1 <= s0 or limit == 0:
-            return _empty(h, names)
-        presence = np.empty(s1 - s0, np.uint8)
-        _pread_into(fd, presence, h.layout.presence_offset + s0, path)
-        idx = np.flatnonzero(presence)
-        if limit is not None and idx.size > limit:
-            idx = idx[:limit] if from_start else idx[idx.size - limit :]
-        if idx.size == 0:
-            return _empty(h, names)
-        a, z = s0 + int(idx[0]), s0 + int(idx[-1]) + 1  # read only the span that holds the rows
-        dense = idx.size == z - a
-        cols = {}
-        for name in names:
-            dt = h.dtypes[name]
-            buf = np.empty(z - a, dt)
-            _pread_into(fd, buf, h.offsets[name] + a * dt.itemsize, path)
-            cols[name] = buf if dense else buf[idx - (a - s0)]
-    step = h.timeframe * NS
-    ns = (idx + s0).astype(np.int64) * step + h.year_start * NS
-    return ns, cols
+
+        def fetch(ranges: list[tuple[int, int]]) -> list[bytes | bytearray | memoryview]:
+            out = []
+            for offset, n in ranges:
+                buf = np.empty(n, np.uint8)
+                _pread_into(fd, buf, offset, path)
+                out.append(memoryview(buf))
+            return out
+
+        return slots_from(h, lo, hi, s0, s1, names, limit, from_start, fetch)
+
+
+def slots_from(
+    h: _Header,
+    lo: int,
+    hi: int,
+    s0: int,
+    s1: int,
+    names: list[str],
+    limit: int | None,
+    from_start: bool,
+    fetch: Fetch,
+    *,
+    one_trip: bool = False,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The present rows of slots ``[s0, s1)`` of a year file with header ``h`` (see :func:`read_slots`),
+    read through ``fetch``. Local files read the presence bytes first and then only the span of
+    columns that holds rows. ``one_trip`` (object stores, where a round trip costs more than the
+    bytes): presence and every column of ``[s0, s1)`` in one batch of ranges, unless ``limit``
+    needs the presence first to know how little to read."""
+    s0, s1 = max(s0, lo, 0), min(s1, hi, h.layout.nslots)
+    if s1 <= s0 or limit == 0:
+        return _empty(h, names)
+    presence_range = (h.layout.presence_offset + s0, s1 - s0)
+    if one_trip and limit is None:
+        got = fetch([presence_range] + [(h.offsets[n] + s0 * h.dtypes[n].itemsize, (s1 - s0) * h.dtypes[n].itemsize)
+                                         for n in names])  # fmt: skip
+        idx = np.flatnonzero(np.frombuffer(got[0], np.uint8))
+        dense = idx.size == s1 - s0
+        cols = {n: _as(b, h.dtypes[n], s1 - s0) for n, b in zip(names, got[1:], strict=True)}
+        cols = cols if dense else {n: c[idx] for n, c in cols.items()}
+        return _times(h, idx + s0), cols
+    (presence,) = fetch([presence_range])
+    idx = np.flatnonzero(np.frombuffer(presence, np.uint8))
+    if limit is not None and idx.size > limit:
+        idx = idx[:limit] if from_start else idx[idx.size - limit :]
+    if idx.size == 0:
+        return _empty(h, names)
+    a, z = s0 + int(idx[0]), s0 + int(idx[-1]) + 1  # read only the span that holds the rows
+    dense = idx.size == z - a
+    got = fetch([(h.offsets[n] + a * h.dtypes[n].itemsize, (z - a) * h.dtypes[n].itemsize) for n in names])
+    cols = {}
+    for name, raw in zip(names, got, strict=True):
+        buf = _as(raw, h.dtypes[name], z - a)
+        cols[name] = buf if dense else buf[idx - (a - s0)]
+    return _times(h, idx + s0), cols
+
+
+def year_slots(year: int, timeframe: int, s: int | None, e: int | None) -> tuple[int, int]:
+    """Slots ``[s0, s1)`` of ``year``'s file that hold bars starting in ``[s, e]`` (seconds, UTC,
+    inclusive; ``None`` unbounded) for a bucket of ``timeframe`` seconds."""
+    y0, y1 = year_bounds(year)
+    s0 = 0 if s is None else max(0, (s - y0) // timeframe)
+    s1 = (y1 - y0) // timeframe if e is None else min((y1 - y0) // timeframe, (e - y0) // timeframe + 1)
+    return s0, s1
+
+
+def _as(raw: bytes | bytearray | memoryview, dt: np.dtype[Any], n: int) -> np.ndarray:
+    arr = np.frombuffer(raw, dt)
+    if arr.shape[0] != n:
+        raise CorruptFileError(f"short read: {arr.shape[0]} of {n} values")
+    return arr
+
+
+def _times(h: _Header, slots: np.ndarray) -> np.ndarray:
+    return slots.astype(np.int64) * (h.timeframe * NS) + h.year_start * NS
 
 
 def _empty(h: _Header, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -9,8 +9,8 @@ Values are read on access, one query per symbol for exactly the time range asked
 selection inside one year opens only that year's files.
 
 With ``chunks={}`` xarray makes one dask chunk per calendar year (UTC) and symbol, matching the
-year files on disk. Arrays opened from a path or URL pickle as that target: dask workers in
-other processes reconnect on their own (read-only for a local root).
+year files on disk. Arrays pickle as their backend's spec (a path, a server or an object-store URL):
+dask workers in other processes reconnect on their own (read-only for a local root).
 
 Tick buckets (``variable_length``) have no grid: one opens alone as dims ``("time",)``, the
 ``time`` coordinate holding every tick's exact nanosecond (duplicates kept, in arrival order) and
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -37,7 +36,8 @@ from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
 from mktsframe.backend import Backend, connect
-from mktsframe.backend.base import Batch
+from mktsframe.backend.base import Batch, capabilities
+from mktsframe.backend.registry import BackendSpec, open_spec
 from mktsframe.keys import join_keys, parse_key, parse_key_pattern
 from mktsframe.times import TimeLike, to_ns
 
@@ -51,11 +51,13 @@ _STATE_DIR = ".mkts"
 
 
 class _Source:
-    """Where arrays read from. Pickles as its target (path or URL), never as an open handle."""
+    """Where arrays read from. Pickles as the backend's :class:`BackendSpec` (a path, a server URL
+    or an object-store URL pinned to a snapshot), never as an open handle."""
 
-    def __init__(self, backend: Backend, target: str | None, *, owned: bool) -> None:
+    def __init__(self, backend: Backend, *, owned: bool) -> None:
         self._backend: Backend | None = backend
-        self.target = target
+        describable = capabilities(backend).pickle_spec and hasattr(backend, "spec")
+        self.spec: BackendSpec | None = backend.spec if describable else None  # type: ignore[attr-defined]
         self._owned = owned
 
     def close(self) -> None:
@@ -66,35 +68,22 @@ class _Source:
 
     def backend(self) -> Backend:
         if self._backend is None:
-            assert self.target is not None
-            self._backend = _process_backend(self.target)
+            assert self.spec is not None
+            self._backend = open_spec(self.spec)  # one read-only handle per process (a dask worker)
         return self._backend
 
     def __getstate__(self) -> dict[str, Any]:
-        if self.target is None:
+        if self.spec is None:
             raise TypeError(
-                "this Dataset was opened from a Backend object, which cannot be sent to other processes; "
-                "open it from a path or URL (xr.open_dataset('data/', engine='mkts', ...)) to use dask distributed"
+                "this Dataset's backend cannot describe itself to other processes (no spec); open it from a "
+                "path or URL (xr.open_dataset('data/', engine='mkts', ...)) to use dask distributed"
             )
-        return {"target": self.target}
+        return {"spec": self.spec}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._backend = None
         self._owned = False
-        self.target = state["target"]
-
-
-_process_lock = threading.Lock()
-_process_backends: dict[str, Backend] = {}
-
-
-def _process_backend(target: str) -> Backend:
-    """One read-only handle per target in a process that received pickled arrays (a dask worker)."""
-    with _process_lock:
-        be = _process_backends.get(target)
-        if be is None:
-            be = _process_backends[target] = connect(target, read_only=True)
-        return be
+        self.spec = state["spec"]
 
 
 class MktsColumnArray(BackendArray):
@@ -214,14 +203,16 @@ def open_mkts_dataset(
     end: TimeLike = None,
     columns: Sequence[str] | None = None,
     drop_variables: str | Iterable[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """Open buckets as a lazily loaded Dataset (what ``engine="mkts"`` calls).
 
     Parameters
     ----------
     source : str, path or Backend
-        A data root (directory or ``file://``), a server URL (``http://host:5993``) or an open
-        backend (which cannot be pickled: use a path or URL with dask distributed).
+        A data root (directory or ``file://``), a server URL (``http://host:5993``), a published
+        root in object storage (``s3://bucket/prefix``, any fsspec URL) or an open backend (sent
+        to dask workers as its :class:`~mktsframe.backend.registry.BackendSpec`).
     keys : str or list of str
         Bucket keys with the same timeframe, one per symbol; comma lists and ``*`` are expanded
         (``"AAPL,MSFT/1Min/OHLCV"``, ``"*/1D/OHLCV"``). A tick bucket opens alone.
@@ -232,6 +223,8 @@ def open_mkts_dataset(
         Columns to open as variables (default: all).
     drop_variables : str or list of str, optional
         Columns to leave out.
+    storage_options : dict, optional
+        For an object-store URL (e.g. s3fs ``key``/``secret``/``client_kwargs``).
 
     Returns
     -------
@@ -244,13 +237,13 @@ def open_mkts_dataset(
     """
     if isinstance(source, (str, os.PathLike)):
         target = _check_target(os.fspath(source))
-        backend: Backend = connect(target)
+        backend: Backend = connect(target, **({"storage_options": storage_options} if storage_options else {}))
         owned = True
     elif isinstance(source, Backend):
-        target, backend, owned = None, source, False
+        backend, owned = source, False
     else:
         raise TypeError(f"expected a data root, a server URL or a Backend, got {type(source).__name__}")
-    src = _Source(backend, target, owned=owned)
+    src = _Source(backend, owned=owned)
     try:
         ds = _build(src, keys, start, end, columns, drop_variables)
     except BaseException:
@@ -262,11 +255,9 @@ def open_mkts_dataset(
 
 def _check_target(text: str) -> str:
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
-    if scheme in ("http", "https"):
-        return text
-    path = text[len("file://") :] if scheme == "file" else text
     if scheme not in ("", "file"):
-        raise ValueError(f"engine='mkts' opens a data root or an http:// server URL, not {text!r}")
+        return text  # a server or object-store URL: connect() checks the scheme
+    path = text[len("file://") :] if scheme == "file" else text
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no mktsframe data root at {path!r}")
     return os.path.abspath(path)
@@ -492,7 +483,9 @@ class MktsBackendEntrypoint(BackendEntrypoint):
     """
 
     description = "Open mktsframe / MarketStore buckets (a data root or a server URL) lazily"
-    open_dataset_parameters = ("filename_or_obj", "drop_variables", "keys", "start", "end", "columns")
+    open_dataset_parameters = (
+        "filename_or_obj", "drop_variables", "keys", "start", "end", "columns", "storage_options"
+    )
 
     def open_dataset(  # type: ignore[override]
         self,
@@ -503,11 +496,13 @@ class MktsBackendEntrypoint(BackendEntrypoint):
         start: TimeLike = None,
         end: TimeLike = None,
         columns: Sequence[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
         if keys is None:
             raise TypeError("engine='mkts' needs keys=, e.g. keys=['AAPL/1Min/OHLCV'] or keys='*/1D/OHLCV'")
         return open_mkts_dataset(
-            filename_or_obj, keys, start=start, end=end, columns=columns, drop_variables=drop_variables
+            filename_or_obj, keys, start=start, end=end, columns=columns, drop_variables=drop_variables,
+            storage_options=storage_options,
         )
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:

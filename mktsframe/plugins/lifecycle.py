@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mktsframe.backend.base import Backend
+from mktsframe.backend.base import Backend, capabilities
 from mktsframe.config import Config, load_config
 from mktsframe.plugins.discovery import TRIGGER_GROUP, WORKER_GROUP, PluginError, find_factory, plugin_name
 from mktsframe.plugins.triggers import TriggerRunner
@@ -91,7 +91,7 @@ def start_plugins(
         triggers = list(config.get("triggers") or [])
         workers = list(config.get("bgworkers") or [])
         grace = float(config.get("stop_grace_period") or 0)
-    if triggers and not callable(getattr(backend, "on_commit", None)):
+    if triggers and not capabilities(backend).commit_listeners:
         raise PluginError(f"triggers need a local backend (one that announces commits), not {backend!r}")
     plugins = Plugins([], [], grace or DEFAULT_STOP_TIMEOUT)
     for i, entry in enumerate(triggers):

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from mktsframe.backend.base import Backend, Batch
+from mktsframe.backend.base import Backend, Batch, capabilities
 from mktsframe.changes import CommitEvent
 from mktsframe.errors import BucketNotFoundError, InvalidKeyError, MktsError
 from mktsframe.functions.candles import BAR_RULES, candles
@@ -137,7 +137,7 @@ class OnDiskAgg:
                 self._recompute_logged(backend, key, None, None)
             self._rewrite_journal([])  # sequence numbers restart with the engine: start afresh
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        on_commit = getattr(backend, "on_commit", None)
+        on_commit = backend.on_commit if capabilities(backend).commit_listeners else None  # type: ignore[attr-defined]
         if on_commit is not None and self._fd is not None:
             self._unlisten = on_commit(self._on_commit, before_checkpoint=self._sync_journal)
 
@@ -200,9 +200,9 @@ class OnDiskAgg:
     def _replayed(self, backend: Backend) -> list[tuple[str, int | None, int | None]]:
         """Known sources' ranges the engine replayed after a crash: changes that may have been
         acknowledged after the journal last heard of anything (a kill between the two)."""
-        replayed = getattr(backend, "replayed_changes", None)
-        if replayed is None:
+        if not capabilities(backend).commit_listeners:
             return []
+        replayed = backend.replayed_changes  # type: ignore[attr-defined]
         return [(key, lo, hi) for op, key, lo, hi in replayed()
                 if op in ("write", "delete") and key in self._known and self._source(key) is not None]  # fmt: skip
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend import nmds
-from mktsframe.backend.base import Backend, Batch
+from mktsframe.backend.base import Backend, Batch, capabilities
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.changes import CommitEvent
 from mktsframe.config import Config
@@ -228,7 +228,7 @@ class Service:
         self._changes = {"DataService.Write", "DataService.Create", "DataService.Destroy", "DataService.Delete"}
         self._ddl_lock = threading.Lock()  # create/destroy checks and actions as one step
         # Bucket kinds are cached only where creates and destroys are heard (the local engine).
-        on_commit = getattr(backend, "on_commit", None)
+        on_commit = backend.on_commit if capabilities(backend).commit_listeners else None  # type: ignore[attr-defined]
         self.kinds = BucketKinds(lambda key: backend.query(key, limit=0), cache=on_commit is not None)
         if on_commit is not None:
             on_commit(self._heard)

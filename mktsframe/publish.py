@@ -1,0 +1,260 @@
+"""Publishing a data root to object storage: :func:`sync` and :func:`list_snapshots`.
+
+A research cluster reads the data where it lives (S3, GCS, Azure) instead of from the one server
+that writes it. ``sync`` copies a *consistent* snapshot of a live root there:
+
+1. with the engine's writers held off, it checkpoints (every acknowledged write is then in the
+   year files) and copies the files that changed since the last published snapshot into a local
+   staging folder, re-blocked by day for ranged reads (:mod:`mktsframe.engine.year_blocks`: days
+   without bars are left out, so a sparse year uploads only its data) — writers wait only for
+   that local copy;
+2. it uploads the changed files as new, content-named objects (unchanged ones are shared with the
+   previous snapshot, so a daily sync uploads the year files that changed, not the archive);
+3. it writes the snapshot document, then the manifest, last, naming it current.
+
+The layout and why it is safe for readers during a sync are in :mod:`mktsframe.backend.manifest`.
+One publisher per URL at a time (two syncs racing would each write a manifest; the last wins).
+Tick buckets are not published yet: they are listed in :attr:`SyncResult.skipped`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from mktsframe.backend.manifest import (
+    MANIFEST,
+    FileEntry,
+    Snapshot,
+    load_manifest,
+    load_snapshot,
+    snapshot_path,
+)
+from mktsframe.errors import LockedError, MktsError
+
+if TYPE_CHECKING:
+    from mktsframe.backend.local import LocalBackend
+
+__all__ = ["SyncResult", "list_snapshots", "sync"]
+
+log = logging.getLogger("mktsframe.publish")
+
+_CHUNK = 4 << 20
+#: A file's modification time is trusted to mean "unchanged" only if it was this much older than
+#: the moment it was hashed: a write in the same clock tick as the hash would keep the same mtime.
+_MTIME_MARGIN_NS = 2_000_000_000
+
+
+@dataclass
+class SyncResult:
+    """What one :func:`sync` published."""
+
+    snapshot: str
+    url: str
+    files: int = 0
+    """Files in the snapshot."""
+    uploaded: int = 0
+    """Files whose bytes were uploaded (new or changed)."""
+    uploaded_bytes: int = 0
+    reused: int = 0
+    """Files shared with the previous snapshot (nothing uploaded)."""
+    skipped: list[str] = field(default_factory=list)
+    """Buckets not published (tick buckets)."""
+    seconds: float = 0.0
+
+
+def sync(
+    source: str | os.PathLike[str] | LocalBackend,
+    url: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> SyncResult:
+    """Publish a consistent snapshot of a data root at ``url`` (any fsspec URL), uploading only
+    changed files, and make it the current snapshot there.
+
+    Parameters
+    ----------
+    source : path or LocalBackend
+        The root, or an open writable local backend on it (a server's, say: sync from the process
+        that writes it). A path is opened for writing; if another process holds the root's write
+        lock, a :class:`~mktsframe.errors.LockedError` says to sync from that process instead (only
+        the writer can checkpoint and hold writes for a consistent copy).
+    url : str
+        ``s3://bucket/prefix``, ``gcs://…``, ``az://…``, ``file:///…``, ``memory://…``.
+    storage_options : dict, optional
+        For the filesystem (e.g. s3fs ``key``/``secret``/``client_kwargs``).
+    progress : bool, optional
+        Show a tqdm bar of bytes uploaded; default: when more than 64 MiB are to be uploaded.
+
+    Returns
+    -------
+    SyncResult
+        The new snapshot's id and what was uploaded. ``connect(url)`` now reads it.
+    """
+    from mktsframe.backend.local import LocalBackend, open_local
+
+    t0 = time.perf_counter()
+    owned = not isinstance(source, LocalBackend)
+    backend = open_local(Path(os.fspath(source))) if owned else source  # type: ignore[arg-type]
+    try:
+        engine = backend.engine
+        if engine.read_only:
+            raise LockedError(
+                f"{engine.root} is written by another process: run sync in that process "
+                "(mktsframe.sync(backend, url)) so it can checkpoint and hold writes for a consistent copy"
+            )
+        url = url.rstrip("/")
+        fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+        root = root.rstrip("/")
+        manifest = load_manifest(fs, root, url)
+        previous = load_snapshot(fs, root, url, manifest["current"]).files if manifest.get("current") else {}
+        with tempfile.TemporaryDirectory(prefix="mkts-sync-") as staging:
+            buckets, files, staged, skipped = _stage(engine, previous, Path(staging))
+            result = SyncResult(_new_id(), url, files=len(files), skipped=skipped)
+            _upload(fs, root, staged, files, result, progress)
+        snap = Snapshot(result.snapshot, _now_iso(), buckets, files)
+        _put_whole(fs, f"{root}/{snapshot_path(snap.id)}", snap.to_json())
+        manifest["snapshots"].append({
+            "id": snap.id, "created": snap.created, "files": len(files),
+            "bytes": sum(f.size for f in files.values()),
+        })  # fmt: skip
+        manifest["current"] = snap.id
+        _put_whole(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # last: publishes it
+    finally:
+        if owned:
+            backend.close()
+    result.seconds = time.perf_counter() - t0
+    if skipped:
+        log.warning("sync to %s: tick buckets are not published yet, skipped %s", url, ", ".join(skipped))
+    return result
+
+
+def _stage(
+    engine: Any, previous: Mapping[str, FileEntry], staging: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, FileEntry], dict[str, Path], list[str]]:
+    """Under the engine's writers' lock: checkpoint, then list every bucket and year file, copying
+    the changed ones to ``staging`` (hashed on the way). Returns the bucket metadata, every file's
+    entry (objects of changed files not uploaded yet), the staged copies and the skipped buckets."""
+    from mktsframe.engine.catalog import iter_bucket_keys, read_bucket_meta
+
+    buckets: dict[str, dict[str, Any]] = {}
+    files: dict[str, FileEntry] = {}
+    staged: dict[str, Path] = {}
+    skipped: list[str] = []
+    with engine.commit_barrier():
+        engine.checkpoint()
+        for key in iter_bucket_keys(engine.root):
+            directory = engine.root.joinpath(*key.parts)
+            meta = read_bucket_meta(directory)
+            if meta is None:
+                continue
+            if meta["record_type"] != "fixed":
+                skipped.append(key.item_key)
+                continue
+            meta.pop("schema", None)
+            buckets[key.item_key] = meta
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                stem, _, ext = entry.name.partition(".")
+                if ext != "bin" or not stem.lstrip("-").isdigit():
+                    continue
+                rel = f"{key.item_key}/{entry.name}"
+                st = entry.stat()
+                old = previous.get(rel)
+                if old is not None and old.mtime_ns and old.mtime_ns == st.st_mtime_ns and old.size == st.st_size:
+                    files[rel] = old
+                    continue
+                hashed_at = time.time_ns()
+                copy = staging / f"{len(staged)}.bin"
+                digest = _publishable_copy(Path(entry.path), copy)
+                trusted = st.st_mtime_ns if st.st_mtime_ns < hashed_at - _MTIME_MARGIN_NS else 0
+                files[rel] = FileEntry(f"objects/{rel}.{digest[:20]}", copy.stat().st_size, digest, trusted)
+                if old is not None and old.sha256 == digest:
+                    files[rel] = FileEntry(old.object, old.size, old.sha256, trusted)
+                    copy.unlink()
+                    continue
+                staged[rel] = copy
+    return buckets, files, staged, skipped
+
+
+def _put_whole(fs: Any, path: str, data: bytes) -> None:
+    """Write ``path`` so that readers see the old bytes or the new, never part: one ``PUT`` on an
+    object store; a temporary file renamed over it on a local (or mounted) filesystem."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _publishable_copy(src: Path, dst: Path) -> str:
+    """Write the year file ``src`` re-blocked for object storage (:mod:`~mktsframe.engine.year_blocks`)
+    to ``dst``; the sha256 of what was written names the object."""
+    from mktsframe.engine.year_blocks import write_blocked
+
+    with open(dst, "wb") as out:
+        write_blocked(src, out)
+    h = hashlib.sha256()
+    with open(dst, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _upload(
+    fs: Any, root: str, staged: Mapping[str, Path], files: Mapping[str, FileEntry], result: SyncResult,
+    progress: bool | None,
+) -> None:
+    total = sum(p.stat().st_size for p in staged.values())
+    show = progress if progress is not None else total > (64 << 20)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"sync {result.url}", disable=not show) as bar:
+        for rel, copy in staged.items():
+            obj = f"{root}/{files[rel].object}"
+            size = copy.stat().st_size
+            if not fs.exists(obj):  # content-named: an object already there holds these bytes
+                fs.makedirs(obj.rsplit("/", 1)[0], exist_ok=True)  # folders of file:// (nothing on S3)
+                fs.put_file(str(copy), obj)
+                result.uploaded += 1
+                result.uploaded_bytes += size
+            bar.update(size)
+    result.reused = result.files - result.uploaded
+
+
+def list_snapshots(url: str, *, storage_options: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The snapshots published at ``url``, oldest first: ``{"id", "created", "files", "bytes", "current"}``."""
+    url = url.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    manifest = load_manifest(fs, root.rstrip("/"), url)
+    if not manifest["snapshots"]:
+        raise MktsError(f"nothing is published at {url} (no {MANIFEST})")
+    return [{**s, "current": s["id"] == manifest["current"]} for s in manifest["snapshots"]]
+
+
+def _new_id() -> str:
+    """Sortable by time (UTC), unique: ``20261206T131500Z-1a2b3c``."""
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+

@@ -1,0 +1,65 @@
+"""connect() by scheme: the registry, the entry-point group, and declared capabilities."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import mktsframe
+from mktsframe.backend import Capabilities, capabilities, register_backend, registry
+from mktsframe.backend.http import HTTPBackend
+from mktsframe.backend.local import LocalBackend
+from mktsframe.backend.objstore import ObjectStoreBackend
+
+
+class _Echo:
+    """A stand-in backend from 'another package': records what connect() handed it."""
+
+    capabilities = Capabilities(write=False, delete=False, stream=False, pickle_spec=False)
+
+    def __init__(self, target: str, **options: object) -> None:
+        self.target, self.options = target, options
+
+
+def test_entry_point_group_adds_a_scheme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pkg = tmp_path / "site"
+    (pkg / "echo_backend_pkg").mkdir(parents=True)
+    (pkg / "echo_backend_pkg" / "__init__.py").write_text(
+        "class Echo:\n    def __init__(self, target, **options):\n        self.target, self.options = target, options\n"
+    )
+    dist = pkg / "echo_backend_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[mktsframe.backends]\nechoscheme = echo_backend_pkg:Echo\n")
+    monkeypatch.syspath_prepend(str(pkg))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_openers", dict(registry._openers))
+    be = mktsframe.connect("echoscheme://somewhere/x", flavour="vanilla")
+    assert type(be).__name__ == "Echo"
+    assert (be.target, be.options) == ("echoscheme://somewhere/x", {"flavour": "vanilla"})
+    assert "echoscheme" in registry.registered_schemes()
+    sys.modules.pop("echo_backend_pkg", None)
+
+
+def test_register_backend_and_conflicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_openers", dict(registry._openers))
+    register_backend("echo", _Echo)
+    be = mktsframe.connect("echo://a/b", read_only=True)
+    assert isinstance(be, _Echo)
+    assert be.options == {"read_only": True}
+    assert capabilities(be).write is False
+    with pytest.raises(ValueError, match="already registered"):
+        register_backend("echo", lambda target, **kw: None)  # type: ignore[arg-type,return-value]
+    register_backend("echo", _Echo)  # the same opener again is fine
+    with pytest.raises(ValueError, match="unsupported backend URL scheme 'nosuch'"):
+        mktsframe.connect("nosuch://x")
+
+
+def test_builtin_backends_declare_what_they_do() -> None:
+    assert capabilities(LocalBackend) == Capabilities(commit_listeners=True)
+    assert capabilities(HTTPBackend) == Capabilities()
+    caps = capabilities(ObjectStoreBackend)
+    assert (caps.write, caps.delete, caps.stream, caps.pickle_spec) == (False, False, False, True)
+    assert capabilities(object()) == Capabilities()  # declares nothing: the full protocol
