@@ -45,6 +45,7 @@ from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
+from mktsframe.replication import parse_replication, start_replication
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, LATER, JsonRpc, Reply, content_codec, request_error
 from mktsframe.server.service import Service
 from mktsframe.server.ws import serve_stream
@@ -66,9 +67,12 @@ def server_version() -> str:
 def open_backend(config: Config) -> Backend:
     """The local engine of ``config``'s root; refuses to run if another process writes it.
 
-    ``init_wal_cache: false`` opens it read-only (MarketStore: no WAL, no writes).
+    ``init_wal_cache: false`` opens it read-only (MarketStore: no WAL, no writes). A replication
+    master keeps ``log_retention_mb`` of checkpointed log for its replicas.
     """
-    return connect(config.root_path(), config=config, read_only=not config.init_wal_cache)
+    retain = parse_replication(config.replication).log_retention_bytes if config.replication else 0
+    opts = {"log_retention_bytes": retain} if retain and config.init_wal_cache else {}
+    return connect(config.root_path(), config=config, read_only=not config.init_wal_cache, **opts)
 
 
 def _start_plugins(backend: Backend, config: Config) -> Plugins | None:
@@ -93,10 +97,13 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
     headers = {"Marketstore-Version": version, "X-Content-Type-Options": "nosniff"}
     limit = config.max_body_bytes
 
+    repl_settings = parse_replication(config.replication)  # a bad replication: section stops the start
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         be = backend if backend is not None else await anyio.to_thread.run_sync(open_backend, config)
         service = Service(be, config, version)
+        service.replica_of = repl_settings.master_host
         app.state.service = service
         app.state.rpc = JsonRpc(service)
         plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
@@ -110,6 +117,7 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         app.state.frames = FrameCache()
         grpc_server = None
         try:  # a gRPC port that cannot be bound stops the start-up, after the cleanup below
+            service.replication = await anyio.to_thread.run_sync(start_replication, be, config, repl_settings)
             grpc_server = await _start_grpc(service, config) if config.grpc_listen_port else None
             log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
             yield
@@ -117,6 +125,8 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
             service.stopping = True
             if grpc_server is not None:
                 await grpc_server.stop(config.stop_grace_period or GRPC_UNTIL_DONE)
+            if service.replication is not None:
+                await anyio.to_thread.run_sync(service.replication.stop)
             if plugins is not None:
                 await anyio.to_thread.run_sync(plugins.stop)
             if hub is not None:
