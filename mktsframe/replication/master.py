@@ -113,7 +113,8 @@ class ReplicationMaster:
         self._server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, {"Stream": handler})])
         address = f"{host}:{settings.listen_port}"
         if settings.tls_enabled:
-            assert settings.cert_file is not None and settings.key_file is not None
+            assert settings.cert_file is not None
+            assert settings.key_file is not None
             creds = grpc.ssl_server_credentials([(settings.key_file.read_bytes(), settings.cert_file.read_bytes())])
             self.port = self._server.add_secure_port(address, creds)
         else:

@@ -18,6 +18,7 @@ left by a crash against the bucket: the rows are there or they are not.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
@@ -87,10 +88,8 @@ class Applier:
                 self._delete(key, meta)
             elif op == "destroy":
                 self._kinds.pop(key, None)
-                try:
+                with contextlib.suppress(BucketNotFoundError):
                     self.backend.destroy(key)
-                except BucketNotFoundError:
-                    pass
             else:
                 raise ValueError(f"unknown replicated operation {op!r}")
         if len(writes) == 1:
@@ -112,10 +111,8 @@ class Applier:
     def wipe(self) -> None:
         """Destroy every local bucket (before a seed)."""
         for key in self.backend.list_keys():
-            try:
+            with contextlib.suppress(BucketNotFoundError):
                 self.backend.destroy(key)
-            except BucketNotFoundError:
-                pass
         self._kinds.clear()
 
     def tick_rows(self, key: str, start: int, end: int) -> int:
