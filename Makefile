@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe bench-replication clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,11 @@ bench-stream: $(STAMP)
 # the universe, one bar to every symbol, 50 writers through the server (~10 minutes): the ## Universe section.
 bench-universe: $(STAMP) $(PEERS_STAMP)
 	bash -c 'ulimit -n 256 && exec $(PY) bench/universe_bench.py $(BENCH_ARGS)'
+
+# Master + two replicas on loopback: lag ack → readable, 1-row write throughput with 2 replicas vs none, catch-up of
+# 1,000,000 missed 1Min bars vs writing them (3 rounds: ~3 minutes): the ## Replication section.
+bench-replication: $(STAMP)
+	$(PY) bench/replication_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PD2) $(PEERS) .pytest_cache .ruff_cache docs/_build

@@ -10,10 +10,14 @@ Connection or stream errors are retried after ``retry_interval × retry_backoff_
 (capped at ``max_retry_interval``), for ever: a master restart is survived, and on reconnection
 the replica resumes from its position (or is re-seeded when the master's log no longer holds it).
 
+Consecutive records that only write (a replica that is behind receives many in one message) are
+applied as one ``write_many``: one sync of the replica's log for all of them, so a replica keeps
+up with a master taking many small writes, and catch-up runs at bulk-write speed.
+
 Re-applying a record is harmless for bar writes, range deletes, creates and destroys; a tick
-write applied twice would repeat its rows. So before a tick write the replica saves an *intent*
-(the record's position with the row count its range held), and on start it checks an intent
-left by a crash against the bucket: the rows are there or they are not.
+write applied twice would repeat its rows. So before tick writes the replica saves an *intent*
+(the records' positions with the row count each range held), and on start it checks an intent
+left by a crash against the buckets: the rows are all there or none are.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,19 @@ __all__ = ["Replica"]
 log = logging.getLogger("mktsframe.replication")
 
 NS = 1_000_000_000
+#: Seconds between acknowledgements while changes stream in (each heartbeat is acknowledged too).
+ACK_EVERY = 0.02
+
+
+def _join(parts: list[Batch]) -> Batch:
+    if len(parts) == 1:
+        return parts[0]
+    names = list(parts[0].columns)
+    return Batch(
+        np.concatenate([p.index for p in parts]),
+        {n: np.concatenate([p.columns[n] for p in parts]) for n in names},
+        parts[0].variable_length,
+    )
 
 
 class Applier:
@@ -72,8 +89,12 @@ class Applier:
         times = arrays[0] if ticks else arrays[0] * NS
         return Batch(times, dict(zip(names, arrays[1:], strict=True)), ticks)
 
-    def apply(self, ops: Sequence[Op]) -> None:
-        writes: list[tuple[str, Batch]] = []
+    def apply(self, ops: Sequence[Op], before_writes: Callable[[dict[str, Batch]], None] | None = None) -> None:
+        """Apply ``ops`` in order; their writes go last, as one ``write_many`` (all or nothing), with
+        the writes to one bucket joined (the later bar wins, ticks keep their order), after
+        ``before_writes`` has seen them. Only creates (of a multi-bucket write) may share a group
+        with writes; a delete or destroy is a record of its own."""
+        writes: dict[str, list[Batch]] = {}
         for meta, arrays in ops:
             op, key = meta.get("op"), meta["key"]
             if op == "create":
@@ -82,8 +103,8 @@ class Applier:
                 self.backend.create(key, columns, variable_length=meta.get("record_type") == "variable")
             elif op == "write":
                 batch = self.batch(key, arrays)
-                if batch is not None:  # missing: a bucket destroyed while a seed copied (its destroy follows)
-                    writes.append((key, batch))
+                if batch is not None and len(batch):  # missing: destroyed while a seed copied (its destroy follows)
+                    writes.setdefault(key, []).append(batch)
             elif op == "delete":
                 self._delete(key, meta)
             elif op == "destroy":
@@ -92,10 +113,15 @@ class Applier:
                     self.backend.destroy(key)
             else:
                 raise ValueError(f"unknown replicated operation {op!r}")
-        if len(writes) == 1:
-            self.backend.write(*writes[0])
-        elif writes:
-            self.backend.write_many(writes)
+        if not writes:
+            return
+        joined = {key: _join(parts) for key, parts in writes.items()}
+        if before_writes is not None:
+            before_writes(joined)
+        if len(joined) == 1:
+            self.backend.write(*next(iter(joined.items())))
+        else:
+            self.backend.write_many(joined)
 
     def _delete(self, key: str, meta: dict[str, Any]) -> None:
         kind = self.kind(key)
@@ -224,11 +250,16 @@ class Replica:
             call = channel.stream_stream(METHOD)(requests(), metadata=self._metadata or None)
             self._call = call
             try:
+                acked = 0.0
                 for raw in call:
                     if self._stop.is_set():
                         break
-                    self._handle(unpack(raw))
-                    outbox.put(pack({"t": "ack", "pos": self.position.seq}))
+                    msg = unpack(raw)
+                    self._handle(msg)
+                    now = time.monotonic()
+                    if now - acked >= ACK_EVERY or msg["t"] != "changes":  # the master's view of this replica
+                        outbox.put(pack({"t": "ack", "pos": self.position.seq}))
+                        acked = now
             finally:
                 outbox.put(None)
                 call.cancel()
@@ -245,8 +276,16 @@ class Replica:
             log.info("replication: following %s from position %d", self.settings.master_host, self.position.seq)
         if t == "changes":
             seeding = self.position.seeding
+            group: list[tuple[int, list[Op]]] = []  # consecutive write-only records: applied as one
             for seq, ops in msg["recs"]:
-                self._apply_record(int(seq), [decode_op(op) for op in ops], seeding)
+                decoded = [decode_op(op) for op in ops]
+                if all(m.get("op") == "write" for m, _ in decoded):
+                    group.append((int(seq), decoded))
+                    continue
+                self._apply_records(group, seeding)
+                self._apply_records([(int(seq), decoded)], seeding)
+                group = []
+            self._apply_records(group, seeding)
         elif t == "seed_begin":
             self.state = "seeding"
             log.warning("replication: re-seeding this replica from %s (a full copy)", self.settings.master_host)
@@ -259,17 +298,24 @@ class Replica:
             self.state = "streaming"
             log.info("replication: seeded; following from position %d", self.position.seq)
 
-    def _apply_record(self, seq: int, ops: list[Op], seeding: bool) -> None:
-        ticks = [(m["key"], a) for m, a in ops if m.get("op") == "write" and (self.applier.kind(m["key"]) or (0,))[0]]
-        if ticks:
-            counts = []
-            for key, a in ticks:
-                lo, hi = int(a[0].min()), int(a[0].max())
-                counts.append([key, lo, hi, self.applier.tick_rows(key, lo, hi), int(a[0].size)])
-            self._intent_path.write_bytes(pack({"t": "intent", "seq": seq, "counts": counts}))
-        self.applier.apply(ops)
-        self.position.save(self.position.log_id, seq, seeding=seeding)
-        if ticks:
+    def _apply_records(self, records: list[tuple[int, list[Op]]], seeding: bool) -> None:
+        """Apply log records (one group: see :meth:`Applier.apply`), then save the last one's position."""
+        if not records:
+            return
+        first, last = records[0][0], records[-1][0]
+        intent: list[list[Any]] = []
+
+        def note_ticks(writes: dict[str, Batch]) -> None:
+            for key, b in writes.items():
+                if b.variable_length:
+                    lo, hi = int(b.index.min()), int(b.index.max())
+                    intent.append([key, lo, hi, self.applier.tick_rows(key, lo, hi), len(b)])
+            if intent:
+                self._intent_path.write_bytes(pack({"t": "intent", "first": first, "last": last, "counts": intent}))
+
+        self.applier.apply([op for _, ops in records for op in ops], note_ticks)
+        self.position.save(self.position.log_id, last, seeding=seeding)
+        if intent:
             self._intent_path.unlink(missing_ok=True)
 
     def _resolve_intent(self) -> None:
@@ -278,8 +324,8 @@ class Replica:
             intent = unpack(self._intent_path.read_bytes())
         except (FileNotFoundError, ValueError):
             return
-        seq = int(intent.get("seq", 0))
-        if seq == self.position.seq + 1 and not self.position.seeding:
+        first, seq = int(intent.get("first", 0)), int(intent.get("last", 0))
+        if first == self.position.seq + 1 and not self.position.seeding:
             landed = all(
                 self.applier.kind(key) is not None and self.applier.tick_rows(key, lo, hi) == before + rows
                 for key, lo, hi, before, rows in intent["counts"]
