@@ -52,4 +52,7 @@ def start_replication(
         return ReplicationMaster(backend, feed, settings, meta_dir, host=host, interceptors=interceptors)
     from mktsframe.replication.replica import Replica
 
+    if config.triggers:
+        log.warning("replica with triggers: a trigger that writes (ondiskagg) writes into the replica's copy and "
+                    "diverges it from the master; the master's derived buckets are replicated anyway")  # fmt: skip
     return Replica(backend, settings, meta_dir, metadata=metadata)

@@ -68,8 +68,6 @@ class _Peer:
 
     def status(self, head: int) -> dict[str, Any]:
         behind = max(0, head - self.applied)
-        if not behind:
-            self.caught_up_at = time.monotonic()
         return {
             "peer": self.peer,
             "name": self.name,
@@ -171,6 +169,8 @@ class ReplicationMaster:
                 msg = unpack(raw)
                 if msg.get("t") == "ack":
                     peer.applied = int(msg.get("pos", peer.applied))
+                    if peer.applied >= self.feed.log_position:
+                        peer.caught_up_at = time.monotonic()
         except (grpc.RpcError, ValueError, TypeError):
             return
 

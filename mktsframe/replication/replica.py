@@ -179,8 +179,6 @@ class Replica:
     def status(self) -> dict[str, Any]:
         applied = self.position.seq
         behind = max(0, self.head - applied)
-        if not behind:
-            self._caught_up_at = time.monotonic()
         return {
             "role": "replica",
             "master": self.settings.master_host,
@@ -215,11 +213,12 @@ class Replica:
                 if self._stop.is_set():
                     break
                 self.last_error = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
-            except Exception as exc:  # an apply failure: log it, reconnect and resume from the position
+            except Exception as exc:  # a record that cannot be applied here: this copy is not to be trusted
                 if self._stop.is_set():
                     break
-                log.exception("replication from %s failed", self.settings.master_host)
+                log.exception("replication from %s failed; this replica will be re-seeded", self.settings.master_host)
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.position.save(None, 0, durable=True)
             self.state, self.connected_at = "retrying", None
             s = self.settings
             wait = min(s.max_retry_interval, s.retry_interval * s.retry_backoff_coeff**failures)
@@ -271,6 +270,8 @@ class Replica:
         t = msg["t"]
         if "head" in msg:
             self.head = int(msg["head"])
+            if self.position.seq >= self.head:
+                self._caught_up_at = time.monotonic()
         if self.state == "connecting":
             self.state, self.connected_at, self.last_error = "streaming", time.time(), ""
             log.info("replication: following %s from position %d", self.settings.master_host, self.position.seq)
