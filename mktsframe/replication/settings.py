@@ -20,14 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mktsframe.config import ConfigError
+from mktsframe.config import ConfigError, _as_bool
 
 __all__ = ["ReplicationSettings", "parse_replication"]
 
 _KEYS = {"enabled", "listen_port", "tls_enabled", "cert_file", "key_file", "master_host", "retry_interval",
          "retry_backoff_coeff", "log_retention_mb", "max_retry_interval"}  # fmt: skip
-_TRUE = {"1", "t", "true", "yes", "on"}
-_FALSE = {"0", "f", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -47,14 +45,6 @@ class ReplicationSettings:
     """Seconds the growing retry interval never exceeds (MarketStore's grew without bound)."""
     log_retention_bytes: int = 1 << 30
     """Checkpointed write-ahead log the master keeps for replicas to catch up from (default 1 GiB)."""
-
-
-def _bool(key: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, str)) and str(v).strip().lower() in _TRUE | _FALSE:
-        return str(v).strip().lower() in _TRUE
-    raise ConfigError(f"mkts.yml: replication.{key} must be true or false, got {v!r}")
 
 
 def _number(key: str, v: Any, minimum: float) -> float:
@@ -86,13 +76,13 @@ def parse_replication(raw: dict[str, Any] | None) -> ReplicationSettings:
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ConfigError(f"mkts.yml: unknown replication key(s) {unknown}; known: {sorted(_KEYS)}")
-    enabled = _bool("enabled", raw.get("enabled", False))
+    enabled = _as_bool("replication.enabled", raw.get("enabled", False))
     master = str(raw.get("master_host") or "").strip()
     if enabled and master:
         raise ConfigError("mkts.yml: replication has both enabled: true (master) and master_host (replica)")
     if not enabled and not master:
         return ReplicationSettings()
-    tls = _bool("tls_enabled", raw.get("tls_enabled", False))
+    tls = _as_bool("replication.tls_enabled", raw.get("tls_enabled", False))
     cert = _file("cert_file", raw["cert_file"]) if raw.get("cert_file") else None
     key = _file("key_file", raw["key_file"]) if raw.get("key_file") else None
     if tls and cert is None:
