@@ -169,3 +169,26 @@ def test_a_tick_write_cut_by_a_crash_is_applied_exactly_once(tmp_path: Path, lan
         replica.stop()
         assert PositionFile(meta).seq == (43 if landed else 41)
         assert not (meta / "replica-intent").exists()
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_a_replica_position_after_the_machine_restarted(tmp_path: Path, clean: bool) -> None:
+    """Same boot (a killed process): the position holds. Another boot: only a clean close is trusted."""
+    import struct
+
+    import crc32c
+
+    from mktsframe.replication import position
+
+    pos = position.PositionFile(tmp_path)
+    pos.save(b"L" * 16, 99)
+    if clean:
+        pos.close()
+    assert position.PositionFile(tmp_path).seq == 99  # same boot: trusted either way
+    raw = (tmp_path / "replica-position").read_bytes()
+    fields = list(position._FMT.unpack(raw[:-4]))
+    fields[-1] = b"\x01" * 16  # written during another boot of the machine
+    body = position._FMT.pack(*fields)
+    (tmp_path / "replica-position").write_bytes(body + struct.pack("<I", crc32c.crc32c(body)))
+    again = position.PositionFile(tmp_path)
+    assert (again.seq, again.log_id, again.lost_at_reboot) == ((99, b"L" * 16, False) if clean else (0, None, True))

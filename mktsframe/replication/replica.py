@@ -1,10 +1,16 @@
 """The replica's side: follow a master's change stream and apply it through the local backend.
 
 A thread dials ``master_host``, says which log it follows and the last record it applied
-(:mod:`.position`), and applies every record it receives through the backend's own write path:
-the replica's write-ahead log makes each one durable, and its commit listeners (``/ws``
-subscribers, triggers) hear replicated changes as they are applied. After each record the
-position is saved; a multi-bucket write is applied as one ``write_many``, all or nothing.
+(:mod:`.position`), and applies every record it receives through the backend's own write path,
+so its commit listeners (``/ws`` subscribers, triggers) hear replicated changes as they are
+applied. After each record the position is saved; a multi-bucket write is applied as one
+``write_many``, all or nothing.
+
+The replica's engine syncs its log in the background (``background_sync``), not once per
+record: the master's log is the durable copy. A killed replica process loses nothing (its log
+and position are in the page cache); a replica whose *machine* stopped uncleanly is re-seeded
+(:class:`~.position.PositionFile`). Syncing every record would only repeat, on each replica, the
+``fdatasync`` the master already paid, and replicas sharing a disk with it would slow it down.
 
 Connection or stream errors are retried after ``retry_interval × retry_backoff_coeff^n`` seconds
 (capped at ``max_retry_interval``), for ever: a master restart is survived, and on reconnection
@@ -169,9 +175,9 @@ class Replica:
         self.last_error = ""
         self.connected_at: float | None = None
         self._caught_up_at = time.monotonic()
+        if self.position.lost_at_reboot:
+            log.warning("replication: the machine stopped without closing this replica; it will be re-seeded")
         self._resolve_intent()
-        changes = getattr(backend, "changes", None)
-        self._unlisten = changes.listen(lambda e: None, self.position.sync) if changes is not None else None
         self._thread = threading.Thread(target=self._run, name="mkts-replica", daemon=True)
         self._thread.start()
 
@@ -198,8 +204,7 @@ class Replica:
         if call is not None:
             call.cancel()
         self._thread.join(15)
-        if self._unlisten is not None:
-            self._unlisten()
+        self.applier.backend.sync()  # the replica's log durable first: then the position is marked clean
         self.position.close()
 
     # -- the connection loop ----------------------------------------------------------------------

@@ -68,10 +68,15 @@ def open_backend(config: Config) -> Backend:
     """The local engine of ``config``'s root; refuses to run if another process writes it.
 
     ``init_wal_cache: false`` opens it read-only (MarketStore: no WAL, no writes). A replication
-    master keeps ``log_retention_mb`` of checkpointed log for its replicas.
+    master keeps ``log_retention_mb`` of checkpointed log for its replicas; a replica syncs its log
+    in the background (see :mod:`mktsframe.replication.replica`).
     """
-    retain = parse_replication(config.replication).log_retention_bytes if config.replication else 0
-    opts = {"log_retention_bytes": retain} if retain and config.init_wal_cache else {}
+    repl = parse_replication(config.replication)
+    opts: dict[str, object] = {}
+    if repl.role == "master" and config.init_wal_cache:
+        opts["log_retention_bytes"] = repl.log_retention_bytes
+    elif repl.role == "replica":
+        opts["background_sync"] = True  # the master's log is the durable copy (mktsframe.replication.replica)
     return connect(config.root_path(), config=config, read_only=not config.init_wal_cache, **opts)
 
 

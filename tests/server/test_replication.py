@@ -124,8 +124,10 @@ def test_replicas_catch_up_follow_and_survive_kill9(tmp_path: Path) -> None:
         rc = pymkts.Client(a.rpc)
         with pytest.raises(Exception, match=f"read-only replica of 127.0.0.1:{port}"):
             rc.write(pymkts_bars([T0]), "AAA/1Min/OHLCV")
+        grpc_client = pymkts.Client(a.grpc, grpc=True)
         with pytest.raises(Exception, match="read-only replica"):
-            pymkts.Client(a.grpc, grpc=True).destroy("AAA/1Min/OHLCV")
+            grpc_client.destroy("AAA/1Min/OHLCV")
+        grpc_client.client.channel.close()
         with pytest.raises(Exception, match="read-only replica"):
             rc.sql(['INSERT INTO "AAA/1Min/OHLCV" SELECT * FROM "AAA/1Min/OHLCV"'])
         with mf.connect(a.url) as db:
@@ -144,6 +146,7 @@ def test_replicas_catch_up_follow_and_survive_kill9(tmp_path: Path) -> None:
                 "data": {"Epoch": T0 + 60 * 1000, "Close": float((T0 + 60000) % 997)},
             }
 
+        rc.client.rpc._session.close()
         writer = Writer(master.url, "W")
         writer.start()
         time.sleep(0.5)
@@ -190,6 +193,7 @@ def test_replicas_catch_up_follow_and_survive_kill9(tmp_path: Path) -> None:
         assert "role: replica" in cli.stdout
         assert "state: streaming" in cli.stdout
 
+        client.client.rpc._session.close()
         # promotion: restarted without master_host, a replica is a writable server with everything
         b.stop()
         promoted = start_server(tmp_path / "b2", root=b.root)
