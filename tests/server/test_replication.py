@@ -130,6 +130,12 @@ def test_replicas_catch_up_follow_and_survive_kill9(tmp_path: Path) -> None:
         grpc_client.client.channel.close()
         with pytest.raises(Exception, match="read-only replica"):
             rc.sql(['INSERT INTO "AAA/1Min/OHLCV" SELECT * FROM "AAA/1Min/OHLCV"'])
+        csv = tmp_path / "bars.csv"
+        csv.write_text("Epoch,Close\n2024-01-01 00:00:00,1.5\n")
+        cmd = [sys.executable, "-m", "mktsframe.cli", "load", "AAA/1Min/OHLCV", str(csv), "--url", a.url]
+        load = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert load.returncode != 0
+        assert "read-only replica" in load.stderr + load.stdout
         with mf.connect(a.url) as db:
             with pytest.raises(MktsError, match="read-only replica"):
                 db.write("AAA/1Min/OHLCV", bars([T0], [0.0]))
@@ -257,6 +263,19 @@ def test_tls_reseed_and_master_kill9_loses_no_acknowledged_write(tmp_path: Path,
         started.append(r)
         converge(master, r)
         assert "re-seeding" in r.output()
+
+        # a frozen replica never holds the master's writers up: the log is its queue
+        assert r.proc is not None
+        r.proc.send_signal(signal.SIGSTOP)
+        try:
+            t = time.monotonic()
+            with mf.connect(master.url) as db:
+                for i in range(300):
+                    db.write("Z/1Min/OHLCV", bars(T0 + 60 * np.arange(i * 100, (i + 1) * 100), np.ones(100)))
+            assert time.monotonic() - t < 60
+        finally:
+            r.proc.send_signal(signal.SIGCONT)
+        converge(master, r)
 
         # kill -9 the master during writes; restart it; every acknowledged write reaches the replica
         writer = Writer(master.url, "K")
