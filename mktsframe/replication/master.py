@@ -48,6 +48,8 @@ READ_BYTES = 4 << 20
 #: Seconds between heartbeats when nothing is written (replicas see the head and the link alive).
 HEARTBEAT = 1.0
 MAX_REPLICAS = 32
+#: Least seconds between two messages to one replica while commits stream in (see ReplicationMaster._serve).
+COALESCE = 0.002
 
 
 def grpc_options() -> list[tuple[str, int]]:
@@ -207,6 +209,11 @@ class ReplicationMaster:
                 with self._cond:
                     if self.feed.log_position <= cursor.position and not self._stopping:
                         self._cond.wait(self._poll)
+                # Under a stream of commits, gather them: at most one message per COALESCE seconds
+                # (each costs the master ~50 µs of CPU), which delays nothing when writes are sparser.
+                pause = last_sent + COALESCE - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
                 if time.monotonic() - last_sent >= HEARTBEAT:
                     yield pack({"t": "hb", "head": self.feed.log_position})
                     last_sent = time.monotonic()
