@@ -52,11 +52,16 @@ MAX_REPLICAS = 32
 COALESCE = 0.002
 
 
-def grpc_options() -> list[tuple[str, int]]:
-    """One log record travels as one message; a single write of millions of rows can be large."""
-    return [("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30),
+def grpc_options(master: bool) -> list[tuple[str, int]]:
+    """Channel options of either side. One log record travels as one message (a single write of
+    millions of rows is large); what a replica sends (hello, acks) is tiny, so the master accepts
+    at most 1 MiB. Keepalive pings every 10 s find a dead peer behind a silent network."""
+    big, small = 1 << 30, 1 << 20
+    return [("grpc.max_send_message_length", big if master else small),
+            ("grpc.max_receive_message_length", small if master else big),
             ("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000)]  # fmt: skip
 
 
 class _Peer:
@@ -106,7 +111,7 @@ class ReplicationMaster:
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=MAX_REPLICAS + 2, thread_name_prefix="mkts-repl"),
             interceptors=list(interceptors),
-            options=grpc_options(),
+            options=grpc_options(master=True),
             maximum_concurrent_rpcs=MAX_REPLICAS,
         )
         handler = grpc.stream_stream_rpc_method_handler(self._stream)

@@ -204,7 +204,9 @@ class Replica:
         if call is not None:
             call.cancel()
         self._thread.join(15)
-        self.applier.backend.sync()  # the replica's log durable first: then the position is marked clean
+        sync = getattr(self.applier.backend, "sync", None)
+        if sync is not None:
+            sync()  # the replica's log durable first: then the position is marked clean
         self.position.close()
 
     # -- the connection loop ----------------------------------------------------------------------
@@ -213,7 +215,6 @@ class Replica:
         while not self._stop.is_set():
             try:
                 self._session()
-                failures = 0
             except grpc.RpcError as exc:
                 if self._stop.is_set():
                     break
@@ -224,6 +225,8 @@ class Replica:
                 log.exception("replication from %s failed; this replica will be re-seeded", self.settings.master_host)
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.position.save(None, 0, durable=True)
+            if self.connected_at is not None:  # it was following: back-off starts again
+                failures = 0
             self.state, self.connected_at = "retrying", None
             s = self.settings
             wait = min(s.max_retry_interval, s.retry_interval * s.retry_backoff_coeff**failures)
@@ -237,8 +240,8 @@ class Replica:
         if s.tls_enabled:
             assert s.cert_file is not None
             creds = grpc.ssl_channel_credentials(root_certificates=s.cert_file.read_bytes())
-            return grpc.secure_channel(s.master_host, creds, options=grpc_options())
-        return grpc.insecure_channel(s.master_host, options=grpc_options())
+            return grpc.secure_channel(s.master_host, creds, options=grpc_options(master=False))
+        return grpc.insecure_channel(s.master_host, options=grpc_options(master=False))
 
     def _session(self) -> None:
         self.state = "connecting"

@@ -54,7 +54,11 @@ def pack(msg: dict[str, Any]) -> bytes:
 
 
 def unpack(raw: bytes) -> dict[str, Any]:
-    msg = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    """A message, or :class:`ValueError` for anything else (never another exception)."""
+    try:
+        msg = msgpack.unpackb(raw, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several types for corrupt input
+        raise ValueError(f"malformed replication message: {exc}") from None
     if not isinstance(msg, dict) or not isinstance(msg.get("t"), str):
         raise ValueError("malformed replication message")
     return msg

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pymarketstore as pymkts
@@ -141,6 +142,12 @@ def test_replicas_catch_up_follow_and_survive_kill9(tmp_path: Path) -> None:
                 db.write("AAA/1Min/OHLCV", bars([T0], [0.0]))
             with pytest.raises(MktsError, match="read-only replica"):
                 db.delete("AAA/1Min/OHLCV")
+        # a malformed stream request is refused; the master carries on
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_stream("/mktsframe.Replication/Stream")(iter([b"\xc1 not msgpack"]))
+            with pytest.raises(grpc.RpcError) as refused:
+                list(call)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # /ws on the replica hears replicated writes
         with mf.connect(a.url) as rdb, rdb.subscribe("AAA/1Min/OHLCV") as sub:
             client.write(pymkts_bars([T0 + 60 * 1000]), "AAA/1Min/OHLCV")
