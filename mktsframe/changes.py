@@ -9,6 +9,10 @@ master's changes can feed the same subscribers.
 
 Sequence numbers (``seq``) order the changes of one feed; they are strictly increasing while the
 feed is open. Times are int64 nanoseconds since the Unix epoch, UTC.
+
+A feed also reads its write-ahead log from a *position* (:meth:`ChangeFeed.changes_since`): a log
+sequence number, durable and the same across restarts, unlike ``CommitEvent.seq``, which counts
+from 0 in each process. Replication resumes from positions; listeners serve live subscribers.
 """
 
 from __future__ import annotations
