@@ -246,8 +246,8 @@ class Replica:
     def _session(self) -> None:
         self.state = "connecting"
         outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        outbox.put(pack({"t": "hello", "pos": self.position.seq, "log_id": self.position.log_id,
-                         "name": socket.gethostname()}))  # fmt: skip
+        known = None if self.position.seeding else self.position.log_id  # a seed cut short starts again
+        outbox.put(pack({"t": "hello", "pos": self.position.seq, "log_id": known, "name": socket.gethostname()}))
 
         def requests() -> Iterator[bytes]:
             while (item := outbox.get()) is not None:
