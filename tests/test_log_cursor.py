@@ -192,3 +192,24 @@ def test_a_replica_position_after_the_machine_restarted(tmp_path: Path, clean: b
     (tmp_path / "replica-position").write_bytes(body + struct.pack("<I", crc32c.crc32c(body)))
     again = position.PositionFile(tmp_path)
     assert (again.seq, again.log_id, again.lost_at_reboot) == ((99, b"L" * 16, False) if clean else (0, None, True))
+
+
+def test_wire_ops_round_trip_and_refuse_malformed_input() -> None:
+    from mktsframe.replication.wire import decode_op, encode_op, pack, unpack
+
+    arrays = [np.array([1, 2], np.int64), np.array([0.5, 1.5], np.float32)]
+    op = encode_op({"op": "write", "key": "A/1Min/OHLCV"}, arrays)
+    meta, back = decode_op(unpack(pack({"t": "x", "op": op}))["op"])
+    assert meta == {"op": "write", "key": "A/1Min/OHLCV"}
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(arrays, back, strict=True))
+    for bad in (
+        [{"op": "write", "key": "A/1Min/OHLCV", "arrays": [["<i8", 5]]}, b"\0" * 8],  # overruns its data
+        [{"op": "write", "key": "A/1Min/OHLCV", "arrays": [["|O", 1]]}, b"\0" * 8],  # objects
+        [{"op": "write"}, b""],  # no key
+        ["meta", b""],
+    ):
+        with pytest.raises(ValueError, match="malformed"):
+            decode_op(bad)
+    for raw in (b"\xc1", b"\x93\x01\x02\x03", pack({"no": "type"})):
+        with pytest.raises(ValueError, match="malformed"):
+            unpack(raw)
