@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe bench-scale clean
+.PHONY: serve test lint bench bench-peers bench-candles bench-stream bench-universe bench-scale bench-replication clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,11 @@ bench-universe: $(STAMP) $(PEERS_STAMP)
 # (~5 minutes): prints the ratios, writes bench/results/scale-*.json and the ## Scaling section.
 bench-scale: $(STAMP) $(PEERS_STAMP)
 	$(PY) bench/scale_bench.py $(BENCH_ARGS)
+
+# Master + two replicas on loopback: lag ack → readable, 1-row write throughput with 2 replicas vs none, catch-up of
+# 1,000,000 missed 1Min bars vs writing them (3 rounds: ~3 minutes): the ## Replication section.
+bench-replication: $(STAMP)
+	$(PY) bench/replication_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PD2) $(PEERS) .pytest_cache .ruff_cache docs/_build

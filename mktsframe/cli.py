@@ -51,6 +51,25 @@ def _open(args: argparse.Namespace) -> Backend:
     return connect(target or None)
 
 
+def _replication(args: argparse.Namespace) -> int:
+    """Print a server's replication state (its ``/heartbeat``): role, positions, lag, replicas."""
+    import json
+    import urllib.request
+
+    url = args.url if "://" in args.url else f"http://{args.url}"
+    with urllib.request.urlopen(f"{url.rstrip('/')}/heartbeat", timeout=10) as reply:
+        state = json.load(reply).get("replication")
+    if state is None:
+        print("replication: off")
+        return 1
+    replicas = state.pop("replicas", None)
+    for k, v in state.items():
+        print(f"{k}: {v}")
+    for r in replicas or ():
+        print("replica " + " ".join(f"{k}={v}" for k, v in r.items()))
+    return 0
+
+
 def _connect(args: argparse.Namespace) -> int:
     from mktsframe.backend.http import redact_url
     from mktsframe.shell import run
@@ -150,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mktsframe.cli_publish import add_commands as add_publish_commands
 
     add_publish_commands(sub)  # sync, snapshots
+    p_repl = sub.add_parser("replication", help="show a server's replication state (role, positions, lag)")
+    p_repl.add_argument("--url", "-u", required=True, help="server, as host:port or http://host:port")
+    p_repl.set_defaults(func=_replication)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

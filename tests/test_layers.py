@@ -18,6 +18,7 @@ PACKAGE = Path(mktsframe.__file__).parent
 
 # module or package -> prefixes it must never import
 FORBIDDEN = {
+    "replication": ("mktsframe.server", "mktsframe.streaming", "mktsframe.engine.engine"),
     "engine": ("mktsframe.backend", "mktsframe.io", "mktsframe.server", "mktsframe.streaming", "mktsframe.plugins"),
     "records.py": ("mktsframe.backend", "mktsframe.engine", "mktsframe.streaming"),
     "changes.py": ("mktsframe.backend", "mktsframe.engine", "mktsframe.streaming"),

@@ -59,7 +59,9 @@ def _die_with_parent() -> None:
 class ServerProcess:
     """``python -m mktsframe.server --root ROOT`` on a free loopback port; :meth:`stop` ends it."""
 
-    def __init__(self, root: str | os.PathLike[str], log_path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], log_path: str | os.PathLike[str], config: Path | None = None
+    ) -> None:
         import httpx
 
         self.root = Path(root)
@@ -71,7 +73,8 @@ class ServerProcess:
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "mktsframe.server", "--root", str(self.root), "--port", str(self.port),
-                     "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port)],
+                     "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
+                     *(["--config", str(config)] if config is not None else [])],
                     stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
             atexit.register(self.stop)
             deadline = time.monotonic() + 60

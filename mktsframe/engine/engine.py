@@ -44,6 +44,7 @@ from mktsframe.engine.catalog import (
 from mktsframe.engine.commits import CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.generation import DestroyGeneration
+from mktsframe.engine.log_cursor import LogCursor
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
 from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.tick_file import sort_ticks
@@ -113,6 +114,9 @@ class Engine:
         :mod:`~mktsframe.engine.mapping`); the least recently used is closed to open another.
         ``None``: sized from the process's limits
         (:func:`~mktsframe.engine.open_files.default_capacity`), or ``MKTS_MAX_OPEN_FILES``.
+    log_retention_bytes : int
+        Checkpointed log kept for :meth:`changes_since` readers (replicas catching up), newest
+        segments first; 0 (default) deletes log segments once checkpointed.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Engine:
         wal_max_bytes: int = 256 << 20,
         wal_bypass: bool = False,
         max_open_files: int | None = None,
+        log_retention_bytes: int = 0,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
@@ -169,6 +174,7 @@ class Engine:
         self._stop = threading.Event()
         if not self.read_only:
             self._wal = WriteAheadLog(self._meta_dir / "wal")
+            self._wal.retain_bytes = max(0, int(log_retention_bytes))
             self._recover()
             self._thread = threading.Thread(target=self._background, name="mktsframe-wal", daemon=True)
             self._thread.start()
@@ -348,6 +354,23 @@ class Engine:
     def last_seq(self) -> int:
         """The ``seq`` of this engine's latest change (0 before any; counts from 0 in each process)."""
         return self.commits.last_seq
+
+    @property
+    def log_position(self) -> int:
+        """The WAL sequence number of the last durable record (durable positions, unlike ``last_seq``)."""
+        return self._wal.synced_seq if self._wal is not None else 0
+
+    def changes_since(self, position: int) -> LogCursor:
+        """The logged changes after WAL sequence ``position`` (:class:`~mktsframe.changes.ChangeFeed`;
+        see :mod:`.log_cursor`). Only the writing process has a log, and ``wal_bypass`` logs nothing."""
+        wal = self._wal
+        if wal is None or self.wal_bypass:
+            raise MktsError(f"{self.root}: no write-ahead log to read (read-only, or wal_bypass)")
+
+        def rows(key: str, start: int, end: int) -> Batch:
+            return self.query(key, start=start, end=end)[key]
+
+        return LogCursor(wal.dir, position, lambda: wal.synced_seq, rows)
 
     @contextlib.contextmanager
     def commit_barrier(self) -> Iterator[int]:

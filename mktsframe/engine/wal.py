@@ -144,6 +144,9 @@ class WriteAheadLog:
         """How long the latest :meth:`sync` waited for the disk."""
         self.bytes_since_checkpoint = 0
         self.checkpoint_seq = self._read_checkpoint()
+        self.retain_bytes = 0
+        """Bytes of checkpointed segments :meth:`drop_checkpointed` keeps (the newest ones) so that
+        replicas can catch up from the log (``replication: {log_retention_mb}``); 0 keeps none."""
 
     # -- checkpoint file ------------------------------------------------------------------------
     def _read_checkpoint(self) -> int:
@@ -184,13 +187,24 @@ class WriteAheadLog:
         fsync_dir(self.dir)
 
     def drop_checkpointed(self) -> None:
-        """Delete segments whose every record is at or below the checkpoint."""
+        """Delete segments whose every record is at or below the checkpoint, except the newest of
+        them up to :attr:`retain_bytes` in all (kept for replication catch-up, never replayed)."""
         segs = self.segments()
-        for seg, nxt in zip(segs, [*segs[1:], None], strict=True):
+        done = []
+        for seg, nxt in zip(segs, [*segs[1:], None], strict=False):
             if seg == self._segment:
                 continue
             last = int(nxt.stem) - 1 if nxt is not None else self.written_seq
             if last <= self.checkpoint_seq:
+                done.append(seg)
+        kept = 0
+        for seg in reversed(done):  # newest first: keep a contiguous tail of the log
+            try:
+                kept += seg.stat().st_size
+            except FileNotFoundError:
+                continue
+            if kept > self.retain_bytes:
+                kept = self.retain_bytes + 1  # once one is dropped, every older one goes too
                 seg.unlink(missing_ok=True)
         fsync_dir(self.dir)
 
@@ -288,7 +302,10 @@ class WriteAheadLog:
         """
         last = self.checkpoint_seq
         highest = self.checkpoint_seq
-        for seg in self.segments():
+        segs = self.segments()
+        for seg, nxt in zip(segs, [*segs[1:], None], strict=False):
+            if nxt is not None and int(nxt.stem) - 1 <= last:
+                continue  # wholly checkpointed (kept for replication): nothing to replay in it
             data = seg.read_bytes()
             view = memoryview(data)
             pos, size = 0, len(data)

@@ -45,7 +45,9 @@ from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
 from mktsframe.plugins import Plugins, start_plugins
-from mktsframe.server.auth import ANONYMOUS, WWW_AUTHENTICATE, Authenticator, AuthFailure, Principal
+from mktsframe.replication import parse_replication, start_replication
+from mktsframe.server.auth import ANONYMOUS, WWW_AUTHENTICATE, Authenticator, AuthFailure, Principal, Role
+from mktsframe.server.exposure import bind_host
 from mktsframe.server.rpc import (
     INVALID_REQUEST,
     JSON,
@@ -76,9 +78,17 @@ def server_version() -> str:
 def open_backend(config: Config) -> Backend:
     """The local engine of ``config``'s root; refuses to run if another process writes it.
 
-    ``init_wal_cache: false`` opens it read-only (MarketStore: no WAL, no writes).
+    ``init_wal_cache: false`` opens it read-only (MarketStore: no WAL, no writes). A replication
+    master keeps ``log_retention_mb`` of checkpointed log for its replicas; a replica syncs its log
+    in the background (see :mod:`mktsframe.replication.replica`).
     """
-    return connect(config.root_path(), config=config, read_only=not config.init_wal_cache)
+    repl = parse_replication(config.replication)
+    opts: dict[str, object] = {}
+    if repl.role == "master" and config.init_wal_cache:
+        opts["log_retention_bytes"] = repl.log_retention_bytes
+    elif repl.role == "replica":
+        opts["background_sync"] = True  # the master's log is the durable copy (mktsframe.replication.replica)
+    return connect(config.root_path(), config=config, read_only=not config.init_wal_cache, **opts)
 
 
 def _start_plugins(backend: Backend, config: Config) -> Plugins | None:
@@ -107,10 +117,13 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
     headers = {"Marketstore-Version": version, "X-Content-Type-Options": "nosniff"}
     limit = config.max_body_bytes
 
+    repl_settings = parse_replication(config.replication)  # a bad replication: section stops the start
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         be = backend if backend is not None else await anyio.to_thread.run_sync(open_backend, config)
         service = Service(be, config, version)
+        service.replica_of = repl_settings.master_host
         app.state.service = service
         app.state.rpc = JsonRpc(service)
         plugins = await anyio.to_thread.run_sync(_start_plugins, be, config)
@@ -124,6 +137,7 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         app.state.frames = FrameCache()
         grpc_server = None
         try:  # a gRPC port that cannot be bound stops the start-up, after the cleanup below
+            service.replication = await anyio.to_thread.run_sync(_start_replication, be, config, repl_settings)
             grpc_server = await _start_grpc(service, config) if config.grpc_listen_port else None
             log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
             yield
@@ -131,6 +145,8 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
             service.stopping = True
             if grpc_server is not None:
                 await grpc_server.stop(config.stop_grace_period or GRPC_UNTIL_DONE)
+            if service.replication is not None:
+                await anyio.to_thread.run_sync(service.replication.stop)
             if plugins is not None:
                 await anyio.to_thread.run_sync(plugins.stop)
             if hub is not None:
@@ -153,6 +169,18 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
     site.state.max_streams = config.max_streams
     return RpcFront(site, headers, limit, middleware, auth=Authenticator.for_config(config),
                     idle_timeout=config.idle_timeout or None)
+
+
+def _start_replication(be: Backend, config: Config, settings: Any) -> Any:
+    """This server's side of replication, on the same address policy and tokens as every listener:
+    a replica's stream needs a token with the read role when ``auth`` is on."""
+    auth = Authenticator.for_config(config)
+    interceptors: list[Any] = []
+    if auth is not None and settings.role == "master":
+        from mktsframe.server.grpc_api import TokenInterceptor
+
+        interceptors.append(TokenInterceptor(auth, Role.READ))
+    return start_replication(be, config, settings, interceptors=interceptors, host=bind_host(config))
 
 
 async def _start_grpc(service: Service, config: Config) -> Any:

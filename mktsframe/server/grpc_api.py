@@ -39,7 +39,7 @@ from google.protobuf.message import DecodeError
 
 from mktsframe.backend import nmds
 from mktsframe.config import Config
-from mktsframe.server.auth import ANONYMOUS, Authenticator, AuthFailure
+from mktsframe.server.auth import ANONYMOUS, Authenticator, AuthFailure, Role
 from mktsframe.server.exposure import bind_host, tls_files
 from mktsframe.server.grpc_schema import METHODS, PACKAGE, SERVICE, messages
 from mktsframe.server.service import CallContext, CallError, Service, Status, brief, message_of, status_of
@@ -331,3 +331,32 @@ class GrpcServer:
         seconds), then wait for the worker threads, so no call still runs when the engine closes."""
         await self.server.stop(grace)
         await asyncio.to_thread(self.pool.shutdown, True)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Guards a (synchronous) gRPC server's streaming methods with the server's tokens: the
+    replication master's stream, which carries every row and so needs at least ``role``. Refused
+    before the stream starts: UNAUTHENTICATED without a valid token, PERMISSION_DENIED below ``role``."""
+
+    def __init__(self, auth: Authenticator, role: Role) -> None:
+        self._auth = auth
+        self._role = role
+
+    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
+        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        try:
+            who = self._auth.authenticate(header)
+        except AuthFailure as exc:
+            return _refusal(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        if not who.allows(self._role):
+            need = self._role.name.lower()
+            return _refusal(grpc.StatusCode.PERMISSION_DENIED,
+                            f"token {who.name!r} has role {who.role.name.lower()}; this needs {need}")
+        return continuation(details)
+
+
+def _refusal(code: grpc.StatusCode, text: str) -> grpc.RpcMethodHandler:
+    def refuse(requests: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, text)
+
+    return grpc.stream_stream_rpc_method_handler(refuse)

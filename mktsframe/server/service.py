@@ -216,6 +216,10 @@ class Service:
         self.version = version
         self.stopping = False
         self.started = time.monotonic()
+        self.replica_of = ""
+        """``HOST:PORT`` of the master when this server is a replica: every change is refused."""
+        self.replication: Any = None
+        """The running replication side (``status()`` for ``/heartbeat``), or ``None``."""
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "DataService.Query": self.query,
             "DataService.Write": self.write,
@@ -256,11 +260,17 @@ class Service:
         if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
             raise CallError(Status.DEADLINE_EXCEEDED, f"{method}: the caller's deadline passed before it ran",
                             "MktsError")
-        if method in self._changes and self.read_only:
-            raise _denied("the server is read-only (init_wal_cache: false): no writes, creates or deletes")
+        if method in self._changes:
+            self._require_writable()
         if method == "DataService.Query":
             return self.query(params, ctx)
         return fn(params)
+
+    def _require_writable(self) -> None:
+        if self.replica_of:
+            raise _denied(f"this server is a read-only replica of {self.replica_of}: write to the master instead")
+        if self.read_only:
+            raise _denied("the server is read-only (init_wal_cache: false): no writes, creates or deletes")
 
     # -- helpers --------------------------------------------------------------------------------
     def _require_queryable(self) -> None:
@@ -389,8 +399,10 @@ class Service:
         """
         from mktsframe.sql import execute
 
-        if not self.config.enable_add and re.match(r"\s*insert\b", stmt, re.IGNORECASE):
-            raise ReadOnlyError("INSERT INTO is disabled on this server (enable_add: false)")
+        if re.match(r"\s*insert\b", stmt, re.IGNORECASE):
+            self._require_writable()
+            if not self.config.enable_add:
+                raise ReadOnlyError("INSERT INTO is disabled on this server (enable_add: false)")
         frame = execute(stmt, reads)
         batch = sql_batch(frame)
         ds = nmds.encode([(stmt, batch)], key_suffix=":SQL")
@@ -667,6 +679,7 @@ class Service:
             "git_hash": self.version,
             "uptime": f"{up // 3600}h{up // 60 % 60}m{up % 60}s",
             "timezone": self.config.timezone,
+            **({"replication": self.replication.status()} if self.replication is not None else {}),
         }
 
 

@@ -16,6 +16,7 @@ from types import FrameType
 
 from mktsframe.config import Config, load_config
 from mktsframe.errors import MktsError
+from mktsframe.replication.settings import parse_replication
 
 __all__ = ["add_arguments", "config_from_args", "main", "serve"]
 
@@ -65,7 +66,6 @@ _UNSUPPORTED: tuple[tuple[str, Callable[[Config], bool], str], ...] = (
      "no separate listener; /heartbeat is always served on the main port"),
     ("init_catalog", lambda c: not c.init_catalog,
      "ignored; the catalog is always read lazily, one bucket at a time"),
-    ("replication", lambda c: bool(c.replication), "WAL replication is not implemented"),
     ("enable_last_known", lambda c: c.enable_last_known, "never implemented by MarketStore either; ignored"),
     ("stale_threshold", lambda c: c.stale_threshold is not None,
      "never implemented by MarketStore either; ignored"),
@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)
+        parse_replication(config.replication)
         serve(config)
     except MktsError as exc:
         print(f"error: {exc}", file=sys.stderr)

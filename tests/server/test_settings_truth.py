@@ -28,7 +28,6 @@ _UTIL_PORT = free_port()
 UNSUPPORTED_VALUES: dict[str, Any] = {
     "utilities_url": f"127.0.0.1:{_UTIL_PORT}",
     "init_catalog": False,
-    "replication": {"enabled": True, "listen_port": free_port()},
     "enable_last_known": True,
     "stale_threshold": 5,
 }
@@ -90,7 +89,6 @@ def test_unsupported_settings_have_no_effect(tmp_path: Path) -> None:
     try:
         got = _session(loaded)
         assert not _listening(_UTIL_PORT)
-        assert not _listening(UNSUPPORTED_VALUES["replication"]["listen_port"])
     finally:
         assert loaded.stop() in (0, -signal.SIGTERM, 128 + signal.SIGTERM), loaded.output()
     for a, b in zip(expected, got, strict=True):
