@@ -41,7 +41,7 @@ import crc32c
 import msgpack
 import numpy as np
 
-from mktsframe.engine.durable import fsync_dir, start_writeback, write_atomic
+from mktsframe.engine.durable import fdatasync, fsync_dir, start_writeback, write_atomic
 
 __all__ = ["Record", "ReplayReport", "WriteAheadLog"]
 
@@ -275,7 +275,7 @@ class WriteAheadLog:
         if self._fd is not None and self.synced_seq < self.written_seq:
             target = self.written_seq
             start = time.perf_counter()
-            os.fdatasync(self._fd)
+            fdatasync(self._fd, f"fdatasync of the write-ahead log {self._segment}")
             self.last_sync_seconds = time.perf_counter() - start
             self.synced_seq = target
 
