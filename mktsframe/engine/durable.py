@@ -31,7 +31,7 @@ __all__ = [
 class SyncError(OSError):
     """A flush to the disk (``fsync``, ``fdatasync``, ``msync``, ``syncfs``) failed.
 
-    Distinct from other ``OSError``\ s because it is not retryable: after a failed flush Linux may
+    Distinct from other ``OSError`` exceptions because it is not retryable: after a failed flush Linux may
     drop the dirty pages and mark them clean, so a second ``fsync`` can succeed over lost data
     (PostgreSQL's "fsyncgate", 2018). The engine stops writing when it sees one (see
     ``docs/format.md``, *Sync failures*). Every flush of the engine goes through the functions
@@ -59,14 +59,19 @@ def fdatasync(fd: int, what: str = "fdatasync") -> None:
         raise _failed(exc, what) from exc
 
 
+def _mmap_flush(mm: Any, offset: int | None, size: int | None) -> None:
+    """The ``msync`` system call (a separate name so that a test can make it fail in a child)."""
+    if offset is None:
+        mm.flush()
+    else:
+        mm.flush(offset, size)
+
+
 def msync(mm: Any, offset: int | None = None, size: int | None = None, what: str = "msync") -> None:
     """``mmap.flush`` (``msync(MS_SYNC)``) of the whole mapping or ``size`` bytes at ``offset``,
     raising :class:`SyncError` on failure."""
     try:
-        if offset is None:
-            mm.flush()
-        else:
-            mm.flush(offset, size)
+        _mmap_flush(mm, offset, size)
     except OSError as exc:
         raise _failed(exc, what) from exc
 

@@ -221,6 +221,7 @@ class TickPartition:
             finally:
                 os.close(fd)
         p = cls.open(path, writable=True)
+        p._reserved_to = n  # written by pwrite above: they have their blocks
         if from_log:
             p._commit(_State(0, n, seq, 0, 0))
         return p
@@ -596,8 +597,9 @@ class TickStore:
         with nothing logged. A day that needs a new or larger partition file gets it by ``pwrite``,
         which reports a full disk as an error too (after the record is logged: see docs/format.md)."""
         first_day, last_day = int(ns[0]) // DAY_NS, int(ns[-1]) // DAY_NS
+        edges = np.searchsorted(ns, np.arange(first_day, last_day + 2, dtype=np.int64) * DAY_NS).tolist()
         for day in range(first_day, last_day + 1) if last_day - first_day < 366 else ():
-            k = ns.size if first_day == last_day else int(np.count_nonzero((ns >= day * DAY_NS) & (ns < (day + 1) * DAY_NS)))
+            k = edges[day - first_day + 1] - edges[day - first_day]
             p = self._partition(day) if k else None
             if p is not None and p.nrows + k <= p.capacity:
                 p.reserve(p.nrows, p.nrows + k)

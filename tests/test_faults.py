@@ -1,0 +1,161 @@
+"""Disk faults: a full disk is an error (never SIGBUS), a failed sync is never acknowledged.
+
+The full disk is real: a 24 MiB tmpfs mounted for the test (the tests run as root; see
+/work/shared/guides/real-parts.md), where 20,000-row writes used to end the process with
+``Bus error`` (exit 135) and reopening the root died the same way in replay. Sync failures are
+injected in a child process at the system-call wrappers (``os.fdatasync``, ``durable.msync``): the
+engine sees exactly what a failing disk returns (``EIO``), then the child exits without closing
+and the parent reopens the root, as after a crash.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mktsframe.engine.engine import Engine
+from mktsframe.errors import ReadOnlyError
+from tests.faults_child import KEYS, NS, T0
+
+CHILD = Path(__file__).with_name("faults_child.py")
+
+
+def mount_tmpfs(path: Path, size: str) -> None:
+    """Mount a tmpfs of ``size`` at ``path`` (root only), unmounted at exit if a test does not."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full tests mount a tmpfs and must run as root (as CI does)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    atexit.register(subprocess.run, ["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mount_tmpfs(mnt, "24m")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def run_child(mode: str, root: Path) -> tuple[int, list[dict]]:
+    env = {**os.environ, "PYTHONPATH": str(CHILD.parent.parent)}
+    cmd = [sys.executable, str(CHILD), mode, str(root)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, f"child {mode} exited {proc.returncode} (-7: SIGBUS)\n{proc.stderr[-3000:]}"
+    return proc.returncode, events
+
+
+def acked_rows(events: list[dict], destroyed: str | None = None) -> dict[str, set[int]]:
+    """Minutes acknowledged per key (after ``destroyed`` was destroyed, only the later acks of it)."""
+    rows: dict[str, set[int]] = {k: set() for k in KEYS}
+    for ev in events:
+        if ev["event"] == "ack":
+            rows[ev["key"]].update(range(ev["first"], ev["first"] + ev["rows"]))
+    if destroyed is not None:
+        rows[destroyed] = set()
+    return rows
+
+
+def assert_holds(engine: Engine, rows: dict[str, set[int]]) -> None:
+    """Every acknowledged minute is there, with the values written (derived from the minute)."""
+    for key, minutes in rows.items():
+        if not minutes:
+            continue
+        got = engine.query(key)[key]
+        m = got.index // NS // 60 - T0 // 60
+        present = set(m.tolist())
+        missing = minutes - present
+        assert not missing, f"{key}: {len(missing)} acknowledged rows lost (first {min(missing)})"
+        np.testing.assert_array_equal(got.columns["Volume"], m.astype("f8"))
+        np.testing.assert_array_equal(got.columns["Close"], (m % 1000).astype("f4"))
+
+
+def fill_to_the_last_byte(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\1" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_is_an_error_and_a_log_without_room_opens_read_only(small_disk: Path) -> None:
+    root = small_disk / "root"
+    _, events = run_child("fill", root)
+    kinds = [ev["event"] for ev in events]
+    assert kinds.count("ack") >= 6 and "full" in kinds, kinds
+    full = next(ev for ev in events if ev["event"] == "full")
+    assert "no space left on the device" in full["error"]
+    assert "nothing of it was stored" in full["error"]
+    counts = next(ev for ev in events if ev["event"] == "counts")["counts"]
+    before = acked_rows([ev for ev in events if not ev.get("after_free")])
+    assert counts == {k: len(v) for k, v in before.items()}  # nothing partial; reads work on a full disk
+    refused = next(ev for ev in events if ev["event"] == "refused")
+    assert refused["n"] == 3
+    assert refused["counts"] == counts
+    assert events[-1].get("after_free")  # written again once a bucket was destroyed, without a restart
+    acked = acked_rows(events, destroyed=KEYS[0])
+    acked[events[-1]["key"]].update(range(events[-1]["first"], events[-1]["first"] + events[-1]["rows"]))
+
+    # The child exited without closing: the log holds its writes. Lose a year file (as a machine crash
+    # loses pages never flushed) and fill the disk: the log cannot be replayed, and the root opens
+    # read-only with the reason instead of dying in replay.
+    (root / "FULL1" / "1Min" / "OHLCV" / "2024.bin").unlink()
+    filler = small_disk / "filler"
+    fill_to_the_last_byte(filler)
+    with Engine(root) as e:
+        assert e.read_only
+        assert e.read_only_reason is not None
+        assert "could not be replayed" in e.read_only_reason
+        assert "no space left" in e.read_only_reason
+        with pytest.raises(ReadOnlyError, match="no space left"):
+            e.write(KEYS[2], e.query(KEYS[2])[KEYS[2]])
+        assert e.query(KEYS[2])[KEYS[2]].index.size > 0  # reads what the year files hold
+    filler.unlink()
+    with Engine(root) as e:  # room again: replay completes, every acknowledged row is back
+        assert not e.read_only
+        assert not e.recovery.problems
+        assert_holds(e, acked)
+    with Engine(root) as e:  # and after a clean close too
+        assert_holds(e, acked)
+
+
+@pytest.mark.parametrize("mode", ["sync", "msync"])
+def test_failed_sync_is_never_acknowledged_and_poisons_writes(tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "root"
+    _, events = run_child(mode, root)
+    kinds = [ev["event"] for ev in events]
+    if mode == "sync":
+        assert "refused" in kinds
+        assert not any(ev["event"] == "ack" and ev["first"] == 500 for ev in events)
+        assert "fdatasync" in next(ev for ev in events if ev["event"] == "refused")["error"]
+    else:
+        assert "checkpoint_failed" in kinds
+        assert "checkpointed" not in kinds
+    poisoned = next(ev for ev in events if ev["event"] == "poisoned")
+    assert poisoned["type"] == "SyncFailedError"
+    assert "refused until the root is reopened" in poisoned["error"]
+    assert "create_refused" in kinds
+    assert "created" not in kinds
+    read = next(ev for ev in events if ev["event"] == "read")
+    acked = acked_rows(events)
+    assert read["rows"] == len(acked[KEYS[0]])  # reads keep working
+    assert kinds[-1] == "closed"
+    with Engine(root) as e:  # reopened: the log gives back every acknowledged write, writes work again
+        assert_holds(e, acked)
+        e.write(KEYS[0], e.query(KEYS[0])[KEYS[0]])
