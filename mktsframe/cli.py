@@ -1,4 +1,4 @@
-"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``.
+"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``, ``check``.
 
 ``mktsframe init`` writes the commented default ``mkts.yml`` here; ``mktsframe start`` runs the
 server exactly like ``python -m mktsframe.server`` (same flags), as MarketStore's
@@ -96,6 +96,12 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from mktsframe.engine.check import main as check
+
+    return check(args.root, as_json=args.json, wal=not args.no_wal)
+
+
 def _add_target(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--dir", "-d", type=Path, help="data root directory (local engine)")
@@ -143,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_sql.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     _add_target(p_sql)
     p_sql.set_defaults(func=_sql)
+    p_check = sub.add_parser("check", help="verify a data root offline; each problem with its file and offset")
+    p_check.add_argument("root", type=Path, help="the data root")
+    p_check.add_argument("--json", action="store_true", help="print the problems as JSON")
+    p_check.add_argument("--no-wal", action="store_true", help="check the buckets only, not the write-ahead log")
+    p_check.set_defaults(func=_check)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

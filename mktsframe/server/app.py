@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
+from mktsframe.engine.check import report_damaged_buckets
 from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.server.rpc import INVALID_REQUEST, JSON, LATER, JsonRpc, Reply, content_codec, request_error
 from mktsframe.server.service import Service
@@ -104,6 +105,8 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         # One commit listener for all /ws connections; fan-out happens on this event loop.
         loop = asyncio.get_running_loop()
         hub = CommitHub(be.engine, loop=loop, max_wait=config.stream_max_wait) if isinstance(be, LocalBackend) else None
+        if isinstance(be, LocalBackend):  # damaged buckets are named in the log; the others are served
+            report_damaged_buckets(be.engine.root, log)
         app.state.hub = hub
         app.state.frames = FrameCache()
         grpc_server = None
