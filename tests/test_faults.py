@@ -160,3 +160,61 @@ def test_failed_sync_is_never_acknowledged_and_poisons_writes(tmp_path: Path, mo
     with Engine(root) as e:  # reopened: the log gives back every acknowledged write, writes work again
         assert_holds(e, acked)
         e.write(KEYS[0], e.query(KEYS[0])[KEYS[0]])
+
+
+def test_server_on_a_full_disk_refuses_writes_and_keeps_serving(small_disk: Path, tmp_path: Path) -> None:
+    """Through the real server and pymarketstore: a write that does not fit gets a clear error, reads
+    and /ws streams keep working on the full disk, and writes succeed again after a destroy."""
+    import msgpack
+    import pymarketstore as pymkts
+    import websocket
+
+    sys.path.insert(0, str(Path(__file__).parent / "server"))
+    from live_helpers import replies, start_server
+
+    def write_error(arr: np.ndarray, key: str) -> str | None:
+        """The error of a pymarketstore write (it returns MarketStore's per-request errors), or ``None``."""
+        errors = [r["error"] for r in replies(client.write(arr, key)) or [] if r.get("error")]
+        return errors[0] if errors else None
+
+    server = start_server(tmp_path / "srv", root=small_disk / "root")
+    ws = None
+    try:
+        client = pymkts.Client(server.rpc)
+        dtype = [("Epoch", "i8"), ("Open", "f4"), ("High", "f4"), ("Low", "f4"), ("Close", "f4"), ("Volume", "f8")]
+
+        def rows(first: int, n: int) -> np.ndarray:
+            arr = np.zeros(n, dtype)
+            m = np.arange(first, first + n)
+            arr["Epoch"] = T0 + m * 60
+            arr["Close"] = (m % 1000).astype("f4")
+            arr["Volume"] = m.astype("f8")
+            return arr
+
+        acked: dict[str, int] = {}
+        error = None
+        for i in range(200):
+            key = KEYS[i % 3]
+            error = write_error(rows(acked.get(key, 0), 20_000), key)
+            if error is not None:
+                break
+            acked[key] = acked.get(key, 0) + 20_000
+        assert error is not None, "the disk never filled"
+        assert "no space left on the device" in error
+        ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws", timeout=10)
+        ws.send(msgpack.dumps({"streams": [f"{KEYS[1]}"]}), opcode=websocket.ABNF.OPCODE_BINARY)
+        assert msgpack.loads(ws.recv()) == {"streams": [KEYS[1]]}  # subscribing works on a full disk
+        for key, n in acked.items():  # reads work on a full disk, and the refused write left nothing
+            sym, tf, group = key.split("/")
+            df = client.query(pymkts.Params(sym, tf, group, limit=1)).first().df()
+            assert int(df["Volume"].iloc[-1]) == n - 1
+        assert "no space left" in (write_error(rows(acked[KEYS[1]], 20_000), KEYS[1]) or "")
+        client.destroy(KEYS[0])  # frees space: writes work again, no restart, and are pushed
+        assert write_error(rows(acked[KEYS[1]], 5), KEYS[1]) is None
+        msg = msgpack.loads(ws.recv())
+        assert msg["key"] == KEYS[1]
+        assert msg["data"]["Volume"] == float(acked[KEYS[1]])
+    finally:
+        if ws is not None:
+            ws.close()
+        server.stop()
