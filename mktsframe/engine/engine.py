@@ -36,7 +36,8 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, iter_bucket_keys, read_bucket_meta, write_bucket_meta
 from mktsframe.engine.commits import CommitEvent, CommitListeners
-from mktsframe.engine.durable import SyncError, fsync_dir, sync_filesystem, sync_path
+from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
+from mktsframe.engine.faults import Faults
 from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
 from mktsframe.engine.open_files import OpenFiles
@@ -52,7 +53,6 @@ from mktsframe.errors import (
     NoSpaceError,
     ReadOnlyError,
     SchemaMismatchError,
-    SyncFailedError,
 )
 from mktsframe.keys import TimeBucketKey, parse_key, parse_key_pattern
 
@@ -147,8 +147,8 @@ class Engine:
         self._log_replays_over_rows = True
         self._last_checkpoint = time.monotonic()
         self.recovery = ReplayReport()
-        self.poisoned: str | None = None
-        """Why writes are refused until the root is reopened (a failed sync: see :meth:`_faults`), or ``None``."""
+        self.faults = Faults(self.root)
+        """Poisoned by a failed sync (writes refused until reopened): see :mod:`.faults`."""
         self.read_only_reason: str | None = None
         """Why a root opened for writing fell back to read-only (its log could not be replayed), or ``None``."""
         self.commits = CommitListeners()
@@ -216,36 +216,6 @@ class Engine:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    @contextlib.contextmanager
-    def _faults(self) -> Iterator[None]:
-        """Turn disk faults in a change into the engine's errors.
-
-        A failed sync (:class:`~.durable.SyncError`) poisons the engine: the pages it was flushing
-        may be lost while a retry would report success, so nothing after it can be acknowledged
-        honestly; every write is refused until the root is reopened, whose replay of the log
-        restores every acknowledged change. ``ENOSPC`` becomes :class:`NoSpaceError` (space is
-        reserved before logging, so nothing was stored and later writes may succeed).
-        """
-        try:
-            yield
-        except SyncError as exc:
-            self._poison(str(exc))
-            raise SyncFailedError(self.poisoned) from exc
-        except NoSpaceError:
-            raise
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise no_space(self.root, str(exc)) from exc
-            raise
-
-    def _poison(self, why: str) -> None:
-        if self.poisoned is None:
-            self.poisoned = (
-                f"{self.root}: {why}; writes are refused until the root is reopened (reads keep working; "
-                "reopening replays the write-ahead log, which holds every acknowledged write)"
-            )
-            log.error("%s", self.poisoned)
 
     def _recover(self) -> None:
         """Replay the log after the last checkpoint, then checkpoint and start a fresh segment."""
@@ -332,11 +302,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
         with self._write_lock, self._apply_lock:
-            if self._wal is not None and self.poisoned is None:  # poisoned: the log must stay for replay
+            if self._wal is not None and self.faults.poisoned is None:  # poisoned: the log must stay for replay
                 self._checkpoint(rotate=True)
             if self._wal is not None:
                 self._wal.close()
-                for seg in self._wal.segments() if self.poisoned is None else ():
+                for seg in self._wal.segments() if self.faults.poisoned is None else ():
                     if int(seg.stem) > self._wal.checkpoint_seq:
                         seg.unlink()  # empty segment opened by the last rotation
             for b in self._buckets.values():
@@ -359,10 +329,10 @@ class Engine:
         interval = self._sync_interval if self.background_sync else min(1.0, self._checkpoint_interval)
         while not self._stop.wait(interval):
             with self._write_lock:
-                if self._closed or self._wal is None or self.poisoned is not None:
+                if self._closed or self._wal is None or self.faults.poisoned is not None:
                     return
                 try:
-                    with self._faults():
+                    with self.faults.guard():
                         if self.background_sync:
                             self._wal.sync()
                         due = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
@@ -373,9 +343,8 @@ class Engine:
 
     def sync(self) -> None:
         """Make every write so far durable (useful with ``background_sync``)."""
-        with self._write_lock, self._faults():
-            if self.poisoned is not None:
-                raise SyncFailedError(self.poisoned)
+        with self._write_lock, self.faults.guard():
+            self.faults.check()
             if self._wal is not None:
                 self._wal.sync()
 
@@ -413,7 +382,7 @@ class Engine:
 
     def checkpoint(self) -> None:
         """Flush year files to disk and advance the checkpoint (normally automatic)."""
-        with self._write_lock, self._faults():
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             self._checkpoint(rotate=True)
 
@@ -508,8 +477,7 @@ class Engine:
             raise MktsError(f"{self.root}: connection is closed")
         if self.read_only:
             raise ReadOnlyError(self.read_only_reason or f"{self.root} is open read-only; writes are refused")
-        if self.poisoned is not None:
-            raise SyncFailedError(self.poisoned)
+        self.faults.check()
 
     def list_keys(self) -> list[str]:
         return sorted(k.item_key for k in self._catalog())
@@ -551,7 +519,7 @@ class Engine:
         k = parse_key(key)
         schema = _validate_schema(columns, variable_length)
         record_type = "variable" if variable_length else "fixed"
-        with self._write_lock, self._faults():
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             existing = self._bucket(k)
             if existing is not None:
@@ -567,6 +535,10 @@ class Engine:
         meta: dict[str, Any] = {"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]}
         if record_type != "fixed":
             meta["record_type"] = record_type
+        with self._apply_lock:  # before logging, so a full disk refuses the create with nothing logged
+            if self._bucket(k) is None:
+                write_bucket_meta(self.root.joinpath(*k.parts), k, schema, record_type)
+                self._created()
         self._log(meta)
         self._announce("create", k.item_key)
 
@@ -715,7 +687,7 @@ class Engine:
         """Log ``items`` as one record, sync once (unless ``background_sync``), apply, then announce."""
         if not items:
             return
-        with self._faults():
+        with self.faults.guard():
             self._commit_prepared(items)
 
     def _commit_prepared(self, items: list[Item]) -> None:
@@ -731,7 +703,7 @@ class Engine:
             if not self.background_sync:
                 wal.sync()
         buckets = []
-        with self._apply_lock, self._logged_then_failed():
+        with self._apply_lock, self.faults.applying():
             for it in items:
                 if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
                     write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
@@ -800,23 +772,13 @@ class Engine:
             for s0, s1 in runs:
                 yf.reserve(s0, s1)
 
-    @contextlib.contextmanager
-    def _logged_then_failed(self) -> Iterator[None]:
-        """Around applying a change already logged: if that fails, the files no longer match the
-        log (a replay would make them), so writes stop until the root is reopened."""
-        try:
-            yield
-        except BaseException as exc:
-            self._poison(f"a logged change could not be applied ({exc})")
-            raise
-
     def _write_one(self, key: str, batch: Batch, variable_length: bool) -> None:
         """One write on its own (:meth:`write` without group commit): checked and normalised as an
         item of :meth:`write_many`, then logged with the single-bucket optimisations (direct
         writes, staging, ``write_run`` records)."""
         k = parse_key(key)
         self._require_writable()
-        with self._write_lock, self._faults():
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             item = self._prepare_item(k, batch, variable_length)
             if item is None:
@@ -852,7 +814,7 @@ class Engine:
         """Remove rows in ``[start, end]`` (ns, inclusive at bar granularity; exact for tick
         buckets); returns the count."""
         k = parse_key(key)
-        with self._write_lock, self._faults():
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             b = self._require(k)
             if b.ticks is not None:
@@ -866,7 +828,7 @@ class Engine:
 
     def destroy(self, key: str) -> None:
         k = parse_key(key)
-        with self._write_lock, self._faults():
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             self._require(k)
             self._log({"op": "destroy", "key": k.item_key})
@@ -995,7 +957,7 @@ class Engine:
                 wal.start_sync()
                 stage()
             wal.sync()
-        with self._logged_then_failed():
+        with self.faults.applying():
             return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
 
     # -- applying (live and replay) -------------------------------------------------------------
