@@ -256,7 +256,13 @@ class WriteAheadLog:
         assert self._fd is not None
         size = max(needed, self._allocated) + PREALLOCATE
         try:
-            os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            try:
+                os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or needed <= self._allocated:
+                    raise
+                size = needed  # a nearly full disk: room for this record may still be there
+                os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
         except OSError as exc:  # no preallocation on this file system: plain growth still works
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
