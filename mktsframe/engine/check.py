@@ -33,7 +33,7 @@ import numpy as np
 
 from mktsframe.engine.catalog import META_NAME, read_bucket_meta
 from mktsframe.engine.tick_file import DAY_NS, UNDO_MAGIC, TickPartition, _day_of_name, _read_undo
-from mktsframe.engine.wal import _CKPT, _CKPT_MAGIC, MAGIC, WriteAheadLog
+from mktsframe.engine.wal import _CKPT, _CKPT_MAGIC, scan_segment
 from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, read_header, year_bounds
 from mktsframe.errors import CorruptFileError
 from mktsframe.keys import parse_key
@@ -196,30 +196,14 @@ def _check_wal(wal_dir: Path) -> Iterator[Problem]:
     segments = sorted(p for p in wal_dir.glob("*.wal") if p.stem.isdigit()) if wal_dir.is_dir() else []
     last_seq = 0
     for seg in segments:
-        data = seg.read_bytes()
-        view = memoryview(data)
-        pos = 0
-        while pos < len(data):
-            frame = WriteAheadLog._frame_at(view, pos)
+        for pos, frame, damaged in scan_segment(seg.read_bytes()):
             if frame is None:
-                tail = np.frombuffer(data, np.uint8, offset=pos)
-                if not tail.any():
-                    break  # preallocated, never written
-                nxt = data.find(MAGIC, pos + 1)
-                while nxt != -1 and WriteAheadLog._frame_at(view, nxt) is None:
-                    nxt = data.find(MAGIC, nxt + 1)
-                end = pos + int(np.flatnonzero(tail)[-1]) + 1 if nxt == -1 else nxt
-                what = "torn record at the end of the log" if nxt == -1 else "corrupt record(s)"
-                yield Problem(seg, pos, f"{what}: {end - pos} bytes fail their CRC-32C; replay skips them")
-                if nxt == -1:
-                    break
-                pos = nxt
+                what = "torn record at the end of the log" if damaged.torn else "corrupt record(s)"
+                yield Problem(seg, pos, f"{what}: {damaged.length} bytes fail their CRC-32C; replay skips them")
                 continue
-            seq, _, _, length = frame
-            if seq <= last_seq:
-                yield Problem(seg, pos, f"sequence number {seq} not above the previous {last_seq}")
-            last_seq = max(last_seq, seq)
-            pos += length
+            if frame[0] <= last_seq:
+                yield Problem(seg, pos, f"sequence number {frame[0]} not above the previous {last_seq}")
+            last_seq = max(last_seq, frame[0])
 
 
 def report_damaged_buckets(root: Path, logger: logging.Logger) -> threading.Thread:

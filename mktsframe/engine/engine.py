@@ -535,10 +535,6 @@ class Engine:
         meta: dict[str, Any] = {"op": "create", "key": k.item_key, "columns": [list(c) for c in schema]}
         if record_type != "fixed":
             meta["record_type"] = record_type
-        with self._apply_lock:  # before logging, so a full disk refuses the create with nothing logged
-            if self._bucket(k) is None:
-                write_bucket_meta(self.root.joinpath(*k.parts), k, schema, record_type)
-                self._created()
         self._log(meta)
         self._announce("create", k.item_key)
 
@@ -957,7 +953,8 @@ class Engine:
                 wal.start_sync()
                 stage()
             wal.sync()
-        with self.faults.applying():
+        # A create that fails (a full disk) leaves nothing to diverge: replay makes the empty bucket.
+        with self.faults.applying() if meta["op"] != "create" else contextlib.nullcontext():
             return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
 
     # -- applying (live and replay) -------------------------------------------------------------
