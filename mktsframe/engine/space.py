@@ -70,12 +70,17 @@ def zero_nonzero(region: np.ndarray) -> None:
     only to bytes that are not zero: pages that are holes are read (as zeros) but never written,
     so clearing needs no disk space, even on a full file system."""
     raw = region.reshape(-1).view(np.uint8)
-    nz = np.flatnonzero(raw)
-    if nz.size == 0:
-        return
-    skew = raw.ctypes.data % PAGE  # mappings are page-aligned: this finds the file's page boundaries
-    pages = np.unique((nz + skew) // PAGE)
-    cuts = np.flatnonzero(np.diff(pages) > 1)
-    firsts, lasts = pages[np.r_[0, cuts + 1]].tolist(), pages[np.r_[cuts, pages.size - 1]].tolist()
-    for first, last in zip(firsts, lasts, strict=True):
-        raw[max(0, first * PAGE - skew) : (last + 1) * PAGE - skew] = 0  # runs of pages holding data
+    n = raw.size
+    head = min(n, -raw.ctypes.data % PAGE)  # mappings are page-aligned: this finds the file's pages
+    body = head + (n - head) // PAGE * PAGE
+    if head and raw[:head].any():
+        raw[:head] = 0
+    if body < n and raw[body:].any():
+        raw[body:] = 0
+    if body > head:  # one flag per page (no per-byte index: a year of 1Sec bars is 250 MB a column)
+        dirty = np.flatnonzero(raw[head:body].reshape(-1, PAGE).any(axis=1))
+        if dirty.size:
+            cuts = np.flatnonzero(np.diff(dirty) > 1)
+            firsts, lasts = dirty[np.r_[0, cuts + 1]].tolist(), dirty[np.r_[cuts, dirty.size - 1]].tolist()
+            for first, last in zip(firsts, lasts, strict=True):  # runs of pages holding data
+                raw[head + first * PAGE : head + (last + 1) * PAGE] = 0
