@@ -10,6 +10,8 @@ Modes:
 ``fill``  20,000-row OHLCV writes to three buckets until the disk is full; then checks, in the
           same process, that a refused write stored nothing, that reads still work, and that a
           write succeeds again once a bucket is destroyed.
+``ticks`` the same with 20,000-tick writes to two tick buckets (appends, growth of a day's file, new
+          days), then a write succeeds again once the other bucket is destroyed.
 ``sync``  acknowledged writes, then ``fdatasync`` fails (EIO) for one write; then succeeds again,
           and further writes must still be refused (poisoned) while reads work.
 ``msync`` acknowledged writes, then the checkpoint's ``msync`` fails; writes refused, reads work.
@@ -28,6 +30,7 @@ NS = 1_000_000_000
 T0 = 1_704_067_200  # 2024-01-01 UTC
 ROWS = 20_000
 KEYS = ("FULL0/1Min/OHLCV", "FULL1/1Min/OHLCV", "FULL2/1Min/OHLCV")
+TICK_KEYS = ("TICK0/1Sec/TICK", "TICK1/1Sec/TICK")
 
 
 def batch(first_minute: int, n: int) -> object:
@@ -72,6 +75,37 @@ def fill(root: str) -> None:
     e.destroy(KEYS[0])  # frees its year file's blocks
     e.write(key, batch(first, ROWS))
     emit(event="ack", key=key, first=first, rows=ROWS, after_free=True)
+    os._exit(0)
+
+
+def ticks(first: int, n: int) -> object:
+    """Ticks ``first .. first+n-1``, one a second from ``T0``; values derived from the tick number."""
+    from mktsframe.backend.base import Batch
+
+    j = np.arange(first, first + n, dtype=np.int64)
+    return Batch((T0 + j) * NS, {"Price": j.astype("f8"), "Size": (j % 1000).astype("i4")}, True)
+
+
+def fill_ticks(root: str) -> None:
+    from mktsframe.engine.engine import Engine
+    from mktsframe.errors import NoSpaceError
+
+    e = Engine(root)
+    i = 0
+    while True:
+        key, first = TICK_KEYS[i % 2], (i // 2) * ROWS
+        try:
+            e.write(key, ticks(first, ROWS), variable_length=True)
+        except NoSpaceError as exc:
+            emit(event="full", key=key, first=first, error=str(exc))
+            break
+        emit(event="ack", key=key, first=first, rows=ROWS)
+        i += 1
+    emit(event="counts", counts={k: int(e.query(k)[k].index.size) for k in TICK_KEYS})
+    other = TICK_KEYS[(i + 1) % 2]
+    e.destroy(other)
+    e.write(key, ticks(first, ROWS))
+    emit(event="ack", key=key, first=first, rows=ROWS, after_free=True, destroyed=other)
     os._exit(0)
 
 
@@ -128,5 +162,7 @@ if __name__ == "__main__":
     mode, root = sys.argv[1], sys.argv[2]
     if mode == "fill":
         fill(root)
+    elif mode == "ticks":
+        fill_ticks(root)
     else:
         sync(root, mode)

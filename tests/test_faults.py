@@ -23,7 +23,7 @@ import pytest
 
 from mktsframe.engine.engine import Engine
 from mktsframe.errors import ReadOnlyError
-from tests.faults_child import KEYS, NS, T0
+from tests.faults_child import KEYS, NS, T0, TICK_KEYS
 
 CHILD = Path(__file__).with_name("faults_child.py")
 
@@ -134,6 +134,28 @@ def test_disk_full_is_an_error_and_a_log_without_room_opens_read_only(small_disk
         assert_holds(e, acked)
     with Engine(root) as e:  # and after a clean close too
         assert_holds(e, acked)
+
+
+def test_tick_buckets_on_a_full_disk(small_disk: Path) -> None:
+    """Appends, growth of a day's file and new days: refused with nothing logged, never poisoned."""
+    root = small_disk / "root"
+    _, events = run_child("ticks", root)
+    full = next(ev for ev in events if ev["event"] == "full")
+    assert "no space left on the device" in full["error"]
+    acks = [ev for ev in events if ev["event"] == "ack"]
+    assert len(acks) >= 6
+    counts = next(ev for ev in events if ev["event"] == "counts")["counts"]
+    assert counts == {k: sum(a["rows"] for a in acks if a["key"] == k and not a.get("after_free")) for k in TICK_KEYS}
+    assert acks[-1].get("after_free")  # not poisoned: once space was freed, the refused write went through
+    with Engine(root) as e:
+        assert not e.recovery.problems
+        key = acks[-1]["key"]
+        got = e.query(key)[key]
+        j = got.index // NS - T0
+        want = {n for a in acks if a["key"] == key for n in range(a["first"], a["first"] + a["rows"])}
+        assert want <= set(j.tolist())
+        np.testing.assert_array_equal(got.columns["Price"], j.astype("f8"))
+        assert e.list_keys() == [key]
 
 
 @pytest.mark.parametrize("mode", ["sync", "msync"])

@@ -53,7 +53,7 @@ from mktsframe.engine import durable as disk
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
 from mktsframe.engine.open_files import OpenFiles
-from mktsframe.engine.space import reserve
+from mktsframe.engine.space import no_space, reserve
 from mktsframe.errors import CorruptFileError, NoSpaceError
 
 __all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
@@ -594,15 +594,24 @@ class TickStore:
     def reserve(self, ns: np.ndarray) -> None:
         """Before a write of ticks ``ns`` (sorted) is logged: reserve the rows it will append to
         existing partitions that have room (:meth:`TickPartition.reserve`), so a full disk refuses it
-        with nothing logged. A day that needs a new or larger partition file gets it by ``pwrite``,
-        which reports a full disk as an error too (after the record is logged: see docs/format.md)."""
+        with nothing logged. A day that needs a new or larger partition file (written by ``pwrite``
+        after the record is logged) is checked against the file system's free space instead: a
+        refusal then too comes before logging, unless another process takes the space meanwhile."""
         first_day, last_day = int(ns[0]) // DAY_NS, int(ns[-1]) // DAY_NS
         edges = np.searchsorted(ns, np.arange(first_day, last_day + 2, dtype=np.int64) * DAY_NS).tolist()
+        row_bytes = 8 + sum(dtype_of(t).itemsize for _, t in self.schema)
+        copied = 0  # bytes of new or larger partition files this write will need
         for day in range(first_day, last_day + 1) if last_day - first_day < 366 else ():
             k = edges[day - first_day + 1] - edges[day - first_day]
             p = self._partition(day) if k else None
             if p is not None and p.nrows + k <= p.capacity:
                 p.reserve(p.nrows, p.nrows + k)
+            elif k:
+                copied += ((p.nrows if p is not None else 0) + k) * row_bytes + (len(self.schema) + 3) * PAGE
+        if copied:
+            st = os.statvfs(self.dir)
+            if st.f_bavail * st.f_frsize < copied:
+                raise no_space(self.dir, f"a tick partition file of ~{copied} bytes is needed")
 
     def delete(self, start: int | None, end: int | None, *, seq: int | None, replay: bool = False) -> int:
         """Remove ticks with ``start <= t <= end`` (ns, inclusive); returns how many."""
