@@ -756,6 +756,11 @@ class Engine:
             b.ticks.reserve(times)
             return
         tf = b.timeframe
+        yf = b.last_written
+        if yf is not None:  # the common append: inside the year file written last, reserved already
+            first, last = int(times[0]) - yf.year_start, int(times[-1]) - yf.year_start
+            if first >= 0 and last < yf.year_end - yf.year_start and yf.reserved(first // tf, last // tf + 1):
+                return
         for year, a, z in _year_spans(times):
             y0 = year_bounds(year)[0]
             runs = slot_runs((times[a:z] - y0) // tf)

@@ -142,7 +142,7 @@ class TickPartition:
             c["name"]: np.ndarray((self.capacity,), dtype_of(c["type"]), buffer=mm, offset=c["offset"])
             for c in meta["columns"]
         }
-        self._reserved_to = state.nrows  # rows below this have disk blocks (see reserve)
+        self.reserved_to = state.nrows  # rows below this have disk blocks (see reserve)
 
     # -- creation and opening -------------------------------------------------------------------
     @staticmethod
@@ -221,7 +221,7 @@ class TickPartition:
             finally:
                 os.close(fd)
         p = cls.open(path, writable=True)
-        p._reserved_to = n  # written by pwrite above: they have their blocks
+        p.reserved_to = n  # written by pwrite above: they have their blocks
         if from_log:
             p._commit(_State(0, n, seq, 0, 0))
         return p
@@ -341,7 +341,7 @@ class TickPartition:
         """Give rows ``[lo, hi)`` disk blocks in every region before they are stored through the
         mapping (see :mod:`.space`; raises :class:`~mktsframe.errors.NoSpaceError`). Rows below the
         highest reserved or stored so far have blocks already: appends reserve only the new rows."""
-        lo = max(lo, self._reserved_to)
+        lo = max(lo, self.reserved_to)
         if hi <= lo:
             return
         ahead = min(self.capacity, hi + max(_RESERVE_AHEAD, hi - lo))  # appends: one call per this many rows
@@ -354,7 +354,7 @@ class TickPartition:
                 reserve(fd, self._row_ranges(lo, hi), self.path)
         finally:
             os.close(fd)
-        self._reserved_to = hi
+        self.reserved_to = hi
 
     def _row_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """``(offset, nbytes)`` of rows ``[lo, hi)`` in the time region and in each column."""
@@ -598,6 +598,9 @@ class TickStore:
         after the record is logged) is checked against the file system's free space instead: a
         refusal then too comes before logging, unless another process takes the space meanwhile."""
         first_day, last_day = int(ns[0]) // DAY_NS, int(ns[-1]) // DAY_NS
+        p = self._open.get(first_day) if first_day == last_day else None
+        if p is not None and p.nrows + ns.size <= min(p.capacity, p.reserved_to):
+            return  # the common append: into rows reserved already
         edges = np.searchsorted(ns, np.arange(first_day, last_day + 2, dtype=np.int64) * DAY_NS).tolist()
         row_bytes = 8 + sum(dtype_of(t).itemsize for _, t in self.schema)
         copied = 0  # bytes of new or larger partition files this write will need
