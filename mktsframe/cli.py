@@ -1,4 +1,4 @@
-"""``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``, ``token``.
+"""The ``mktsframe`` / ``marketstore`` command line: ``init``, ``start``, ``connect``, ``load``, ``sql``, ``check``…
 
 ``mktsframe init`` writes the commented default ``mkts.yml`` here; ``mktsframe start`` runs the
 server exactly like ``python -m mktsframe.server`` (same flags), as MarketStore's
@@ -116,6 +116,12 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from mktsframe.engine.check import main as check
+
+    return check(args.root, as_json=args.json, wal=not args.no_wal)
+
+
 def _add_target(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--dir", "-d", type=Path, help="data root directory (local engine)")
@@ -172,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_repl = sub.add_parser("replication", help="show a server's replication state (role, positions, lag)")
     p_repl.add_argument("--url", "-u", required=True, help="server, as host:port or http://host:port")
     p_repl.set_defaults(func=_replication)
+    p_check = sub.add_parser("check", help="verify a data root offline; each problem with its file and offset")
+    p_check.add_argument("root", type=Path, help="the data root")
+    p_check.add_argument("--json", action="store_true", help="print the problems as JSON")
+    p_check.add_argument("--no-wal", action="store_true", help="check the buckets only, not the write-ahead log")
+    p_check.set_defaults(func=_check)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -16,9 +16,11 @@ __all__ = [
     "InvalidKeyError",
     "LockedError",
     "MktsError",
+    "NoSpaceError",
     "ReadOnlyError",
     "SQLError",
     "SchemaMismatchError",
+    "SyncFailedError",
 ]
 
 
@@ -78,3 +80,16 @@ class SQLError(MktsError, ValueError):
         super().__init__(message)
         self.line = line
         self.col = col
+
+
+class NoSpaceError(MktsError, OSError):
+    """The file system has no room for a write (``ENOSPC``). The write was refused before anything
+    was logged or stored, so nothing of it is partial; earlier writes stay readable, and writes
+    succeed again once space is freed (no restart needed)."""
+
+
+class SyncFailedError(MktsError):
+    """``fdatasync``/``msync``/``syncfs`` reported an error: the data it was flushing may be lost,
+    and a second try could report success over lost pages (PostgreSQL's "fsyncgate"). The engine
+    acknowledges nothing that depended on it and refuses every write until the root is reopened
+    (which replays the write-ahead log); reads keep working."""

@@ -14,7 +14,66 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_dir", "pwrite_durable", "start_writeback", "sync_filesystem", "sync_path", "write_atomic"]
+__all__ = [
+    "SyncError",
+    "fdatasync",
+    "fsync",
+    "fsync_dir",
+    "msync",
+    "pwrite_durable",
+    "start_writeback",
+    "sync_filesystem",
+    "sync_path",
+    "write_atomic",
+]
+
+
+class SyncError(OSError):
+    """A flush to the disk (``fsync``, ``fdatasync``, ``msync``, ``syncfs``) failed.
+
+    Distinct from other ``OSError`` exceptions because it is not retryable: after a failed flush Linux may
+    drop the dirty pages and mark them clean, so a second ``fsync`` can succeed over lost data
+    (PostgreSQL's "fsyncgate", 2018). The engine stops writing when it sees one (see
+    ``docs/format.md``, *Sync failures*). Every flush of the engine goes through the functions
+    below, which is also where a test injects a failure (in a child process).
+    """
+
+
+def _failed(exc: OSError, what: str) -> SyncError:
+    return SyncError(exc.errno, f"{what} failed: {exc.strerror or exc}")
+
+
+def fsync(fd: int, what: str = "fsync") -> None:
+    """``os.fsync``, raising :class:`SyncError` on failure."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _failed(exc, what) from exc
+
+
+def fdatasync(fd: int, what: str = "fdatasync") -> None:
+    """``os.fdatasync``, raising :class:`SyncError` on failure."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        raise _failed(exc, what) from exc
+
+
+def _mmap_flush(mm: Any, offset: int | None, size: int | None) -> None:
+    """The ``msync`` system call (a separate name so that a test can make it fail in a child)."""
+    if offset is None:
+        mm.flush()
+    else:
+        mm.flush(offset, size)
+
+
+def msync(mm: Any, offset: int | None = None, size: int | None = None, what: str = "msync") -> None:
+    """``mmap.flush`` (``msync(MS_SYNC)``) of the whole mapping or ``size`` bytes at ``offset``,
+    raising :class:`SyncError` on failure."""
+    try:
+        _mmap_flush(mm, offset, size)
+    except OSError as exc:
+        raise _failed(exc, what) from exc
 
 #: Bytes copied per ``pwrite`` before write-back of that piece is started (see :func:`pwrite_durable`).
 WRITEBACK_CHUNK = 1 << 20
@@ -48,7 +107,7 @@ def fsync_dir(path: Path) -> None:
     """``fsync`` a directory so that entries created, renamed or removed in it survive a crash."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fsync(fd, f"fsync({path})")
     finally:
         os.close(fd)
 
@@ -61,7 +120,7 @@ def sync_path(path: Path) -> None:
     except FileNotFoundError:
         return
     try:
-        os.fdatasync(fd)
+        fdatasync(fd, f"fdatasync({path})")
     finally:
         os.close(fd)
 
@@ -77,7 +136,10 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         os.write(fd, data)
         if durable:
-            os.fsync(fd)
+            fsync(fd, f"fsync({tmp})")
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing behind
+        raise
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -104,13 +166,13 @@ def sync_filesystem(path: Path) -> None:
     one by one: thousands created at once took seconds). ``os.sync()`` where there is no ``syncfs``.
     Raises ``OSError`` if the file system reports a write-back error."""
     if _syncfs is None:
-        os.sync()
+        os.sync()  # reports no errors: nothing better exists there
         return
     fd = os.open(path, os.O_RDONLY)
     try:
         if _syncfs(fd) != 0:
             err = ctypes.get_errno()
-            raise OSError(err, f"syncfs({path}): {os.strerror(err)}")
+            raise SyncError(err, f"syncfs({path}) failed: {os.strerror(err)}")
     finally:
         os.close(fd)
 
@@ -131,4 +193,4 @@ def pwrite_durable(fd: int, parts: Sequence[tuple[int, memoryview]]) -> None:
             n = os.pwrite(fd, buf[done : done + WRITEBACK_CHUNK], offset + done)
             start_writeback(fd, offset + done, n)
             done += n
-    os.fdatasync(fd)
+    fdatasync(fd)

@@ -16,6 +16,7 @@ read-only and read the year files directly.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import itertools
 import logging
@@ -43,18 +44,21 @@ from mktsframe.engine.catalog import (
 )
 from mktsframe.engine.commits import CommitListeners
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
+from mktsframe.engine.faults import Faults
 from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.log_cursor import LogCursor
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
 from mktsframe.engine.open_files import OpenFiles
+from mktsframe.engine.space import no_space
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
-from mktsframe.engine.year_file import YearFile, year_bounds
+from mktsframe.engine.year_file import YearFile, slot_runs, year_bounds
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
     LockedError,
     MktsError,
+    NoSpaceError,
     ReadOnlyError,
     SchemaMismatchError,
 )
@@ -158,6 +162,10 @@ class Engine:
         self._log_replays_over_rows = True
         self._last_checkpoint = time.monotonic()
         self.recovery = ReplayReport()
+        self.faults = Faults(self.root)
+        """Poisoned by a failed sync (writes refused until reopened): see :mod:`.faults`."""
+        self.read_only_reason: str | None = None
+        """Why a root opened for writing fell back to read-only (its log could not be replayed), or ``None``."""
         self.commits = CommitListeners()
         """Listeners told of every acknowledged change, in commit order (see :mod:`.commits`)."""
         self.read_only = not self._acquire_lock(read_only)
@@ -175,7 +183,11 @@ class Engine:
         if not self.read_only:
             self._wal = WriteAheadLog(self._meta_dir / "wal")
             self._wal.retain_bytes = max(0, int(log_retention_bytes))
-            self._recover()
+            try:
+                self._recover()
+            except NoSpaceError as exc:
+                self._fall_back_read_only(f"{self.root}: its write-ahead log could not be replayed: {exc}")
+                return
             self._thread = threading.Thread(target=self._background, name="mktsframe-wal", daemon=True)
             self._thread.start()
 
@@ -201,6 +213,27 @@ class Engine:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
         return True
+
+    def _fall_back_read_only(self, why: str) -> None:
+        """Open read-only after all (keeping the log and checkpoint as they are, for the next writer):
+        reads serve what the year files hold; writes are refused with ``why``."""
+        log.error("%s; opened read-only", why)
+        self.recovery.problems.append(why)
+        self.read_only_reason = why
+        with self._apply_lock:
+            for b in self._buckets.values():
+                b.close()
+            self._buckets.clear()
+        assert self._wal is not None
+        self._wal.close()
+        self._wal = None
+        if self._generation is not None:
+            self._generation.close()
+        self._generation = DestroyGeneration(self._meta_dir, writable=False)
+        self.read_only = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _recover(self) -> None:
         """Replay the log after the last checkpoint, then checkpoint and start a fresh segment."""
@@ -253,7 +286,11 @@ class Engine:
                 change = self._replayed_change(meta, arrays)
             if change is not None:
                 self.recovery.changes.append(change)
+        except NoSpaceError:
+            raise
         except (MktsError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise no_space(self.root, f"replaying WAL record {rec.seq}") from exc
             msg = f"WAL record {rec.seq} ({meta.get('op')} {key}) could not be replayed: {exc}"
             log.error(msg)
             self.recovery.problems.append(msg)
@@ -283,10 +320,11 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
         with self._write_lock, self._apply_lock:
-            if self._wal is not None:
+            if self._wal is not None and self.faults.poisoned is None:  # poisoned: the log must stay for replay
                 self._checkpoint(rotate=True)
+            if self._wal is not None:
                 self._wal.close()
-                for seg in self._wal.segments():
+                for seg in self._wal.segments() if self.faults.poisoned is None else ():
                     if int(seg.stem) > self._wal.checkpoint_seq:
                         seg.unlink()  # empty segment opened by the last rotation
             for b in self._buckets.values():
@@ -309,17 +347,22 @@ class Engine:
         interval = self._sync_interval if self.background_sync else min(1.0, self._checkpoint_interval)
         while not self._stop.wait(interval):
             with self._write_lock:
-                if self._closed or self._wal is None:
+                if self._closed or self._wal is None or self.faults.poisoned is not None:
                     return
-                if self.background_sync:
-                    self._wal.sync()
-                due = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
-                if due and (self._wal.bytes_since_checkpoint or self.wal_bypass):
-                    self._checkpoint()
+                try:
+                    with self.faults.guard():
+                        if self.background_sync:
+                            self._wal.sync()
+                        due = time.monotonic() - self._last_checkpoint >= self._checkpoint_interval
+                        if due and (self._wal.bytes_since_checkpoint or self.wal_bypass):
+                            self._checkpoint()
+                except MktsError as exc:  # poisoned (a failed sync) or out of space: the next write reports it
+                    log.error("background checkpoint failed: %s", exc)
 
     def sync(self) -> None:
         """Make every write so far durable (useful with ``background_sync``)."""
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
+            self.faults.check()
             if self._wal is not None:
                 self._wal.sync()
 
@@ -384,7 +427,7 @@ class Engine:
 
     def checkpoint(self) -> None:
         """Flush year files to disk and advance the checkpoint (normally automatic)."""
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             self._checkpoint(rotate=True)
 
@@ -490,7 +533,8 @@ class Engine:
         if self._closed:
             raise MktsError(f"{self.root}: connection is closed")
         if self.read_only:
-            raise ReadOnlyError(f"{self.root} is open read-only; writes are refused")
+            raise ReadOnlyError(self.read_only_reason or f"{self.root} is open read-only; writes are refused")
+        self.faults.check()
 
     def list_keys(self) -> list[str]:
         return sorted(k.item_key for k in self._catalog())
@@ -540,7 +584,7 @@ class Engine:
         k = parse_key(key)
         schema = _validate_schema(columns, variable_length)
         record_type = "variable" if variable_length else "fixed"
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             existing = self._bucket(k)
             if existing is not None:
@@ -704,6 +748,11 @@ class Engine:
         """Log ``items`` as one record, sync once (unless ``background_sync``), apply, then announce."""
         if not items:
             return
+        with self.faults.guard():
+            self._commit_prepared(items)
+
+    def _commit_prepared(self, items: list[Item]) -> None:
+        """:meth:`_commit_items` inside :meth:`_faults`."""
         self._create_files(items)
         seq = None
         if not self.wal_bypass:
@@ -715,7 +764,7 @@ class Engine:
             if not self.background_sync:
                 wal.sync()
         buckets = []
-        with self._apply_lock:
+        with self._apply_lock, self.faults.applying():
             for it in items:
                 if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
                     write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
@@ -757,6 +806,37 @@ class Engine:
                         created = True
         if created:
             sync_filesystem(self.root)
+        with self._apply_lock:
+            for it in items:
+                b = self._bucket(it.key)
+                if b is not None:
+                    self._reserve(b, it.times)
+
+    def _reserve(self, b: Bucket, times: np.ndarray) -> None:
+        """Give the rows of a write to ``b`` (``times``: bar-start seconds, or tick nanoseconds; sorted)
+        disk blocks before it is logged (:mod:`.space`): a full disk then refuses it with
+        :class:`NoSpaceError` and nothing logged, instead of ``SIGBUS`` when it is applied (or
+        replayed). Year files it needs are created now. Call under the apply lock."""
+        if b.ticks is not None:
+            b.ticks.reserve(times)
+            return
+        tf = b.timeframe
+        yf = b.last_written
+        if yf is not None:  # the common append: inside the year file written last, reserved already
+            first, last = int(times[0]) - yf.year_start, int(times[-1]) - yf.year_start
+            if first >= 0 and last < yf.year_end - yf.year_start and yf.reserved(first // tf, last // tf + 1):
+                return
+        for year, a, z in _year_spans(times):
+            y0 = year_bounds(year)[0]
+            runs = slot_runs((times[a:z] - y0) // tf)
+            yf = b.open_year(year)
+            if yf is None and self.open_files.full and year in b.years():
+                year_io.reserve_slots(b.dir / f"{year}.bin", runs)  # written by position: opens nothing
+                continue
+            yf = yf if yf is not None else b.year_file(year, create=True)
+            assert yf is not None
+            for s0, s1 in runs:
+                yf.reserve(s0, s1)
 
     def _write_one(self, key: str, batch: Batch, variable_length: bool) -> None:
         """One write on its own (:meth:`write` without group commit): checked and normalised as an
@@ -764,7 +844,7 @@ class Engine:
         writes, staging, ``write_run`` records)."""
         k = parse_key(key)
         self._require_writable()
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             item = self._prepare_item(k, batch, variable_length)
             if item is None:
@@ -774,6 +854,8 @@ class Engine:
             bucket = self._require(k)
             arrays = item.arrays
             if item.ticks:
+                with self._apply_lock:
+                    self._reserve(bucket, item.times)
                 self._log({"op": "write", "key": k.item_key}, [item.times, *arrays])
                 stored = Batch(item.times, dict(zip(bucket.names, arrays, strict=True)), True) if self.commits else None
                 self._announce("write", k.item_key, batch=stored)
@@ -782,6 +864,8 @@ class Engine:
             n = secs.shape[0]
             b, item_key = bucket, bucket.item_key
             if not self._write_direct(bucket, secs, arrays):
+                with self._apply_lock:
+                    self._reserve(bucket, secs)
                 apply = lambda: self._apply_fixed(b, secs, arrays)  # noqa: E731
                 stage = self._stage_append(b, secs, arrays)
                 if n >= _RUN_MIN_ROWS and arrays and int(secs[-1]) - int(secs[0]) == (secs.shape[0] - 1) * b.timeframe:
@@ -796,7 +880,7 @@ class Engine:
         """Remove rows in ``[start, end]`` (ns, inclusive at bar granularity; exact for tick
         buckets); returns the count."""
         k = parse_key(key)
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             b = self._require(k)
             if b.ticks is not None:
@@ -810,7 +894,7 @@ class Engine:
 
     def destroy(self, key: str) -> None:
         k = parse_key(key)
-        with self._write_lock:
+        with self._write_lock, self.faults.guard():
             self._require_writable()
             self._require(k)
             self._log({"op": "destroy", "key": k.item_key})
@@ -939,7 +1023,9 @@ class Engine:
                 wal.start_sync()
                 stage()
             wal.sync()
-        return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
+        # A create that fails (a full disk) leaves nothing to diverge: replay makes the empty bucket.
+        with self.faults.applying() if meta["op"] != "create" else contextlib.nullcontext():
+            return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
 
     # -- applying (live and replay) -------------------------------------------------------------
     def _apply(

@@ -47,11 +47,13 @@ import crc32c
 import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.engine import durable as disk
 from mktsframe.engine.durable import fsync_dir, write_atomic
 from mktsframe.engine.listing import NumberedFiles
 from mktsframe.engine.mapping import FileMap, map_file
 from mktsframe.engine.open_files import OpenFiles
-from mktsframe.errors import CorruptFileError
+from mktsframe.engine.space import no_space, reserve
+from mktsframe.errors import CorruptFileError, NoSpaceError
 
 __all__ = ["DAY_NS", "TickPartition", "TickStore", "sort_ticks"]
 
@@ -74,6 +76,8 @@ UNDO_MAGIC = b"MKTSUNDO"
 #: magic, durable_nrows, durable_seq, first saved row, rows saved; then the rows by column, CRC-32C
 _UNDO = struct.Struct("<8sQQQQ")
 MIN_CAPACITY = 1024
+#: A reservation also covers this many rows past its end if the disk has room (see TickPartition.reserve).
+_RESERVE_AHEAD = 4096
 
 
 def _round_up(n: int, to: int = PAGE) -> int:
@@ -137,6 +141,7 @@ class TickPartition:
             c["name"]: np.ndarray((self.capacity,), dtype_of(c["type"]), buffer=mm.buffer, offset=c["offset"])
             for c in meta["columns"]
         }
+        self.reserved_to = state.nrows  # rows below this have disk blocks (see reserve)
 
     # -- creation and opening -------------------------------------------------------------------
     @staticmethod
@@ -199,7 +204,7 @@ class TickPartition:
         try:
             os.ftruncate(fd, size)
             _pwrite_all(fd, [(0, np.frombuffer(bytes(header), np.uint8)), *([] if from_log else rows)])
-            os.fsync(fd)
+            disk.fsync(fd, f"fsync({tmp})")
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -215,6 +220,7 @@ class TickPartition:
             finally:
                 os.close(fd)
         p = cls.open(path, writable=True)
+        p.reserved_to = n  # written by pwrite above: they have their blocks
         if from_log:
             p._commit(_State(0, n, seq, 0, 0))
         return p
@@ -319,22 +325,48 @@ class TickPartition:
         """``msync`` the rows, then record the published state as durable (and ``msync`` that)."""
         if not self.dirty:
             return
-        self._mm.flush()
+        disk.msync(self._mm, what=f"msync({self.path})")
         s = self.state
         if s.durable_nrows != s.nrows or s.durable_seq != s.seq:
             self._commit(_State(0, s.nrows, s.seq, s.nrows, s.seq))
-            self._mm.flush(0, PAGE)
+            disk.msync(self._mm, 0, PAGE, what=f"msync({self.path})")
         self.dirty = False
         self.undo_path.unlink(missing_ok=True)  # stale once the state it restores is superseded
         self._undo = self._undo_lo = None
 
     # -- rows -----------------------------------------------------------------------------------
+    def reserve(self, lo: int, hi: int) -> None:
+        """Give rows ``[lo, hi)`` disk blocks in every region before they are stored through the
+        mapping (see :mod:`.space`; raises :class:`~mktsframe.errors.NoSpaceError`). Rows below the
+        highest reserved or stored so far have blocks already: appends reserve only the new rows."""
+        lo = max(lo, self.reserved_to)
+        if hi <= lo:
+            return
+        ahead = min(self.capacity, hi + max(_RESERVE_AHEAD, hi - lo))  # appends: one call per this many rows
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            try:
+                reserve(fd, self._row_ranges(lo, ahead), self.path)
+                hi = ahead
+            except NoSpaceError:
+                reserve(fd, self._row_ranges(lo, hi), self.path)
+        finally:
+            os.close(fd)
+        self.reserved_to = hi
+
+    def _row_ranges(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """``(offset, nbytes)`` of rows ``[lo, hi)`` in the time region and in each column."""
+        cols = self.meta["columns"]
+        sizes = [(self.meta["ns_offset"], 8), *((c["offset"], dtype_of(c["type"]).itemsize) for c in cols)]
+        return [(off + lo * size, (hi - lo) * size) for off, size in sizes]
+
     def store_tail(self, lo: int, ns: np.ndarray, columns: list[np.ndarray], seq: int | None) -> None:
         """Replace rows ``[lo, nrows)`` with the given rows (as many or more, or fewer for a delete)
         and publish them (caller checks the capacity). ``lo == nrows`` is a plain append; durable
         rows about to be overwritten are saved to the undo file first."""
-        self._save_undo(lo)
         k = int(ns.size)
+        self.reserve(lo, lo + k)
+        self._save_undo(lo)
         self.ns[lo : lo + k] = ns
         for (name, _), arr in zip(self.schema, columns, strict=True):
             self.columns[name][lo : lo + k] = arr
@@ -556,6 +588,31 @@ class TickStore:
                 p.store_tail(lo, part_ns, part_cols, seq)
             else:
                 self._replace(day, *_merge(p, part_ns, part_cols, self.names), new_seq)
+
+    def reserve(self, ns: np.ndarray) -> None:
+        """Before a write of ticks ``ns`` (sorted) is logged: reserve the rows it will append to
+        existing partitions that have room (:meth:`TickPartition.reserve`), so a full disk refuses it
+        with nothing logged. A day that needs a new or larger partition file (written by ``pwrite``
+        after the record is logged) is checked against the file system's free space instead: a
+        refusal then too comes before logging, unless another process takes the space meanwhile."""
+        first_day, last_day = int(ns[0]) // DAY_NS, int(ns[-1]) // DAY_NS
+        p = self._open.get(first_day) if first_day == last_day else None
+        if p is not None and p.nrows + ns.size <= min(p.capacity, p.reserved_to):
+            return  # the common append: into rows reserved already
+        edges = np.searchsorted(ns, np.arange(first_day, last_day + 2, dtype=np.int64) * DAY_NS).tolist()
+        row_bytes = 8 + sum(dtype_of(t).itemsize for _, t in self.schema)
+        copied = 0  # bytes of new or larger partition files this write will need
+        for day in range(first_day, last_day + 1) if last_day - first_day < 366 else ():
+            k = edges[day - first_day + 1] - edges[day - first_day]
+            p = self._partition(day) if k else None
+            if p is not None and p.nrows + k <= p.capacity:
+                p.reserve(p.nrows, p.nrows + k)
+            elif k:
+                copied += ((p.nrows if p is not None else 0) + k) * row_bytes + (len(self.schema) + 3) * PAGE
+        if copied:
+            st = os.statvfs(self.dir)
+            if st.f_bavail * st.f_frsize < copied:
+                raise no_space(self.dir, f"a tick partition file of ~{copied} bytes is needed")
 
     def delete(self, start: int | None, end: int | None, *, seq: int | None, replay: bool = False) -> int:
         """Remove ticks with ``start <= t <= end`` (ns, inclusive); returns how many."""

@@ -41,9 +41,9 @@ import crc32c
 import msgpack
 import numpy as np
 
-from mktsframe.engine.durable import fsync_dir, start_writeback, write_atomic
+from mktsframe.engine.durable import fdatasync, fsync_dir, start_writeback, write_atomic
 
-__all__ = ["Record", "ReplayReport", "WriteAheadLog"]
+__all__ = ["Damage", "Record", "ReplayReport", "WriteAheadLog", "scan_segment"]
 
 log = logging.getLogger("mktsframe.wal")
 
@@ -120,6 +120,49 @@ def _crc(head: bytes, parts: Sequence[bytes | memoryview]) -> int:
     for p in parts:
         value = crc32c.crc32c(p, value=value)
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Damage:
+    """A stretch of a segment that holds no intact frame: ``length`` bytes, up to the next intact
+    frame, or (``torn``) to the segment's last byte that is not preallocated zero."""
+
+    length: int
+    torn: bool
+
+
+_Frame = tuple[int, dict[str, Any], memoryview, int]  # seq, metadata, payload, frame length
+
+
+def scan_segment(data: bytes) -> Iterator[tuple[int, _Frame | None, Damage]]:
+    """``(offset, frame, damage)`` for each intact frame of a segment's bytes (``damage`` unused)
+    and each damaged stretch (``frame`` is ``None``), in order; stops at the all-zero tail.
+
+    A damaged stretch ends at the next offset where a frame's checksum holds (the scan resumes
+    there), so corruption in the middle costs only the records it hit. Replay and
+    ``mktsframe check`` read segments through this one function."""
+    view = memoryview(data)
+    pos, size = 0, len(data)
+    while pos < size:
+        frame = WriteAheadLog._frame_at(view, pos)
+        if frame is not None:
+            yield pos, frame, _NO_DAMAGE
+            pos += frame[3]
+            continue
+        tail = np.frombuffer(data, np.uint8, offset=pos)
+        if not tail.any():
+            return  # the preallocated, never-written rest of the segment
+        nxt = data.find(MAGIC, pos + 1)
+        while nxt != -1 and WriteAheadLog._frame_at(view, nxt) is None:
+            nxt = data.find(MAGIC, nxt + 1)
+        if nxt == -1:  # a torn tail ends at its last byte that is not preallocated zero
+            yield pos, None, Damage(int(np.flatnonzero(tail)[-1]) + 1, True)
+            return
+        yield pos, None, Damage(nxt - pos, False)
+        pos = nxt
+
+
+_NO_DAMAGE = Damage(0, False)
 
 
 class WriteAheadLog:
@@ -270,7 +313,13 @@ class WriteAheadLog:
         assert self._fd is not None
         size = max(needed, self._allocated) + PREALLOCATE
         try:
-            os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            try:
+                os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or needed <= self._allocated:
+                    raise
+                size = needed  # a nearly full disk: room for this record may still be there
+                os.posix_fallocate(self._fd, self._allocated, size - self._allocated)
         except OSError as exc:  # no preallocation on this file system: plain growth still works
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise
@@ -289,7 +338,7 @@ class WriteAheadLog:
         if self._fd is not None and self.synced_seq < self.written_seq:
             target = self.written_seq
             start = time.perf_counter()
-            os.fdatasync(self._fd)
+            fdatasync(self._fd, f"fdatasync of the write-ahead log {self._segment}")
             self.last_sync_seconds = time.perf_counter() - start
             self.synced_seq = target
 
@@ -306,31 +355,16 @@ class WriteAheadLog:
         for seg, nxt in zip(segs, [*segs[1:], None], strict=False):
             if nxt is not None and int(nxt.stem) - 1 <= last:
                 continue  # wholly checkpointed (kept for replication): nothing to replay in it
-            data = seg.read_bytes()
-            view = memoryview(data)
-            pos, size = 0, len(data)
-            while pos < size:
-                frame = self._frame_at(view, pos)
+            for pos, frame, damaged in scan_segment(seg.read_bytes()):
                 if frame is None:
-                    tail = np.frombuffer(data, np.uint8, offset=pos)
-                    if not tail.any():
-                        break  # the preallocated, never-written rest of the segment
-                    nxt = data.find(MAGIC, pos + 1)
-                    while nxt != -1 and self._frame_at(view, nxt) is None:
-                        nxt = data.find(MAGIC, nxt + 1)
-                    # a torn tail ends at its last byte that is not preallocated zero
-                    end = pos + int(np.flatnonzero(tail)[-1]) + 1 if nxt == -1 else nxt
-                    what = "torn tail" if nxt == -1 else "corrupt record(s)"
-                    msg = f"WAL {seg.name}: {what} of {end - pos} bytes at offset {pos} failed its checksum; skipped"
+                    what = "torn tail" if damaged.torn else "corrupt record(s)"
+                    msg = f"WAL {seg.name}: {what} of {damaged.length} bytes at offset {pos} failed its checksum"
+                    msg += "; skipped"
                     log.warning(msg)
                     report.problems.append(msg)
-                    report.skipped_bytes += end - pos
-                    if nxt == -1:
-                        break
-                    pos = end
+                    report.skipped_bytes += damaged.length
                     continue
-                seq, meta, payload, length = frame
-                pos += length
+                seq, meta, payload, _ = frame
                 highest = max(highest, seq)
                 if seq <= last:
                     continue
@@ -341,7 +375,7 @@ class WriteAheadLog:
         self.written_seq = self.synced_seq = highest
 
     @staticmethod
-    def _frame_at(view: memoryview, pos: int) -> tuple[int, dict[str, Any], memoryview, int] | None:
+    def _frame_at(view: memoryview, pos: int) -> _Frame | None:
         if len(view) - pos < _HEAD.size:
             return None
         magic, meta_len, data_len, seq, crc = _HEAD.unpack_from(view, pos)

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from mktsframe.dtypes import Schema, dtype_of
+from mktsframe.engine import durable as disk
 from mktsframe.engine.durable import fsync_dir, pwrite_durable
 from mktsframe.engine.mapping import FileMap, map_file
-from mktsframe.errors import CorruptFileError
+from mktsframe.engine.space import reserve, zero_nonzero
+from mktsframe.errors import CorruptFileError, NoSpaceError
 
 __all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
 
@@ -48,6 +50,11 @@ _META_OFFSET = 64
 _MAX_HEADER = 1 << 20
 #: Contiguous writes of at least this many rows go through pwrite() rather than the mapping.
 _PWRITE_MIN_ROWS = 65536
+#: A reservation also covers this many slots past its end (if the disk has room), so that a run of
+#: small appends allocates once per this many bars, not once per write.
+_RESERVE_AHEAD = 4096
+#: Slots of a scattered write further apart than this are reserved as separate runs.
+_RESERVE_GAP = 4096
 
 
 def _round_up(n: int, to: int = PAGE) -> int:
@@ -123,6 +130,26 @@ def parse_header(
     return meta, layout
 
 
+def slot_ranges(
+    presence_offset: int, columns: list[tuple[int, int]], s0: int, s1: int
+) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of slots ``[s0, s1)`` in the presence region and in each column
+    (``columns``: ``(offset, itemsize)``): the bytes a write of those slots stores."""
+    n = s1 - s0
+    return [(presence_offset + s0, n), *((off + s0 * size, n * size) for off, size in columns)]
+
+
+def slot_runs(slots: np.ndarray) -> list[tuple[int, int]]:
+    """``[s0, s1)`` spans covering the sorted ``slots``, split where they are far apart (a scattered
+    write reserves the pages it stores to, not the whole stretch between its first and last slot)."""
+    first, last = int(slots[0]), int(slots[-1])
+    if last - first < 2 * slots.size + _RESERVE_GAP:
+        return [(first, last + 1)]
+    cuts = np.flatnonzero(np.diff(slots) > _RESERVE_GAP)
+    starts, ends = slots[np.r_[0, cuts + 1]], slots[np.r_[cuts, slots.size - 1]]
+    return [(int(a), int(z) + 1) for a, z in zip(starts, ends, strict=True)]
+
+
 class YearFile:
     """A memory-mapped year file. Slots are 0-based: slot 0 is 1 January 00:00 UTC.
 
@@ -159,6 +186,8 @@ class YearFile:
             else:
                 self._pinned = bounds
         self.dirty = False
+        # Slots whose pages have disk blocks for certain (reserved by this object): see reserve().
+        self._reserved = (0, 0)
 
     # -- creation and opening -------------------------------------------------------------------
     @classmethod
@@ -198,7 +227,10 @@ class YearFile:
             os.write(fd, header)
             os.ftruncate(fd, layout.file_size)
             if durable:
-                os.fsync(fd)
+                disk.fsync(fd, f"fsync({tmp})")
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing behind
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -338,10 +370,37 @@ class YearFile:
         return self.year_start + lo * self.timeframe, self.year_start + (hi - 1) * self.timeframe
 
     # -- writing --------------------------------------------------------------------------------
+    def reserve(self, s0: int, s1: int) -> None:
+        """Give slots ``[s0, s1)`` disk blocks (``posix_fallocate`` of their pages in every region),
+        so that storing to them through the mapping cannot fault on a full disk (``SIGBUS``).
+        Raises :class:`NoSpaceError`. Remembered: reserving slots reserved before costs no system
+        call; ``_RESERVE_AHEAD`` slots past the end are taken along when the disk has room."""
+        r0, r1 = self._reserved
+        if r0 <= s0 and s1 <= r1:
+            return
+        ahead = min(self.nslots, s1 + max(_RESERVE_AHEAD, s1 - s0))
+        offsets = self._layout.column_offsets
+        columns = [(off, dtype_of(t).itemsize) for (_, t), off in zip(self.schema, offsets, strict=True)]
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            try:
+                reserve(fd, slot_ranges(self._layout.presence_offset, columns, s0, ahead), self.path)
+                s1 = ahead
+            except NoSpaceError:
+                reserve(fd, slot_ranges(self._layout.presence_offset, columns, s0, s1), self.path)
+        finally:
+            os.close(fd)
+        self._reserved = (min(r0, s0), max(r1, s1)) if r0 < r1 and s0 <= r1 and r0 <= s1 else (s0, s1)
+
+    def reserved(self, s0: int, s1: int) -> bool:
+        """Whether slots ``[s0, s1)`` lie in the span :meth:`reserve` last covered."""
+        return self._reserved[0] <= s0 and s1 <= self._reserved[1]
+
     def write(self, slots: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Store rows at ``slots`` (sorted, unique, int64), replacing what was there.
 
-        ``values`` holds every column of the schema, already of the bucket's dtype.
+        ``values`` holds every column of the schema, already of the bucket's dtype. Their pages are
+        reserved first (:meth:`reserve`): a full disk raises :class:`NoSpaceError`, storing nothing.
         """
         n = slots.size
         if n == 0:
@@ -349,6 +408,8 @@ class YearFile:
         first, last = int(slots[0]), int(slots[-1])
         if first < 0 or last >= self.nslots:
             raise ValueError(f"{self.path}: slot out of range")
+        for a, z in slot_runs(slots):
+            self.reserve(a, z)
         if last - first + 1 == n and n >= _PWRITE_MIN_ROWS:
             self._pwrite(first, values)
         elif last - first + 1 == n:  # contiguous: slice assignment
@@ -372,6 +433,9 @@ class YearFile:
         stop = first + n
         if first < 0 or stop > self.nslots:
             raise ValueError(f"{self.path}: slot out of range")
+        r0, r1 = self._reserved
+        if not (r0 <= first and stop <= r1):
+            self.reserve(first, stop)
         if n >= _PWRITE_MIN_ROWS:
             self._pwrite(first, dict(zip(self.columns, values, strict=True)))
         elif n == 1:  # scalar stores: a third of the cost of 1-element slice assignments
@@ -401,6 +465,8 @@ class YearFile:
         if not (0 <= first < stop <= self.nslots and (lo == hi or first >= hi or stop <= lo)):
             return
         if self.presence[first:stop].any():  # belt and braces: a row is never touched before its write is durable
+            return
+        if not self.reserved(first, stop):  # the engine reserves before logging; never fault on a full disk
             return
         for col, v in zip(self.columns.values(), values, strict=True):
             col[first:stop] = v
@@ -477,9 +543,10 @@ class YearFile:
         self.dirty = True
 
     def _zero(self, s0: int, s1: int) -> None:
-        self.presence[s0:s1] = 0
+        """Clear slots ``[s0, s1)``; stores only to bytes that hold data, so a full disk never matters."""
+        zero_nonzero(self.presence[s0:s1])
         for col in self.columns.values():
-            col[s0:s1] = col.dtype.type(0) if col.dtype.kind != "U" else ""
+            zero_nonzero(col[s0:s1])
 
     def delete(self, s0: int, s1: int) -> int:
         """Remove the rows in slots ``[s0, s1)``; returns how many were present."""
@@ -495,7 +562,7 @@ class YearFile:
     def flush(self) -> None:
         """Make every change durable (``msync``); called by checkpoints."""
         if self.dirty:
-            self._mm.flush()
+            disk.msync(self._mm, what=f"msync({self.path})")
             self.dirty = False
 
     def disk_usage(self) -> int:

@@ -29,10 +29,18 @@ from typing import Any
 import numpy as np
 
 from mktsframe.dtypes import dtype_of
-from mktsframe.engine.year_file import _FIXED, _WATERMARK_OFFSET, _Layout, parse_header, year_bounds
+from mktsframe.engine.space import reserve
+from mktsframe.engine.year_file import (
+    _FIXED,
+    _WATERMARK_OFFSET,
+    _Layout,
+    parse_header,
+    slot_ranges,
+    year_bounds,
+)
 from mktsframe.errors import CorruptFileError
 
-__all__ = ["cache_header", "header_of", "read_slots", "slots_from", "write_run", "year_slots"]
+__all__ = ["cache_header", "header_of", "read_slots", "reserve_slots", "slots_from", "write_run", "year_slots"]
 
 NS = 1_000_000_000
 #: Headers kept decoded (a few hundred bytes each); emptied when full so it stays bounded.
@@ -236,6 +244,19 @@ def write_run(path: Path, secs: np.ndarray, names: list[str], values: list[np.nd
         if new != (lo, hi):
             _pwrite_all(fd, np.array(new, _WATERMARKS), _WATERMARK_OFFSET)
         return True
+
+
+def reserve_slots(path: Path, runs: list[tuple[int, int]]) -> None:
+    """Give the slot spans ``runs`` (``[s0, s1)``) of the year file at ``path`` disk blocks, as
+    :meth:`YearFile.reserve <mktsframe.engine.year_file.YearFile.reserve>` does for an open one
+    (raises :class:`~mktsframe.errors.NoSpaceError`). Nothing if there is no such file."""
+    with _opened(path, os.O_RDWR) as found:
+        if found is None:
+            return
+        fd, h, _, _ = found
+        columns = [(h.offsets[name], dt.itemsize) for name, dt in h.dtypes.items()]
+        for s0, s1 in runs:
+            reserve(fd, slot_ranges(h.layout.presence_offset, columns, max(0, s0), min(s1, h.layout.nslots)), path)
 
 
 def _pwrite_all(fd: int, arr: np.ndarray, offset: int) -> None:

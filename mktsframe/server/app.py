@@ -44,6 +44,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mktsframe.backend import Backend, connect
 from mktsframe.backend.local import LocalBackend
 from mktsframe.config import Config
+from mktsframe.engine.check import report_damaged_buckets
 from mktsframe.plugins import Plugins, start_plugins
 from mktsframe.replication import parse_replication, start_replication
 from mktsframe.server.auth import ANONYMOUS, WWW_AUTHENTICATE, Authenticator, AuthFailure, Principal, Role
@@ -133,6 +134,8 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         hub = None
         if isinstance(be, LocalBackend):
             hub = CommitHub(be.changes, loop=loop, max_wait=config.stream_max_wait)
+        if isinstance(be, LocalBackend):  # damaged buckets are named in the log; the others are served
+            report_damaged_buckets(be.engine.root, log)
         app.state.hub = hub
         app.state.frames = FrameCache()
         grpc_server = None
