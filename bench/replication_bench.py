@@ -243,9 +243,8 @@ def section(res: dict[str, Any]) -> str:
     p = res["params"]
     return f"""{TITLE}
 
-`make bench-replication` ({res["meta"]["date"]}; {p["rounds"]} rounds, medians; taken **under load** on the shared
-2-core development machine: load average {res["load"][0]:.1f} at the start, other engineers' builds and tests
-running; the lead may rerun it on a quiet machine). Master and two replicas are separate server processes on one
+`make bench-replication` ({res["meta"]["date"]}; {p["rounds"]} rounds, medians; 2-core machine, load average
+{res["load"][0]:.1f} at the start{" (**under load**: figures are noisy)" if res["load"][0] > 1.0 else ""}). Master and two replicas are separate server processes on one
 machine, each with its own root on the same disk (the master `fdatasync`s every write; replicas sync their
 logs in the background, see [replication](replication.md)); the client writes over `/rpc`.
 
