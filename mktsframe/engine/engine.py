@@ -36,9 +36,7 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import (
     Bucket,
-    check_limit,
     iter_bucket_keys,
-    query_columns,
     read_bucket_meta,
     write_bucket_meta,
 )
@@ -49,6 +47,7 @@ from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.log_cursor import LogCursor
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, WriteQueue, decode_record, encode_record
 from mktsframe.engine.open_files import OpenFiles
+from mktsframe.engine.reads import EngineReads, bar_range
 from mktsframe.engine.space import no_space
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
@@ -63,7 +62,7 @@ from mktsframe.errors import (
     SchemaMismatchError,
 )
 from mktsframe.keys import TimeBucketKey, parse_key, parse_key_pattern
-from mktsframe.records import Batch, BucketInfo
+from mktsframe.records import Batch
 
 __all__ = ["Engine"]
 
@@ -74,7 +73,6 @@ NS = 1_000_000_000
 _MATCHED_MAX = 256
 #: Writes of at least this many bytes of values take the direct path (:meth:`Engine._write_direct`).
 DIRECT_MIN_BYTES = 4 << 20
-_I64_MAX = np.iinfo(np.int64).max
 _I8 = np.dtype(np.int64)
 #: Writes of at least this many consecutive bars are logged as ``write_run`` records (no times).
 _RUN_MIN_ROWS = 16
@@ -88,7 +86,7 @@ _SYNC_EACH_MAX = 16
 FAST_SYNC_SECONDS = 0.002
 
 
-class Engine:
+class Engine(EngineReads):
     """Storage for one data root. Thread-safe; use :func:`mktsframe.connect` to get one.
 
     Parameters
@@ -886,7 +884,7 @@ class Engine:
             if b.ticks is not None:
                 meta = {"op": "delete", "key": k.item_key, "start_ns": _int_or_none(start), "end_ns": _int_or_none(end)}
             else:
-                s, e = _bar_range(start, end, b.timeframe)
+                s, e = bar_range(start, end, b.timeframe)
                 meta = {"op": "delete", "key": k.item_key, "start": s, "end": e}
             removed = int(self._log(meta) or 0)
             self._announce("delete", k.item_key, start=start, end=end)
@@ -1156,155 +1154,6 @@ class Engine:
         if target is not None:
             shutil.rmtree(target, ignore_errors=True)
 
-    # -- reads ----------------------------------------------------------------------------------
-    def query(
-        self,
-        key: str,
-        *,
-        start: int | None = None,
-        end: int | None = None,
-        columns: Sequence[str] | None = None,
-        limit: int | None = None,
-        limit_from_start: bool = False,
-    ) -> dict[str, Batch]:
-        check_limit(limit)
-        buckets = self._resolve(key)
-        return {b.key.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
-
-    def _query_bucket(
-        self,
-        b: Bucket,
-        start: int | None,
-        end: int | None,
-        columns: Sequence[str] | None,
-        limit: int | None,
-        from_start: bool,
-    ) -> Batch:
-        names = query_columns(b.key.item_key, b.names, columns)
-        if b.ticks is not None:
-            with self._apply_lock:
-                self._still_there(b)
-                ns, cols = b.ticks.query(start, end, names, limit, from_start)
-            return Batch(ns, cols, True)
-        s, e = _bar_range(start, end, b.timeframe)
-        years = b.year_range(s, e) if limit != 0 else []
-        if limit is not None and not from_start:
-            years = years[::-1]
-        pinned: list[YearFile] = []
-        with self._apply_lock:
-            try:
-                return self._copy_years(b, years, s, e, names, limit, from_start, pinned)
-            finally:
-                for yf in pinned:
-                    self.open_files.unpin(yf)
-                self.open_files.trim()
-
-    def _copy_years(
-        self,
-        b: Bucket,
-        years: list[int],
-        s: int | None,
-        e: int | None,
-        names: list[str],
-        limit: int | None,
-        from_start: bool,
-        pinned: list[YearFile],
-    ) -> Batch:
-        """The rows of ``b`` in bar-start seconds ``[s, e]`` from ``years``; call under the apply lock.
-        Files it opens are added to ``pinned`` (and pinned) so that none is closed before the copy.
-        A year file that is not open while the set of open files is full is read by position
-        (:mod:`.year_io`) instead of being opened in place of another."""
-        self._still_there(b)
-        # Plan: which slots of which year files, honouring the limit, before copying anything;
-        # a year read by position is a piece already copied: (None, ns, columns, None).
-        plan: list[tuple[Any, Any, Any, Any]] = []
-        remaining = limit
-        tf = b.timeframe
-        for year in years:
-            yf = b.open_year(year)
-            if yf is None and self.open_files.full:
-                s0, s1 = year_io.year_slots(year, tf, s, e)
-                piece = year_io.read_slots(b.dir / f"{year}.bin", s0, s1, names, remaining, from_start)
-                rows = 0 if piece is None else piece[0].shape[0]
-                if rows:
-                    plan.append((None, *piece, None))  # type: ignore[misc]
-            else:
-                yf = yf if yf is not None else b.year_file(year)
-                if yf is None:
-                    continue
-                if len(years) > 1:  # opening the next year may not close this one
-                    pinned.append(yf)
-                    self.open_files.pin(yf)
-                s0 = 0 if s is None else max(0, yf.slot_of(s))
-                s1 = yf.nslots if e is None else min(yf.nslots, yf.slot_of(e) + 1)
-                if s1 <= s0:
-                    continue
-                if remaining is not None:
-                    if from_start:
-                        s1 = min(s1, yf.first_slots(remaining, s0))
-                    else:
-                        s0 = max(s0, yf.last_slots(remaining, s1))
-                s0, s1, idx = yf.select(s0, s1)
-                rows = (s1 - s0) if idx is None else idx.size
-                if rows:
-                    plan.append((yf, s0, s1, idx))
-            if remaining is not None:
-                remaining -= rows
-                if remaining <= 0:
-                    break
-        if limit is not None and not from_start:
-            plan.reverse()
-        if len(plan) == 1 and plan[0][0] is None:  # one piece read by position: it is the result
-            return Batch(plan[0][1], plan[0][2])
-        # Copy: one pass from the mappings (and pieces) into preallocated result arrays.
-        sizes = [p[1].shape[0] if p[0] is None else (p[2] - p[1]) if p[3] is None else p[3].size for p in plan]
-        total = sum(sizes)
-        out_ns = np.empty(total, np.int64)
-        cols = {n: np.empty(total, b.dtypes[n]) for n in names}
-        pos = 0
-        for (yf, s0, s1, idx), n in zip(plan, sizes, strict=True):
-            if yf is None:
-                out_ns[pos : pos + n] = s0
-                for k, v in cols.items():
-                    v[pos : pos + n] = s1[k]
-            else:
-                yf.copy_into(s0, s1, idx, out_ns[pos : pos + n], {k: v[pos : pos + n] for k, v in cols.items()})
-            pos += n
-        return Batch(out_ns, cols)
-
-    def info(self, key: str) -> BucketInfo:
-        b = self._require(parse_key(key))
-        rows = 0
-        first = last = None
-        disk = 0
-        years = b.years()
-        with self._apply_lock:
-            self._still_there(b)
-            if b.ticks is not None:  # exact nanoseconds already
-                rows, first, last, disk, years = b.ticks.summary()
-            for year in years if b.ticks is None else ():
-                yf = b.year_file(year)
-                if yf is None:
-                    continue
-                rows += yf.count()
-                disk += yf.disk_usage()
-                bounds = yf.bounds()
-                if bounds is not None:
-                    first = bounds[0] * NS if first is None else first
-                    last = bounds[1] * NS
-        return BucketInfo(
-            key=b.key.item_key,
-            timeframe=b.key.timeframe.name,
-            timeframe_seconds=b.timeframe,
-            record_type=b.record_type,
-            columns=b.schema,
-            years=tuple(years),
-            rows=rows,
-            first=first,
-            last=last,
-            disk_bytes=disk,
-        )
-
 
 def _expand_run(meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
     """A logged ``write_run`` (consecutive bars from ``start``, times not logged) as the ``write``
@@ -1343,13 +1192,6 @@ def _year_spans(secs: np.ndarray) -> list[tuple[int, int, int]]:
     cuts = np.searchsorted(secs, [year_bounds(y)[0] for y in range(y_first + 1, y_last + 1)]).tolist()
     edges = [0, *cuts, secs.size]
     return [(y_first + i, edges[i], edges[i + 1]) for i in range(len(edges) - 1) if edges[i + 1] > edges[i]]
-
-
-def _bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None, int | None]:
-    """Inclusive ns bounds → inclusive bar-start seconds (a bound inside a bar selects that bar)."""
-    s = None if start is None else (int(start) // NS) // tf * tf
-    e = None if end is None or int(end) >= _I64_MAX else (int(end) // NS) // tf * tf
-    return s, e
 
 
 def _validate_schema(columns: Sequence[tuple[str, str]], variable_length: bool) -> tuple[tuple[str, str], ...]:
