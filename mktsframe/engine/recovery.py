@@ -1,0 +1,122 @@
+"""Recovery: replaying the write-ahead log after the last checkpoint when a root is opened.
+
+A mixin of :class:`~mktsframe.engine.Engine`. Every logged operation is idempotent, so replay
+applies each record after the checkpoint through the same code as a live write
+(``Engine._apply``), skipping records that a later destroy of the same key erased and direct
+writes whose commit record never made it (those are rolled back). A record that cannot be decoded
+or applied is reported in :attr:`Engine.recovery` and skipped, never served half; running out of
+space is raised (the engine then opens read-only). What was replayed is listed as
+``(op, key, start_ns, end_ns)`` (UTC nanoseconds, inclusive) for triggers that keep derived data.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shutil
+from typing import Any
+
+import numpy as np
+
+from mktsframe.engine.many import decode_record
+from mktsframe.engine.space import no_space
+from mktsframe.errors import MktsError, NoSpaceError
+from mktsframe.keys import parse_key
+
+__all__ = ["EngineRecovery"]
+
+log = logging.getLogger("mktsframe.engine")
+
+NS = 1_000_000_000
+
+
+class EngineRecovery:
+    """Log replay of an :class:`~mktsframe.engine.Engine` (mixed into it)."""
+
+    def _recover(self) -> None:
+        """Replay the log after the last checkpoint, then checkpoint and start a fresh segment."""
+        assert self._wal is not None
+        trash = self._meta_dir / "trash"
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        records = list(self._wal.replay(self.recovery))
+        committed = {rec.meta.get("direct") for rec in records if rec.meta.get("op") == "commit"}
+        last_destroy: dict[str, int] = {}
+        for rec in records:
+            if rec.meta.get("op") == "destroy":
+                last_destroy[rec.meta["key"]] = rec.seq
+        for rec in records:
+            try:  # a write_many record stands for a create or write per bucket: replay each
+                many = rec.meta.get("op") == "write_many"
+                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                msg = f"WAL record {rec.seq} (write_many) could not be decoded: {exc}"
+                log.error(msg)
+                self.recovery.problems.append(msg)
+                continue
+            for meta, sub_arrays in subs:
+                self._replay_one(rec, meta, sub_arrays, last_destroy.get(meta.get("key", ""), 0), committed)
+        if self.recovery.records or self.recovery.problems:
+            log.warning(
+                "recovered %s: replayed %d WAL records, %d problem(s)",
+                self.root,
+                self.recovery.records,
+                len(self.recovery.problems),
+            )
+        self._checkpoint(rotate=True)
+
+    def _replay_one(
+        self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, destroyed_at: int, committed: set[Any]
+    ) -> None:
+        """Replay one operation of log record ``rec`` (``arrays``: its own, or ``None`` for the record's)."""
+        key = meta.get("key", "")
+        if meta.get("op") != "destroy" and destroyed_at > rec.seq:
+            return  # erased by a later destroy of the same key
+        try:
+            op = meta.get("op")
+            if op == "commit":
+                return  # read with its direct record
+            if op == "direct":
+                change = self._replay_direct(parse_key(key), meta["ranges"], rec.seq, rec.seq in committed)
+            else:
+                meta, arrays = _expand_run(meta, rec.arrays() if arrays is None else arrays)
+                self._apply(meta, arrays, seq=rec.seq, replay=True)
+                change = self._replayed_change(meta, arrays)
+            if change is not None:
+                self.recovery.changes.append(change)
+        except NoSpaceError:
+            raise
+        except (MktsError, OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise no_space(self.root, f"replaying WAL record {rec.seq}") from exc
+            msg = f"WAL record {rec.seq} ({meta.get('op')} {key}) could not be replayed: {exc}"
+            log.error(msg)
+            self.recovery.problems.append(msg)
+
+    def _replayed_change(
+        self, meta: dict[str, Any], arrays: list[np.ndarray]
+    ) -> tuple[str, str, int | None, int | None]:
+        """``(op, key, start_ns, end_ns)`` of a record just replayed (see ``ReplayReport.changes``)."""
+        op, key = str(meta.get("op")), str(meta.get("key", ""))
+        b = self._bucket(parse_key(key)) if op in ("write", "delete") else None
+        if b is None:
+            return op, key, None, None
+        if b.ticks is not None:  # tick records carry nanoseconds
+            if op == "delete":
+                return op, key, meta.get("start_ns"), meta.get("end_ns")
+            return op, key, int(arrays[0].min()), int(arrays[0].max())
+        if op == "delete":  # bar starts in seconds; the last bar runs to its end
+            s, e = meta.get("start"), meta.get("end")
+            return op, key, None if s is None else s * NS, None if e is None else (e + b.timeframe) * NS - 1
+        return op, key, int(arrays[0].min()) * NS, int(arrays[0].max()) * NS
+
+
+def _expand_run(meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """A logged ``write_run`` (consecutive bars from ``start``, times not logged) as the ``write``
+    it stands for: its bar-start seconds put back in front of its columns. Other records pass through."""
+    if meta.get("op") != "write_run":
+        return meta, arrays
+    tf = parse_key(meta["key"]).timeframe.seconds
+    start = int(meta["start"])
+    secs = np.arange(start, start + arrays[0].shape[0] * tf, tf, dtype=np.int64)
+    return {"op": "write", "key": meta["key"]}, [secs, *arrays]
