@@ -34,7 +34,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -338,13 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         a.out.write_text(json.dumps(res))
         return 0
 
+    from bench.run import start_run
+
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
-
-    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-scale-bench-"))
-    out_json = a.out or REPO / "bench" / "results" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    log, workdir, out_json = start_run(a, "scale")
     load = os.getloadavg()
     res: dict[str, Any] = {"s3": {}, "dask": {}}
     if "s3" not in a.skip:
@@ -368,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         "json": str(out_json.relative_to(REPO)) if out_json.is_relative_to(REPO) else str(out_json),
         "elapsed_s": time.perf_counter() - t0,
     }  # fmt: skip
-    out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1))
     text = section(res)
     print(text)

@@ -39,7 +39,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -415,20 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         a.out.write_text(json.dumps(res))
         return 0
 
-    from bench.run import finish_run, run_meta
+    from bench.run import finish_run, run_meta, start_run
 
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if nofile != 256 and not a.any_ulimit:
         print(f"the soft open-file limit is {nofile}: run under `ulimit -n 256` (make bench-universe does)")
         return 2
-    t_start = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)
-
-    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="mkts-universe-bench-"))
-    out_json = a.out or REPO / "bench" / "results" / f"universe-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out_json.parent.mkdir(parents=True, exist_ok=True)
+    log, workdir, out_json = start_run(a, "universe")
     params = {k: getattr(a, k) for k in ("symbols", "days", "rounds", "clients", "client_procs", "seconds",
                                           "server_rounds")}  # fmt: skip
     import pandas as pd

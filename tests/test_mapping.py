@@ -14,22 +14,9 @@ import numpy as np
 import pytest
 
 from mktsframe.engine.mapping import HOLDS_DESCRIPTOR, map_file
+from mktsframe.engine.open_files import count_open_data_files
 
 pytestmark = pytest.mark.skipif(HOLDS_DESCRIPTOR, reason="direct mmap(2) is used on Linux and macOS only")
-
-
-def _mapped(path: Path) -> int:
-    return sum(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
-
-
-def _fds_on(path: Path) -> int:
-    fds = 0
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            fds += os.readlink(f"/proc/self/fd/{name}") == str(path)
-        except OSError:
-            continue
-    return fds
 
 
 def test_a_map_holds_no_descriptor_and_outlives_close_while_viewed(tmp_path: Path) -> None:
@@ -38,18 +25,17 @@ def test_a_map_holds_no_descriptor_and_outlives_close_while_viewed(tmp_path: Pat
     fd = os.open(path, os.O_RDWR)
     m = map_file(fd, 1 << 16, writable=True)
     os.close(fd)
-    assert _fds_on(path) == 0
-    assert _mapped(path) == 1
+    assert count_open_data_files(tmp_path) == (0, 1)  # (descriptors, maps)
     view = np.ndarray((8,), np.int64, buffer=m.buffer, offset=4096)
     view[:] = 42
     m.flush()
     m.close()
     gc.collect()
-    assert _mapped(path) == 1  # a view remains: still mapped, still readable
+    assert count_open_data_files(tmp_path)[1] == 1  # a view remains: still mapped, still readable
     assert view.sum() == 42 * 8
     del view
     gc.collect()
-    assert _mapped(path) == 0  # the last view went: unmapped
+    assert count_open_data_files(tmp_path)[1] == 0  # the last view went: unmapped
     assert np.fromfile(path, np.int64, 8, offset=4096).tolist() == [42] * 8
     with pytest.raises(ValueError, match="closed"):
         m.flush()

@@ -119,6 +119,7 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
     limit = config.max_body_bytes
 
     repl_settings = parse_replication(config.replication)  # a bad replication: section stops the start
+    auth = Authenticator.for_config(config)  # one token store for every listener
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,8 +141,8 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         app.state.frames = FrameCache()
         grpc_server = None
         try:  # a gRPC port that cannot be bound stops the start-up, after the cleanup below
-            service.replication = await anyio.to_thread.run_sync(_start_replication, be, config, repl_settings)
-            grpc_server = await _start_grpc(service, config) if config.grpc_listen_port else None
+            service.replication = await anyio.to_thread.run_sync(_start_replication, be, config, repl_settings, auth)
+            grpc_server = await _start_grpc(service, config, auth) if config.grpc_listen_port else None
             log.info("serving %r (timezone %s, queryable=%s)", be, config.timezone, config.queryable)
             yield
         finally:
@@ -170,14 +171,13 @@ def create_app(config: Config, *, backend: Backend | None = None, middleware: Se
         lifespan=lifespan,
     )
     site.state.max_streams = config.max_streams
-    return RpcFront(site, headers, limit, middleware, auth=Authenticator.for_config(config),
+    return RpcFront(site, headers, limit, middleware, auth=auth,
                     idle_timeout=config.idle_timeout or None)
 
 
-def _start_replication(be: Backend, config: Config, settings: Any) -> Any:
+def _start_replication(be: Backend, config: Config, settings: Any, auth: Authenticator | None) -> Any:
     """This server's side of replication, on the same address policy and tokens as every listener:
     a replica's stream needs a token with the read role when ``auth`` is on."""
-    auth = Authenticator.for_config(config)
     interceptors: list[Any] = []
     if auth is not None and settings.role == "master":
         from mktsframe.server.grpc_api import TokenInterceptor
@@ -186,11 +186,11 @@ def _start_replication(be: Backend, config: Config, settings: Any) -> Any:
     return start_replication(be, config, settings, interceptors=interceptors, host=bind_host(config))
 
 
-async def _start_grpc(service: Service, config: Config) -> Any:
+async def _start_grpc(service: Service, config: Config, auth: Authenticator | None) -> Any:
     """The gRPC API beside ``/rpc`` on this event loop (grpcio is imported only when it is configured)."""
     from mktsframe.server.grpc_api import GrpcServer
 
-    return await GrpcServer.start(service, config, auth=Authenticator.for_config(config))
+    return await GrpcServer.start(service, config, auth=auth)
 
 
 #: ``stop_grace_period: 0`` means "until in-flight calls finish": for gRPC, at most this many seconds.

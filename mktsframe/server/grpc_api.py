@@ -246,14 +246,18 @@ def _int32(n: int, what: str) -> int:
     return n
 
 
+def _authorization(metadata: Any) -> str | bytes | None:
+    """The ``authorization`` value of a call's metadata (``None`` without one)."""
+    return next((v for k, v in metadata or () if k == "authorization"), None)
+
+
 def _handler(api: GrpcApi, method: str, pool: ThreadPoolExecutor,
              auth: Authenticator | None) -> Callable[..., Awaitable[bytes]]:
     async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         who = ANONYMOUS
         if auth is not None:
-            header = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
             try:
-                who = auth.authenticate(header)
+                who = auth.authenticate(_authorization(context.invocation_metadata()))
             except AuthFailure as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         remaining = context.time_remaining()
@@ -343,9 +347,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         self._role = role
 
     def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        header = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
         try:
-            who = self._auth.authenticate(header)
+            who = self._auth.authenticate(_authorization(details.invocation_metadata))
         except AuthFailure as exc:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         if not who.allows(self._role):
