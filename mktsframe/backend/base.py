@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from mktsframe.records import Batch, BucketInfo
+from mktsframe.records import Batch, BucketInfo, Stacked
+from mktsframe.stacking import stack
 from mktsframe.times import TimeLike
 
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["Backend", "Batch", "BucketInfo", "Capabilities", "capabilities"]
+__all__ = ["Backend", "Batch", "BucketInfo", "Capabilities", "Stacked", "capabilities", "query_stacked"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Capabilities:
     """``on_commit``/``replayed_changes`` exist (the local engine in this process)."""
     pickle_spec: bool = True
     """``spec`` describes the backend so that another process (a dask worker) can open its own."""
+    stacked_query: bool = False
+    """``query_stacked`` (``query``'s arguments) returns one :class:`Stacked` for many buckets,
+    built where the data is instead of joined from a :class:`Batch` per bucket."""
 
 
 #: What a backend that declares nothing is taken to support (the protocol's full surface).
@@ -53,6 +57,26 @@ def capabilities(backend: object) -> Capabilities:
     without commit listeners, if it declares none)."""
     caps = getattr(backend if isinstance(backend, type) else type(backend), "capabilities", None)
     return caps if isinstance(caps, Capabilities) else _DEFAULT_CAPABILITIES
+
+
+def query_stacked(
+    backend: Backend,
+    key: str,
+    *,
+    start: TimeLike = None,
+    end: TimeLike = None,
+    columns: Sequence[str] | None = None,
+    limit: int | None = None,
+    limit_from_start: bool = False,
+) -> Stacked:
+    """``backend.query(...)`` for many buckets as one :class:`Stacked` (time-major, then the order
+    named): the backend's own ``query_stacked`` where it declares one, else its ``query`` result
+    joined by :func:`~mktsframe.stacking.stack`."""
+    kw: dict[str, Any] = {"start": start, "end": end, "columns": columns, "limit": limit,
+                          "limit_from_start": limit_from_start}  # fmt: skip
+    if capabilities(backend).stacked_query:
+        return backend.query_stacked(key, **kw)  # type: ignore[attr-defined, no-any-return]
+    return stack(backend.query(key, **kw))
 
 
 @runtime_checkable

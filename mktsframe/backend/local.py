@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from mktsframe.backend.base import Backend, Batch, BucketInfo, Capabilities
+from mktsframe.backend.base import Backend, Batch, BucketInfo, Capabilities, Stacked
 from mktsframe.backend.manifest import MANIFEST
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.changes import ChangeFeed, CommitEvent
@@ -90,7 +90,7 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
-    capabilities = Capabilities(commit_listeners=True)
+    capabilities = Capabilities(commit_listeners=True, stacked_query=True)
 
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
@@ -152,6 +152,27 @@ class LocalBackend:
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
         return self.engine.query(
+            key,
+            start=to_ns(start, name="start"),
+            end=to_ns(end, name="end"),
+            columns=columns,
+            limit=limit,
+            limit_from_start=limit_from_start,
+        )
+
+    def query_stacked(
+        self,
+        key: str,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> Stacked:
+        """:meth:`query` as one :class:`~mktsframe.records.Stacked`, built straight from the year
+        files where it can be (see :meth:`Engine.query_stacked <mktsframe.engine.Engine.query_stacked>`)."""
+        return self.engine.query_stacked(
             key,
             start=to_ns(start, name="start"),
             end=to_ns(end, name="end"),

@@ -137,6 +137,15 @@ def _year_of_name(name: str) -> int | None:
     return int(stem) if ext == "bin" and stem.lstrip("-").isdigit() else None
 
 
+_SCHEMAS: dict[Schema, Schema] = {}
+
+
+def _interned(schema: Schema) -> Schema:
+    """One shared object per distinct schema, so that comparing the schemas of a universe's
+    thousands of buckets (all alike) is an identity check. Bounded by the distinct schemas."""
+    return _SCHEMAS.setdefault(schema, schema)
+
+
 class Bucket:
     """One bucket's metadata and its lazily opened year files.
 
@@ -160,7 +169,7 @@ class Bucket:
         self.key = key
         self.item_key = key.item_key  # built from its parts on every access: cached for the write path
         self.dir = directory
-        self.schema: Schema = meta["schema"]
+        self.schema: Schema = _interned(meta["schema"])
         self.names = [n for n, _ in self.schema]
         self.dtypes = {n: dtype_of(t) for n, t in self.schema}
         #: The column dtypes in schema order (what a write's columns are checked against first).

@@ -138,6 +138,9 @@ class Engine(EngineReads, EngineRecovery):
         self.root.mkdir(parents=True, exist_ok=True, mode=0o770)
         self._meta_dir = self.root / ".mkts"
         self._buckets: dict[TimeBucketKey, Bucket] = {}
+        #: Moves whenever a cached :class:`Bucket` is dropped (destroy, close, another process's
+        #: destroy): a list of buckets resolved before is stale, and a reader must re-check them.
+        self._bucket_drops = 0
         self.open_files = OpenFiles(max_open_files)
         """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
         # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.
@@ -173,7 +176,7 @@ class Engine(EngineReads, EngineRecovery):
         self._seen_generation = self._generation.value() if self._generation is not None else None
         self._catalog_cache: tuple[tuple[int, int], list[TimeBucketKey]] | None = None
         # pattern -> (the catalog list it was matched against, the matching keys)
-        self._matched: dict[str, tuple[list[TimeBucketKey], list[TimeBucketKey]]] = {}
+        self._matched: dict[str, tuple[list[TimeBucketKey], int, list[Bucket]]] = {}
         self._wal: WriteAheadLog | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -221,6 +224,7 @@ class Engine(EngineReads, EngineRecovery):
             for b in self._buckets.values():
                 b.close()
             self._buckets.clear()
+            self._bucket_drops += 1
         assert self._wal is not None
         self._wal.close()
         self._wal = None
@@ -250,6 +254,7 @@ class Engine(EngineReads, EngineRecovery):
             for b in self._buckets.values():
                 b.close()
             self._buckets.clear()
+            self._bucket_drops += 1
             if self._generation is not None:
                 self._generation.close()
             self._closed = True
@@ -428,6 +433,7 @@ class Engine(EngineReads, EngineRecovery):
                 self._seen_generation = None
                 with self._apply_lock:
                     self._buckets.clear()
+                    self._bucket_drops += 1
             return None  # no writer has ever opened this root (a copy): nothing is being destroyed
         value = gen.value()
         # ``None`` twice running: no writer has made the counter yet (a copied root whose ``.mkts/``
@@ -436,6 +442,7 @@ class Engine(EngineReads, EngineRecovery):
         if value != self._seen_generation:
             with self._apply_lock:
                 self._buckets.clear()
+                self._bucket_drops += 1
                 self._seen_generation = value
 
     def _require(self, key: TimeBucketKey) -> Bucket:
@@ -484,17 +491,21 @@ class Engine(EngineReads, EngineRecovery):
         named = pattern.expand()
         if named is None:
             catalog = self._catalog()
+            if self.read_only:
+                self._follow_destroys()
             hit = self._matched.get(key)
-            if hit is not None and hit[0] is catalog:
-                matched = hit[1]
-            else:  # matching 10,000 keys costs ~50 ms: once per pattern while the catalog stands
-                matched = [k for k in catalog if pattern.matches(k)]
-                if len(self._matched) >= _MATCHED_MAX:
-                    self._matched.clear()
-                self._matched[key] = (catalog, matched)
+            if hit is not None and hit[0] is catalog and hit[1] == self._bucket_drops:
+                return hit[2]
+            # matching 10,000 keys costs ~50 ms, and looking their buckets up ~10 ms: once per pattern
+            # while the catalog stands and no bucket was dropped
+            drops = self._bucket_drops
+            matched = [k for k in catalog if pattern.matches(k)]
             buckets = [b for b in (self._bucket(k) for k in matched) if b is not None]
             if not buckets:
                 raise BucketNotFoundError(f"no bucket matches {key!r} (no files returned from query parse)")
+            if len(self._matched) >= _MATCHED_MAX:
+                self._matched.clear()
+            self._matched[key] = (catalog, drops, buckets)
             return buckets
         return [self._require(k) for k in named]
 
@@ -1053,6 +1064,7 @@ class Engine(EngineReads, EngineRecovery):
 
     def _apply_destroy(self, k: TimeBucketKey) -> None:
         b = self._buckets.pop(k, None)
+        self._bucket_drops += 1
         if b is not None:
             b.close()
         directory = self.root.joinpath(*k.parts)

@@ -31,7 +31,7 @@ import os
 import resource
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from mktsframe.engine.mapping import HOLDS_DESCRIPTOR
@@ -161,6 +161,14 @@ class OpenFiles:
         """Mark ``f`` most recently used."""
         with self._lock, contextlib.suppress(KeyError):
             self._files.move_to_end(id(f))
+
+    def touch_all(self, files: Iterable[Evictable]) -> None:
+        """Mark ``files`` most recently used, in order (one lock for a whole multi-bucket read)."""
+        with self._lock:
+            tracked, move = self._files, self._files.move_to_end
+            for f in files:
+                if id(f) in tracked:
+                    move(id(f))
 
     def discard(self, f: Evictable) -> None:
         """Stop tracking ``f`` (its owner closed it)."""

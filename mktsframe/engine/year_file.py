@@ -274,6 +274,13 @@ class YearFile:
         """No present slot is at or above this one."""
         return self._pinned[1] if self._pinned is not None else int(self._marks[1])
 
+    def extent(self) -> tuple[int, int]:
+        """``(lo, hi)`` at once (one read of the shared watermarks; a universe read asks thousands of files)."""
+        if self._pinned is not None:
+            return self._pinned
+        lo, hi = self._marks.tolist()
+        return lo, hi
+
     def _set_bounds(self, lo: int, hi: int) -> None:
         self._marks[0], self._marks[1] = lo, hi
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mktsframe.backend import Backend, default_backend
-from mktsframe.backend.base import Batch
-from mktsframe.errors import SchemaMismatchError
+from mktsframe.backend.base import Batch, Stacked, query_stacked
 from mktsframe.functions.resample import read_candles
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
+from mktsframe.keys import parse_key_pattern
+from mktsframe.stacking import code_dtype, stack
 from mktsframe.times import TimeLike
 
 __all__ = ["read_mkts", "write_many", "write_mkts"]
@@ -69,82 +71,67 @@ def read_mkts(
     if timeframe is not None:
         results = read_candles(be, key, timeframe, start=start, end=end, columns=columns, limit=limit,
                                limit_from_start=limit_from_start)  # fmt: skip
-    else:
-        results = be.query(
-            key,
-            start=start,
-            end=end,
-            columns=list(columns) if columns is not None else None,
-            limit=limit,
-            limit_from_start=limit_from_start,
-        )
-    if len(results) == 1:
-        (k, batch), = results.items()
-        df = batch_to_frame(batch)
-        df.attrs["mkts_key"] = k
-        return df
-    return _combine(results)
+        return _one_bucket(results) if len(results) == 1 else _stacked_frame(stack(results))
+    kw = {"start": start, "end": end, "columns": list(columns) if columns is not None else None, "limit": limit,
+          "limit_from_start": limit_from_start}  # fmt: skip
+    if _names_one_bucket(key):
+        return _one_bucket(be.query(key, **kw))
+    stacked = query_stacked(be, key, **kw)
+    if len(stacked.keys) == 1:
+        return _one_bucket({stacked.keys[0]: Batch(stacked.index, stacked.columns, stacked.variable_length)})
+    return _stacked_frame(stacked)
 
 
-def _combine(results: dict[str, Batch]) -> pd.DataFrame:
-    """One frame from several buckets' rows, sorted by time then by the order the keys were named,
-    with a categorical ``Symbol`` column first (and ``Timeframe`` / ``AttributeGroup`` if those vary).
+def _names_one_bucket(key: str) -> bool:
+    """``key`` is one plain ``SYMBOL/TIMEFRAME/ATTRGROUP`` (no list, no wildcard)."""
+    named = parse_key_pattern(key).expand()
+    return named is not None and len(named) == 1
 
-    Built once, by column: each column is the buckets' arrays joined into one numpy array, labels are
-    integer codes into the distinct names (a ``Categorical``), and the time order is one stable sort
-    (or a transpose, when every bucket holds the same bar times, as a cross-section of a universe
-    does). A DataFrame per bucket and a ``concat`` cost ~1 ms a bucket: 5,000 symbols took seconds.
+
+def _one_bucket(results: dict[str, Batch]) -> pd.DataFrame:
+    ((k, batch),) = results.items()
+    df = batch_to_frame(batch)
+    df.attrs["mkts_key"] = k
+    return df
+
+
+def _stacked_frame(stacked: Stacked) -> pd.DataFrame:
+    """The frame of several buckets' rows (already time-major, see :mod:`mktsframe.stacking`), with a
+    categorical ``Symbol`` column first (and ``Timeframe`` / ``AttributeGroup`` if those vary).
+
+    Labels are the row's bucket position (``which``) used as the codes of a ``Categorical`` over the
+    distinct names: no string per row is ever built. A DataFrame per bucket and a ``concat`` cost
+    ~1 ms a bucket: 5,000 symbols took seconds.
     """
-    keys = list(results)
-    batches = list(results.values())
-    names = list(batches[0].columns)
-    # Same names *and* types: joining an i8 column with an f8 one would silently round it.
-    dtypes = [np.asarray(a).dtype for a in batches[0].columns.values()]
-    if any(list(b.columns) != names or [a.dtype for a in b.columns.values()] != dtypes for b in batches[1:]):
-        schemas = [[f"{n}:{np.asarray(a).dtype.str.lstrip('<|')}" for n, a in b.columns.items()] for b in batches]
-        raise SchemaMismatchError(
-            "symbols in a query must have the same columns (or be filtered by common columns): "
-            + "; ".join(f"{k}: {sc}" for k, sc in zip(keys, schemas, strict=True) if sc != schemas[0])
-            + f" (the first, {keys[0]}: {schemas[0]})"
-        )
-    lengths = np.fromiter((len(b) for b in batches), np.int64, len(batches))
-    which = np.arange(len(batches), dtype=np.int32)
-    first = batches[0].index
-    nb, rows = len(batches), first.shape[0]
-    if lengths.min() == lengths.max() and (np.concatenate([b.index for b in batches]).reshape(nb, rows) == first).all():
-        # the same times in every bucket: time-major order is the (bucket, row) matrix transposed
-        # (concatenate, not stack: stack costs ~1 µs an array, 5 ms a column for 5,000 symbols)
-        index = np.repeat(first, nb)
-        cols = {n: _transposed(np.concatenate([b.columns[n] for b in batches]), nb, rows) for n in names}
-        which = np.tile(which, rows)
-    else:
-        index = np.concatenate([b.index for b in batches])
-        cols = {n: np.concatenate([b.columns[n] for b in batches]) for n in names}
-        which = np.repeat(which, lengths)
-        if index.shape[0] > 1 and not (index[1:] >= index[:-1]).all():
-            order = np.argsort(index, kind="stable")  # ties keep the order named (and ticks their arrival)
-            index, which = index[order], which[order]
-            cols = {n: c[order] for n, c in cols.items()}
-    out = batch_to_frame(Batch(index, cols))
-    parts = list(zip(*(k.split("/") for k in keys), strict=True))
-    pos = 0
-    for label, values in zip(("Symbol", "Timeframe", "AttributeGroup"), parts, strict=True):
-        distinct = list(dict.fromkeys(values))
-        if label != "Symbol" and len(distinct) == 1:
-            continue
-        code_of = {v: i for i, v in enumerate(distinct)}
-        codes = np.array([code_of[v] for v in values], np.int32)[which]
-        out.insert(pos, label, pd.Categorical.from_codes(codes, categories=pd.Index(distinct, dtype=object)))
-        pos += 1
+    keys = stacked.keys
+    which = stacked.which
+    if which is None:
+        raise ValueError("a stacked result of one bucket has no labels")  # read_mkts builds those itself
+    out = batch_to_frame(Batch(stacked.index, stacked.columns))
+    for pos, (label, categories, codes_of_keys) in enumerate(_labels(keys)):
+        codes = which if codes_of_keys is None else codes_of_keys[which]
+        out.insert(pos, label, pd.Categorical.from_codes(codes, categories=categories, validate=False))
     out.attrs["mkts_key"] = ",".join(keys)
     return out
 
 
-def _transposed(joined: np.ndarray, buckets: int, rows: int) -> np.ndarray:
-    """``joined`` holds ``buckets`` runs of ``rows`` values; the same values row-major by time."""
-    if rows == 1:
-        return joined
-    return np.ascontiguousarray(joined.reshape(buckets, rows).T).reshape(-1)
+@functools.lru_cache(maxsize=32)
+def _labels(keys: tuple[str, ...]) -> list[tuple[str, pd.Index, np.ndarray | None]]:
+    """For each label column of a frame of ``keys``: its name, its categories, and the code of each
+    key (``None`` when every key has its own name: the key positions are the codes). Cached: a
+    universe is read again and again, and splitting 5,000 keys costs ~2 ms."""
+    parts = list(zip(*(k.split("/") for k in keys), strict=True))
+    labels = []
+    for label, values in zip(("Symbol", "Timeframe", "AttributeGroup"), parts, strict=True):
+        distinct = list(dict.fromkeys(values))
+        if label != "Symbol" and len(distinct) == 1:
+            continue
+        codes = None
+        if len(distinct) != len(values):
+            code_of = {v: i for i, v in enumerate(distinct)}
+            codes = np.array([code_of[v] for v in values], code_dtype(len(distinct)))
+        labels.append((label, pd.Index(distinct, dtype=object), codes))
+    return labels
 
 
 def write_mkts(

@@ -145,6 +145,23 @@ class BackendConformance:
         got = lazy.compute(scheduler="sync").reset_index().sort_values(["Epoch", "Symbol"], kind="stable")
         pd.testing.assert_frame_equal(got.set_index("Epoch"), frame, check_like=False, check_flags=False)
 
+    @pytest.mark.parametrize(("start", "end"), [("2024-01-01", "2024-12-31"), ("2023-12-31 23:00", "2024-01-01 01:00"),
+                                                ("2024-01-01 00:05", "2024-01-01 00:05"), (None, None)])  # fmt: skip
+    def test_stacked_query_is_the_query_joined(self, backend: Backend, start: str | None, end: str | None) -> None:
+        from mktsframe.backend.base import query_stacked
+        from mktsframe.stacking import stack
+
+        for key in ("AAA,BBB/1Min/OHLCV", "*/1Min/OHLCV", "BBB,AAA/1Min/OHLCV"):
+            got = query_stacked(backend, key, start=start, end=end, columns=["Close", "Volume"])
+            want = stack(backend.query(key, start=start, end=end, columns=["Close", "Volume"]))
+            assert got.keys == want.keys
+            np.testing.assert_array_equal(got.index, want.index)
+            np.testing.assert_array_equal(got.which, want.which)
+            assert list(got.columns) == ["Close", "Volume"]
+            for name, values in want.columns.items():
+                np.testing.assert_array_equal(got.columns[name], values)
+                assert got.columns[name].dtype == values.dtype
+
     def test_capabilities_are_what_it_does(self, backend: Backend) -> None:
         caps = capabilities(backend)
         key = "ZZW/1Min/OHLCV"
