@@ -18,7 +18,7 @@ from mktsframe.errors import SchemaMismatchError
 from mktsframe.io import fastpaths
 from mktsframe.io.frames import batch_to_frame, frame_to_batch
 
-_PATHS = ("frame_from_arrays", "utc_index", "block_arrays", "column_array")
+_PATHS = ("frame_from_arrays", "utc_index", "block_arrays", "column_array", "index_strings")
 
 
 @pytest.fixture(params=["fast", "public"])

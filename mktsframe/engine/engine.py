@@ -50,7 +50,7 @@ from mktsframe.engine.reads import EngineReads, bar_range
 from mktsframe.engine.recovery import EngineRecovery
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
-from mktsframe.engine.year_file import YearFile, slot_runs, year_bounds
+from mktsframe.engine.year_file import YearFile, slot_runs, year_bounds, year_of
 from mktsframe.errors import (
     BucketExistsError,
     BucketNotFoundError,
@@ -684,7 +684,7 @@ class Engine(EngineReads, EngineRecovery):
 
     def _commit_prepared(self, items: list[Item]) -> None:
         """:meth:`_commit_items` inside :meth:`_faults`."""
-        self._create_files(items)
+        known = self._create_files(items)
         seq = None
         if not self.wal_bypass:
             wal = self._wal
@@ -696,11 +696,12 @@ class Engine(EngineReads, EngineRecovery):
                 wal.sync()
         buckets = []
         with self._apply_lock, self.faults.applying():
-            for it in items:
-                if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
-                    write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
-                    self._created()
-                b = self._require(it.key)
+            for it, b in zip(items, known, strict=True):
+                if b is None:
+                    if it.create is not None and self._bucket(it.key) is None:  # not made by _create_files: replayed
+                        write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create)
+                        self._created()
+                    b = self._require(it.key)
                 if b.ticks is not None:
                     b.ticks.write(it.times, it.arrays, seq=seq)
                 else:
@@ -716,12 +717,14 @@ class Engine(EngineReads, EngineRecovery):
                 stored = Batch(ns, dict(zip(b.names, it.arrays, strict=True)), it.ticks)
             self._announce("write", b.item_key, batch=stored)
 
-    def _create_files(self, items: list[Item]) -> None:
+    def _create_files(self, items: list[Item]) -> list[Bucket | None]:
         """Create the buckets and year files that ``items`` need, then make them durable with one
         ``syncfs`` (a bucket created alone costs six ``fsync`` calls; a universe of new symbols, or
         every symbol's first bar of a new year, would pay thousands). Done before the record is
-        logged: a crash in between leaves empty buckets or year files, never rows."""
+        logged: a crash in between leaves empty buckets or year files, never rows. Returns each
+        item's bucket (looked up once: the write lock keeps them from being destroyed meanwhile)."""
         created = False
+        buckets: list[Bucket | None] = []
         with self._apply_lock:
             for it in items:
                 b = self._bucket(it.key)
@@ -729,7 +732,11 @@ class Engine(EngineReads, EngineRecovery):
                     write_bucket_meta(self.root.joinpath(*it.key.parts), it.key, *it.create, durable=False)
                     self._created()
                     b, created = self._require(it.key), True
+                buckets.append(b)
                 if b is None or b.ticks is not None:
+                    continue
+                yf = b.last_written  # the common append: into the year file written last
+                if yf is not None and yf.year_start <= int(it.times[0]) and int(it.times[-1]) < yf.year_end:
                     continue
                 known = b.years()
                 for year, _, _ in _year_spans(it.times):
@@ -738,10 +745,10 @@ class Engine(EngineReads, EngineRecovery):
         if created:
             sync_filesystem(self.root)
         with self._apply_lock:
-            for it in items:
-                b = self._bucket(it.key)
+            for b, it in zip(buckets, items, strict=True):
                 if b is not None:
                     self._reserve(b, it.times)
+        return buckets
 
     def _reserve(self, b: Bucket, times: np.ndarray) -> None:
         """Give the rows of a write to ``b`` (``times``: bar-start seconds, or tick nanoseconds; sorted)
@@ -1102,13 +1109,9 @@ def _int_or_none(v: int | None) -> int | None:
     return None if v is None else int(v)
 
 
-def _year_of(epoch_s: int) -> int:
-    return int(np.datetime64(epoch_s, "s").astype("M8[Y]").astype(np.int64)) + 1970
-
-
 def _year_spans(secs: np.ndarray) -> list[tuple[int, int, int]]:
     """``(year, a, z)``: rows ``secs[a:z]`` fall in ``year`` (``secs`` sorted epoch seconds)."""
-    y_first, y_last = _year_of(int(secs[0])), _year_of(int(secs[-1]))
+    y_first, y_last = year_of(int(secs[0])), year_of(int(secs[-1]))
     if y_first == y_last:
         return [(y_first, 0, secs.size)]
     # cut at each 1 January (a per-row datetime64[Y] cast cost 40 ms per 1M rows)

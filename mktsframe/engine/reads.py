@@ -16,7 +16,7 @@ import numpy as np
 
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, check_limit, query_columns
-from mktsframe.engine.year_file import YearFile, year_bounds
+from mktsframe.engine.year_file import YearFile, year_bounds, year_of
 from mktsframe.keys import parse_key
 from mktsframe.records import Batch, BucketInfo, Stacked
 from mktsframe.stacking import code_dtype, stack
@@ -32,11 +32,6 @@ def bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None, 
     s = None if start is None else (int(start) // NS) // tf * tf
     e = None if end is None or int(end) >= _I64_MAX else (int(end) // NS) // tf * tf
     return s, e
-
-
-def _year_of(epoch_s: int) -> int:
-    """The UTC calendar year of ``epoch_s`` (seconds)."""
-    return int(np.datetime64(epoch_s, "s").astype("datetime64[Y]").astype(np.int64)) + 1970
 
 
 class EngineReads:
@@ -103,7 +98,7 @@ class EngineReads:
         s, e = bar_range(start, end, tf)
         if s is None or e is None or e < s:
             return None
-        years = range(_year_of(s), _year_of(e) + 1)
+        years = range(year_of(s), year_of(e) + 1)
         if len(buckets) * len(years) > self.open_files.capacity:
             return None  # the per-bucket path reads what does not fit by position instead
         pieces: list[tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]] = []

@@ -38,7 +38,7 @@ from mktsframe.engine.mapping import FileMap, map_file
 from mktsframe.engine.space import reserve, zero_nonzero
 from mktsframe.errors import CorruptFileError, NoSpaceError
 
-__all__ = ["FORMAT_VERSION", "YearFile", "year_bounds"]
+__all__ = ["FORMAT_VERSION", "YearFile", "year_bounds", "year_of"]
 
 MAGIC = b"MKTSYEAR"
 FORMAT_VERSION = 1
@@ -65,6 +65,22 @@ def _round_up(n: int, to: int = PAGE) -> int:
 def year_bounds(year: int) -> tuple[int, int]:
     """Epoch seconds of 1 January 00:00 UTC of ``year`` and of the following year."""
     return calendar.timegm((year, 1, 1, 0, 0, 0)), calendar.timegm((year + 1, 1, 1, 0, 0, 0))
+
+
+#: ``(start, end, year)`` of the year :func:`year_of` answered last: a write of one bar to each of
+#: 5,000 symbols asks it 10,000 times about the same year (a datetime64 cast is ~3 µs).
+_last_year: tuple[int, int, int] = (0, 0, 0)
+
+
+def year_of(epoch_s: int) -> int:
+    """The UTC calendar year of ``epoch_s`` (seconds since the epoch)."""
+    global _last_year
+    start, end, year = _last_year
+    if start <= epoch_s < end:
+        return year
+    year = int(np.datetime64(epoch_s, "s").astype("M8[Y]").astype(np.int64)) + 1970
+    _last_year = (*year_bounds(year), year)
+    return year
 
 
 @dataclass(frozen=True, slots=True)

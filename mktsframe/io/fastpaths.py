@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["block_arrays", "column_array", "frame_from_arrays", "index_data", "utc_index"]
+__all__ = ["block_arrays", "column_array", "frame_from_arrays", "index_data", "index_strings", "utc_index"]
 
 #: ``(arrays, columns, index) -> DataFrame`` without copying or consolidating the 1-d arrays.
 FrameFromArrays = Callable[[Sequence[np.ndarray], pd.Index, pd.DatetimeIndex], pd.DataFrame]
@@ -88,6 +88,29 @@ def index_data(index: pd.Index) -> object | None:
     """The array behind ``index``, shared by the column indexes of frames cut from one frame (a
     cache key for their names), or ``None`` where pandas keeps it elsewhere (then nothing is cached)."""
     return getattr(index, "_data", None)
+
+
+def _arrow_strings(index: pd.Index) -> list[Any] | None:
+    """The values of an Arrow-backed ``str`` index as a list (~2.5 µs for five names against ~8 µs
+    through ``to_numpy``: a ``write_many`` of 5,000 fresh 1-row frames reads 5,000 column indexes),
+    or ``None`` for any other index."""
+    arrow = getattr(getattr(index, "_values", None), "_pa_array", None)
+    return None if arrow is None else arrow.to_pylist()
+
+
+def _probe_index_strings() -> Callable[[pd.Index], list[Any] | None] | None:
+    try:
+        sample = pd.Index(["Open", "Volume", "Close"])
+        got = _arrow_strings(sample)
+        if got is not None and got != list(sample.to_numpy(dtype=object)):
+            return None
+    except Exception:
+        return None
+    return _arrow_strings
+
+
+#: ``(index) -> list of its values`` for Arrow-backed string indexes, else ``None`` (use the public route).
+index_strings = _probe_index_strings()
 
 
 def _probe() -> tuple[FrameFromArrays | None, UtcIndex | None, BlockArrays | None, ColumnArray | None]:

@@ -100,7 +100,9 @@ def _column_names(columns: pd.Index) -> tuple[tuple[str, ...], str | None]:
         hit = _NAMES.get(id(data))
         if hit is not None and hit[0] is data:
             return hit[1], hit[2]
-    names = tuple(columns.to_numpy(dtype=object))  # a pandas 3 str Index iterates slowly: convert once
+    fast = fastpaths.index_strings(columns) if fastpaths.index_strings is not None else None
+    # a pandas 3 str Index iterates slowly: convert once
+    names = tuple(fast) if fast is not None else tuple(columns.to_numpy(dtype=object))
     problem = None
     if len(set(names)) != len(names):
         problem = f"duplicate column names in {list(names)}"
