@@ -57,10 +57,15 @@ def _die_with_parent() -> None:
 
 
 class ServerProcess:
-    """``python -m mktsframe.server --root ROOT`` on a free loopback port; :meth:`stop` ends it."""
+    """``python -m mktsframe.server --root ROOT`` on a free loopback port; :meth:`stop` ends it.
+    ``module``: another entry point taking the same arguments (``bench.slow_sync_server``)."""
 
     def __init__(
-        self, root: str | os.PathLike[str], log_path: str | os.PathLike[str], config: Path | None = None
+        self,
+        root: str | os.PathLike[str],
+        log_path: str | os.PathLike[str],
+        config: Path | None = None,
+        module: str = "mktsframe.server",
     ) -> None:
         import httpx
 
@@ -72,7 +77,7 @@ class ServerProcess:
             self.url = f"http://127.0.0.1:{self.port}"
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "mktsframe.server", "--root", str(self.root), "--port", str(self.port),
+                    [sys.executable, "-m", module, "--root", str(self.root), "--port", str(self.port),
                      "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port),
                      *(["--config", str(config)] if config is not None else [])],
                     stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
