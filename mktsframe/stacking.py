@@ -23,7 +23,7 @@ import numpy as np
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.records import Batch, Stacked
 
-__all__ = ["code_dtype", "stack"]
+__all__ = ["code_dtype", "stack", "unstack"]
 
 
 def code_dtype(n: int) -> np.dtype:
@@ -90,3 +90,26 @@ def _time_major(arrays: list[np.ndarray], rows: int, dtype: np.dtype) -> np.ndar
     for j, a in enumerate(arrays):
         grid[:, j] = a
     return grid.reshape(-1)
+
+
+def unstack(stacked: Stacked) -> dict[str, Batch]:
+    """Each bucket's rows of ``stacked`` as a :class:`Batch` (in time order), keyed in the order
+    named; the inverse of :func:`stack`. The batches are views of one reordered copy of each column."""
+    keys = stacked.keys
+    if stacked.which is None:
+        return {keys[0]: Batch(stacked.index, dict(stacked.columns), stacked.variable_length)}
+    which = stacked.which
+    counts = np.bincount(which, minlength=len(keys))
+    if which.shape[0] == len(keys) and (counts == 1).all():  # a cross-section: one row each, in key order
+        order = np.argsort(which)
+    else:
+        order = np.argsort(which, kind="stable")  # keeps each bucket's rows in time order
+    index = stacked.index[order]
+    cols = {n: c[order] for n, c in stacked.columns.items()}
+    ends = np.cumsum(counts).tolist()
+    out: dict[str, Batch] = {}
+    a = 0
+    for k, z in zip(keys, ends, strict=True):
+        out[k] = Batch(index[a:z], {n: c[a:z] for n, c in cols.items()}, stacked.variable_length)
+        a = z
+    return out

@@ -72,7 +72,7 @@ def test_a_dense_range_reads_as_one_grid_and_matches_reading_each(universe: tupl
     e: Engine = be.engine
     start, end = T0 + 700 * MIN, T0 + 1900 * MIN
     dense = [keys[0], keys[5]]
-    grid = e._grid_query(e._resolve("S0,S5/1Min/OHLCV"), e._bucket_drops, start, end, None)
+    grid = e._grid_query(e._resolve("S0,S5/1Min/OHLCV"), e._bucket_drops, start, end, None, None)
     assert grid is not None  # the grid path, not the fallback
     assert grid.which.dtype == np.int8
     np.testing.assert_array_equal(grid.index[:4], [start, start, start + MIN, start + MIN])
@@ -103,7 +103,7 @@ def test_ranges_across_a_year_end_and_sparse_ones(tmp_path: Path) -> None:
         be.write("D/1Min/OHLCV", bars(np.array([new_year + 350 * MIN]), 4))
         e = be.engine
         lo, hi = new_year, new_year + 400 * 7 * MIN
-        assert e._grid_query(e._resolve("C,D/1Min/OHLCV"), e._bucket_drops, lo, hi, None) is None
+        assert e._grid_query(e._resolve("C,D/1Min/OHLCV"), e._bucket_drops, lo, hi, None, None) is None
         check(be, "C,D/1Min/OHLCV", ["C/1Min/OHLCV", "D/1Min/OHLCV"], lo, hi)
 
 
@@ -137,3 +137,18 @@ def test_a_destroyed_or_recreated_bucket_is_never_served_from_the_resolved_list(
             pd.read_mkts("*/1Min/OHLCV", start=int(times[0]), end=int(times[-1]), backend=be)
         with pytest.raises(BucketNotFoundError):
             pd.read_mkts("Z*/1Min/OHLCV", start=int(times[0]), end=int(times[-1]), backend=be)
+
+
+@pytest.mark.parametrize("limit", [None, 5000, 3])
+def test_query_by_pattern_hands_each_bucket_what_reading_it_alone_gives(universe: tuple, limit: int | None) -> None:
+    be, keys = universe
+    for start, end in ((T0 + 700 * MIN, T0 + 1900 * MIN), (T0 + 599 * MIN, T0 + 599 * MIN)):
+        got = be.query("*/1Min/OHLCV", start=start, end=end, limit=limit)  # a limit >= the bars: the grid
+        assert list(got) == keys
+        for k in keys:
+            (alone,) = be.query(k, start=start, end=end, limit=limit).values()
+            np.testing.assert_array_equal(got[k].index, alone.index)
+            assert list(got[k].columns) == list(alone.columns)
+            for n, values in alone.columns.items():
+                np.testing.assert_array_equal(got[k].columns[n], values)
+                assert got[k].columns[n].dtype == values.dtype

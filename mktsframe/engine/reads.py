@@ -22,7 +22,7 @@ from mktsframe.engine.catalog import Bucket, check_limit, query_columns
 from mktsframe.engine.year_file import YearFile, year_bounds, year_of
 from mktsframe.keys import parse_key
 from mktsframe.records import Batch, BucketInfo, Stacked
-from mktsframe.stacking import code_dtype, stack
+from mktsframe.stacking import code_dtype, stack, unstack
 
 __all__ = ["EngineReads", "bar_range"]
 
@@ -101,8 +101,12 @@ class EngineReads:
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
         check_limit(limit)
+        drops = self._bucket_drops
         buckets = self._resolve(key)
-        return {b.key.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
+        grid = self._grid_query(buckets, drops, start, end, columns, limit)
+        if grid is not None:  # many buckets over one range: read as one grid, handed out per bucket
+            return unstack(grid)
+        return {b.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
 
     def query_stacked(
         self,
@@ -128,28 +132,37 @@ class EngineReads:
         check_limit(limit)
         drops = self._bucket_drops
         buckets = self._resolve(key)
-        if limit is None and start is not None and end is not None and len(buckets) > 1:
-            grid = self._grid_query(buckets, drops, int(start), int(end), columns)
-            if grid is not None:
-                return grid
+        grid = self._grid_query(buckets, drops, start, end, columns, limit)
+        if grid is not None:
+            return grid
         return stack(
             {b.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
         )
 
     def _grid_query(
-        self, buckets: list[Bucket], drops: int, start: int, end: int, columns: Sequence[str] | None
+        self,
+        buckets: list[Bucket],
+        drops: int,
+        start: int | None,
+        end: int | None,
+        columns: Sequence[str] | None,
+        limit: int | None,
     ) -> Stacked | None:
         """The grid read of :meth:`query_stacked`, or ``None`` where it does not apply. ``drops``:
         the engine's bucket-drop count before ``buckets`` were resolved (if it has not moved, none
-        of them can have been destroyed, and checking 5,000 of them one by one is skipped)."""
+        of them can have been destroyed, and checking 5,000 of them one by one is skipped). A
+        ``limit`` of at least the bars in the range changes nothing, so it does not stand in the way
+        (the server bounds every read that way)."""
+        if len(buckets) < 2 or start is None or end is None:
+            return None
         first = buckets[0]
         tf, schema = first.timeframe, first.schema
         if any(b.ticks is not None or b.timeframe != tf or b.schema != schema for b in buckets):
             return None
-        names = query_columns(first.key.item_key, first.names, columns)
-        s, e = bar_range(start, end, tf)
-        if s is None or e is None or e < s:
+        s, e = bar_range(int(start), int(end), tf)
+        if s is None or e is None or e < s or (limit is not None and limit < (e - s) // tf + 1):
             return None
+        names = query_columns(first.key.item_key, first.names, columns)
         years = range(year_of(s), year_of(e) + 1)
         if len(buckets) * len(years) > self.open_files.capacity:
             return None  # the per-bucket path reads what does not fit by position instead
