@@ -152,3 +152,19 @@ def test_query_by_pattern_hands_each_bucket_what_reading_it_alone_gives(universe
             for n, values in alone.columns.items():
                 np.testing.assert_array_equal(got[k].columns[n], values)
                 assert got[k].columns[n].dtype == values.dtype
+
+
+def test_a_grid_filled_by_two_threads_is_the_same(universe: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mktsframe.engine.reads as reads
+
+    be, keys = universe
+    start, end = T0 + 100 * MIN, T0 + 2500 * MIN
+    one = pd.read_mkts("*/1Min/OHLCV", start=start, end=end, backend=be)
+    calls = []
+    real = reads._in_parallel
+    monkeypatch.setattr(reads, "_PARALLEL_VALUES", 1)  # every grid in two halves
+    monkeypatch.setattr(reads, "_in_parallel", lambda *a: calls.append(a[2]) or real(*a))
+    two = pd.read_mkts("*/1Min/OHLCV", start=start, end=end, backend=be)
+    assert calls  # the threaded path ran
+    pd.testing.assert_frame_equal(one, two)
+    check(be, "*/1Min/OHLCV", keys, start, end)

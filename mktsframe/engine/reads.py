@@ -42,7 +42,7 @@ def bar_range(start: int | None, end: int | None, tf: int) -> tuple[int | None, 
 #: (numpy releases the GIL while it copies; the caller holds the apply lock meanwhile, so no file
 #: is closed under them). One pool for the process: threads do not grow with readers.
 _PARALLEL_VALUES = 1 << 22
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
 
 
@@ -53,10 +53,11 @@ def _in_parallel(fill: Callable[[list[Any]], None], plan: list[Any], values: int
         fill(plan)
         return
     with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="mkts-grid")
+        if _pool is None or _pool[0] != os.getpid():  # a forked child has the pool but not its thread
+            _pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mkts-grid"))
+        pool = _pool[1]
     half = len(plan) // 2
-    other = _pool.submit(fill, plan[half:])
+    other = pool.submit(fill, plan[half:])
     fill(plan[:half])
     other.result()
 
