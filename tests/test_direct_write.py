@@ -14,7 +14,7 @@ import pytest
 
 from mktsframe.backend.base import Batch
 from mktsframe.engine import Engine
-from mktsframe.engine.engine import DIRECT_MIN_BYTES
+from mktsframe.engine.writes import DIRECT_MIN_BYTES
 
 from .crash_writer import columns, index_ns
 from .direct_crash_writer import BULK_ROWS, KEY, MAX_OPS, POINTS, SLOTS, plan

@@ -12,7 +12,7 @@ from mktsframe.backend.local import LocalBackend
 from mktsframe.changes import ChangeFeed, LogGone
 from mktsframe.config import ConfigError
 from mktsframe.engine import Engine
-from mktsframe.engine.engine import DIRECT_MIN_BYTES
+from mktsframe.engine.writes import DIRECT_MIN_BYTES
 from mktsframe.records import Batch
 from mktsframe.replication.replica import Applier
 from mktsframe.replication.settings import parse_replication

@@ -374,6 +374,7 @@ def test_a_checkpoint_after_a_wide_write_is_one_sync(tmp_path: Path, monkeypatch
     """Each msync of a map is an fdatasync of its file: after a write_many to many buckets the
     checkpoint syncs the file system once instead of every year file (5,000 buckets: ~5 s)."""
     import mktsframe.engine.engine as engine_module
+    import mktsframe.engine.writes as writes_module
     from mktsframe.engine.year_file import YearFile
 
     calls = {"msync": 0, "syncfs": 0}
@@ -388,7 +389,8 @@ def test_a_checkpoint_after_a_wide_write_is_one_sync(tmp_path: Path, monkeypatch
         syncfs(path)
 
     monkeypatch.setattr(YearFile, "flush", counted_flush)
-    monkeypatch.setattr(engine_module, "sync_filesystem", counted_syncfs)
+    monkeypatch.setattr(engine_module, "sync_filesystem", counted_syncfs)  # checkpoints
+    monkeypatch.setattr(writes_module, "sync_filesystem", counted_syncfs)  # files a write creates
     t = np.array([pd.Timestamp("2024-01-02", tz="UTC").value])
     with Engine(tmp_path) as e:
         e.write_many({f"W{i}/1Min/X": Batch(t, {"Close": np.array([float(i)])}) for i in range(40)})
