@@ -151,14 +151,8 @@ class LocalBackend:
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        return self.engine.query(
-            key,
-            start=to_ns(start, name="start"),
-            end=to_ns(end, name="end"),
-            columns=columns,
-            limit=limit,
-            limit_from_start=limit_from_start,
-        )
+        return self.engine.query(key, **_engine_range(start, end), columns=columns, limit=limit,
+                                 limit_from_start=limit_from_start)  # fmt: skip
 
     def query_stacked(
         self,
@@ -172,14 +166,8 @@ class LocalBackend:
     ) -> Stacked:
         """:meth:`query` as one :class:`~mktsframe.records.Stacked`, built straight from the year
         files where it can be (see :meth:`Engine.query_stacked <mktsframe.engine.Engine.query_stacked>`)."""
-        return self.engine.query_stacked(
-            key,
-            start=to_ns(start, name="start"),
-            end=to_ns(end, name="end"),
-            columns=columns,
-            limit=limit,
-            limit_from_start=limit_from_start,
-        )
+        return self.engine.query_stacked(key, **_engine_range(start, end), columns=columns, limit=limit,
+                                         limit_from_start=limit_from_start)  # fmt: skip
 
     def list_symbols(self) -> list[str]:
         return self.engine.list_symbols()
@@ -265,3 +253,8 @@ class LocalBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _engine_range(start: TimeLike, end: TimeLike) -> dict[str, int | None]:
+    """``start``/``end`` as the engine takes them: int nanoseconds since the epoch, UTC."""
+    return {"start": to_ns(start, name="start"), "end": to_ns(end, name="end")}
