@@ -87,6 +87,27 @@ def _cross_section(
     return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, cols, strict=True)), which
 
 
+#: The last bucket list :func:`_uniform_keys` answered for, and its answer: a pattern's list is
+#: cached by the engine (the same object while the catalog stands), and checking 5,000 buckets
+#: costs ~1 ms of a ~15 ms cross-section.
+_last_uniform: tuple[list[Any], tuple[str, ...] | None] | None = None
+
+
+def _uniform_keys(buckets: list[Bucket]) -> tuple[str, ...] | None:
+    """The keys of ``buckets`` if all are fixed buckets of one timeframe and schema (what a grid
+    read needs), else ``None``. A bucket's kind, timeframe and schema never change."""
+    global _last_uniform
+    hit = _last_uniform
+    if hit is not None and hit[0] is buckets:
+        return hit[1]
+    first = buckets[0]
+    tf, schema = first.timeframe, first.schema
+    uniform = not any(b.ticks is not None or b.timeframe != tf or b.schema != schema for b in buckets)
+    keys = tuple(b.item_key for b in buckets) if uniform else None
+    _last_uniform = (buckets, keys)
+    return keys
+
+
 class EngineReads:
     """Queries of an :class:`~mktsframe.engine.Engine` (mixed into it; uses its catalog, apply
     lock and open-file set)."""
@@ -157,8 +178,9 @@ class EngineReads:
         if len(buckets) < 2 or start is None or end is None:
             return None
         first = buckets[0]
-        tf, schema = first.timeframe, first.schema
-        if any(b.ticks is not None or b.timeframe != tf or b.schema != schema for b in buckets):
+        tf = first.timeframe
+        keys = _uniform_keys(buckets)
+        if keys is None:
             return None
         s, e = bar_range(int(start), int(end), tf)
         if s is None or e is None or e < s or (limit is not None and limit < (e - s) // tf + 1):
@@ -178,7 +200,6 @@ class EngineReads:
                     return None
                 if piece[0].shape[0]:
                     pieces.append(piece)
-        keys = tuple(b.item_key for b in buckets)
         if not pieces:
             empty = {n: np.empty(0, first.dtypes[n]) for n in names}
             return Stacked(keys, np.empty(0, np.int64), empty, np.empty(0, code_dtype(len(keys))))
