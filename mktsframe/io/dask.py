@@ -15,7 +15,9 @@ cluster's CPU on bookkeeping. ``read_parquet`` does the same with small files (d
 
 Tasks carry a :class:`~mktsframe.backend.registry.BackendSpec` (a path, a server URL or an
 object-store URL pinned to one snapshot, with its options), never an engine or a socket: each
-worker process opens the backend once (:func:`~mktsframe.backend.registry.open_spec`) and reuses it.
+worker process opens the backend once (:func:`~mktsframe.backend.registry.open_spec`) and reuses it,
+and gets glibc's large-block reuse back (:mod:`~mktsframe.io.worker_malloc`: without it a
+``distributed`` worker spent twice the CPU on the same partition).
 The partitions concatenate to what :func:`~mktsframe.io.pandas.read_mkts` returns for the same
 arguments — rows, columns, dtypes, the categorical ``Symbol`` column (with every symbol as a
 category in every partition, so dask knows them) — ordered by bucket, then time, rather than by
@@ -42,6 +44,7 @@ from mktsframe.functions.candles import candles
 from mktsframe.functions.resample import finest_sources, read_candles, window_range
 from mktsframe.functions.windows import Window, parse_window
 from mktsframe.io.frames import batch_to_frame
+from mktsframe.io.worker_malloc import restore_mmap_threshold
 from mktsframe.times import TimeLike, to_ns
 
 if TYPE_CHECKING:
@@ -227,7 +230,8 @@ def _read_part(part: _Part, columns: Sequence[str] | None = None) -> pd.DataFram
     """One partition's frame (runs in a dask task: in this process or a worker)."""
     if part.here is not None:
         be = part.here
-    else:
+    else:  # in a worker (or a task that was pickled)
+        restore_mmap_threshold()
         be = open_spec(part.source) if isinstance(part.source, BackendSpec) else part.source
     label_names = [n for n, _ in part.labels]
     wanted = list(part.columns) if part.columns is not None else None
