@@ -245,12 +245,19 @@ def two_plain_processes(root: Path, key: str, nparts: int, rounds: int) -> dict[
 
     ctx = multiprocessing.get_context("spawn")
     pipes, procs = [], []
-    for _ in range(2):
-        here, there = ctx.Pipe()
-        proc = ctx.Process(target=_half_scan, args=(there, str(root), key), daemon=True)
-        proc.start()
-        pipes.append(here)
-        procs.append(proc)
+    # Importing distributed put MALLOC_TRIM_THRESHOLD_ in our environment (for its workers); a plain
+    # process starts without it, as this one did (see mktsframe.io.worker_malloc).
+    trim = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    try:
+        for _ in range(2):
+            here, there = ctx.Pipe()
+            proc = ctx.Process(target=_half_scan, args=(there, str(root), key), daemon=True)
+            proc.start()
+            pipes.append(here)
+            procs.append(proc)
+    finally:
+        if trim is not None:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
     everything, halves = list(range(nparts)), [list(range(0, nparts, 2)), list(range(1, nparts, 2))]
     one, two = [], []
     try:
