@@ -407,7 +407,10 @@ def section(res: dict[str, Any]) -> str:
         f"(**{x(dk.get('plain_speedup'))}**) | | |",
         "",
         f"Speed-up of the cluster over one process: **{x(r.get('cluster_speedup'))}** (target ≥ 1.6×); "
-        f"read_dask ÷ read_parquet time: **{x(r.get('dask_vs_parquet'))}** (target ≤ 1×).", "",
+        f"read_dask ÷ read_parquet time: **{x(r.get('dask_vs_parquet'))}** (target ≤ 1×). "
+        f"CPU the cluster spent in all ÷ the one process's: **{x(r.get('cluster_cpu_vs_one_process'))}** "
+        "(what the cluster costs on top of the work, whatever the machine's load; 2 idle cores would "
+        "bound the speed-up at 2 ÷ this ratio).", "",
         f"The cluster's own cost in the same run: {dk.get('noop_tasks', '–')} no-op tasks (one per bucket-year) took "
         f"{f(dk, 'noop_tasks_s')} to schedule and gather, {f(dk, 'noop_worker_cpu_s')} of it CPU in the workers "
         "(median of 3); dask's `compute` does not fuse the reads with the groupby's first step, so each "
@@ -460,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         "s3_fetched_over_returned": ours.get("fetched_over_returned"),
         "cluster_speedup": dk["one_process_s"] / dk["cluster_s"] if dk else None,
         "dask_vs_parquet": dk["cluster_s"] / dk["parquet_cluster_s"] if dk else None,
+        "cluster_cpu_vs_one_process": (dk["cpu_cluster_workers_s"] + dk["cpu_cluster_client_scheduler_s"])
+        / dk["cpu_one_process_s"] if dk else None,
     }
     end_load = os.getloadavg()
     res["meta"] = {
