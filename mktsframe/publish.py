@@ -15,10 +15,16 @@ that writes it. ``sync`` copies a *consistent* snapshot of a live root there:
 The layout and why it is safe for readers during a sync are in :mod:`mktsframe.backend.manifest`.
 One publisher per URL at a time (two syncs racing would each write a manifest; the last wins).
 Tick buckets are not published yet: they are listed in :attr:`SyncResult.skipped`.
+
+Old snapshots are kept until :func:`prune_snapshots` (``mktsframe snapshots URL --prune KEEP``)
+deletes them: it keeps the newest ``keep`` and every snapshot that was current less than
+``min_age`` seconds ago (a reader opened on it may still be reading), and deletes the objects only
+the others named. Run it where you run ``sync`` (it rewrites the manifest: one publisher at a time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -48,7 +54,7 @@ from mktsframe.errors import LockedError, MktsError
 if TYPE_CHECKING:
     from mktsframe.backend.local import LocalBackend
 
-__all__ = ["SyncResult", "list_snapshots", "sync"]
+__all__ = ["PruneResult", "SyncResult", "list_snapshots", "prune_snapshots", "sync"]
 
 log = logging.getLogger("mktsframe.publish")
 
@@ -248,6 +254,83 @@ def list_snapshots(url: str, *, storage_options: Mapping[str, Any] | None = None
     if not manifest["snapshots"]:
         raise MktsError(f"nothing is published at {url} (no {MANIFEST})")
     return [{**s, "current": s["id"] == manifest["current"]} for s in manifest["snapshots"]]
+
+
+@dataclass
+class PruneResult:
+    """What one :func:`prune_snapshots` deleted (and kept)."""
+
+    deleted: list[str]
+    """Snapshot ids deleted, oldest first."""
+    kept: list[str]
+    objects_deleted: int = 0
+    bytes_deleted: int = 0
+
+
+def prune_snapshots(
+    url: str,
+    keep: int,
+    *,
+    min_age: float = 3600.0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> PruneResult:
+    """Delete the old snapshots published at ``url`` and the objects only they named.
+
+    Parameters
+    ----------
+    keep : int
+        How many of the newest snapshots to keep (at least 1: the current one is never deleted).
+    min_age : float
+        Seconds. A snapshot replaced less than this long ago is kept whatever ``keep`` says: a reader
+        opened on it (``connect(url)`` before the last sync, or a dask job whose tasks name it) may
+        still be reading. A job that needs an old snapshot for longer pins it with
+        ``connect(url, snapshot=ID)``, and the publisher keeps enough snapshots.
+    storage_options : dict, optional
+        For the filesystem.
+
+    The manifest is rewritten first, without the deleted snapshots (no new reader can find them),
+    then their documents are deleted, then the objects no kept snapshot names. Objects a sync
+    uploads but has not published yet are never touched: only objects named by a deleted snapshot
+    are candidates. One publisher per URL at a time: do not run it beside a ``sync`` of the URL.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the current snapshot), not {keep}")
+    url = url.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    root = root.rstrip("/")
+    manifest = load_manifest(fs, root, url)
+    snaps = manifest["snapshots"]
+    if not snaps:
+        raise MktsError(f"nothing is published at {url} (no {MANIFEST})")
+    now = dt.datetime.now(dt.UTC)
+    doomed: list[str] = []
+    for i, s in enumerate(snaps[: max(len(snaps) - keep, 0)]):
+        replaced = dt.datetime.fromisoformat(snaps[i + 1]["created"])  # when the next one took over
+        if s["id"] != manifest["current"] and (now - replaced).total_seconds() >= min_age:
+            doomed.append(s["id"])
+    kept = [s["id"] for s in snaps if s["id"] not in doomed]
+    result = PruneResult(doomed, kept)
+    if not doomed:
+        return result
+    named = {f.object: f.size for sid in kept for f in load_snapshot(fs, root, url, sid).files.values()}
+    gone: dict[str, int] = {}
+    for sid in doomed:
+        try:
+            files = load_snapshot(fs, root, url, sid).files
+        except MktsError:  # its document is already gone (an earlier prune stopped half-way)
+            continue
+        gone.update({f.object: f.size for f in files.values() if f.object not in named})
+    manifest["snapshots"] = [s for s in snaps if s["id"] not in doomed]
+    _put_whole(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # first: unlisted
+    for sid in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{root}/{snapshot_path(sid)}")
+    for obj, size in gone.items():
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{root}/{obj}")
+            result.objects_deleted += 1
+            result.bytes_deleted += size
+    return result
 
 
 def _new_id() -> str:
