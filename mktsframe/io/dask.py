@@ -120,7 +120,6 @@ def read_dask(
     """
     import dask
     import dask.dataframe as dd
-    from dask.dataframe._pyarrow import is_object_string_dataframe
 
     be = backend if backend is not None else default_backend()
     source: BackendSpec | Backend = be.spec if capabilities(be).pickle_spec and hasattr(be, "spec") else be
@@ -159,9 +158,18 @@ def read_dask(
         parts = [_Part(source, ((sources[0], 0, -1, codes[0]),), window, categories, ask, be)]
     # Labels are categoricals, numbers numbers: with no object-dtype strings in the frame, dask's
     # string conversion would be one more no-op task per partition (a third of a scan's graph).
-    plain = not is_object_string_dataframe(meta)
+    plain = not _has_object_strings(meta)
     with dask.config.set({"dataframe.convert-string": False}) if plain else contextlib.nullcontext():
         return dd.from_map(_read_part, parts, meta=meta, divisions=divisions, label="read-mkts", enforce_metadata=False)
+
+
+def _has_object_strings(meta: pd.DataFrame) -> bool:
+    """Whether dask's string conversion would change ``meta`` (``True`` if we cannot tell)."""
+    try:
+        from dask.dataframe._pyarrow import is_object_string_dataframe
+    except ImportError:  # a private module of dask's: keep its conversion if it moves
+        return True
+    return bool(is_object_string_dataframe(meta))
 
 
 def _pack(pieces: list[tuple[Any, int]]) -> list[list[Any]]:
