@@ -33,6 +33,7 @@ Times are seconds (medians over rounds). Writes ``bench/results/scale-<date>.jso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -40,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,59 +231,72 @@ def _half_scan(conn: Any, root: str, key: str) -> None:
     import mktsframe
 
     db = mktsframe.connect(root, read_only=True)
+    ddf = mktsframe.read_dask(key, columns=["Close", "Volume"], backend=db)  # planned once, as the cluster's is
     while (which := conn.recv()) is not None:
-        ddf = mktsframe.read_dask(key, columns=["Close", "Volume"], backend=db)
         t = time.perf_counter()
         _scan(ddf.partitions[which]).compute(scheduler="sync")
         conn.send(time.perf_counter() - t)
     db.close()
 
 
-def two_plain_processes(root: Path, key: str, nparts: int, rounds: int) -> dict[str, float]:
+class PlainProcesses:
     """The machine's own parallel speed-up for this scan, without dask.distributed: the same reads
-    and groupby in one plain process, then split in two halves over two plain processes at once
-    (both warm: imports done, root open, files mapped). The cluster cannot beat this ratio."""
-    import multiprocessing
+    and groupby in one plain process, then split in halves over two plain processes at once (both
+    warm: imports done, root open, files mapped). Run in every round, right after the cluster's
+    runs, so both see the same load: no cluster can beat this ratio on the same machine."""
 
-    ctx = multiprocessing.get_context("spawn")
-    pipes, procs = [], []
-    # Importing distributed put MALLOC_TRIM_THRESHOLD_ in our environment (for its workers); a plain
-    # process starts without it, as this one did (see mktsframe.io.worker_malloc).
-    trim = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    try:
-        for _ in range(2):
-            here, there = ctx.Pipe()
-            proc = ctx.Process(target=_half_scan, args=(there, str(root), key), daemon=True)
-            proc.start()
-            pipes.append(here)
-            procs.append(proc)
-    finally:
-        if trim is not None:
-            os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
-    everything, halves = list(range(nparts)), [list(range(0, nparts, 2)), list(range(1, nparts, 2))]
-    one, two = [], []
-    try:
-        for conn in pipes:  # warm-up, untimed
-            conn.send(everything)
+    def __init__(self, root: Path, key: str) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.pipes: list[Any] = []
+        self.procs: list[Any] = []
+        # A plain process starts without distributed's MALLOC_TRIM_THRESHOLD_ (which importing it
+        # put in our environment, for its workers), as this one did (see mktsframe.io.worker_malloc).
+        trim = os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        try:
+            for _ in range(2):
+                here, there = ctx.Pipe()
+                proc = ctx.Process(target=_half_scan, args=(there, str(root), key), daemon=True)
+                proc.start()
+                self.pipes.append(here)
+                self.procs.append(proc)
+        finally:
+            if trim is not None:
+                os.environ["MALLOC_TRIM_THRESHOLD_"] = trim
+
+    def _run(self, work: list[list[int]]) -> float:
+        t = time.perf_counter()
+        for conn, which in zip(self.pipes, work, strict=False):
+            conn.send(which)
+        for conn in self.pipes[: len(work)]:
             conn.recv()
-        for _ in range(rounds):
-            t = time.perf_counter()
-            pipes[0].send(everything)
-            pipes[0].recv()
-            one.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            for conn, half in zip(pipes, halves, strict=True):
-                conn.send(half)
-            for conn in pipes:
-                conn.recv()
-            two.append(time.perf_counter() - t)
-    finally:
-        for conn in pipes:
+        return time.perf_counter() - t
+
+    def round(self, nparts: int) -> tuple[float, float]:
+        """Seconds for every partition in one process, then for the halves in two at once."""
+        everything = list(range(nparts))
+        return self._run([everything]), self._run([everything[0::2], everything[1::2]])
+
+    def warm(self, nparts: int) -> None:
+        for conn in self.pipes:
+            conn.send(list(range(nparts)))
+        for conn in self.pipes:
+            conn.recv()
+
+    def close(self) -> None:
+        for conn in self.pipes:
             conn.send(None)
-        for proc in procs:
+        for proc in self.procs:
             proc.join(30)
-    return {"one_plain_process_s": statistics.median(one), "two_plain_processes_s": statistics.median(two),
-            "plain_speedup": statistics.median(one) / statistics.median(two)}  # fmt: skip
+
+
+@contextlib.contextmanager
+def plain_closed(plain: PlainProcesses) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        plain.close()
 
 
 def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, Any]:
@@ -298,7 +313,11 @@ def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, An
     times: dict[str, list[float]] = {"cluster_s": [], "one_process_s": [], "parquet_cluster_s": []}
     cpu: dict[str, list[float]] = {"cluster_client_scheduler": [], "cluster_workers": [], "one_process": []}
     me = [os.getpid()]
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    nparts = mktsframe.read_dask(key, backend=db).npartitions
+    plain_runs: dict[str, list[float]] = {"one_plain_process_s": [], "two_plain_processes_s": []}
+    plain = PlainProcesses(root, key)
+    plain.warm(nparts)
+    with plain_closed(plain), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=40) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         workers = list(client.run(os.getpid).values())
         # Warm-up, untimed: workers import mktsframe and open the root; every file is in the page cache.
@@ -331,10 +350,13 @@ def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, An
                     o = o.sort_index()
                     np.testing.assert_allclose(o["Close"].to_numpy(), ref["Close"].to_numpy(), rtol=1e-5)
                     np.testing.assert_allclose(o["Volume"].to_numpy(), ref["Volume"].to_numpy(), rtol=1e-9)
+            one_plain, two_plain = plain.round(nparts)
+            plain_runs["one_plain_process_s"].append(one_plain)
+            plain_runs["two_plain_processes_s"].append(two_plain)
             log(f"round {r + 1}: cluster {times['cluster_s'][-1]:.2f} s, one process {times['one_process_s'][-1]:.2f} s, "
-                f"parquet on the cluster {times['parquet_cluster_s'][-1]:.2f} s")
-        ddf = mktsframe.read_dask(key, backend=db)
-        nparts, bucket_years = ddf.npartitions, sum(len(db.info(k).years) for k in db.list_keys())
+                f"parquet on the cluster {times['parquet_cluster_s'][-1]:.2f} s; plain processes {one_plain:.2f} s "
+                f"→ {two_plain:.2f} s")
+        bucket_years = sum(len(db.info(k).years) for k in db.list_keys())
         # The tasks the scheduler runs (dask's compute() does not fuse the reads with the groupby's
         # first step: one task for each, per partition), counted from the task stream.
         tasks = {}
@@ -351,12 +373,12 @@ def run_dask(symbols: int, rounds: int, workdir: Path, log: Any) -> dict[str, An
             client.gather(client.map(_noop, range(bucket_years), pure=False))
             noop.append(time.perf_counter() - t)
             noop_cpu.append(_cpu_s(workers) - w0)
-    log("two plain processes (no dask.distributed)")
-    plain = two_plain_processes(root, key, nparts, rounds)
     db.close()
     out: dict[str, Any] = {k: statistics.median(v) for k, v in times.items()}
     out.update({f"cpu_{k}_s": statistics.median(v) for k, v in cpu.items()})
-    out.update(plain)
+    out.update({k: statistics.median(v) for k, v in plain_runs.items()})
+    out["plain_speedup"] = out["one_plain_process_s"] / out["two_plain_processes_s"]
+    out["plain_rounds"] = plain_runs
     out.update(rounds=times, cpu_rounds=cpu, partitions=nparts, bucket_years=bucket_years, symbols=symbols,
                dask=dask.__version__, noop_tasks=bucket_years, noop_tasks_s=statistics.median(noop),
                noop_worker_cpu_s=statistics.median(noop_cpu), tasks=tasks["read_dask"],
@@ -402,8 +424,8 @@ def section(res: dict[str, Any]) -> str:
         f"{f(dk, 'cpu_one_process_s')} | |",
         f"| `dask.dataframe.read_parquet` (one file per symbol-year) on the cluster | {f(dk, 'parquet_cluster_s')} "
         f"| | {dk.get('parquet_tasks', '–')} |",
-        f"| the machine's ceiling: the same scan in one plain process → halves in two plain processes at once, "
-        f"no `distributed` | {f(dk, 'one_plain_process_s')} → {f(dk, 'two_plain_processes_s')} "
+        f"| the machine's ceiling, in the same rounds: the scan in one plain process → in halves in two plain "
+        f"processes at once, no `distributed` | {f(dk, 'one_plain_process_s')} → {f(dk, 'two_plain_processes_s')} "
         f"(**{x(dk.get('plain_speedup'))}**) | | |",
         "",
         f"Speed-up of the cluster over one process: **{x(r.get('cluster_speedup'))}** (target ≥ 1.6×); "
@@ -416,9 +438,12 @@ def section(res: dict[str, Any]) -> str:
         "(median of 3); dask's `compute` does not fuse the reads with the groupby's first step, so each "
         "partition is two tasks. "
         + (
-            "Two plain processes, with no scheduler at all, are themselves short of 1.6× one process here: "
-            "the target is out of this machine's reach in this run, whatever the reader. "
-            if (dk.get("plain_speedup") or 0) < 1.6 else ""
+            f"Two plain processes with no scheduler at all, in the same rounds, reached "
+            f"{x(dk.get('plain_speedup'))} of one: on this shared 2-core machine the parallel speed-up any reader "
+            "can get moves with the other work's load, so compare rows within one run (a quiet machine is the "
+            "measure for the target). "
+            if (dk.get("plain_speedup") or 0) < 1.6
+            else ""
         )
         + f"The ≥ 1.6× target is {'met' if (r.get('cluster_speedup') or 0) >= 1.6 else 'not met'} in this run.", "",
     ]
