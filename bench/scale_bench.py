@@ -22,9 +22,9 @@ mean Close and total Volume, computed (a) on ``LocalCluster(n_workers=2, threads
 dataset with ``dask.dataframe.read_parquet`` on the same cluster. Page cache warm for all three.
 Beside the times: the CPU seconds the cluster's processes spent (workers; client + scheduler,
 which share this process) against the one process's, the tasks the scheduler ran, what no-op
-tasks cost, and (d) the machine's own ceiling — the same scan in one plain process, then split in
-halves over two plain processes running at once, with no ``distributed`` in between: on a shared
-2-core machine that ratio bounds any cluster's speed-up.
+tasks cost, and (d) for reference, in every round — the same scan in one plain process, then split
+in halves over two plain processes running at once, with no ``distributed`` in between: what two
+processes gain on this shared 2-core machine at that moment's load.
 
 Times are seconds (medians over rounds). Writes ``bench/results/scale-<date>.json`` and the
 ``## Scaling`` section of ``docs/benchmarks.md``.
@@ -424,7 +424,7 @@ def section(res: dict[str, Any]) -> str:
         f"{f(dk, 'cpu_one_process_s')} | |",
         f"| `dask.dataframe.read_parquet` (one file per symbol-year) on the cluster | {f(dk, 'parquet_cluster_s')} "
         f"| | {dk.get('parquet_tasks', '–')} |",
-        f"| the machine's ceiling, in the same rounds: the scan in one plain process → in halves in two plain "
+        f"| for reference, in the same rounds: the scan in one plain process → in halves in two plain "
         f"processes at once, no `distributed` | {f(dk, 'one_plain_process_s')} → {f(dk, 'two_plain_processes_s')} "
         f"(**{x(dk.get('plain_speedup'))}**) | | |",
         "",
