@@ -36,7 +36,7 @@ def _sync(args: argparse.Namespace) -> int:
     print(f"published snapshot {r.snapshot} at {r.url}: {r.files} files, {r.uploaded} uploaded "
           f"({r.uploaded_bytes / 1e6:.1f} MB), {r.reused} unchanged, in {r.seconds:.1f} s")  # fmt: skip
     if r.skipped:
-        print(f"not published (tick buckets): {', '.join(r.skipped)}")
+        print(f"not published: {', '.join(r.skipped)}")
     return 0
 
 
