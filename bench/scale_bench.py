@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -488,43 +489,47 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     log, workdir, out_json = start_run(a, "scale")
-    load = os.getloadavg()
-    res: dict[str, Any] = {"s3": {}, "dask": {}}
-    if "s3" not in a.skip:
-        res["s3"] = run_s3(a.days, a.rounds, workdir, log)
-    if "dask" not in a.skip:
-        res["dask"] = run_dask(a.symbols, a.rounds, workdir, log)
-    ours, adb, dk = res["s3"].get("mktsframe-s3", {}), res["s3"].get("arcticdb-s3", {}), res["dask"]
-    res["ratios"] = {
-        "s3_time_vs_arcticdb": ours["median_s"] / adb["median_s"] if "median_s" in ours and "median_s" in adb else None,
-        "s3_fetched_over_returned": ours.get("fetched_over_returned"),
-        "cluster_speedup": dk["one_process_s"] / dk["cluster_s"] if dk else None,
-        "dask_vs_parquet": dk["cluster_s"] / dk["parquet_cluster_s"] if dk else None,
-        "cluster_vs_plain_same_allocator": dk["one_plain_process_s"] / dk["cluster_s"] if dk else None,
-        "cluster_cpu_vs_one_process": (dk["cpu_cluster_workers_s"] + dk["cpu_cluster_client_scheduler_s"])
-        / dk["cpu_one_process_s"] if dk else None,
-    }
-    end_load = os.getloadavg()
-    res["meta"] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "make bench-scale" if argv is None and len(sys.argv) == 1 else " ".join(sys.argv),
-        "load": f"2 CPUs; load average {load[0]:.1f} at the start, {end_load[0]:.1f} at the end "
-                + ("(machine shared with other work: figures taken under load)" if max(load[0], end_load[0]) > 1.5
-                   else "(quiet machine)"),
-        "json": str(out_json.relative_to(REPO)) if out_json.is_relative_to(REPO) else str(out_json),
-        "elapsed_s": time.perf_counter() - t0,
-    }  # fmt: skip
-    out_json.write_text(json.dumps(res, indent=1))
-    text = section(res)
-    print(text)
-    print("ratios:", json.dumps(res["ratios"]))
-    if not a.no_doc and res["s3"] and res["dask"]:
-        from bench import report
+    try:
+        load = os.getloadavg()
+        res: dict[str, Any] = {"s3": {}, "dask": {}}
+        if "s3" not in a.skip:
+            res["s3"] = run_s3(a.days, a.rounds, workdir, log)
+        if "dask" not in a.skip:
+            res["dask"] = run_dask(a.symbols, a.rounds, workdir, log)
+        ours, adb, dk = res["s3"].get("mktsframe-s3", {}), res["s3"].get("arcticdb-s3", {}), res["dask"]
+        res["ratios"] = {
+            "s3_time_vs_arcticdb": ours["median_s"] / adb["median_s"] if "median_s" in ours and "median_s" in adb else None,
+            "s3_fetched_over_returned": ours.get("fetched_over_returned"),
+            "cluster_speedup": dk["one_process_s"] / dk["cluster_s"] if dk else None,
+            "dask_vs_parquet": dk["cluster_s"] / dk["parquet_cluster_s"] if dk else None,
+            "cluster_vs_plain_same_allocator": dk["one_plain_process_s"] / dk["cluster_s"] if dk else None,
+            "cluster_cpu_vs_one_process": (dk["cpu_cluster_workers_s"] + dk["cpu_cluster_client_scheduler_s"])
+            / dk["cpu_one_process_s"] if dk else None,
+        }
+        end_load = os.getloadavg()
+        res["meta"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "make bench-scale" if argv is None and len(sys.argv) == 1 else " ".join(sys.argv),
+            "load": f"2 CPUs; load average {load[0]:.1f} at the start, {end_load[0]:.1f} at the end "
+                    + ("(machine shared with other work: figures taken under load)" if max(load[0], end_load[0]) > 1.5
+                       else "(quiet machine)"),
+            "json": str(out_json.relative_to(REPO)) if out_json.is_relative_to(REPO) else str(out_json),
+            "elapsed_s": time.perf_counter() - t0,
+        }  # fmt: skip
+        out_json.write_text(json.dumps(res, indent=1))
+        text = section(res)
+        print(text)
+        print("ratios:", json.dumps(res["ratios"]))
+        if not a.no_doc and res["s3"] and res["dask"]:
+            from bench import report
 
-        doc = REPO / "docs" / "benchmarks.md"
-        doc.write_text(report.update_doc(doc.read_text(), text, title=TITLE))
-        log(f"wrote {doc}")
-    log(f"wrote {out_json}")
+            doc = REPO / "docs" / "benchmarks.md"
+            doc.write_text(report.update_doc(doc.read_text(), text, title=TITLE))
+            log(f"wrote {doc}")
+        log(f"wrote {out_json}")
+    finally:
+        if a.workdir is None:  # our scratch (1.2 GB of scan data and S3 roots): gone with the run
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
