@@ -14,11 +14,17 @@ that writes it. ``sync`` copies a *consistent* snapshot of a live root there:
 
 The layout and why it is safe for readers during a sync are in :mod:`mktsframe.backend.manifest`.
 One publisher per URL at a time (two syncs racing would each write a manifest; the last wins).
-Tick buckets are not published yet: they are listed in :attr:`SyncResult.skipped`.
+Tick buckets are published a day an object (:mod:`mktsframe.backend.tick_objects`), only the days that changed.
+
+Old snapshots are kept until :func:`prune_snapshots` (``mktsframe snapshots URL --prune KEEP``)
+deletes them: it keeps the newest ``keep`` and every snapshot that was current less than
+``min_age`` seconds ago (a reader opened on it may still be reading), and deletes the objects only
+the others named. Run it where you run ``sync`` (it rewrites the manifest: one publisher at a time).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -27,7 +33,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +54,7 @@ from mktsframe.errors import LockedError, MktsError
 if TYPE_CHECKING:
     from mktsframe.backend.local import LocalBackend
 
-__all__ = ["SyncResult", "list_snapshots", "sync"]
+__all__ = ["PruneResult", "SyncResult", "list_snapshots", "prune_snapshots", "sync"]
 
 log = logging.getLogger("mktsframe.publish")
 
@@ -72,7 +78,7 @@ class SyncResult:
     reused: int = 0
     """Files shared with the previous snapshot (nothing uploaded)."""
     skipped: list[str] = field(default_factory=list)
-    """Buckets not published (tick buckets)."""
+    """Buckets not published (none today: bars and ticks are; kept for callers that look)."""
     seconds: float = 0.0
 
 
@@ -139,7 +145,7 @@ def sync(
             backend.close()
     result.seconds = time.perf_counter() - t0
     if skipped:
-        log.warning("sync to %s: tick buckets are not published yet, skipped %s", url, ", ".join(skipped))
+        log.warning("sync to %s: skipped %s", url, ", ".join(skipped))
     return result
 
 
@@ -162,32 +168,82 @@ def _stage(
             meta = read_bucket_meta(directory)
             if meta is None:
                 continue
-            if meta["record_type"] != "fixed":
-                skipped.append(key.item_key)
-                continue
             meta.pop("schema", None)
             buckets[key.item_key] = meta
-            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-                stem, _, ext = entry.name.partition(".")
-                if ext != "bin" or not stem.lstrip("-").isdigit():
-                    continue
-                rel = f"{key.item_key}/{entry.name}"
-                st = entry.stat()
-                old = previous.get(rel)
-                if old is not None and old.mtime_ns and old.mtime_ns == st.st_mtime_ns and old.size == st.st_size:
-                    files[rel] = old
-                    continue
-                hashed_at = time.time_ns()
-                copy = staging / f"{len(staged)}.bin"
-                digest = _publishable_copy(Path(entry.path), copy)
-                trusted = st.st_mtime_ns if st.st_mtime_ns < hashed_at - _MTIME_MARGIN_NS else 0
-                files[rel] = FileEntry(f"objects/{rel}.{digest[:20]}", copy.stat().st_size, digest, trusted)
-                if old is not None and old.sha256 == digest:
-                    files[rel] = FileEntry(old.object, old.size, old.sha256, trusted)
-                    copy.unlink()
-                    continue
-                staged[rel] = copy
+            if meta["record_type"] == "fixed":
+                _stage_files(key.item_key, directory, previous, staging, files, staged, _is_year_file,
+                             lambda name, dst, d=directory: _publishable_copy(d / name, dst))  # fmt: skip
+            else:
+                _stage_files(key.item_key, directory, previous, staging, files, staged, _is_tick_day,
+                             lambda name, dst, k=key.item_key: _publishable_day(engine, k, name, dst))  # fmt: skip
     return buckets, files, staged, skipped
+
+
+def _is_year_file(name: str) -> bool:
+    stem, _, ext = name.partition(".")
+    return ext == "bin" and stem.lstrip("-").isdigit()
+
+
+def _is_tick_day(name: str) -> bool:
+    from mktsframe.backend.tick_objects import day_of_name
+
+    return day_of_name(name) is not None
+
+
+def _stage_files(
+    key: str, directory: Path, previous: Mapping[str, FileEntry], staging: Path, files: dict[str, FileEntry],
+    staged: dict[str, Path], select: Callable[[str], bool], write: Callable[[str, Path], bool],
+) -> None:
+    """Stage the files of bucket ``key`` that ``select`` names and that changed since ``previous``:
+    ``write(name, copy)`` writes the publishable copy (``False``: nothing to publish). An unchanged
+    file (same size and a trusted modification time) keeps its object, as does a changed one whose
+    copy hashes the same."""
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if not select(entry.name):
+            continue
+        rel = f"{key}/{entry.name}"
+        st = entry.stat()
+        old = previous.get(rel)
+        if old is not None and old.mtime_ns and old.mtime_ns == st.st_mtime_ns and old.size == st.st_size:
+            files[rel] = old
+            continue
+        hashed_at = time.time_ns()
+        copy = staging / f"{len(staged)}.{entry.name.partition('.')[2]}"
+        if not write(entry.name, copy):
+            continue
+        digest = _sha256(copy)
+        trusted = st.st_mtime_ns if st.st_mtime_ns < hashed_at - _MTIME_MARGIN_NS else 0
+        if old is not None and old.sha256 == digest:
+            files[rel] = FileEntry(old.object, old.size, old.sha256, trusted)
+            copy.unlink()
+            continue
+        files[rel] = FileEntry(f"objects/{rel}.{digest[:20]}", copy.stat().st_size, digest, trusted)
+        staged[rel] = copy
+
+
+def _publishable_day(engine: Any, key: str, name: str, dst: Path) -> bool:
+    """Write tick day ``name`` of ``key`` as a day object (:mod:`~mktsframe.backend.tick_objects`),
+    read through the engine (under the caller's commit barrier: every committed tick, nothing torn);
+    ``False`` for a day whose ticks were all deleted."""
+    from mktsframe.backend.tick_objects import day_of_name, write_day
+    from mktsframe.engine.tick_file import DAY_NS
+
+    day = day_of_name(name)
+    assert day is not None
+    (batch,) = engine.query(key, start=day * DAY_NS, end=(day + 1) * DAY_NS - 1).values()
+    if not len(batch):
+        return False
+    with open(dst, "wb") as out:
+        write_day(out, batch.index, dict(batch.columns))
+    return True
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _put_whole(fs: Any, path: str, data: bytes) -> None:
@@ -205,18 +261,13 @@ def _put_whole(fs: Any, path: str, data: bytes) -> None:
         fs.pipe_file(path, data)
 
 
-def _publishable_copy(src: Path, dst: Path) -> str:
-    """Write the year file ``src`` re-blocked for object storage (:mod:`~mktsframe.engine.year_blocks`)
-    to ``dst``; the sha256 of what was written names the object."""
+def _publishable_copy(src: Path, dst: Path) -> bool:
+    """Write the year file ``src`` re-blocked for object storage (:mod:`~mktsframe.engine.year_blocks`) to ``dst``."""
     from mktsframe.engine.year_blocks import write_blocked
 
     with open(dst, "wb") as out:
         write_blocked(src, out)
-    h = hashlib.sha256()
-    with open(dst, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    return True
 
 
 def _upload(
@@ -248,6 +299,83 @@ def list_snapshots(url: str, *, storage_options: Mapping[str, Any] | None = None
     if not manifest["snapshots"]:
         raise MktsError(f"nothing is published at {url} (no {MANIFEST})")
     return [{**s, "current": s["id"] == manifest["current"]} for s in manifest["snapshots"]]
+
+
+@dataclass
+class PruneResult:
+    """What one :func:`prune_snapshots` deleted (and kept)."""
+
+    deleted: list[str]
+    """Snapshot ids deleted, oldest first."""
+    kept: list[str]
+    objects_deleted: int = 0
+    bytes_deleted: int = 0
+
+
+def prune_snapshots(
+    url: str,
+    keep: int,
+    *,
+    min_age: float = 3600.0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> PruneResult:
+    """Delete the old snapshots published at ``url`` and the objects only they named.
+
+    Parameters
+    ----------
+    keep : int
+        How many of the newest snapshots to keep (at least 1: the current one is never deleted).
+    min_age : float
+        Seconds. A snapshot replaced less than this long ago is kept whatever ``keep`` says: a reader
+        opened on it (``connect(url)`` before the last sync, or a dask job whose tasks name it) may
+        still be reading. A job that needs an old snapshot for longer pins it with
+        ``connect(url, snapshot=ID)``, and the publisher keeps enough snapshots.
+    storage_options : dict, optional
+        For the filesystem.
+
+    The manifest is rewritten first, without the deleted snapshots (no new reader can find them),
+    then their documents are deleted, then the objects no kept snapshot names. Objects a sync
+    uploads but has not published yet are never touched: only objects named by a deleted snapshot
+    are candidates. One publisher per URL at a time: do not run it beside a ``sync`` of the URL.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1 (the current snapshot), not {keep}")
+    url = url.rstrip("/")
+    fs, root = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    root = root.rstrip("/")
+    manifest = load_manifest(fs, root, url)
+    snaps = manifest["snapshots"]
+    if not snaps:
+        raise MktsError(f"nothing is published at {url} (no {MANIFEST})")
+    now = dt.datetime.now(dt.UTC)
+    doomed: list[str] = []
+    for i, s in enumerate(snaps[: max(len(snaps) - keep, 0)]):
+        replaced = dt.datetime.fromisoformat(snaps[i + 1]["created"])  # when the next one took over
+        if s["id"] != manifest["current"] and (now - replaced).total_seconds() >= min_age:
+            doomed.append(s["id"])
+    kept = [s["id"] for s in snaps if s["id"] not in doomed]
+    result = PruneResult(doomed, kept)
+    if not doomed:
+        return result
+    named = {f.object: f.size for sid in kept for f in load_snapshot(fs, root, url, sid).files.values()}
+    gone: dict[str, int] = {}
+    for sid in doomed:
+        try:
+            files = load_snapshot(fs, root, url, sid).files
+        except MktsError:  # its document is already gone (an earlier prune stopped half-way)
+            continue
+        gone.update({f.object: f.size for f in files.values() if f.object not in named})
+    manifest["snapshots"] = [s for s in snaps if s["id"] not in doomed]
+    _put_whole(fs, f"{root}/{MANIFEST}", json.dumps(manifest, indent=1).encode())  # first: unlisted
+    for sid in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{root}/{snapshot_path(sid)}")
+    for obj, size in gone.items():
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(f"{root}/{obj}")
+            result.objects_deleted += 1
+            result.bytes_deleted += size
+    return result
 
 
 def _new_id() -> str:

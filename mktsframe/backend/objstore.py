@@ -12,7 +12,7 @@ s3fs/gcsfs/adlfs).
 
 The backend stays on the snapshot it opened (readers keep reading it while the next sync runs);
 ``refresh()`` moves to the newest. Writes raise :class:`~mktsframe.errors.ReadOnlyError`.
-Tick buckets (``record_type: variable``) are not published by ``sync`` yet.
+Tick buckets are published a day an object (:mod:`.tick_objects`) and read by :mod:`.tick_days`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 from mktsframe.backend.base import Batch, BucketInfo, Capabilities
 from mktsframe.backend.manifest import FileEntry, Snapshot, load_snapshot
 from mktsframe.backend.registry import BackendSpec
+from mktsframe.backend.tick_days import TickDays, bucket_info
+from mktsframe.backend.tick_objects import day_of_name
 from mktsframe.dtypes import dtype_of
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import check_limit, parse_bucket_meta, query_columns
@@ -86,6 +88,7 @@ class ObjectStoreBackend:
         """Bytes those reads returned (headers included)."""
         self._closed = False
         self._load(snapshot)
+        self._ticks = TickDays(self)
 
     def _load(self, snapshot_id: str | None) -> None:
         snap = load_snapshot(self.fs, self._root, self.url, snapshot_id)
@@ -93,16 +96,20 @@ class ObjectStoreBackend:
                  for k, m in snap.buckets.items()}  # fmt: skip
         keys = sorted((parse_key(k) for k in metas), key=lambda k: k.parts)
         years: dict[str, list[int]] = {k: [] for k in metas}
+        days: dict[str, list[int]] = {k: [] for k in metas}
         for path in snap.files:
             key, _, name = path.rpartition("/")
             stem, _, ext = name.partition(".")
             if ext == "bin" and key in years and stem.lstrip("-").isdigit():
                 years[key].append(int(stem))
+            elif key in days and (day := day_of_name(name)) is not None:
+                days[key].append(day)
         with self._lock:
             self.snapshot: Snapshot = snap
             self._metas = metas
             self._keys = keys
             self._years = {k: sorted(v) for k, v in years.items()}
+            self._days = {k: sorted(v) for k, v in days.items()}
 
     def __repr__(self) -> str:
         return f"<ObjectStoreBackend {self.url!r} snapshot {self.snapshot.id}>"
@@ -146,10 +153,7 @@ class ObjectStoreBackend:
         return named
 
     def _meta(self, key: TimeBucketKey) -> dict[str, Any]:
-        meta = self._metas[key.item_key]
-        if meta["record_type"] != "fixed":
-            raise MktsError(f"{key.item_key} is a tick bucket: tick buckets are not served from object storage yet")
-        return meta
+        return self._metas[key.item_key]
 
     def query(
         self,
@@ -165,9 +169,14 @@ class ObjectStoreBackend:
         s_ns, e_ns = to_ns(start, name="start"), to_ns(end, name="end")
         keys = self._resolve(key)
         plans = []
+        ticks: dict[str, Batch] = {}
         for k in keys:
             meta = self._meta(k)
             names = query_columns(k.item_key, [n for n, _ in meta["schema"]], columns)
+            if meta["record_type"] != "fixed":
+                ticks[k.item_key] = self._ticks.query(k.item_key, meta, self._days[k.item_key], s_ns, e_ns, names,
+                                                      limit, limit_from_start)  # fmt: skip
+                continue
             tf = k.timeframe.seconds
             s = None if s_ns is None else s_ns // NS // tf * tf
             e = None if e_ns is None else e_ns // NS // tf * tf
@@ -175,8 +184,9 @@ class ObjectStoreBackend:
                      if (s is None or year_bounds(y)[1] > s) and (e is None or year_bounds(y)[0] <= e)]  # fmt: skip
             plans.append((k, meta, names, s, e, years if limit != 0 else []))
         self._prefetch_headers([f"{k.item_key}/{y}.bin" for k, _, _, _, _, ys in plans for y in ys])
-        return {k.item_key: self._read_bucket(k, meta, names, s, e, years, limit, limit_from_start)
+        bars = {k.item_key: self._read_bucket(k, meta, names, s, e, years, limit, limit_from_start)
                 for k, meta, names, s, e, years in plans}  # fmt: skip
+        return {k.item_key: ticks[k.item_key] if k.item_key in ticks else bars[k.item_key] for k in keys}
 
     def _read_bucket(
         self,
@@ -218,6 +228,8 @@ class ObjectStoreBackend:
         if k.item_key not in self._metas:
             raise BucketNotFoundError(f"no bucket {k.item_key!r} (no files returned from query parse)")
         meta = self._meta(k)
+        if meta["record_type"] != "fixed":
+            return self._ticks.info(k, meta, self._days[k.item_key])
         years = self._years[k.item_key]
         paths = [f"{k.item_key}/{y}.bin" for y in years]
         self._prefetch_headers(paths)
@@ -229,18 +241,7 @@ class ObjectStoreBackend:
                 y0 = year_bounds(year)[0]
                 first = (y0 + lo * h.timeframe) * NS if first is None else first
                 last = (y0 + (hi - 1) * h.timeframe) * NS
-        return BucketInfo(
-            key=k.item_key,
-            timeframe=k.timeframe.name,
-            timeframe_seconds=k.timeframe.seconds,
-            record_type=meta["record_type"],
-            columns=meta["schema"],
-            years=tuple(years),
-            rows=rows,
-            first=first,
-            last=last,
-            disk_bytes=sum(self.snapshot.files[p].size for p in paths),
-        )
+        return bucket_info(k, meta, years, rows, first, last, sum(self.snapshot.files[p].size for p in paths))
 
     # -- ranged reads ---------------------------------------------------------------------------
     def _entry(self, path: str) -> FileEntry:

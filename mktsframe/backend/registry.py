@@ -15,11 +15,13 @@ process (:func:`open_spec`), and never pickles an engine or a socket.
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from mktsframe.backend.base import Backend
 
@@ -124,18 +126,42 @@ class BackendSpec:
         return connect(self.target, **self.options)
 
 
-_process_backends: dict[str, Backend] = {}
+_process_backends: dict[str, tuple[Backend, tuple[int, int] | None]] = {}
 _process_lock = threading.Lock()
+
+
+def _identity(spec: BackendSpec) -> tuple[int, int] | None:
+    """What the store behind ``spec`` is *now*: for a local root (a path or ``file://``), its
+    directory's (device, inode), so that a root deleted and made again at the same path is another
+    store; ``None`` otherwise (object-store specs are pinned to one snapshot, a server is itself)."""
+    target = spec.target
+    scheme = urlparse(target).scheme.lower() if "://" in target else ""
+    if scheme not in ("", "file"):
+        return None
+    path = unquote(urlparse(target).path) if scheme == "file" else target
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def open_spec(spec: BackendSpec) -> Backend:
     """The backend for ``spec`` in this process, opened on first use and kept: a dask worker runs
     many tasks against the same store, and opening it (an engine, a connection pool, a manifest
-    fetch) costs more than a task's read. Closed at interpreter exit by the backends' own hooks."""
+    fetch) costs more than a task's read. Closed at interpreter exit by the backends' own hooks.
+
+    A local root is checked on every call (one ``stat``, ~2 µs): a read-only engine follows the
+    writer's changes to a live root by itself, but a root replaced by another at the same path
+    has other files and another catalog, so the kept backend is closed and the new root opened."""
+    now = _identity(spec)
     with _process_lock:
-        be = _process_backends.get(spec.key)
-        if be is not None:
-            return be
+        entry = _process_backends.get(spec.key)
+        if entry is not None:
+            if entry[1] == now:
+                return entry[0]
+            del _process_backends[spec.key]
+            entry[0].close()  # engines close under their apply lock: a copy in progress finishes first
         be = spec.open()
         from mktsframe.backend.local import LocalBackend
 
@@ -144,5 +170,5 @@ def open_spec(spec: BackendSpec) -> Backend:
             # engine open past its owner's close; the handle goes when its user does.
             be.close_when_unreachable()
             return be
-        _process_backends[spec.key] = be
+        _process_backends[spec.key] = (be, now)
         return be

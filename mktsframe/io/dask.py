@@ -1,14 +1,23 @@
-"""``read_dask``: buckets as a lazy ``dask.dataframe.DataFrame``, one partition per bucket-year.
+"""``read_dask``: buckets as a lazy ``dask.dataframe.DataFrame``, partitioned by bucket-year.
 
 Backtests over hundreds of symbols and years outgrow one process long before the data outgrows
 its store. ``read_dask`` plans the reads up front (which buckets, which years hold data in the
-range) and hands dask one small task per bucket-year (years of fine timeframes are split into
-spans of at most :data:`PARTITION_ROWS` bars): each task is a plain ``query`` of its span, so the
-work spreads over a ``distributed`` cluster's worker processes.
+range) and hands dask one task per partition: a bucket-year (years of fine timeframes are split
+into spans of at most :data:`PARTITION_ROWS` bars), each task a plain ``query`` of its span, so
+the work spreads over a ``distributed`` cluster's worker processes.
+
+Several buckets: consecutive bucket-years far smaller than :data:`PARTITION_ROWS` share a
+partition (up to that many bars in all). A distributed task costs its worker and the scheduler
+a few milliseconds of CPU (measured in ``bench/scale_bench.py``: ~2 ms of worker event loop per
+task on this machine) while a 5Min bucket-year (105,120 bars) reads in about one: a universe of
+thousands of daily or 5Min buckets as one partition per bucket-year would spend most of a
+cluster's CPU on bookkeeping. ``read_parquet`` does the same with small files (dask fuses them).
 
 Tasks carry a :class:`~mktsframe.backend.registry.BackendSpec` (a path, a server URL or an
 object-store URL pinned to one snapshot, with its options), never an engine or a socket: each
-worker process opens the backend once (:func:`~mktsframe.backend.registry.open_spec`) and reuses it.
+worker process opens the backend once (:func:`~mktsframe.backend.registry.open_spec`) and reuses it,
+and gets glibc's large-block reuse back (:mod:`~mktsframe.io.worker_malloc`: without it a
+``distributed`` worker spent twice the CPU on the same partition).
 The partitions concatenate to what :func:`~mktsframe.io.pandas.read_mkts` returns for the same
 arguments — rows, columns, dtypes, the categorical ``Symbol`` column (with every symbol as a
 category in every partition, so dask knows them) — ordered by bucket, then time, rather than by
@@ -18,6 +27,8 @@ time across buckets. One bucket: the divisions (partition start times, UTC) are 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +44,7 @@ from mktsframe.functions.candles import candles
 from mktsframe.functions.resample import finest_sources, read_candles, window_range
 from mktsframe.functions.windows import Window, parse_window
 from mktsframe.io.frames import batch_to_frame
+from mktsframe.io.worker_malloc import restore_mmap_threshold
 from mktsframe.times import TimeLike, to_ns
 
 if TYPE_CHECKING:
@@ -41,22 +53,23 @@ if TYPE_CHECKING:
 __all__ = ["PARTITION_ROWS", "read_dask"]
 
 NS = 1_000_000_000
-#: Most bars in one partition: a year of 1Min bars (525,600) is one; a year of 1Sec bars, 31.
+#: Most bars in one partition: a year of 1Min bars (525,600) is one; a year of 1Sec bars, 31; nine
+#: 5Min bucket-years (105,120 bars each) of different buckets share one.
 PARTITION_ROWS = 1 << 20
 _LABELS = ("Symbol", "Timeframe", "AttributeGroup")
 
 
 @dataclass(frozen=True)
 class _Part:
-    """One task: bucket ``key``'s rows in ``[lo, hi]`` (ns, inclusive), labelled for the combined frame."""
+    """One task: the rows of ``pieces`` (bucket-year spans, in order), labelled for the combined frame."""
 
     source: BackendSpec | Any  # a Backend object only when it cannot be described (threads only)
-    key: str
-    lo: int
-    hi: int
+    pieces: tuple[tuple[str, int, int, tuple[int, ...]], ...]
+    """``(stored key, lo, hi, label codes)``: the bucket's rows in ``[lo, hi]`` (ns, inclusive; an
+    empty piece has ``hi < lo``), and its code in each label column's categories."""
     window: Window | None
-    labels: tuple[tuple[str, str, tuple[str, ...]], ...]
-    """``(column, this bucket's value, every value)`` for each label column of the combined frame."""
+    labels: tuple[tuple[str, tuple[str, ...]], ...]
+    """``(column, every value)`` for each label column of the combined frame (its categories)."""
     columns: tuple[str, ...] | None
     """The stored columns asked for (``None``: all); dask's projection may narrow them further."""
     here: Backend | None = field(default=None, compare=False, repr=False)
@@ -71,7 +84,7 @@ class _Part:
         return ("mktsframe-part", source, *self._fields()[1:])
 
     def _fields(self) -> tuple[Any, ...]:
-        return (self.source, self.key, self.lo, self.hi, self.window, self.labels, self.columns)
+        return (self.source, self.pieces, self.window, self.labels, self.columns)
 
 
 def read_dask(
@@ -105,6 +118,7 @@ def read_dask(
     a task opens the backend from its description (a local root read-only, a server URL, or an
     object-store URL pinned to the snapshot this call saw).
     """
+    import dask
     import dask.dataframe as dd
 
     be = backend if backend is not None else default_backend()
@@ -124,17 +138,52 @@ def read_dask(
         empty = be.query(key, columns=cols, limit=0)
         keys = sources = list(empty)
     labels = _label_values(keys) if len(keys) > 1 else []
-    label_of = {k: tuple((name, values[i], tuple(dict.fromkeys(values))) for name, values in labels)
-                for i, k in enumerate(keys)}  # fmt: skip
-    parts = [_Part(source, src, a, b, window, label_of[k], ask, be)
-             for k, src in zip(keys, sources, strict=True) for a, b in _spans(be, src, lo, hi, window)]  # fmt: skip
-    meta = _frame(next(iter(empty.values())), label_of[keys[0]], None)
+    positions = [{v: i for i, v in enumerate(dict.fromkeys(values))} for _, values in labels]
+    categories = tuple((name, tuple(pos)) for (name, _), pos in zip(labels, positions, strict=True))
+    codes = [
+        tuple(pos[values[i]] for (_, values), pos in zip(labels, positions, strict=True)) for i in range(len(keys))
+    ]
+    pieces = [
+        ((src, a, b, codes[i]), n) for i, src in enumerate(sources) for a, b, n in _spans(be, src, lo, hi, window)
+    ]
+    groups = _pack(pieces) if len(keys) > 1 else [[p] for p, _ in pieces]
+    parts = [_Part(source, tuple(g), window, categories, ask, be) for g in groups]
+    empty_batch = next(iter(empty.values()))
+    meta = _frame([empty_batch], [codes[0]], categories, None)
     divisions = None
     if len(keys) == 1 and parts:
-        divisions = tuple(pd.Timestamp(t, tz="UTC") for t in [p.lo for p in parts] + [parts[-1].hi])
+        bounds = [p.pieces[0][1] for p in parts] + [parts[-1].pieces[-1][2]]
+        divisions = tuple(pd.Timestamp(t, tz="UTC") for t in bounds)
     if not parts:  # nothing in range: one empty partition keeps the schema
-        parts = [_Part(source, sources[0], 0, -1, window, label_of[keys[0]], ask, be)]
-    return dd.from_map(_read_part, parts, meta=meta, divisions=divisions, label="read-mkts", enforce_metadata=False)
+        parts = [_Part(source, ((sources[0], 0, -1, codes[0]),), window, categories, ask, be)]
+    # Labels are categoricals, numbers numbers: with no object-dtype strings in the frame, dask's
+    # string conversion would be one more no-op task per partition (a third of a scan's graph).
+    plain = not _has_object_strings(meta)
+    with dask.config.set({"dataframe.convert-string": False}) if plain else contextlib.nullcontext():
+        return dd.from_map(_read_part, parts, meta=meta, divisions=divisions, label="read-mkts", enforce_metadata=False)
+
+
+def _has_object_strings(meta: pd.DataFrame) -> bool:
+    """Whether dask's string conversion would change ``meta`` (``True`` if we cannot tell)."""
+    try:
+        from dask.dataframe._pyarrow import is_object_string_dataframe
+    except ImportError:  # a private module of dask's: keep its conversion if it moves
+        return True
+    return bool(is_object_string_dataframe(meta))
+
+
+def _pack(pieces: list[tuple[Any, int]]) -> list[list[Any]]:
+    """Consecutive pieces grouped into partitions of at most :data:`PARTITION_ROWS` bars (estimated;
+    a piece larger than that is a partition of its own). Keeps the pieces' order."""
+    groups: list[list[Any]] = []
+    total = PARTITION_ROWS + 1
+    for piece, rows in pieces:
+        if total + rows > PARTITION_ROWS:
+            groups.append([])
+            total = 0
+        groups[-1].append(piece)
+        total += rows
+    return groups
 
 
 def _label_values(keys: list[str]) -> list[tuple[str, list[str]]]:
@@ -144,17 +193,24 @@ def _label_values(keys: list[str]) -> list[tuple[str, list[str]]]:
             if name == "Symbol" or len(set(values)) > 1]  # fmt: skip
 
 
-def _spans(be: Backend, key: str, lo: int | None, hi: int | None, window: Window | None) -> list[tuple[int, int]]:
-    """``[a, b]`` ns spans of ``key`` holding its data in ``[lo, hi]``: one per year file with data
-    (split into :data:`PARTITION_ROWS`-bar pieces), clipped to the range and to the data's extent."""
+def _spans(be: Backend, key: str, lo: int | None, hi: int | None, window: Window | None) -> list[tuple[int, int, int]]:
+    """``(a, b, rows)``: ``[a, b]`` ns spans of ``key`` holding its data in ``[lo, hi]``, one per
+    year file with data (split into :data:`PARTITION_ROWS`-bar pieces), clipped to the range and to
+    the data's extent; ``rows`` estimates the bars in the span (the bucket's rows spread evenly)."""
     info = be.info(key)
     if info.first is None or info.last is None:
         return []
     a_all = info.first if lo is None else max(lo, info.first)
     b_all = info.last if hi is None else min(hi, info.last)
+    density = info.rows / (info.last - info.first + 1)
+
+    def rows(a: int, b: int) -> int:
+        return int(density * (max(min(b, info.last) - max(a, info.first), -1) + 1)) + 1
+
     if window is not None and not _year_aligned(window):  # candles may cross years: one span
-        return [(lo if lo is not None else window_range(window, info.first, None)[0] or 0,
-                 hi if hi is not None else window_range(window, None, info.last)[1] or info.last)]  # fmt: skip
+        a = lo if lo is not None else window_range(window, info.first, None)[0] or 0
+        b = hi if hi is not None else window_range(window, None, info.last)[1] or info.last
+        return [(a, b, rows(a, b))]
     if window is not None:
         wa, wb = window_range(window, a_all, b_all)
         a_all, b_all = wa if wa is not None else a_all, wb if wb is not None else b_all
@@ -166,7 +222,7 @@ def _spans(be: Backend, key: str, lo: int | None, hi: int | None, window: Window
         a, b = max(a_all, y0), min(b_all, y1 - 1)
         while a <= b:
             z = b if piece is None else min(b, a + piece - 1)
-            spans.append((a, z))
+            spans.append((a, z, rows(a, z)))
             a = z + 1
     return spans
 
@@ -182,29 +238,56 @@ def _read_part(part: _Part, columns: Sequence[str] | None = None) -> pd.DataFram
     """One partition's frame (runs in a dask task: in this process or a worker)."""
     if part.here is not None:
         be = part.here
-    else:
+    else:  # in a worker (or a task that was pickled)
+        restore_mmap_threshold()
         be = open_spec(part.source) if isinstance(part.source, BackendSpec) else part.source
-    label_names = [n for n, _, _ in part.labels]
+    label_names = [n for n, _ in part.labels]
     wanted = list(part.columns) if part.columns is not None else None
     if columns is not None:
         wanted = [c for c in columns if c not in label_names]
-    if part.hi < part.lo:
-        (batch,) = be.query(part.key, columns=wanted, limit=0).values()
-        batch = batch if part.window is None else candles(batch, part.window)
-    elif part.window is not None:
-        (batch,) = read_candles(be, part.key, part.window, start=part.lo, end=part.hi, columns=wanted).values()
-    else:
-        (batch,) = be.query(part.key, start=part.lo, end=part.hi, columns=wanted).values()
-    return _frame(batch, part.labels, columns)
+    batches = []
+    for key, lo, hi, _ in part.pieces:
+        if hi < lo:
+            (batch,) = be.query(key, columns=wanted, limit=0).values()
+            batch = batch if part.window is None else candles(batch, part.window)
+        elif part.window is not None:
+            (batch,) = read_candles(be, key, part.window, start=lo, end=hi, columns=wanted).values()
+        else:
+            (batch,) = be.query(key, start=lo, end=hi, columns=wanted).values()
+        batches.append(batch)
+    return _frame(batches, [p[3] for p in part.pieces], part.labels, columns)
 
 
 def _frame(
-    batch: Batch, labels: Sequence[tuple[str, str, tuple[str, ...]]], columns: Sequence[str] | None
+    batches: Sequence[Batch],
+    codes: Sequence[tuple[int, ...]],
+    labels: Sequence[tuple[str, tuple[str, ...]]],
+    columns: Sequence[str] | None,
 ) -> pd.DataFrame:
+    """The pieces' rows as one frame (their arrays joined once, by column), label columns first:
+    categoricals whose codes repeat each piece's code over its rows."""
+    if len(batches) == 1:
+        batch = batches[0]
+    else:
+        names = list(batches[0].columns)
+        batch = Batch(np.concatenate([b.index for b in batches]),
+                      {n: np.concatenate([b.columns[n] for b in batches]) for n in names})  # fmt: skip
     df = batch_to_frame(batch)
-    n = len(df)
-    for pos, (name, value, categories) in enumerate(labels):
-        codes = np.full(n, categories.index(value), np.int32)
-        df.insert(pos, name, pd.Categorical.from_codes(codes, categories=pd.Index(categories, dtype=object)))
+    lengths = [len(b.index) for b in batches]
+    for pos, (name, categories) in enumerate(labels):
+        dtype = _categorical(categories)
+        ours = np.array([c[pos] for c in codes], dtype=_code_type(len(categories)))
+        df.insert(pos, name, pd.Categorical.from_codes(np.repeat(ours, lengths), dtype=dtype, validate=False))
     df.attrs.clear()
     return df if columns is None else df[list(columns)]
+
+
+@functools.lru_cache(maxsize=64)
+def _categorical(categories: tuple[str, ...]) -> pd.CategoricalDtype:
+    """One dtype per label set (checking 5,000 categories for uniqueness per partition adds up)."""
+    return pd.CategoricalDtype(pd.Index(categories, dtype=object))
+
+
+def _code_type(n: int) -> type[np.signedinteger[Any]]:
+    """The integer type pandas keeps codes of ``n`` categories in (so ``from_codes`` copies nothing)."""
+    return np.int8 if n < 127 else np.int16 if n < 32_767 else np.int32

@@ -38,6 +38,7 @@ from xarray.core import indexing
 from mktsframe.backend import Backend, connect
 from mktsframe.backend.base import Batch, capabilities
 from mktsframe.backend.registry import BackendSpec, open_spec
+from mktsframe.io.worker_malloc import restore_mmap_threshold
 from mktsframe.keys import join_keys, parse_key, parse_key_pattern
 from mktsframe.times import TimeLike, to_ns
 
@@ -69,6 +70,7 @@ class _Source:
     def backend(self) -> Backend:
         if self._backend is None:
             assert self.spec is not None
+            restore_mmap_threshold()  # a dask worker: see mktsframe.io.worker_malloc
             self._backend = open_spec(self.spec)  # one read-only handle per process (a dask worker)
         return self._backend
 

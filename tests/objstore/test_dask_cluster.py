@@ -34,6 +34,12 @@ def client() -> Iterator[distributed.Client]:
     cluster.close()
 
 
+def _malloc_restored() -> bool | None:
+    from mktsframe.io import worker_malloc
+
+    return worker_malloc._done
+
+
 def _by_time(df: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index().sort_values(["Epoch", "Symbol"], kind="stable").set_index("Epoch")
 
@@ -47,6 +53,8 @@ def test_read_dask_on_worker_processes_local_and_s3(
     pd.testing.assert_frame_equal(_by_time(got), want, check_flags=False)
     # the workers read it: the local root read-only (this process holds the writer's lock)
     assert set(client.run(lambda: __import__("os").getpid())) != {__import__("os").getpid()}
+    # and the workers that ran a task got glibc's large-block reuse back (see worker_malloc)
+    assert True in client.run(_malloc_restored).values()
 
     sync(populated, "s3://mkts/dask", storage_options=s3.storage_options)
     store = mktsframe.connect("s3://mkts/dask", storage_options=s3.storage_options)

@@ -150,3 +150,48 @@ def test_magic_connects_to_a_published_root(open_db) -> None:
     finally:
         ip.run_line_magic("unload_ext", "mktsframe")
         set_default_backend(None)
+
+
+def test_prune_deletes_old_snapshots_and_only_their_objects(open_db, s3: S3Server) -> None:
+    import s3fs
+
+    from mktsframe.publish import prune_snapshots
+
+    db = open_db(read_only=False)
+    url, so = "s3://mkts/prune-test", s3.storage_options
+    _bars("2023-12-31 23:00", 120, 1.0).to_mkts("AAA/1Min/OHLCV", backend=db)  # 2023 and 2024 files
+    ids = [sync(db, url, storage_options=so).snapshot]
+    for day, value in (("2024-01-02", 2.0), ("2024-01-03", 3.0), ("2024-01-04", 4.0)):
+        _bars(day, 10, value).to_mkts("AAA/1Min/OHLCV", backend=db)  # changes the 2024 file only
+        ids.append(sync(db, url, storage_options=so).snapshot)
+    fs = s3fs.S3FileSystem(**so)
+    assert len(fs.find("mkts/prune-test/objects")) == 5  # 2023 once, 2024 four times
+    reader = mktsframe.connect(url, storage_options=so)  # on the current snapshot
+    want = mktsframe.read_mkts("AAA/1Min/OHLCV", backend=reader)
+
+    # all were replaced moments ago: the default grace keeps them (a reader may still be on one)
+    assert prune_snapshots(url, 1, storage_options=so).deleted == []
+    assert len(list_snapshots(url, storage_options=so)) == 4
+    with pytest.raises(ValueError, match="at least 1"):
+        prune_snapshots(url, 0, storage_options=so)
+
+    r = prune_snapshots(url, 2, min_age=0, storage_options=so)
+    assert r.deleted == ids[:2]
+    assert r.kept == ids[2:]
+    assert r.objects_deleted == 2  # the two old 2024 files; the 2023 one is shared by every snapshot
+    assert r.bytes_deleted > 0
+    assert [s["id"] for s in list_snapshots(url, storage_options=so)] == ids[2:]
+    assert len(fs.find("mkts/prune-test/objects")) == 3
+    assert not fs.exists(f"mkts/prune-test/snapshots/{ids[0]}.json")
+    with pytest.raises(MktsError, match="no snapshot"):
+        mktsframe.connect(url, storage_options=so, snapshot=ids[0])
+    old = mktsframe.connect(url, storage_options=so, snapshot=ids[2])  # a kept one reads whole
+    assert len(mktsframe.read_mkts("AAA/1Min/OHLCV", backend=old)) == 140
+    pd.testing.assert_frame_equal(mktsframe.read_mkts("AAA/1Min/OHLCV", backend=reader), want)
+
+    # the command line: prune to the current one
+    cli = [sys.executable, "-m", "mktsframe.cli", "snapshots", url, "--storage-options", json.dumps(so)]
+    out = subprocess.run([*cli, "--prune", "1", "--min-age", "0"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("deleted 1 snapshots (1 objects")
+    assert out.splitlines()[1].startswith(f"* {ids[3]}")
+    pd.testing.assert_frame_equal(mktsframe.read_mkts("AAA/1Min/OHLCV", backend=reader), want)

@@ -63,3 +63,36 @@ def test_builtin_backends_declare_what_they_do() -> None:
     caps = capabilities(ObjectStoreBackend)
     assert (caps.write, caps.delete, caps.stream, caps.pickle_spec) == (False, False, False, True)
     assert capabilities(object()) == Capabilities()  # declares nothing: the full protocol
+
+
+_WRITE = """
+import sys
+import numpy as np, pandas as pd
+import mktsframe
+db = mktsframe.connect(sys.argv[1], read_only=False)
+idx = pd.date_range("2024-01-01", periods=int(sys.argv[2]), freq="1min", tz="UTC")
+pd.DataFrame({"Close": np.arange(len(idx), dtype="f4")}, index=idx).to_mkts("AAA/1Min/OHLCV", backend=db)
+db.close()
+"""
+
+
+def test_open_spec_keeps_one_backend_and_follows_a_replaced_root(tmp_path: Path) -> None:
+    """A worker's kept backend: reused while the root is the same; reopened when it was replaced."""
+    import shutil
+    import subprocess
+
+    root = tmp_path / "root"
+    subprocess.run([sys.executable, "-c", _WRITE, str(root), "10"], check=True)  # another process writes
+    spec = registry.BackendSpec(str(root), {"read_only": True})
+    first = registry.open_spec(spec)
+    assert registry.open_spec(spec) is first
+    assert len(first.query("AAA/1Min/OHLCV")["AAA/1Min/OHLCV"].index) == 10
+    subprocess.run([sys.executable, "-c", _WRITE, str(root), "20"], check=True)  # the live root grows
+    assert registry.open_spec(spec) is first
+    assert len(first.query("AAA/1Min/OHLCV")["AAA/1Min/OHLCV"].index) == 20
+    shutil.rmtree(root)  # replaced by another root at the same path
+    subprocess.run([sys.executable, "-c", _WRITE, str(root), "7"], check=True)
+    again = registry.open_spec(spec)
+    assert again is not first
+    assert len(again.query("AAA/1Min/OHLCV")["AAA/1Min/OHLCV"].index) == 7
+    again.close()
