@@ -52,7 +52,7 @@ HEARTBEAT = 1.0
 MAX_REPLICAS = 32
 #: Least seconds between two messages to one replica while commits stream in, and once they come
 #: faster than that (see ReplicationMaster._serve).
-COALESCE, COALESCE_BUSY = 0.002, 0.008
+COALESCE, COALESCE_BUSY, BUSY_GAP = 0.002, 0.008, 0.003
 #: Messages sent to one replica and not yet applied (acknowledged) before the next waits.
 WINDOW = 2
 
@@ -137,6 +137,7 @@ class ReplicationMaster:
         self.backend, self.feed, self.settings = backend, feed, settings
         self.log_id = log_id(meta_dir)
         self._cond = threading.Condition()
+        self._last_commit, self._gap = time.monotonic(), 1.0
         self._stopping = False
         self._poll = poll
         self._peers: dict[int, _Peer] = {}
@@ -186,6 +187,9 @@ class ReplicationMaster:
                 "log_retention_bytes": self.settings.log_retention_bytes, "replicas": peers}  # fmt: skip
 
     def _heard(self, event: CommitEvent) -> None:  # the committing thread: only a wake-up
+        now = time.monotonic()
+        self._gap += (now - self._last_commit - self._gap) / 8  # mean seconds between commits, recent ones
+        self._last_commit = now
         with self._cond:
             self._cond.notify_all()
 
@@ -233,7 +237,7 @@ class ReplicationMaster:
             if reader is None:
                 reader = yield from self._seed(peer, context)
             peer.state = "streaming"
-            last_sent, batched = time.monotonic(), False
+            last_sent = time.monotonic()
             while not self._stopping and context.is_active():
                 if not peer.wait_window(self._poll):
                     continue  # its earlier messages are not applied yet: nothing more now
@@ -247,15 +251,16 @@ class ReplicationMaster:
                 if recs:
                     peer.sent(seqs[-1])
                     yield changes_message(self.feed.log_position, recs)
-                    last_sent, batched = time.monotonic(), len(recs) > 1
-                    continue
+                    last_sent = time.monotonic()
+                    if sum(map(len, recs)) >= READ_BYTES // 2:
+                        continue  # far behind (catching up): the next message at once
                 with self._cond:
                     if self.feed.log_position <= reader.position and not self._stopping:
                         self._cond.wait(self._poll)
                 # Gather a stream of commits into fewer messages (each costs the master and the
-                # replica CPU): at most one per COALESCE seconds, or per COALESCE_BUSY once commits
-                # come faster than that (the last message held several). Sparse writes wait for nothing.
-                pause = last_sent + (COALESCE_BUSY if batched else COALESCE) - time.monotonic()
+                # replica CPU): at most one per COALESCE seconds, or per COALESCE_BUSY while commits
+                # come more often than every BUSY_GAP seconds. Sparse writes wait for nothing.
+                pause = last_sent + (COALESCE_BUSY if self._gap < BUSY_GAP else COALESCE) - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
                 if time.monotonic() - last_sent >= HEARTBEAT and self.feed.log_position <= reader.position:
