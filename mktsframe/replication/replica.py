@@ -55,6 +55,7 @@ log = logging.getLogger("mktsframe.replication")
 
 NS = 1_000_000_000
 
+
 def _join(parts: list[Batch]) -> Batch:
     if len(parts) == 1:
         return parts[0]
