@@ -278,24 +278,27 @@ def test_replicas_share_the_newest_records_and_read_older_ones_from_the_log(tmp_
         recent.close()
 
 
-def test_an_idle_cache_reopens_the_log_after_a_checkpoint(tmp_path: Path) -> None:
-    """No replica reads for a while and checkpoints delete the segment the cache had open: the
-    cache notices (``before_checkpoint``); a replica that missed the deleted records is re-seeded
-    (LogGone), one that is current carries on."""
+def test_a_reader_idle_while_the_log_rotates_away_is_told_so(tmp_path: Path) -> None:
+    """Nobody reads for a while and checkpoints delete the segments after a cursor's position
+    (the shared cache's, or a frozen replica's): the cursor raises LogGone (the replica is
+    re-seeded) rather than skip to the segments that are left; a current replica carries on."""
     with Engine(tmp_path / "m") as e:  # no retention: checkpointed segments are deleted
         e.write("A/1Min/OHLCV", bars([T0], [1]))
         recent = RecentLog(e)
-        stop = e.listen(lambda _ev: None, recent.before_checkpoint)
         at = e.log_position
+        idle = e.changes_since(at)
         for i in range(3):
             e.write("A/1Min/OHLCV", bars([T0 + 60 * (i + 1)], [i]))
             e.checkpoint()
             e.checkpoint()
+        with pytest.raises(LogGone, match="no longer holds record"):
+            while idle.read():  # what its open (deleted) segment still holds, then the gap
+                pass
+        idle.close()
         with pytest.raises(LogGone):
             read_all(Reader(e, recent, at))
         e.write("A/1Min/OHLCV", bars([T0 + 600], [9]))
         assert read_all(Reader(e, recent, e.log_position - 1))[0] == [e.log_position]
-        stop()
         recent.close()
 
 

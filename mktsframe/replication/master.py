@@ -149,7 +149,7 @@ class ReplicationMaster:
         self._peers: dict[int, _Peer] = {}
         self._peers_lock = threading.Lock()
         self.recent = RecentLog(feed)
-        self._unlisten = feed.listen(self._heard, self.recent.before_checkpoint)
+        self._unlisten = feed.listen(self._heard)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=MAX_REPLICAS + 2, thread_name_prefix="mkts-repl"),
             interceptors=list(interceptors),

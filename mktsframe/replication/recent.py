@@ -43,7 +43,6 @@ class RecentLog:
         self._blobs: list[bytes] = []
         self._size = 0
         self._cursor: ChangeCursor | None = None
-        self._checkpointed = False
         self.start = self.end = 0
         """Records with ``start < seq <= end`` are all here (``end``: the last log record read,
         kept or skipped, such as a commit marker)."""
@@ -57,13 +56,6 @@ class RecentLog:
         head = self._feed.log_position
         self._cursor = open_cursor(self._feed, head)
         self.start = self.end = head
-
-    def before_checkpoint(self) -> None:
-        """The feed is about to forget log records (its ``before_checkpoint`` hook, on the
-        committing thread: only a flag). The next read reopens the cursor by position, so that a
-        cursor left idle while the segment it had open was deleted reads the log as it is now
-        (or finds it gone), never a file that no longer belongs to the log."""
-        self._checkpointed = True
 
     def close(self) -> None:
         with self._lock:
@@ -91,13 +83,9 @@ class RecentLog:
     def _fill(self) -> None:
         assert self._cursor is not None
         try:
-            if self._checkpointed:
-                self._checkpointed = False
-                self._cursor.close()
-                self._cursor = open_cursor(self._feed, self.end)
             changes = self._cursor.read(self._read_bytes)
-        except LogGone:  # cannot happen at the head while the log exists; replicas behind re-seed
-            self._restart()
+        except LogGone:  # no replica read while checkpoints deleted the log after ``end``: begin again
+            self._restart()  # at the head; replicas that needed those records are re-seeded
             return
         for c in changes:
             if c.seq <= self.end:  # the record before, read again (see open_cursor)
