@@ -276,6 +276,13 @@ def test_replicas_share_the_newest_records_and_read_older_ones_from_the_log(tmp_
         assert r1[0] is r2[0]
         assert at_head._cursor is None
 
+        # a record larger than the whole cache is not kept: each reader takes it from the log
+        e.write("A/1Min/OHLCV", bars(T0 + 60 * np.arange(2000), np.arange(2000.0)))
+        e.write("A/1Min/OHLCV", bars([T0], [8.0]))
+        big, small = e.log_position - 1, e.log_position
+        assert read_all(at_head)[0] == read_all(behind)[0] == [big, small]
+        assert recent._size <= 4 << 10
+
         # a replica left further behind than the cache holds reads the log again, in order
         old = Reader(e, recent, want[len(want) // 2].seq)
         assert old._cursor is not None

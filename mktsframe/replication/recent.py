@@ -96,7 +96,7 @@ class RecentLog:
             self._size += len(blob)
         self.end = max(self.end, self._cursor.position)
         drop = 0
-        while self._size > self.max_bytes and drop < len(self._blobs) - 1:  # the newest record always stays
+        while self._size > self.max_bytes:  # a record larger than it all is not kept: each reads the log
             self._size -= len(self._blobs[drop])
             drop += 1
         if drop:
