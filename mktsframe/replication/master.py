@@ -194,8 +194,10 @@ class ReplicationMaster:
 
     def _heard(self, event: CommitEvent) -> None:  # the committing thread: only a wake-up
         now = time.monotonic()
-        self._gap += (now - self._last_commit - self._gap) / 8  # mean seconds between commits, recent ones
-        self._last_commit = now
+        gap = now - self._last_commit
+        if gap > 1e-4:  # not the next bucket of the same commit (a multi-bucket write announces each)
+            self._gap += (gap - self._gap) / 8  # mean seconds between commits, recent ones weigh most
+            self._last_commit = now
         with self._cond:
             self._cond.notify_all()
 

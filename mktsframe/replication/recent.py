@@ -68,9 +68,11 @@ class RecentLog:
         sequence numbers, their encodings and the position they take the reader to; ``None`` when
         ``position`` is older than the records kept (the caller reads the log itself)."""
         with self._lock:
+            if self._cursor is None:  # closed
+                return None
             if position >= self.end and self._feed.log_position > self.end:
                 self._fill()
-            if position < self.start or self._cursor is None:
+            if position < self.start:
                 return None
             i = j = bisect.bisect_right(self._seqs, position)
             used = 0
