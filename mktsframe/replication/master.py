@@ -182,8 +182,8 @@ class ReplicationMaster:
             peers = list(self._peers.values())
         for peer in peers:
             peer.wake()
-        self._server.stop(grace)
-        self.recent.close().wait(grace + 5)
+        self._server.stop(grace).wait(grace + 5)
+        self.recent.close()
 
     def status(self) -> dict[str, Any]:
         head = self.feed.log_position
