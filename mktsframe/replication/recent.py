@@ -24,7 +24,7 @@ from mktsframe.replication.wire import encode_record
 
 __all__ = ["RECENT_BYTES", "Reader", "RecentLog", "open_cursor"]
 
-#: Encoded bytes of the newest records kept for replicas that follow (about 30,000 1-row writes).
+#: Encoded bytes of the newest records kept for replicas that follow (about 75,000 1-row OHLCV writes).
 RECENT_BYTES = 8 << 20
 
 
