@@ -7,10 +7,14 @@ replicas, each with its own root; the client is mktsframe's ``HTTPBackend`` in t
   after each acknowledgement the replica is queried (``limit=1`` from the end, over ``/rpc``)
   until the row is there. The figure includes one query's round trip (~0.3-1 ms), so it is an
   upper bound of the replication lag itself. p50 and p99 over ``--lag-writes`` writes.
-* **throughput**: 1-row writes/s of one writer, as fast as it goes, with no replica and with two
-  replicas following (at normal priority, then at ``nice 19``: replicas on other machines take
-  none of the master's CPU); the no-replica figure is taken before the replicas start and after
-  they stop, and the ratio uses the mean of the two (a shared machine's speed drifts).
+* **throughput**: 1-row writes/s of one writer, as fast as it goes, on the master (replication
+  enabled) with no replica attached, then with two replicas following (at normal priority, then
+  at ``nice 19``: as if on other machines, taking only the CPU the master leaves), then with both
+  frozen (``SIGSTOP``), then with none again (the replicas stopped). ``--pairs`` such cycles a
+  round, back to back; each with-replicas figure is divided by the mean of the no-replica figures
+  just before and just after it (a shared machine's speed drifts), and the ratios' median is the
+  result. The master's CPU time per write (user + system, from ``/proc``) is reported beside it:
+  unlike writes/s, it hardly moves with the machine's load.
 * **catch-up**: ``--bars`` 1Min bars (OHLCV, float32 + int32) written to the master in
   ``--batch``-row writes (timed: the baseline) while a replica is away; then the time it takes to
   apply them all: (a) the replica was frozen (``SIGSTOP``) and resumes (``SIGCONT``) on its open
@@ -65,6 +69,17 @@ def _nice(servers: list[ServerProcess], value: int) -> None:
     for srv in servers:
         assert srv.proc is not None
         os.setpriority(os.PRIO_PROCESS, srv.proc.pid, value)
+
+
+def _cpu_s(servers: list[ServerProcess]) -> float:
+    """User + system CPU seconds the server processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for srv in servers:
+        assert srv.proc is not None
+        fields = Path(f"/proc/{srv.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _status(url: str) -> dict[str, Any]:
@@ -123,6 +138,37 @@ def measure_throughput(master_url: str, writes: int, start: int) -> float:
         return writes / (time.perf_counter() - t)
 
 
+class Throughput:
+    """1-row writes/s on the master and the CPU µs each write cost the master and the replicas."""
+
+    def __init__(self, master: ServerProcess, writes: int) -> None:
+        self.master, self.writes, self.next = master, writes, 0
+        self.runs: dict[str, list[dict[str, float]]] = {}
+
+    def measure(self, label: str, replicas: list[ServerProcess]) -> float:
+        m0, r0 = _cpu_s([self.master]), _cpu_s(replicas)
+        rate = measure_throughput(self.master.url, self.writes, self.next)
+        m1, r1 = _cpu_s([self.master]), _cpu_s(replicas)
+        self.next += self.writes
+        self.runs.setdefault(label, []).append({"writes_per_s": rate, "master_cpu_us": (m1 - m0) / self.writes * 1e6,
+                                                "replicas_cpu_us": (r1 - r0) / self.writes * 1e6})  # fmt: skip
+        return rate
+
+    def summary(self) -> dict[str, Any]:
+        """Medians of each label's runs, and each with-replicas run's ratio to the no-replica runs
+        just before and after it (``none`` has one more run than the others)."""
+        none = [r["writes_per_s"] for r in self.runs["none"]]
+        out: dict[str, Any] = {"runs": self.runs}
+        for label, runs in self.runs.items():
+            for k in ("writes_per_s", "master_cpu_us", "replicas_cpu_us"):
+                out[f"{label}_{k}"] = statistics.median(r[k] for r in runs)
+            if label != "none":
+                out[f"{label}_ratio"] = statistics.median(
+                    r["writes_per_s"] / ((none[i] + none[i + 1]) / 2) for i, r in enumerate(runs)
+                )
+        return out
+
+
 def write_bars(master_url: str, key: str, bars: int, batch: int) -> float:
     import mktsframe as mf
     from mktsframe.records import Batch
@@ -150,32 +196,30 @@ def one_round(workdir: Path, a: argparse.Namespace, r: int, log: Any) -> dict[st
     master = ServerProcess(rd / "master", rd / "master.log", mconf)
     replicas: list[ServerProcess] = []
     try:
-        before = measure_throughput(master.url, a.tput_writes, 0)
-        replicas = [ServerProcess(rd / f"replica{i}", rd / f"replica{i}.log", rconf) for i in range(2)]
-        for rep in replicas:
-            _wait_caught_up(rep.url, master.url)
-        # back-to-back pairs, so that the machine's drifting speed moves both sides alike: the two
-        # replicas frozen (SIGSTOP: no replica work on the master once its sends block), then following
-        # (normal priority, then nice 19: as if on other machines, taking only the CPU the master leaves)
-        pairs = []
-        n = a.tput_writes
-        for k in range(a.pairs):
-            _signal(replicas, signal.SIGSTOP)
-            frozen = measure_throughput(master.url, n, (3 * k + 1) * n)
-            _signal(replicas, signal.SIGCONT)
+        tp = Throughput(master, a.tput_writes)
+        tp.measure("none", [])
+        for _ in range(a.pairs):
+            replicas = [ServerProcess(rd / f"replica{i}", rd / f"replica{i}.log", rconf) for i in range(2)]
             for rep in replicas:
                 _wait_caught_up(rep.url, master.url)
-            following = measure_throughput(master.url, n, (3 * k + 2) * n)
+            tp.measure("following", replicas)
             _nice(replicas, 19)
-            niced = measure_throughput(master.url, n, (3 * k + 3) * n)
+            tp.measure("following_niced", replicas)
             _nice(replicas, 0)
             for rep in replicas:
                 _wait_caught_up(rep.url, master.url)
-            pairs.append({"frozen": frozen, "following": following, "following_niced": niced})
-        with_two = statistics.median(p["following"] for p in pairs)
-        with_two_niced = statistics.median(p["following_niced"] for p in pairs)
-        ratio = statistics.median(p["following"] / p["frozen"] for p in pairs)
-        ratio_niced = statistics.median(p["following_niced"] / p["frozen"] for p in pairs)
+            _signal(replicas, signal.SIGSTOP)
+            tp.measure("frozen", replicas)
+            _signal(replicas, signal.SIGCONT)
+            for rep in replicas:
+                _wait_caught_up(rep.url, master.url)
+                rep.stop()
+            replicas = []
+            tp.measure("none", [])
+        tput = tp.summary()
+        replicas = [ServerProcess(rd / f"replica{i}", rd / f"replica{i}.log", rconf) for i in range(2)]
+        for rep in replicas:
+            _wait_caught_up(rep.url, master.url)
         lag = measure_lag(master.url, replicas[0].url, a.lag_writes, a.pace_ms / 1e3)
         log(f"round {r}: lag p50 {np.percentile(lag, 50):.2f} ms p99 {np.percentile(lag, 99):.2f} ms")
         # catch-up (a): replica 0 frozen while the bars are written, then resumed
@@ -197,26 +241,16 @@ def one_round(workdir: Path, a: argparse.Namespace, r: int, log: Any) -> dict[st
         for rep in replicas:
             rep.stop()
         replicas = []
-        after = measure_throughput(master.url, n, (3 * a.pairs + 1) * n)
         # (c): a fresh replica on an empty root: a full copy (3 × bars rows and the small buckets)
         t = time.perf_counter()
         fresh = ServerProcess(rd / "fresh", rd / "fresh.log", rconf)
         replicas = [fresh]
         seed = time.perf_counter() - t + _wait_caught_up(fresh.url, master.url)
-        base = (before + after) / 2
         res = {
             "lag_ms": lag,
             "lag_p50_ms": float(np.percentile(lag, 50)),
             "lag_p99_ms": float(np.percentile(lag, 99)),
-            "writes_per_s_none_before": before,
-            "writes_per_s_none_after": after,
-            "pairs": pairs,
-            "writes_per_s_frozen": statistics.median(p["frozen"] for p in pairs),
-            "writes_per_s_two_replicas": with_two,
-            "writes_per_s_two_replicas_niced": with_two_niced,
-            "throughput_ratio": ratio,
-            "throughput_ratio_niced": ratio_niced,
-            "throughput_ratio_vs_none": with_two / base,
+            **tput,
             "write_bars_s": [write_a, write_b],
             "catch_up_resume_s": resume,
             "catch_up_restart_s": restart,
@@ -225,8 +259,10 @@ def one_round(workdir: Path, a: argparse.Namespace, r: int, log: Any) -> dict[st
             "catch_up_ratio_resume": resume / write_a,
             "catch_up_ratio_restart": restart / write_b,
         }
-        log(f"round {r}: writes/s none {base:.0f} two replicas {with_two:.0f} ({res['throughput_ratio']:.2f}x; "
-            f"niced {res['throughput_ratio_niced']:.2f}x); "
+        log(f"round {r}: writes/s none {tput['none_writes_per_s']:.0f}, two replicas following "
+            f"{tput['following_writes_per_s']:.0f} ({tput['following_ratio']:.2f}x none; niced "
+            f"{tput['following_niced_ratio']:.2f}x; frozen {tput['frozen_ratio']:.2f}x); master CPU/write "
+            f"{tput['none_master_cpu_us']:.0f} us none, {tput['following_master_cpu_us']:.0f} us following; "
             f"{a.bars:,} bars written in {write_a:.2f} s, resumed replica caught up in {resume:.2f} s, "
             f"restarted in {restart:.2f} s (idle restart {restart_idle:.2f} s); fresh replica seeded in {seed:.2f} s")  # fmt: skip
     finally:
@@ -252,10 +288,12 @@ logs in the background, see [replication](replication.md)); the client writes ov
 |---|---|---|
 | Lag, ack on the master → readable on a replica (1-row writes, {p["pace_ms"]} ms apart), p50 | {med["lag_p50_ms"]:.2f} ms | ≤ 5 ms |
 | Same, p99 | {med["lag_p99_ms"]:.2f} ms | ≤ 50 ms |
-| Master 1-row writes/s, no replica (before the replicas start and after they stop) | {med["writes_per_s_none"]:.0f} | |
-| Master 1-row writes/s, both replicas frozen (`SIGSTOP`) | {med["writes_per_s_frozen"]:.0f} | |
-| Master 1-row writes/s, two replicas following; ratio to frozen, back to back | {med["writes_per_s_two_replicas"]:.0f} ({med["throughput_ratio"]:.2f}×) | ≥ 0.8× |
-| Same, replicas at `nice 19` (as if on other machines: only the CPU the master leaves) | {med["writes_per_s_two_replicas_niced"]:.0f} ({med["throughput_ratio_niced"]:.2f}×) | |
+| Master 1-row writes/s, replication on, no replica attached | {med["none_writes_per_s"]:.0f} | |
+| Same, two replicas following; ratio to no replica, back to back | {med["following_writes_per_s"]:.0f} ({med["following_ratio"]:.2f}×) | ≥ 0.8× |
+| Same, replicas at `nice 19` (as if on other machines: only the CPU the master leaves) | {med["following_niced_writes_per_s"]:.0f} ({med["following_niced_ratio"]:.2f}×) | |
+| Same, both replicas frozen (`SIGSTOP`) | {med["frozen_writes_per_s"]:.0f} ({med["frozen_ratio"]:.2f}×) | |
+| Master CPU per write: no replica / two following / two frozen | {med["none_master_cpu_us"]:.0f} / {med["following_master_cpu_us"]:.0f} / {med["frozen_master_cpu_us"]:.0f} µs | |
+| The two replicas' CPU per write they apply, following | {med["following_replicas_cpu_us"]:.0f} µs | |
 | Writing {p["bars"]:,} 1Min bars in {p["batch"]:,}-row batches | {med["write_bars_s"]:.2f} s | |
 | Catch-up of those bars, replica frozen then resumed | {med["catch_up_resume_s"]:.2f} s ({med["catch_up_ratio_resume"]:.2f}× the writing) | ≤ 2× |
 | Catch-up of those bars, replica restarted, process start included | {med["catch_up_restart_s"]:.2f} s | |
@@ -263,11 +301,13 @@ logs in the background, see [replication](replication.md)); the client writes ov
 | Fresh replica on an empty root, seeded with a copy of {3 * p["bars"]:,}+ rows | {med["seed_fresh_s"]:.2f} s | |
 
 The lag includes one replica query's round trip (the client polls until the row is readable), so the
-replication lag itself is lower. The throughput ratio compares, back to back ({p["pairs"]} pairs a round), the
-master with both replicas following to the master with both frozen: on this shared machine its speed drifts by
-2× within seconds (the "no replica" figure, taken seconds apart, is not a fair baseline under that load). The
-master, both replicas and the client compete for two cores and one disk, so "two replicas following"
-is a worst case; the `nice 19` row shows what the replicas' own CPU costs the master. Raw figures:
+replication lag itself is lower. Throughput: {p["pairs"]} cycles a round of no replica, two following, the same at
+`nice 19`, two frozen, no replica again ({p["tput_writes"]} writes each, the replicas stopped and restarted between
+cycles); each with-replicas figure is divided by the mean of the no-replica figures just before and after it (the
+machine's speed drifts), and the ratios' median is given. The master, both replicas and the client compete for two
+cores and one disk, so "two replicas following" is a worst case; the `nice 19` row shows what the replicas' own
+CPU costs the master. CPU per write (the processes' user + system time over the writes) hardly moves with the
+machine's load, unlike writes/s. Raw figures:
 `{res["meta"]["json"]}`.
 """
 
@@ -277,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--lag-writes", type=int, default=300)
     ap.add_argument("--pace-ms", type=float, default=5.0)
-    ap.add_argument("--tput-writes", type=int, default=600)
-    ap.add_argument("--pairs", type=int, default=3, help="frozen/following throughput pairs per round")
+    ap.add_argument("--tput-writes", type=int, default=1000)
+    ap.add_argument("--pairs", type=int, default=3, help="none/following/niced/frozen throughput cycles per round")
     ap.add_argument("--bars", type=int, default=1_000_000)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a new temporary one, removed)")
@@ -289,12 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     log, workdir, out_json = start_run(a, "replication")
     load_before = os.getloadavg()[0]
     rounds = [one_round(workdir, a, r, log) for r in range(a.rounds)]
-    keys = [k for k in rounds[0] if k not in ("lag_ms", "write_bars_s", "pairs")]
+    keys = [k for k in rounds[0] if k not in ("lag_ms", "write_bars_s", "runs")]
     median = {k: statistics.median(r[k] for r in rounds) for k in keys}
     median["write_bars_s"] = statistics.median(x for r in rounds for x in r["write_bars_s"])
-    median["writes_per_s_none"] = statistics.median(
-        (r["writes_per_s_none_before"] + r["writes_per_s_none_after"]) / 2 for r in rounds
-    )
     params = {k: getattr(a, k) for k in ("rounds", "lag_writes", "pace_ms", "tput_writes", "pairs", "bars", "batch")}
     res = {
         "meta": run_meta(argv, out_json, Path(sys.executable)),

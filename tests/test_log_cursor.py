@@ -1,21 +1,27 @@
-"""The changes since a durable position (``Engine.changes_since``), log retention, and a replica's
-applier fed from it: the same buckets, whole, without any server."""
+"""The changes since a durable position (``Engine.changes_since``), log retention, a replica's
+applier fed from it (the same buckets, whole), and the master's shared, bounded cache of encoded
+records with the per-replica window of unacknowledged messages: without any server."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 
 from mktsframe.backend.local import LocalBackend
-from mktsframe.changes import ChangeFeed, LogGone
+from mktsframe.changes import ChangeCursor, ChangeFeed, LoggedChange, LogGone
 from mktsframe.config import ConfigError
 from mktsframe.engine import Engine
 from mktsframe.engine.writes import DIRECT_MIN_BYTES
 from mktsframe.records import Batch
+from mktsframe.replication.master import WINDOW, _Peer
+from mktsframe.replication.recent import Reader, RecentLog
 from mktsframe.replication.replica import Applier
 from mktsframe.replication.settings import parse_replication
+from mktsframe.replication.wire import changes_message, decode_op, encode_op, encode_record, pack, unpack
 
 NS = 1_000_000_000
 T0 = 1_704_067_200
@@ -195,7 +201,6 @@ def test_a_replica_position_after_the_machine_restarted(tmp_path: Path, clean: b
 
 
 def test_wire_ops_round_trip_and_refuse_malformed_input() -> None:
-    from mktsframe.replication.wire import decode_op, encode_op, pack, unpack
 
     arrays = [np.array([1, 2], np.int64), np.array([0.5, 1.5], np.float32)]
     op = encode_op({"op": "write", "key": "A/1Min/OHLCV"}, arrays)
@@ -213,3 +218,113 @@ def test_wire_ops_round_trip_and_refuse_malformed_input() -> None:
     for raw in (b"\xc1", b"\x93\x01\x02\x03", pack({"no": "type"})):
         with pytest.raises(ValueError, match="malformed"):
             unpack(raw)
+
+
+def read_all_changes(cursor: ChangeCursor) -> list[LoggedChange]:
+    out: list[LoggedChange] = []
+    while got := cursor.read():
+        out += got
+    return out
+
+
+def read_all(reader: Reader) -> tuple[list[int], list[bytes]]:
+    seqs, recs = [], []
+    while True:
+        s, r = reader.read(1 << 10)
+        if not r:
+            return seqs, recs
+        seqs += s
+        recs += r
+
+
+def test_changes_message_is_the_packed_map() -> None:
+    ops = [({"op": "write", "key": "A/1Min/OHLCV"}, [np.arange(3, dtype="i8"), np.ones(3)])]
+    for n in (0, 1, 15, 16):
+        recs = [encode_record(i, ops) for i in range(n)]
+        want = pack({"t": "changes", "head": 7 + n, "recs": [[i, [encode_op(m, a) for m, a in ops]] for i in range(n)]})
+        assert changes_message(7 + n, recs) == want
+    for n in (65535, 65536):  # the longer array headers
+        assert changes_message(1 << 40, [b"\xc0"] * n) == pack({"t": "changes", "head": 1 << 40, "recs": [None] * n})
+
+
+def test_replicas_share_the_newest_records_and_read_older_ones_from_the_log(tmp_path: Path) -> None:
+    with Engine(tmp_path / "m", log_retention_bytes=1 << 30) as e:
+        busy(e)  # every kind of change, a direct write (rows only in the year files) among them
+        recent = RecentLog(e, max_bytes=4 << 10)
+        assert recent.start == recent.end == e.log_position
+        for i in range(200):  # ~100 bytes each: far more than the 4 KiB kept
+            e.write("A/1Min/OHLCV", bars([T0 + 60 * (1000 + i)], [i]))
+        e.destroy("B/1Min/OHLCV")
+        busy(e)  # again: the direct write's rows read back while the cache fills
+        want = changes(e, 0)
+
+        # a replica at the start: its own cursor up to the records kept, then the shared ones
+        behind = Reader(e, recent, 0)
+        seqs, recs = read_all(behind)
+        assert seqs == [c.seq for c in want]
+        assert recs == [encode_record(c.seq, c.ops) for c in want]
+        assert recent.start > 0
+        assert recent.end == e.log_position
+        assert sum(map(len, recent._blobs)) <= 4 << 10  # bounded, whatever the replicas do
+
+        # one at the head takes the very same bytes (encoded once), never the log
+        e.write("A/1Min/OHLCV", bars([T0], [7.0]))
+        at_head = Reader(e, recent, behind.position)
+        s1, r1 = at_head.read(1 << 20)
+        s2, r2 = behind.read(1 << 20)
+        assert s1 == s2 == [e.log_position]
+        assert r1[0] is r2[0]
+        assert at_head._cursor is None
+
+        # a record larger than the whole cache is not kept: each reader takes it from the log
+        e.write("A/1Min/OHLCV", bars(T0 + 60 * np.arange(2000), np.arange(2000.0)))
+        e.write("A/1Min/OHLCV", bars([T0], [8.0]))
+        big, small = e.log_position - 1, e.log_position
+        assert read_all(at_head)[0] == read_all(behind)[0] == [big, small]
+        assert recent._size <= 4 << 10
+
+        # a replica left further behind than the cache holds reads the log again, in order
+        old = Reader(e, recent, want[len(want) // 2].seq)
+        assert old._cursor is not None
+        assert read_all(old)[0] == [c.seq for c in changes(e, want[len(want) // 2].seq)]
+        with pytest.raises(LogGone, match="ahead"):
+            Reader(e, recent, e.log_position + 1)
+        recent.close()
+
+
+def test_a_reader_idle_while_the_log_rotates_away_is_told_so(tmp_path: Path) -> None:
+    """Nobody reads for a while and checkpoints delete the segments after a cursor's position
+    (the shared cache's, or a frozen replica's): the cursor raises LogGone (the replica is
+    re-seeded) rather than skip to the segments that are left; a current replica carries on."""
+    with Engine(tmp_path / "m") as e:  # no retention: checkpointed segments are deleted
+        e.write("A/1Min/OHLCV", bars([T0], [1]))
+        recent = RecentLog(e)
+        at = e.log_position
+        idle = e.changes_since(at)
+        for i in range(3):
+            e.write("A/1Min/OHLCV", bars([T0 + 60 * (i + 1)], [i]))
+            e.checkpoint()
+            e.checkpoint()
+        with pytest.raises(LogGone, match="no longer holds record"):
+            read_all_changes(idle)  # what its open (deleted) segment still holds, then the gap
+        idle.close()
+        with pytest.raises(LogGone):
+            read_all(Reader(e, recent, at))
+        e.write("A/1Min/OHLCV", bars([T0 + 600], [9]))
+        assert read_all(Reader(e, recent, e.log_position - 1))[0] == [e.log_position]
+        recent.close()
+
+
+def test_a_replica_that_does_not_acknowledge_gets_no_more_messages() -> None:
+    peer = _Peer("p", "r", 0)
+    for seq in range(1, WINDOW + 1):
+        assert peer.wait_window(0)
+        peer.sent(seq * 10)
+    assert not peer.wait_window(0.01)  # full: the handler sends nothing, reads nothing
+    threading.Timer(0.05, peer.acked, (10, 100)).start()
+    assert peer.wait_window(5)  # the first message applied: one more may go
+    assert peer.applied == 10
+    peer.acked(WINDOW * 10, 100)
+    assert peer.wait_window(0)
+    assert not peer._unacked
+    assert msgpack.unpackb(changes_message(1, [])) == {"t": "changes", "head": 1, "recs": []}

@@ -146,6 +146,8 @@ class LogCursor:
             self._switch(later[0])
             return True
         if not damaged:  # the zero (preallocated) tail: the rest is not written yet, or in a later segment
+            if later and later[0] > self.position + 1:  # the segments in between were deleted while idle here
+                raise LogGone(f"the log no longer holds record {self.position + 1} (oldest kept: {later[0]})")
             if later:
                 self._switch(later[0])
             return bool(later)

@@ -2,13 +2,19 @@
 
 Each replica connects to ``replication.listen_port`` and calls ``/mktsframe.Replication/Stream``
 (bidirectional, raw msgpack messages, :mod:`.wire`), saying which position of which log it has
-applied. Its handler thread then reads the log from there (:meth:`ChangeFeed.changes_since`) and
-sends what it finds, waking when a commit is heard, so:
+applied. Its handler thread then sends the log records after that position
+(:class:`~.recent.Reader`), waking when a commit is heard, so:
 
 * live changes and catch-up are the same path: a replica that was stopped for a day, or started
-  late, reads the log kept on disk (``log_retention_mb``) until it reaches the head;
-* a slow or stopped replica costs the master one read buffer (about 4 MiB) and never holds a
-  writer up: writers only bump a condition variable; the log is the queue;
+  late, reads the log kept on disk (``log_retention_mb``) until it reaches the newest records,
+  which every following replica takes from one shared cache (:class:`~.recent.RecentLog`: each
+  record read back and encoded once, however many replicas there are);
+* a commit costs the writer one condition-variable notify, and the replicas' handlers nothing
+  per commit: a handler gathers the commits of a few milliseconds into one message (2 ms apart,
+  8 ms while commits come faster than every 3 ms), and sends nothing while ``WINDOW`` messages
+  wait to be acknowledged, so a stopped or slow replica costs no work at all until it acks again;
+* a slow or stopped replica costs the master bounded memory (the shared cache, and one read
+  buffer of about 4 MiB while it reads the log) and never holds a writer up: the log is the queue;
 * a replica whose position the log no longer holds (or that followed another log) is re-seeded:
   every bucket is copied under a commit barrier held for that bucket only (a consistent cut of
   each bucket at a known log position), then the log from the seed's start is streamed with each
@@ -20,10 +26,11 @@ Authentication (at merge with the token-auth work): pass gRPC server ``intercept
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,11 +38,12 @@ from typing import Any
 import grpc
 
 from mktsframe.backend.base import Backend
-from mktsframe.changes import ChangeCursor, ChangeFeed, CommitEvent, LogGone
+from mktsframe.changes import ChangeFeed, CommitEvent, LogGone
 from mktsframe.errors import BucketNotFoundError, MktsError
 from mktsframe.replication.position import log_id
+from mktsframe.replication.recent import Reader, RecentLog, open_cursor
 from mktsframe.replication.settings import ReplicationSettings
-from mktsframe.replication.wire import encode_op, pack, unpack
+from mktsframe.replication.wire import changes_message, encode_op, pack, unpack
 
 __all__ = ["METHOD", "ReplicationMaster", "grpc_options"]
 
@@ -48,8 +56,11 @@ READ_BYTES = 4 << 20
 #: Seconds between heartbeats when nothing is written (replicas see the head and the link alive).
 HEARTBEAT = 1.0
 MAX_REPLICAS = 32
-#: Least seconds between two messages to one replica while commits stream in (see ReplicationMaster._serve).
-COALESCE = 0.002
+#: Least seconds between two messages to one replica while commits stream in, and once they come
+#: faster than that (see ReplicationMaster._serve).
+COALESCE, COALESCE_BUSY, BUSY_GAP = 0.002, 0.008, 0.003
+#: Messages sent to one replica and not yet applied (acknowledged) before the next waits.
+WINDOW = 2
 
 
 def grpc_options(master: bool) -> list[tuple[str, int]]:
@@ -65,13 +76,42 @@ def grpc_options(master: bool) -> list[tuple[str, int]]:
 
 
 class _Peer:
-    """What the master knows of one connected replica."""
+    """What the master knows of one connected replica, and its messages not yet applied."""
 
     def __init__(self, peer: str, name: str, applied: int) -> None:
         self.peer, self.name, self.applied = peer, name, applied
         self.state = "connecting"
         self.connected_at = time.time()
         self.caught_up_at = time.monotonic()
+        self._acks = threading.Condition()
+        self._unacked: collections.deque[int] = collections.deque()  # each message's last record
+
+    def sent(self, last_seq: int) -> None:
+        with self._acks:
+            self._unacked.append(last_seq)
+
+    def acked(self, position: int, head: int) -> None:
+        """The replica has applied everything up to ``position`` (its ack)."""
+        with self._acks:
+            self.applied = max(self.applied, position)
+            if self.applied >= head:
+                self.caught_up_at = time.monotonic()
+            while self._unacked and self._unacked[0] <= self.applied:
+                self._unacked.popleft()
+            self._acks.notify_all()
+
+    def wait_window(self, timeout: float) -> bool:
+        """Whether another message may go now: fewer than ``WINDOW`` are unapplied (waits up to
+        ``timeout`` seconds for an ack otherwise). A stopped replica thus costs the master nothing
+        per commit once ``WINDOW`` messages wait for it; it reads the log when it comes back."""
+        with self._acks:
+            if len(self._unacked) >= WINDOW:
+                self._acks.wait(timeout)
+            return len(self._unacked) < WINDOW
+
+    def wake(self) -> None:
+        with self._acks:
+            self._acks.notify_all()
 
     def status(self, head: int) -> dict[str, Any]:
         behind = max(0, head - self.applied)
@@ -103,10 +143,12 @@ class ReplicationMaster:
         self.backend, self.feed, self.settings = backend, feed, settings
         self.log_id = log_id(meta_dir)
         self._cond = threading.Condition()
+        self._last_commit, self._gap = time.monotonic(), 1.0
         self._stopping = False
         self._poll = poll
         self._peers: dict[int, _Peer] = {}
         self._peers_lock = threading.Lock()
+        self.recent = RecentLog(feed)
         self._unlisten = feed.listen(self._heard)
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=MAX_REPLICAS + 2, thread_name_prefix="mkts-repl"),
@@ -136,7 +178,12 @@ class ReplicationMaster:
         self._unlisten()
         with self._cond:
             self._cond.notify_all()
+        with self._peers_lock:
+            peers = list(self._peers.values())
+        for peer in peers:
+            peer.wake()
         self._server.stop(grace).wait(grace + 5)
+        self.recent.close()
 
     def status(self) -> dict[str, Any]:
         head = self.feed.log_position
@@ -146,6 +193,11 @@ class ReplicationMaster:
                 "log_retention_bytes": self.settings.log_retention_bytes, "replicas": peers}  # fmt: skip
 
     def _heard(self, event: CommitEvent) -> None:  # the committing thread: only a wake-up
+        now = time.monotonic()
+        gap = now - self._last_commit
+        if gap > 1e-4:  # not the next bucket of the same commit (a multi-bucket write announces each)
+            self._gap += (gap - self._gap) / 8  # mean seconds between commits, recent ones weigh most
+            self._last_commit = now
         with self._cond:
             self._cond.notify_all()
 
@@ -175,62 +227,63 @@ class ReplicationMaster:
             for raw in requests:
                 msg = unpack(raw)
                 if msg.get("t") == "ack":
-                    peer.applied = int(msg.get("pos", peer.applied))
-                    if peer.applied >= self.feed.log_position:
-                        peer.caught_up_at = time.monotonic()
+                    peer.acked(int(msg.get("pos", peer.applied)), self.feed.log_position)
         except (grpc.RpcError, ValueError, TypeError):
             return
 
     def _serve(self, peer: _Peer, pos: int, lid: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
-        cursor: ChangeCursor | None = None
+        reader: Reader | None = None
         if lid == self.log_id:
             try:
-                cursor = self.feed.changes_since(pos)
+                reader = Reader(self.feed, self.recent, pos)
             except LogGone as exc:
                 log.warning("replica %s: %s; re-seeding it", peer.peer, exc)
+                reader = None
         elif lid is not None:
             log.warning("replica %s followed another log; re-seeding it", peer.peer)
         try:
-            if cursor is None:
-                peer.state = "seeding"
-                cursor = yield from self._seed(peer, context)
+            if reader is None:
+                reader = yield from self._seed(peer, context)
             peer.state = "streaming"
             last_sent = time.monotonic()
             while not self._stopping and context.is_active():
+                if not peer.wait_window(self._poll):
+                    continue  # its earlier messages are not applied yet: nothing more now
                 try:
-                    changes = cursor.read(READ_BYTES)
+                    seqs, recs = reader.read(READ_BYTES)
                 except LogGone as exc:
                     log.warning("replica %s: %s; re-seeding it", peer.peer, exc)
-                    cursor.close()
-                    peer.state = "seeding"
-                    cursor = yield from self._seed(peer, context)
-                    peer.state = "streaming"
+                    reader.close()
+                    reader = yield from self._seed(peer, context)
                     continue
-                if changes:
-                    yield pack({"t": "changes", "head": self.feed.log_position,
-                                "recs": [[c.seq, [encode_op(m, a) for m, a in c.ops]] for c in changes]})  # fmt: skip
+                if recs:
+                    peer.sent(seqs[-1])
+                    yield changes_message(self.feed.log_position, recs)
                     last_sent = time.monotonic()
-                    continue
+                    if sum(map(len, recs)) >= READ_BYTES // 2:
+                        continue  # far behind (catching up): the next message at once
                 with self._cond:
-                    if self.feed.log_position <= cursor.position and not self._stopping:
+                    if self.feed.log_position <= reader.position and not self._stopping:
                         self._cond.wait(self._poll)
-                # Under a stream of commits, gather them: at most one message per COALESCE seconds
-                # (each costs the master ~50 µs of CPU), which delays nothing when writes are sparser.
-                pause = last_sent + COALESCE - time.monotonic()
+                # Gather a stream of commits into fewer messages (each costs the master and the
+                # replica CPU): at most one per COALESCE seconds, or per COALESCE_BUSY while commits
+                # come more often than every BUSY_GAP seconds. Sparse writes wait for nothing.
+                pause = last_sent + (COALESCE_BUSY if self._gap < BUSY_GAP else COALESCE) - time.monotonic()
                 if pause > 0:
                     time.sleep(pause)
-                if time.monotonic() - last_sent >= HEARTBEAT:
+                if time.monotonic() - last_sent >= HEARTBEAT and self.feed.log_position <= reader.position:
                     yield pack({"t": "hb", "head": self.feed.log_position})
                     last_sent = time.monotonic()
         finally:
-            if cursor is not None:
-                cursor.close()
+            if reader is not None:
+                reader.close()
 
-    def _seed(self, peer: _Peer, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """Send a consistent copy of every bucket; returns the cursor to follow from (a generator's value)."""
+    def _seed(self, peer: _Peer, context: grpc.ServicerContext) -> Generator[bytes, None, Reader]:
+        """Send a consistent copy of every bucket; returns the reader to follow from (a generator's value)."""
+        peer.state = "seeding"
         with self.feed.commit_barrier():
             start = self.feed.log_position
-        cursor = self.feed.changes_since(start)
+        cursor = open_cursor(self.feed, start)
         yield pack({"t": "seed_begin", "log_id": self.log_id})
         cuts: dict[str, int] = {}
         for key in self.backend.list_keys():
@@ -243,18 +296,21 @@ class ReplicationMaster:
                 cuts[key] = self.feed.log_position
             yield from _seed_messages(key, info.columns, info.record_type, batch)
             if self._stopping or not context.is_active():
-                return cursor
+                return Reader(self.feed, self.recent, cursor.position, cursor)
         end = max(cuts.values(), default=start)
         while cursor.position < end:  # the log during the copy, minus what each bucket's copy holds
             recs = []
             for c in cursor.read(READ_BYTES):
+                if c.seq <= start:  # read again by open_cursor
+                    continue
                 ops = [encode_op(m, a) for m, a in c.ops if c.seq > cuts.get(m["key"], 0)]
                 recs.append([c.seq, ops])
             if recs:
                 yield pack({"t": "changes", "head": self.feed.log_position, "recs": recs})
         yield pack({"t": "seed_end", "pos": cursor.position})
         log.info("replica %s seeded: %d bucket(s), following from position %d", peer.peer, len(cuts), cursor.position)
-        return cursor
+        peer.state = "streaming"
+        return Reader(self.feed, self.recent, cursor.position, cursor)
 
 
 def _seed_messages(key: str, columns: Any, record_type: str, batch: Any) -> Iterator[bytes]:

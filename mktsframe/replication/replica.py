@@ -54,8 +54,6 @@ __all__ = ["Replica"]
 log = logging.getLogger("mktsframe.replication")
 
 NS = 1_000_000_000
-#: Seconds between acknowledgements while changes stream in (each heartbeat is acknowledged too).
-ACK_EVERY = 0.02
 
 
 def _join(parts: list[Batch]) -> Batch:
@@ -257,16 +255,13 @@ class Replica:
             call = channel.stream_stream(METHOD)(requests(), metadata=self._metadata or None)
             self._call = call
             try:
-                acked = 0.0
                 for raw in call:
                     if self._stop.is_set():
                         break
-                    msg = unpack(raw)
-                    self._handle(msg)
-                    now = time.monotonic()
-                    if now - acked >= ACK_EVERY or msg["t"] != "changes":  # the master's view of this replica
-                        outbox.put(pack({"t": "ack", "pos": self.position.seq}))
-                        acked = now
+                    self._handle(unpack(raw))
+                    # every message is acknowledged once applied: the master sends the next ones
+                    # only then (a few at most in flight), and shows this replica's position
+                    outbox.put(pack({"t": "ack", "pos": self.position.seq}))
             finally:
                 outbox.put(None)
                 call.cancel()

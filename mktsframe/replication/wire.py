@@ -14,6 +14,10 @@ Master → replica:
 An *op* is ``[meta, data]``: the log record's metadata (``op``, ``key``, ...) with
 ``arrays: [[dtype, count], ...]`` and the arrays' bytes one after another (the write-ahead log's
 own layout, :mod:`mktsframe.engine.wal`), so numbers cross the wire exactly, nanoseconds included.
+
+The master encodes each log record once (:func:`encode_record`) and builds every replica's
+``changes`` message from those bytes (:func:`changes_message`): the message is the same msgpack
+map :func:`pack` would make, so either side may be older or newer than the other.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-__all__ = ["decode_op", "encode_op", "pack", "unpack"]
+__all__ = ["changes_message", "decode_op", "encode_op", "encode_record", "pack", "unpack"]
 
 Op = tuple[dict[str, Any], list[np.ndarray]]
 
@@ -32,6 +36,27 @@ def encode_op(meta: dict[str, Any], arrays: list[np.ndarray]) -> list[Any]:
     m = {k: v for k, v in meta.items() if k != "arrays"}
     m["arrays"] = [[a.dtype.str, int(a.size)] for a in arrays]
     return [m, b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)]
+
+
+def encode_record(seq: int, ops: Any) -> bytes:
+    """One log record (``seq`` and its ``(meta, arrays)`` ops) as a msgpack ``[seq, [op, ...]]``:
+    an item of a ``changes`` message's ``recs``, encoded once and shared by every replica."""
+    return msgpack.packb([seq, [encode_op(m, a) for m, a in ops]], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def changes_message(head: int, records: list[bytes]) -> bytes:
+    """``pack({"t": "changes", "head": head, "recs": [...]})`` from records already encoded by
+    :func:`encode_record`, without decoding or copying them more than once."""
+    n = len(records)
+    if n < 16:
+        header = bytes([0x90 | n])
+    else:
+        header = b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+    return b"".join([_CHANGES_HEAD, msgpack.packb(int(head)), _RECS, header, *records])
+
+
+_CHANGES_HEAD = b"\x83" + msgpack.packb("t") + msgpack.packb("changes") + msgpack.packb("head")
+_RECS = msgpack.packb("recs")
 
 
 def decode_op(op: list[Any]) -> Op:
