@@ -168,3 +168,20 @@ def test_a_grid_filled_by_two_threads_is_the_same(universe: tuple, monkeypatch: 
     assert calls  # the threaded path ran
     pd.testing.assert_frame_equal(one, two)
     check(be, "*/1Min/OHLCV", keys, start, end)
+
+
+def test_cross_sections_of_every_column_layout(tmp_path: Path, universe: tuple) -> None:
+    be, keys = universe
+    t = T0 + 1000 * MIN  # S1 lacks this bar, S4 has nothing then
+    check(be, "*/1Min/OHLCV", keys, t, t, columns=["Volume", "Close"])  # a projection of the row view
+    check(be, "*/1Min/OHLCV", keys, t, t, columns=["Close"])
+    with mktsframe.connect(tmp_path / "mixed") as mixed:  # f4 and i8: no row view, one read per column
+        times = T0 + np.arange(10, dtype=np.int64) * MIN
+        for i in range(3):
+            mixed.write(f"M{i}/1Min/OHLCV", Batch(times, {"Close": np.arange(10, dtype="f4") + i,
+                                                          "Volume": np.arange(10, dtype="i8") * i}))  # fmt: skip
+        (yf,) = mixed.engine._resolve("M0/1Min/OHLCV")[0].open_years()
+        assert yf.rows is None
+        mk = [f"M{i}/1Min/OHLCV" for i in range(3)]
+        check(mixed, "*/1Min/OHLCV", mk, int(times[4]), int(times[4]))
+        check(mixed, "*/1Min/OHLCV", mk, int(times[4]), int(times[4]), columns=["Volume"])

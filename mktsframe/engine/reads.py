@@ -69,18 +69,32 @@ def _cross_section(
     file)``, ascending): ``(index, columns, which)``, buckets without that bar left out.
 
     The whole universe at one time is what a live strategy asks every minute, so this is the
-    leanest loop there is: a scalar read and store per column and bucket (~0.2 µs each, where a
-    1-element slice costs ~1 µs), no plan and no mask grid."""
-    cols = [np.empty(nb, dt) for dt in dtypes]
-    targets = list(zip(names, cols, strict=True))
+    leanest loop there is, with no plan and no mask grid: one copy of the bar's row per bucket where
+    the columns share an item size (:attr:`YearFile.rows`, ~1 µs a bucket), else a scalar read and
+    store per column and bucket (~0.5 µs each; a 1-element slice costs ~1 µs)."""
     have = np.zeros(nb, np.bool_)
-    for j, yf in found:
-        lo, hi = yf.extent()
-        if lo <= slot < hi and yf.presence[slot]:
-            src = yf.columns
-            for n, out in targets:
-                out[j] = src[n][slot]
-            have[j] = True
+    first = found[0][1] if found else None
+    rows_everywhere = first is not None and all(yf.rows is not None for _, yf in found)
+    picks = [first.names.index(n) for n in names] if rows_everywhere else None  # type: ignore[union-attr]
+    if picks is not None:  # one row copy per bucket, split into columns once at the end
+        grid = np.empty((nb, len(picks)), first.rows.dtype)  # type: ignore[union-attr]
+        every = picks == list(range(len(first.names)))  # type: ignore[union-attr]
+        for j, yf in found:
+            lo, hi = yf.extent()
+            if lo <= slot < hi and yf.presence[slot]:
+                grid[j] = yf.rows[slot] if every else yf.rows[slot, picks]
+                have[j] = True
+        cols = [np.ascontiguousarray(grid[:, k]).view(dt) for k, dt in enumerate(dtypes)]
+    else:
+        cols = [np.empty(nb, dt) for dt in dtypes]
+        targets = list(zip(names, cols, strict=True))
+        for j, yf in found:
+            lo, hi = yf.extent()
+            if lo <= slot < hi and yf.presence[slot]:
+                src = yf.columns
+                for n, out in targets:
+                    out[j] = src[n][slot]
+                have[j] = True
     which = np.arange(nb, dtype=code_dtype(nb))
     if not have.all():
         cols, which = [c[have] for c in cols], which[have]
