@@ -133,12 +133,23 @@ class PendingWrite:
     rows: int = 0
 
 
+#: How long a queued writer sleeps before looking at the write lock again when nobody wakes it
+#: (the lock was released by something other than a write: a checkpoint, a delete), seconds.
+_WAKE_POLL_S = 0.002
+
+
 @dataclass
 class WriteQueue:
-    """Writes waiting for the write lock (appended and taken under ``lock``)."""
+    """Writes waiting for the write lock (appended and taken under ``lock``), and the condition
+    their threads wait on: a committing thread wakes them all when it lets the write lock go, so
+    that the ones it committed return at once and one of the others leads the next group."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: list[PendingWrite] = field(default_factory=list)
+    changed: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
 
     def take(self) -> list[PendingWrite]:
         with self.lock:
@@ -148,3 +159,18 @@ class WriteQueue:
     def put(self, w: PendingWrite) -> None:
         with self.lock:
             self.pending.append(w)
+
+    def wait_to_lead(self, w: PendingWrite, write_lock: Any) -> bool:
+        """Block until ``w`` is done (``False``) or this thread holds ``write_lock`` (``True``: it
+        must commit the queue, release the lock and :meth:`wake` the others)."""
+        with self.changed:
+            while not w.done:
+                if write_lock.acquire(blocking=False):
+                    return True
+                self.changed.wait(_WAKE_POLL_S)
+        return False
+
+    def wake(self) -> None:
+        """Tell waiting writers that writes were committed or the write lock is free."""
+        with self.changed:
+            self.changed.notify_all()

@@ -89,17 +89,27 @@ class EngineWrites:
         as one record with one sync (:mod:`.many`). Each still succeeds or fails on its own, and
         none returns before its own rows are durable.
         """
-        if not self._queue.pending and self._write_lock.acquire(blocking=False):
+        queue = self._queue
+        if not queue.pending and self._write_lock.acquire(blocking=False):
             try:  # uncontended: no queue, no grouping
                 self._write_one(key, batch, variable_length)
             finally:
                 self._write_lock.release()
+                queue.wake()
             return
         w = PendingWrite(key, batch, variable_length, rows=len(batch) if isinstance(batch, Batch) else 0)
-        self._queue.put(w)
-        with self._write_lock:
-            if not w.done:
-                self._commit_queued(self._queue.take())
+        queue.put(w)
+        # Wait until a committing thread has done this write, or the write lock is free to commit it
+        # (and everything queued with it) here. A committed writer must not wait for the lock just to
+        # learn that it is done: it would sit behind the next group's sync, and groups would shrink
+        # to a couple of writes (measured: 50 writers, 5 ms syncs: 321 writes/s).
+        if queue.wait_to_lead(w, self._write_lock):
+            try:
+                if not w.done:
+                    self._commit_queued(queue.take())
+            finally:
+                self._write_lock.release()
+                queue.wake()
         if w.error is not None:
             raise w.error
 
