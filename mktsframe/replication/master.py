@@ -11,7 +11,7 @@ applied. Its handler thread then sends the log records after that position
   record read back and encoded once, however many replicas there are);
 * a commit costs the writer one condition-variable notify, and the replicas' handlers nothing
   per commit: a handler gathers the commits of a few milliseconds into one message (2 ms apart,
-  8 ms while commits come faster than every 3 ms), and sends nothing while ``WINDOW`` messages
+  20 ms while commits come faster than every 3 ms), and sends nothing while ``WINDOW`` messages
   wait to be acknowledged, so a stopped or slow replica costs no work at all until it acks again;
 * a slow or stopped replica costs the master bounded memory (the shared cache, and one read
   buffer of about 4 MiB while it reads the log) and never holds a writer up: the log is the queue;
@@ -58,7 +58,7 @@ HEARTBEAT = 1.0
 MAX_REPLICAS = 32
 #: Least seconds between two messages to one replica while commits stream in, and once they come
 #: faster than that (see ReplicationMaster._serve).
-COALESCE, COALESCE_BUSY, BUSY_GAP = 0.002, 0.008, 0.003
+COALESCE, COALESCE_BUSY, BUSY_GAP = 0.002, 0.020, 0.003
 #: Messages sent to one replica and not yet applied (acknowledged) before the next waits.
 WINDOW = 2
 
