@@ -189,6 +189,7 @@ def test_streams_per_connection_capped(bounded: ServerProcess) -> None:
             ws.recv()  # and the connection is gone
     finally:
         ws.close()
+        ws.shutdown()  # close() returns early once the client saw the connection drop, leaving the socket open
 
 
 def _send_then_receive(ws: websocket.WebSocket, payload: bytes) -> bytes:
