@@ -308,6 +308,23 @@ def server_rounds(server: Any, p: dict[str, Any], rounds: int, log: Any, label: 
             "many_rounds": manys, "cpu_us_one": _median(cpu_one), "cpu_us_many": _median(cpu_many)}  # fmt: skip
 
 
+def http_cross_section(url: str, p: dict[str, Any]) -> float:
+    """One bar from every symbol → one DataFrame through the server (``HTTPBackend``), median of
+    ``p['rounds']`` after one warm-up (the server maps the files on first use); checked."""
+    import pandas as pd
+
+    from mktsframe.backend.http import HTTPBackend
+
+    be = HTTPBackend(url)
+    last_bar = pd.Timestamp((T0 + (p["days"] * 1440 - 1) * 60) * NS, tz="UTC")
+    read = lambda: pd.read_mkts("*/1Min/OHLCV", start=last_bar, end=last_bar, backend=be)  # noqa: E731
+    assert len(read()) == p["symbols"]
+    try:
+        return _median([_timed(read)[0] for _ in range(p["rounds"])])
+    finally:
+        be.close()
+
+
 def run_server(root: Path, workdir: Path, p: dict[str, Any], log: Any) -> dict[str, Any]:
     from bench.systems.server import ServerProcess
     from mktsframe.engine.open_files import count_open_data_files
@@ -328,6 +345,8 @@ def run_server(root: Path, workdir: Path, p: dict[str, Any], log: Any) -> dict[s
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
+        out["http_cross_section_s"] = http_cross_section(server.url, p)
+        log(f"server: one bar from every symbol over HTTP {out['http_cross_section_s'] * 1e3:.1f} ms")
         out.update(server_rounds(server, p, p["server_rounds"], log, "server"))
     finally:
         stop.set()
@@ -367,6 +386,9 @@ def section(res: dict[str, Any]) -> str:
              f"under `ulimit -n {res['nofile']}`. {meta['machine']}. pandas {meta['pandas']} (mktsframe), "
              f"{arc.get('pandas', '–')} (ArcticDB {arc.get('arcticdb', '–')}, LMDB). Raw: `{meta['json']}`.", "",
              "| operation | mktsframe | ArcticDB (+ concat) | ArcticDB ÷ mktsframe |", "|---|---:|---:|---:|"]  # fmt: skip
+    if srv.get("http_cross_section_s"):  # through the server: no ArcticDB server to set beside it
+        rows.insert(1, ("… the same through the server (`HTTPBackend`, loopback)", srv["http_cross_section_s"],
+                        arc.get("cross_section_s")))  # fmt: skip
     for title, a, b in rows:
         lines.append(f"| {title} | {_ms(a)} | {_ms(b)} | {_x(b / a if a and b else None)} |")
     cat = ours["catalog"]

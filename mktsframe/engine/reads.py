@@ -145,13 +145,8 @@ class EngineReads:
         limit: int | None = None,
         limit_from_start: bool = False,
     ) -> dict[str, Batch]:
-        check_limit(limit)
-        drops = self._bucket_drops
-        buckets = self._resolve(key)
-        grid = self._grid_query(buckets, drops, start, end, columns, limit)
-        if grid is not None:  # many buckets over one range: read as one grid, handed out per bucket
-            return unstack(grid)
-        return {b.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
+        read = self._read_many(key, start, end, columns, limit, limit_from_start)
+        return unstack(read) if isinstance(read, Stacked) else read  # a grid is handed out per bucket
 
     def query_stacked(
         self,
@@ -170,19 +165,30 @@ class EngineReads:
         bucket's column slice is written once, strided, into a ``(bars, buckets)`` grid, and bars a
         bucket lacks are dropped with one mask at the end. The whole read is one snapshot (under the
         apply lock: writers wait for it, ~20 ms per million rows). Anything else (ticks, mixed
-        timeframes or schemas, a limit, an open-ended or sparse range, an open-file set too small to
-        hold every file at once) is read bucket by bucket and joined by
+        timeframes or schemas, a limit below the bars in the range, an open-ended or sparse range, an
+        open-file set too small to hold every file at once) is read bucket by bucket and joined by
         :func:`~mktsframe.stacking.stack`.
         """
+        read = self._read_many(key, start, end, columns, limit, limit_from_start)
+        return read if isinstance(read, Stacked) else stack(read)
+
+    def _read_many(
+        self,
+        key: str,
+        start: int | None,
+        end: int | None,
+        columns: Sequence[str] | None,
+        limit: int | None,
+        from_start: bool,
+    ) -> Stacked | dict[str, Batch]:
+        """The buckets ``key`` names as one grid where :meth:`_grid_query` applies, else bucket by bucket."""
         check_limit(limit)
         drops = self._bucket_drops
         buckets = self._resolve(key)
         grid = self._grid_query(buckets, drops, start, end, columns, limit)
         if grid is not None:
             return grid
-        return stack(
-            {b.item_key: self._query_bucket(b, start, end, columns, limit, limit_from_start) for b in buckets}
-        )
+        return {b.item_key: self._query_bucket(b, start, end, columns, limit, from_start) for b in buckets}
 
     def _grid_query(
         self,
