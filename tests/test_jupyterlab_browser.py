@@ -157,6 +157,12 @@ SHUTDOWN = "await window.jupyterapp.shell.currentWidget.sessionContext.shutdown(
 INSPECT = """
 const w = args[0];
 const rect = e => e.getBoundingClientRect();
+// plotly re-sizes 100 ms after it is told to (a debounce): give a chart drawn at its default a moment
+for (let i = 0; i < 30; i++) {
+  const s = w.querySelector('.mkts-chart .main-svg');
+  if (!s || rect(s).width > 0.9 * rect(w).width) break;
+  await new Promise(r => setTimeout(r, 100));
+}
 // x2: the bottom (volume) pane's axis, which carries the dates
 const ticks = [...w.querySelectorAll('.mkts-chart .x2tick text')].map(t => t.textContent);
 const candles = [...w.querySelectorAll('.mkts-chart .trace.boxes path')];

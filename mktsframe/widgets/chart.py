@@ -61,9 +61,10 @@ class _Fit(anywidget.AnyWidget):
     CSS: plotly writes its text colours inline; a stylesheet rule with ``!important`` wins, so
     labels take JupyterLab's theme colour. JS: plotly.js sizes a plot when it is drawn, which in
     JupyterLab is before the output is attached (zero width, so plotly's default 700 px); its
-    ``responsive`` option re-sizes on window resizes only. A ``ResizeObserver`` on this widget
-    (as wide as the chart) tells plotly whenever the width changes: at attach, or when the user
-    resizes the panel.
+    ``responsive`` option re-sizes on window resizes only. This widget (as wide as the chart)
+    compares its width with the plot's whenever either may have changed (a ``ResizeObserver`` on
+    itself, a ``MutationObserver`` on the chart box) and sends plotly a resize when they differ:
+    at attach, when the user resizes the panel, and when plotly draws after our attach.
     """
 
     _css = traitlets.Unicode("""
@@ -75,13 +76,26 @@ class _Fit(anywidget.AnyWidget):
     _esm = traitlets.Unicode("""
 function render({ el }) {
   if (!window.ResizeObserver) return;
-  let last = 0;
-  const ro = new ResizeObserver((entries) => {
-    const w = Math.round(entries[0].contentRect.width);
-    if (w > 0 && w !== last) { last = w; window.dispatchEvent(new Event("resize")); }
-  });
+  // Re-size when the plot's width is off this widget's: at attach, when the panel is resized, and
+  // when plotly draws after our attach (detached, so at its 700 px default). Once per pair of
+  // widths, so a plot that cannot fit never loops.
+  const tried = new Set();
+  let queued = false, mo = null;
+  const check = () => {
+    queued = false;
+    const root = el.closest(".mkts-chart");  // null until the box is attached
+    if (root && !mo) { mo = new MutationObserver(soon); mo.observe(root, { childList: true, subtree: true }); }
+    const w = Math.round(el.getBoundingClientRect().width);
+    const svg = root?.querySelector(".main-svg");
+    if (!(w > 0 && svg)) return;
+    const s = Math.round(svg.getBoundingClientRect().width);
+    const pair = w + "x" + s;
+    if (Math.abs(s - w) > 2 && !tried.has(pair)) { tried.add(pair); window.dispatchEvent(new Event("resize")); }
+  };
+  const soon = () => { if (!queued) { queued = true; requestAnimationFrame(check); } };
+  const ro = new ResizeObserver(soon);
   ro.observe(el);
-  return () => ro.disconnect();
+  return () => { ro.disconnect(); mo?.disconnect(); };
 }
 export default { render };
 """).tag(sync=True)
