@@ -280,13 +280,14 @@ class EngineReads:
         targets = list(grids.items())
 
         def fill(part: list[tuple[int, YearFile, int, int, int]]) -> None:
-            for j, yf, c0, c1, n_present in part:
-                cols = yf.columns
-                r0, r1 = c0 - lo, c1 - lo
-                for n, g in targets:
-                    g[r0:r1, j] = cols[n][c0:c1]
-                if mask is not None:
-                    mask[r0:r1, j] = yf.presence[c0:c1] if n_present != c1 - c0 else True
+            # One grid at a time: interleaving the grids (every column of a bucket, then the next
+            # bucket) spreads the strided writes over five times the pages, 1.5x slower measured.
+            for n, g in targets:
+                for j, yf, c0, c1, _ in part:
+                    g[c0 - lo : c1 - lo, j] = yf.columns[n][c0:c1]
+            if mask is not None:
+                for j, yf, c0, c1, n_present in part:
+                    mask[c0 - lo : c1 - lo, j] = yf.presence[c0:c1] if n_present != c1 - c0 else True
 
         _in_parallel(fill, plan, rows * nb * len(targets))
         times = (y0 + (lo + np.arange(rows, dtype=np.int64)) * tf) * NS
