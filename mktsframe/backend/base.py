@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from mktsframe.records import Batch, BucketInfo, Stacked
-from mktsframe.stacking import stack
+from mktsframe.stacking import stack, unstack
 from mktsframe.times import TimeLike
 
 if TYPE_CHECKING:
     from mktsframe.streaming.subscription import Subscription
 
-__all__ = ["Backend", "Batch", "BucketInfo", "Capabilities", "Stacked", "capabilities", "query_stacked"]
+__all__ = [
+    "Backend", "Batch", "BucketInfo", "Capabilities", "Stacked", "capabilities", "query_stacked", "write_stacked",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Capabilities:
     stacked_query: bool = False
     """``query_stacked`` (``query``'s arguments) returns one :class:`Stacked` for many buckets,
     built where the data is instead of joined from a :class:`Batch` per bucket."""
+    stacked_write: bool = False
+    """``write_stacked`` stores a :class:`Stacked` (one commit, as ``write_many``) without a
+    :class:`Batch` per bucket first."""
 
 
 #: What a backend that declares nothing is taken to support (the protocol's full surface).
@@ -77,6 +82,16 @@ def query_stacked(
     if capabilities(backend).stacked_query:
         return backend.query_stacked(key, **kw)  # type: ignore[attr-defined, no-any-return]
     return stack(backend.query(key, **kw))
+
+
+def write_stacked(backend: Backend, stacked: Stacked, *, variable_length: bool = False) -> None:
+    """Store the rows of ``stacked`` (several buckets' rows in one set of arrays) as one
+    ``write_many``: the backend's own ``write_stacked`` where it declares one, else its
+    ``write_many`` of :func:`~mktsframe.stacking.unstack`'s batches."""
+    if capabilities(backend).stacked_write:
+        backend.write_stacked(stacked, variable_length=variable_length)  # type: ignore[attr-defined]
+        return
+    backend.write_many(list(unstack(stacked).items()), variable_length=variable_length)
 
 
 @runtime_checkable

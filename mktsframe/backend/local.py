@@ -90,7 +90,7 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
-    capabilities = Capabilities(commit_listeners=True, stacked_query=True)
+    capabilities = Capabilities(commit_listeners=True, stacked_query=True, stacked_write=True)
 
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
@@ -134,6 +134,11 @@ class LocalBackend:
     ) -> None:
         self._check_writable()
         self.engine.write_many(items, variable_length=variable_length)
+
+    def write_stacked(self, stacked: Stacked, *, variable_length: bool = False) -> None:
+        """See :meth:`Engine.write_stacked <mktsframe.engine.Engine.write_stacked>`."""
+        self._check_writable()
+        self.engine.write_stacked(stacked, variable_length=variable_length)
 
     def writes_without_waiting(self) -> contextlib.AbstractContextManager[bool]:
         """See :meth:`Engine.writes_without_waiting` (``False`` when open read-only)."""

@@ -20,6 +20,7 @@ acknowledged before its own record is durable.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from mktsframe.keys import TimeBucketKey, parse_key
 
-__all__ = ["Item", "PendingWrite", "WriteQueue", "decode_record", "encode_record"]
+__all__ = ["Item", "PendingWrite", "WriteQueue", "decode_record", "encode_cross_section", "encode_record"]
 
 #: Queued writes of more rows than this commit on their own (their own record and optimisations).
 GROUP_MAX_ROWS = 4096
@@ -82,6 +83,17 @@ def encode_record(items: list[Item]) -> tuple[dict[str, Any], list[np.ndarray]]:
         "create": [[i, [list(c) for c in it.create[0]], it.create[1]] for i, it in enumerate(items) if it.create],
     }
     return meta, arrays
+
+
+def encode_cross_section(
+    keys: Sequence[str], secs: np.ndarray, arrays: list[np.ndarray]
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """The record :func:`encode_record` makes of one bar (``secs[j]``, bar-start seconds) for each
+    existing fixed bucket ``keys[j]``, built from the columns as they are (``arrays``: one value per
+    key each, one dtype per column) instead of from an :class:`Item` per bucket."""
+    n = len(keys)
+    meta = {"op": "write_many", "keys": list(keys), "groups": [["run", list(range(n)), len(arrays)]], "create": []}
+    return meta, [np.ones(n, np.int64), np.ascontiguousarray(secs, np.int64), *arrays]
 
 
 def decode_record(meta: dict[str, Any], arrays: list[np.ndarray]) -> list[tuple[dict[str, Any], list[np.ndarray]]]:

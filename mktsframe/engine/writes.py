@@ -25,13 +25,14 @@ from mktsframe.dtypes import coerce_column, validate_schema, wire_type
 from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, write_bucket_meta
 from mktsframe.engine.durable import sync_filesystem
-from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, encode_record
+from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, encode_cross_section, encode_record
 from mktsframe.engine.reads import bar_range
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.year_file import YearFile, slot_runs, year_bounds, year_of
 from mktsframe.errors import BucketExistsError, MktsError, SchemaMismatchError
 from mktsframe.keys import TimeBucketKey, parse_key
-from mktsframe.records import Batch
+from mktsframe.records import Batch, Stacked
+from mktsframe.stacking import unstack
 
 __all__ = ["DIRECT_MIN_BYTES", "EngineWrites", "run_start", "year_spans"]
 
@@ -128,6 +129,102 @@ class EngineWrites:
         with self._write_lock:
             self._require_writable()
             self._commit_items(self._prepare_many([(k, b, variable_length) for k, b in pairs]))
+
+    def write_stacked(self, stacked: Stacked, *, variable_length: bool = False) -> None:
+        """Store the rows of a :class:`Stacked` (several buckets' rows in one set of arrays, in any
+        order) as one :meth:`write_many`: one log record, one sync, all or nothing.
+
+        A cross-section (one row for each key, to existing fixed buckets of one schema and
+        timeframe, each into the year file it was last written in) skips the per-bucket work: the
+        columns are checked and converted once, logged as they are, and each bucket gets one row
+        store. That is a live feed's minute for a whole universe. Anything else goes through
+        :func:`~mktsframe.stacking.unstack` and :meth:`write_many`, with the same result.
+        """
+        self._require_writable()
+        with self._write_lock:
+            self._require_writable()
+            plan = None if variable_length or stacked.variable_length else self._cross_section_plan(stacked)
+            if plan is None:
+                entries = [(k, b, variable_length) for k, b in unstack(stacked).items()]
+                self._commit_items(self._prepare_many(entries))
+                return
+            with self.faults.guard():
+                self._commit_cross_section(*plan)
+
+    def _cross_section_plan(
+        self, stacked: Stacked
+    ) -> tuple[list[Bucket], list[YearFile], list[int], np.ndarray, list[np.ndarray]] | None:
+        """``(buckets, year files, slots, bar-start seconds, columns)`` in key order when ``stacked``
+        is a cross-section :meth:`write_stacked` can store row by row, else ``None``. Errors in
+        the columns (a lossy conversion) raise here, before anything is logged."""
+        keys, which, index = stacked.keys, stacked.which, np.asarray(stacked.index)
+        nb = len(keys)
+        if which is None or nb < 2 or index.shape != (nb,) or index.dtype != _I8:
+            return None
+        positions = np.arange(nb)
+        order = None if np.array_equal(which, positions) else np.argsort(which)
+        if order is not None and not np.array_equal(which[order], positions):
+            return None  # a key with several rows (or none)
+        buckets: list[Bucket] = []
+        for key in keys:
+            try:
+                b = self._bucket(parse_key(key))
+            except ValueError:
+                return None  # the general path says which key is wrong
+            if b is None or b.ticks is not None:
+                return None
+            buckets.append(b)
+        first = buckets[0]
+        if list(stacked.columns) != first.names or len({id(b) for b in buckets}) != nb:
+            return None  # other columns, or one bucket named twice (an alias): the general path explains
+        if any(b.schema != first.schema or b.timeframe != first.timeframe for b in buckets):
+            return None
+        tf = first.timeframe
+        secs = index // (tf * NS) * tf
+        arrays = [coerce_column(n, np.asarray(stacked.columns[n]), t) for n, t in first.schema]
+        if order is not None:
+            secs, arrays = secs[order], [a[order] for a in arrays]
+        files: list[YearFile] = []
+        slots: list[int] = []
+        for b, t in zip(buckets, secs.tolist(), strict=True):
+            yf = b.last_written  # open (a closed file is no longer anyone's last written)
+            if yf is None or not yf.year_start <= t < yf.year_end:
+                return None
+            slot = (t - yf.year_start) // tf
+            if not yf.reserved(slot, slot + 1):
+                return None
+            files.append(yf)
+            slots.append(slot)
+        return buckets, files, slots, secs, arrays
+
+    def _commit_cross_section(
+        self, buckets: list[Bucket], files: list[YearFile], slots: list[int], secs: np.ndarray, arrays: list[np.ndarray]
+    ) -> None:
+        """Log, sync and apply what :meth:`_cross_section_plan` planned; call holding the write lock.
+        The record is the one :meth:`write_many` would log (replay and replication read it alike)."""
+        if not self.wal_bypass:
+            wal = self._wal
+            assert wal is not None
+            wal.append(*encode_cross_section([b.item_key for b in buckets], secs, arrays))
+            self._log_replays_over_rows = True
+            if not self.background_sync:
+                wal.sync()
+        rows = list(zip(*(a.tolist() for a in arrays), strict=True))
+        with self._apply_lock, self.faults.applying():
+            self.open_files.touch_all(files)
+            for j, (b, yf, slot, row) in enumerate(zip(buckets, files, slots, rows, strict=True)):
+                if b.last_written is yf:  # still open: a reader may have opened others since the plan
+                    yf.write_row(slot, row)
+                else:
+                    self._apply_write(b, secs[j : j + 1], [a[j : j + 1] for a in arrays])
+        listening = bool(self.commits)
+        for j, b in enumerate(buckets):
+            stored = (
+                Batch(secs[j : j + 1] * NS, {n: a[j : j + 1] for n, a in zip(b.names, arrays, strict=True)})
+                if listening
+                else None
+            )
+            self._announce("write", b.item_key, batch=stored)
 
     def _commit_queued(self, group: list[PendingWrite]) -> None:
         """Commit queued writes in arrival order: runs of small writes to distinct keys as one

@@ -25,7 +25,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,9 +147,7 @@ def parse_header(
     return meta, layout
 
 
-def slot_ranges(
-    presence_offset: int, columns: list[tuple[int, int]], s0: int, s1: int
-) -> list[tuple[int, int]]:
+def slot_ranges(presence_offset: int, columns: list[tuple[int, int]], s0: int, s1: int) -> list[tuple[int, int]]:
     """``(offset, nbytes)`` of slots ``[s0, s1)`` in the presence region and in each column
     (``columns``: ``(offset, itemsize)``): the bytes a write of those slots stores."""
     n = s1 - s0
@@ -481,16 +479,27 @@ class YearFile:
             self.reserve(first, stop)
         if n >= _PWRITE_MIN_ROWS:
             self._pwrite(first, dict(zip(self.columns, values, strict=True)))
-        elif n == 1:  # scalar stores: a third of the cost of 1-element slice assignments
-            for col, v in zip(self.columns.values(), values, strict=True):
-                col[first] = v[0]
-            self.presence[first] = 1
+        elif n == 1:
+            self.write_row(first, [v[0] for v in values])
+            return
         else:
             sl = slice(first, stop)
             for col, v in zip(self.columns.values(), values, strict=True):
                 col[sl] = v
             self.presence[sl] = 1
         self._widen_bounds(first, stop)
+        self.dirty = True
+
+    def write_row(self, slot: int, values: Sequence[Any]) -> None:
+        """Store one row at ``slot``, whose blocks are reserved already (:meth:`reserved`).
+
+        ``values``: one scalar per column, in schema order. Scalar stores cost a third of 1-element
+        slice assignments; a write of one bar to each of 5,000 buckets makes 5,000 of these.
+        """
+        for col, v in zip(self.columns.values(), values, strict=True):
+            col[slot] = v
+        self.presence[slot] = 1
+        self._widen_bounds(slot, slot + 1)
         self.dirty = True
 
     def stage_run(self, first: int, values: list[np.ndarray]) -> None:
@@ -516,7 +525,7 @@ class YearFile:
 
     def _widen_bounds(self, first: int, stop: int) -> None:
         """Move the watermarks out to cover slots ``[first, stop)`` that now hold rows."""
-        lo, hi = self.lo, self.hi
+        lo, hi = self.extent()
         if lo == hi:
             self._set_bounds(first, stop)
         elif first < lo or stop > hi:

@@ -13,10 +13,11 @@ import functools
 import numpy as np
 import pandas as pd
 
-from mktsframe.backend.base import Batch
+from mktsframe.backend.base import Batch, Stacked
 from mktsframe.dtypes import nanoseconds_part
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.io import fastpaths
+from mktsframe.stacking import code_dtype
 
 __all__ = ["batch_to_frame", "empty_index", "frame_to_batch"]
 
@@ -195,3 +196,50 @@ def batch_to_frame(batch: Batch) -> pd.DataFrame:
     ):
         return fast(arrays, _columns_index(tuple(cols)), _index(batch.index))
     return pd.DataFrame(dict(cols), index=_index(batch.index), copy=False)
+
+
+#: The column that names each row's key part where a write's key has ``*`` (what a multi-bucket
+#: ``read_mkts`` labels its rows with).
+LABELS = ("Symbol", "Timeframe", "AttributeGroup")
+
+
+def frame_to_stacked(df: pd.DataFrame, pattern: str, *, nanoseconds_column: bool = False) -> Stacked:
+    """The rows of a frame of several buckets as a :class:`Stacked`: ``pattern`` is a key whose
+    ``*`` parts are taken, row by row, from the ``Symbol`` / ``Timeframe`` / ``AttributeGroup``
+    columns (the frame a multi-bucket ``read_mkts`` returns writes back with the key it was read
+    with). The label columns are factorised once, not split into a frame per bucket.
+    """
+    parts = pattern.split("/") if isinstance(pattern, str) else []
+    wild = [i for i, p in enumerate(parts) if p == "*"]
+    if len(parts) != 3 or not wild or any("*" in p for i, p in enumerate(parts) if i not in wild):
+        raise ValueError(
+            f"a multi-bucket write takes a key like '*/1Min/OHLCV' (whole parts as '*'), got {pattern!r}"
+        )
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    labels = [LABELS[i] for i in wild]
+    missing = [label for label in labels if label not in df.columns]
+    if missing:
+        raise SchemaMismatchError(
+            f"writing to {pattern!r} takes each row's {' and '.join(missing)} from a column of that name; "
+            f"the frame has none (columns: {list(df.columns)})"
+        )
+    values = [df[label] for label in labels]
+    if len(values) == 1:
+        codes, uniques = pd.factorize(values[0])
+        names = [[str(u) for u in uniques]]
+    else:
+        codes, uniques = pd.MultiIndex.from_arrays(values).factorize()
+        names = [[str(u[i]) for u in uniques] for i in range(len(values))]
+    if len(codes) and codes.min() < 0:
+        row = df.index[int(np.argmin(codes))]
+        raise SchemaMismatchError(f"the row at {row} has no {' / '.join(labels)}: every row must name its bucket")
+    keys = []
+    for j in range(len(names[0])):
+        filled = list(parts)
+        for w, column in zip(wild, names, strict=True):
+            filled[w] = column[j]
+        keys.append("/".join(filled))
+    batch = frame_to_batch(df.drop(columns=labels), nanoseconds_column=nanoseconds_column)
+    which = codes.astype(code_dtype(len(keys)), copy=False)
+    return Stacked(tuple(keys), batch.index, batch.columns, which, nanoseconds_column)

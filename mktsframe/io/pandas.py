@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend import Backend, default_backend
-from mktsframe.backend.base import Batch, Stacked, query_stacked
+from mktsframe.backend.base import Batch, Stacked, query_stacked, write_stacked
 from mktsframe.functions.resample import read_candles
-from mktsframe.io.frames import batch_to_frame, frame_to_batch
+from mktsframe.io.frames import batch_to_frame, frame_to_batch, frame_to_stacked
 from mktsframe.keys import parse_key_pattern
 from mktsframe.stacking import code_dtype, stack
 from mktsframe.times import TimeLike
@@ -149,8 +149,17 @@ def write_mkts(
     The bucket's schema is fixed at creation: other columns raise
     :class:`~mktsframe.errors.SchemaMismatchError`; numeric values are converted to the bucket's
     type only when nothing is lost (floats into an ``f4`` column are rounded, as MarketStore does).
+
+    A key with ``*`` parts (``"*/1Min/OHLCV"``) writes a frame of many buckets, as a multi-bucket
+    :func:`read_mkts` returns it: each row's ``Symbol`` (``Timeframe``, ``AttributeGroup``) column
+    names its bucket, and all of it is **one** durable commit, as :func:`write_many`. A live feed's
+    bar for every symbol of a universe is one such frame and one call.
     """
     be = backend if backend is not None else default_backend()
+    if isinstance(key, str) and "*" in key:
+        stacked = frame_to_stacked(df, key, nanoseconds_column=variable_length)
+        write_stacked(be, stacked, variable_length=variable_length)
+        return
     be.write(key, frame_to_batch(df, nanoseconds_column=variable_length), variable_length=variable_length)
 
 

@@ -237,6 +237,14 @@ def test_write_many_and_cross_section(backend: Backend, sym: str) -> None:
     assert whole.index.is_monotonic_increasing
     first = whole.loc[whole.index[0]]
     assert list(first["Symbol"]) == [s for i, s in enumerate(syms) if i != 7]  # ties: the order named
+    # The frames read back write back with the key they were read with, each as one commit.
+    out["Close"] += 0.5
+    out.to_mkts("*/1Min/OHLCV", backend=backend)  # one bar each: the cross-section
+    again = pd.read_mkts(key, start="2024-01-02 09:31", end="2024-01-02 09:31", backend=backend)
+    pd.testing.assert_frame_equal(again, out, check_like=False, check_freq=False)
+    whole["Volume"] += 1
+    whole.to_mkts("*/1Min/OHLCV", backend=backend)  # three bars each
+    assert (pd.read_mkts(key, backend=backend)["Volume"].to_numpy() == whole["Volume"].to_numpy()).all()
 
 
 def test_write_many_refuses_all_when_one_is_bad(backend: Backend, sym: str) -> None:
