@@ -60,6 +60,7 @@ class ConnectionPool:
         """``(status, reply body)``; raises :class:`TimeoutError` or :class:`OSError` (HTTP protocol
         errors are re-raised as ``OSError``)."""
         conn, reused = self._take()
+        resp: http.client.HTTPResponse | None = None
         try:
             try:
                 self._send(conn, body)
@@ -78,6 +79,8 @@ class ConnectionPool:
             except http.client.HTTPException as exc:
                 raise OSError(f"bad HTTP reply: {exc!r}") from None
         except BaseException:
+            if resp is not None:  # its file holds the socket open past conn.close() (a ResourceWarning at GC)
+                resp.close()
             conn.close()
             raise
         if resp.will_close:
