@@ -26,6 +26,8 @@ KEY = "gdax_BTC-USD/1Min/OHLCV"
 @pytest.fixture
 def exchange():
     ex = Exchange(horizon=time.time_ns() // 10**9 // G * G - 1800)  # the exchange's data ends 30 min ago
+    while ex.gap(ex.horizon, G):  # at a traded bar (one minute in 37 has no trades: a test then saw none forming)
+        ex.horizon -= G
     yield ex
     ex.close()
 
@@ -105,7 +107,7 @@ def test_restart_resumes_from_the_last_stored_bar_without_gaps_or_duplicates(db,
     with start_plugins(db, feeder_entry(exchange, first)):
         wait_equal(db, exchange, first)
     last = int(stored(db)[-1, 0])
-    assert last == exchange.horizon
+    assert last == exchange.expected(first, G)[-1][0]  # the newest traded bar (the horizon's may have no trades)
     exchange.horizon += 700 * G  # the feeder was down while 700 bars were traded
     seen = len(exchange.candle_requests())
     with start_plugins(db, feeder_entry(exchange, first)):
