@@ -210,3 +210,17 @@ def test_a_file_closed_between_plan_and_apply_is_reopened(
     assert len(reopened) == 20  # the closed half, through the general apply
     got = pd.read_mkts("*/1Min/OHLCV", start=T0 + pd.Timedelta("1min"), backend=universe)
     assert list(got["Close"]) == [9.0 + i for i in range(40)]
+
+
+def test_ticks_of_many_symbols_in_one_frame(tmp_path: Path) -> None:
+    """Tick buckets too: every row kept at its exact nanosecond, duplicates in arrival order."""
+    t = pd.DatetimeIndex(["2024-01-02 00:00:00.000000001"] * 3 + ["2024-01-02 00:00:00.5"], tz="UTC", name="Epoch")
+    prices = np.array([1.0, 2.0, 3.0, 4.0], "f4")
+    ticks = pd.DataFrame({"Symbol": ["EUR", "USD", "EUR", "EUR"], "Price": prices}, index=t)
+    with mktsframe.connect(tmp_path) as be:
+        mktsframe.write_mkts(ticks, "*/1Sec/TICK", variable_length=True, backend=be)
+        assert be.info("EUR/1Sec/TICK").record_type == "variable"
+        eur = pd.read_mkts("EUR/1Sec/TICK", backend=be)
+        assert list(eur["Price"]) == [1.0, 3.0, 4.0]
+        assert list(eur.index.asi8 - T0.value) == [1, 1, 500_000_000]
+        assert list(pd.read_mkts("USD/1Sec/TICK", backend=be)["Price"]) == [2.0]
