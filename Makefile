@@ -22,7 +22,7 @@ serve: $(STAMP)
 # pymarketstore and HTTPBackend); the engine, WAL and crash suites do not touch pandas and run once.
 PD2 := .venv-pandas2
 PD2_STAMP := $(PD2)/.installed
-PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_stacked_reads.py tests/test_xarray.py tests/test_notebooks.py \
+PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_stacked_reads.py tests/test_stacked_writes.py tests/test_xarray.py tests/test_notebooks.py \
 	tests/test_magics.py tests/test_widgets.py tests/test_live_view.py tests/functions tests/cli \
 	tests/plugins/test_ondiskagg.py tests/server/test_server_backends.py tests/server/test_server_pymarketstore.py \
 	tests/server/test_server_sql.py tests/server/test_server_functions.py tests/server/test_server_notebook.py \
