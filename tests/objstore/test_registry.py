@@ -58,7 +58,7 @@ def test_register_backend_and_conflicts(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_builtin_backends_declare_what_they_do() -> None:
-    assert capabilities(LocalBackend) == Capabilities(commit_listeners=True, stacked_query=True)
+    assert capabilities(LocalBackend) == Capabilities(commit_listeners=True, stacked_query=True, stacked_write=True)
     assert capabilities(HTTPBackend) == Capabilities()
     caps = capabilities(ObjectStoreBackend)
     assert (caps.write, caps.delete, caps.stream, caps.pickle_spec) == (False, False, False, True)
