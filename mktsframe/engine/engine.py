@@ -129,6 +129,8 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         #: Moves whenever a cached :class:`Bucket` is dropped (destroy, close, another process's
         #: destroy): a list of buckets resolved before is stale, and a reader must re-check them.
         self._bucket_drops = 0
+        #: ``(keys, drops, buckets)``: the last key list a cross-section write looked up (EngineWrites._fixed_buckets).
+        self._fixed_hit: tuple[tuple[str, ...], int, list[Bucket]] | None = None
         self.open_files = OpenFiles(max_open_files)
         """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
         # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.

@@ -500,14 +500,19 @@ class YearFile:
         self._widen_bounds(first, stop)
         self.dirty = True
 
-    def write_row(self, slot: int, values: Sequence[Any]) -> None:
+    def write_row(self, slot: int, values: Sequence[Any] | np.ndarray) -> None:
         """Store one row at ``slot``, whose blocks are reserved already (:meth:`reserved`).
 
-        ``values``: one scalar per column, in schema order. Scalar stores cost a third of 1-element
-        slice assignments; a write of one bar to each of 5,000 buckets makes 5,000 of these.
+        ``values``: one scalar per column, in schema order, or, where :attr:`rows` exists, the row's
+        raw values as it holds them (one store instead of one per column). Scalar stores cost a
+        third of 1-element slice assignments; a write of one bar to each of 5,000 buckets makes
+        5,000 of these.
         """
-        for col, v in zip(self.columns.values(), values, strict=True):
-            col[slot] = v
+        if isinstance(values, np.ndarray):
+            self.rows[slot] = values
+        else:
+            for col, v in zip(self.columns.values(), values, strict=True):
+                col[slot] = v
         self.presence[slot] = 1
         self._widen_bounds(slot, slot + 1)
         self.dirty = True
