@@ -224,3 +224,14 @@ def test_ticks_of_many_symbols_in_one_frame(tmp_path: Path) -> None:
         assert list(eur["Price"]) == [1.0, 3.0, 4.0]
         assert list(eur.index.asi8 - T0.value) == [1, 1, 500_000_000]
         assert list(pd.read_mkts("USD/1Sec/TICK", backend=be)["Price"]) == [2.0]
+
+
+def test_a_bucket_destroyed_between_two_cross_sections_is_made_again(universe: LocalBackend) -> None:
+    """The key list's buckets are remembered between writes: never past a destroy."""
+    be = universe
+    mktsframe.write_mkts(cross_section(T0 + pd.Timedelta("1min")), "*/1Min/OHLCV", backend=be)
+    be.destroy("S005/1Min/OHLCV")
+    mktsframe.write_mkts(cross_section(T0 + pd.Timedelta("2min"), value=7.0), "*/1Min/OHLCV", backend=be)
+    again = pd.read_mkts("S005/1Min/OHLCV", backend=be)
+    assert list(again["Close"]) == [12.0]  # only the write after the destroy
+    assert len(pd.read_mkts("S006/1Min/OHLCV", backend=be)) == 3
