@@ -11,7 +11,7 @@ import pandas as pd
 from mktsframe.backend import Backend, default_backend
 from mktsframe.backend.base import Batch, Stacked, query_stacked, write_stacked
 from mktsframe.functions.resample import read_candles
-from mktsframe.io.frames import batch_to_frame, frame_to_batch, frame_to_stacked
+from mktsframe.io.frames import LABELS, batch_to_frame, frame_to_batch, frame_to_stacked
 from mktsframe.keys import parse_key_pattern
 from mktsframe.stacking import code_dtype, stack
 from mktsframe.times import TimeLike
@@ -122,7 +122,7 @@ def _labels(keys: tuple[str, ...]) -> list[tuple[str, pd.Index, np.ndarray | Non
     universe is read again and again, and splitting 5,000 keys costs ~2 ms."""
     parts = list(zip(*(k.split("/") for k in keys), strict=True))
     labels = []
-    for label, values in zip(("Symbol", "Timeframe", "AttributeGroup"), parts, strict=True):
+    for label, values in zip(LABELS, parts, strict=True):
         distinct = list(dict.fromkeys(values))
         if label != "Symbol" and len(distinct) == 1:
             continue
