@@ -235,3 +235,14 @@ def test_a_bucket_destroyed_between_two_cross_sections_is_made_again(universe: L
     again = pd.read_mkts("S005/1Min/OHLCV", backend=be)
     assert list(again["Close"]) == [12.0]  # only the write after the destroy
     assert len(pd.read_mkts("S006/1Min/OHLCV", backend=be)) == 3
+
+
+def test_a_frame_of_several_buckets_stores_itself_back(universe: LocalBackend) -> None:
+    """``df.mkts.write()`` on a multi-bucket read: each row back to its bucket, one commit."""
+    be = universe
+    both = pd.read_mkts("S001,S002/1Min/OHLCV", backend=be)
+    assert both.mkts.key == "S001/1Min/OHLCV,S002/1Min/OHLCV"
+    both["Close"] += 100
+    both.mkts.write(backend=be)
+    assert list(pd.read_mkts("S001,S002/1Min/OHLCV", backend=be)["Close"]) == [102.0, 103.0]
+    assert list(pd.read_mkts("S003/1Min/OHLCV", backend=be)["Close"]) == [4.0]  # not named: untouched

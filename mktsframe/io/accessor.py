@@ -84,11 +84,24 @@ class MktsAccessor:
     def write(
         self, key: str | None = None, *, variable_length: bool = False, backend: Backend | None = None
     ) -> None:
-        """Store the frame in ``key`` (default: the key it was read from); see :func:`write_mkts`."""
+        """Store the frame in ``key`` (default: the key it was read from); see :func:`write_mkts`.
+
+        A frame read from several buckets writes back to them, each row to the bucket its
+        ``Symbol`` (``Timeframe``, ``AttributeGroup``) column names, as one commit.
+        """
         target = key or self.key
         if target is None:
             raise ValueError("no key given and the frame was not read from mktsframe")
+        if key is None and "," in target and "/" in target.split(",")[0]:  # the keys of a multi-bucket read
+            target = _pattern_of(target.split(","))
         write_mkts(self._df, target, variable_length=variable_length, backend=backend)
+
+
+def _pattern_of(keys: list[str]) -> str:
+    """The key that names ``keys`` through the frame's label columns: each part they share, ``*``
+    for each part that varies (``A/1Min/OHLCV`` and ``B/1Min/OHLCV`` give ``*/1Min/OHLCV``)."""
+    parts = zip(*(k.split("/") for k in keys), strict=True)
+    return "/".join(p[0] if len(set(p)) == 1 else "*" for p in parts)
 
 
 class ToMkts:
