@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -15,13 +16,17 @@ from mktsframe.backend.http_pool import ConnectionPool
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    mode = "keep"  # keep | drop (close without saying so) | chunked | slow
+    mode = "keep"  # keep | drop (close without saying so) | chunked | slow | garbage (no HTTP reply)
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.peers.append(self.client_address[1])  # type: ignore[attr-defined]
         if self.mode == "slow":
             time.sleep(1.0)
+        if self.mode == "garbage":
+            self.wfile.write(b"HTTP/1.1 not-a-status\r\n\r\n")
+            self.close_connection = True
+            return
         self.send_response(200)
         if self.mode == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
@@ -93,4 +98,24 @@ def test_threads_share_the_pool(server) -> None:
     for t in threads:
         t.join()
     assert sorted(out) == sorted((200, b"t%d" % i) for i in range(16))
+    pool.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_failed_reply_closes_its_socket_at_once(server) -> None:
+    """A reply that cannot be parsed fails the call and closes the socket then, even while the
+    error (whose traceback holds the half-read response) is still referenced: not when the GC
+    finds the response later (a ResourceWarning in some other test)."""
+    _Handler.mode = "garbage"
+    pool = _pool(server)
+    before = _open_descriptors()
+    with pytest.raises(OSError, match="bad HTTP reply") as failed:
+        pool.post(b"x")
+    deadline = time.monotonic() + 2
+    while _open_descriptors() > before and time.monotonic() < deadline:
+        time.sleep(0.01)  # the server's end of the connection closes on its own thread
+    assert _open_descriptors() == before, failed.value
     pool.close()

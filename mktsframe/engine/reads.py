@@ -24,7 +24,7 @@ from mktsframe.keys import parse_key
 from mktsframe.records import Batch, BucketInfo, Stacked
 from mktsframe.stacking import code_dtype, stack, unstack
 
-__all__ = ["EngineReads", "bar_range"]
+__all__ = ["EngineReads", "bar_range", "uniform_keys"]
 
 NS = 1_000_000_000
 _I64_MAX = np.iinfo(np.int64).max
@@ -110,13 +110,13 @@ def _cross_section(
     return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, cols, strict=True)), which
 
 
-#: The last bucket list :func:`_uniform_keys` answered for, and its answer: a pattern's list is
+#: The last bucket list :func:`uniform_keys` answered for, and its answer: a pattern's list is
 #: cached by the engine (the same object while the catalog stands), and checking 5,000 buckets
 #: costs ~1 ms of a ~15 ms cross-section.
 _last_uniform: tuple[list[Any], tuple[str, ...] | None] | None = None
 
 
-def _uniform_keys(buckets: list[Bucket]) -> tuple[str, ...] | None:
+def uniform_keys(buckets: list[Bucket]) -> tuple[str, ...] | None:
     """The keys of ``buckets`` if all are fixed buckets of one timeframe and schema (what a grid
     read needs), else ``None``. A bucket's kind, timeframe and schema never change."""
     global _last_uniform
@@ -208,7 +208,7 @@ class EngineReads:
             return None
         first = buckets[0]
         tf = first.timeframe
-        keys = _uniform_keys(buckets)
+        keys = uniform_keys(buckets)
         if keys is None:
             return None
         s, e = bar_range(int(start), int(end), tf)

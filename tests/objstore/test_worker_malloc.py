@@ -18,7 +18,12 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 CHILD = r"""
 import json, resource, sys
 import numpy as np
+from numpy._core import multiarray
 from mktsframe.io.worker_malloc import restore_mmap_threshold
+
+# Counted in 4 KiB pages: numpy asks for transparent huge pages on large arrays, and whether the
+# kernel has any to give (memory fragmentation) would otherwise change the count 512-fold.
+multiarray._set_madvise_hugepage(False)
 
 def faults():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
