@@ -303,6 +303,7 @@ class RpcFront:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await self._too_big(send, declared.decode("latin-1"), codec)
             return
+        log.debug("rpc: reading a request body (%s bytes)", declared.decode("latin-1") if declared else "chunked")
         body = bytearray()
         more = True
         while more:

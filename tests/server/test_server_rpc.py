@@ -269,7 +269,7 @@ def test_second_server_on_same_root_refuses(server_factory, tmp_path: Path) -> N
 
 # -- shutdown, concurrency, client errors ------------------------------------------------------
 def test_graceful_shutdown_finishes_in_flight_write(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "s", config={"stop_grace_period": 20})
+    server = start_server(tmp_path / "s", config={"stop_grace_period": 20, "log_level": "debug"})
     try:
         n = 200_000
         epochs = 1_600_000_000 + 60 * np.arange(n, dtype=np.int64)
@@ -295,6 +295,12 @@ def test_graceful_shutdown_finishes_in_flight_write(tmp_path: Path) -> None:
         t = threading.Thread(target=send)
         t.start()
         assert half.wait(20)
+        # In flight means the server has begun the request: a connection it has not read yet when
+        # the signal lands is closed unanswered (uvicorn, like any server, serves only started work).
+        deadline = time.monotonic() + 20
+        while "rpc: reading a request body" not in server.output():
+            assert time.monotonic() < deadline, server.output()
+            time.sleep(0.01)
         server.proc.send_signal(signal.SIGTERM)  # mid-request
         t.join(60)
         r = result["r"]
