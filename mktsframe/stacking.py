@@ -23,7 +23,7 @@ import numpy as np
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.records import Batch, Stacked
 
-__all__ = ["code_dtype", "stack", "unstack"]
+__all__ = ["bucket_major", "code_dtype", "stack", "time_major", "unstack"]
 
 
 def code_dtype(n: int) -> np.dtype:
@@ -67,9 +67,35 @@ def stack(results: Mapping[str, Batch]) -> Stacked:
         return Stacked(keys, np.repeat(first.index, nb), cols, np.tile(codes, rows), tick)
     index = np.concatenate([b.index for b in batches])
     cols = {n: np.concatenate([b.columns[n] for b in batches]) for n in names}
-    which = np.repeat(codes, lengths)
+    return _by_time(keys, index, cols, np.repeat(codes, lengths), tick)
+
+
+def time_major(
+    keys: tuple[str, ...], index: np.ndarray, columns: dict[str, np.ndarray], counts: np.ndarray,
+    variable_length: bool = False,
+) -> Stacked:
+    """A :class:`Stacked` from rows grouped by bucket (``counts[j]`` rows of ``keys[j]``, in that
+    order, each bucket's in time order: MarketStore's wire layout); the inverse of
+    :func:`bucket_major`. ``index`` and ``columns`` are reordered copies unless already in order."""
+    nk = len(keys)
+    if nk == 1:
+        return Stacked(keys, index, columns, None, variable_length)
+    codes = np.arange(nk, dtype=code_dtype(nk))
+    rows = int(counts[0]) if nk else 0
+    n = index.shape[0]
+    if nk > 1 and rows > 1 and n == nk * rows and (index.reshape(nk, rows) == index[:rows]).all():
+        cols = {c: np.ascontiguousarray(v.reshape(nk, rows).T).reshape(-1) for c, v in columns.items()}
+        return Stacked(keys, np.repeat(index[:rows], nk), cols, np.tile(codes, rows), variable_length)
+    return _by_time(keys, index, columns, np.repeat(codes, counts), variable_length)
+
+
+def _by_time(
+    keys: tuple[str, ...], index: np.ndarray, cols: dict[str, np.ndarray], which: np.ndarray, tick: bool
+) -> Stacked:
+    """Rows joined bucket by bucket put in time order with one stable sort (skipped when already in
+    order): ties keep the order named (and ticks their arrival)."""
     if index.shape[0] > 1 and not (index[1:] >= index[:-1]).all():
-        order = np.argsort(index, kind="stable")  # ties keep the order named (and ticks their arrival)
+        order = np.argsort(index, kind="stable")
         index, which = index[order], which[order]
         cols = {n: c[order] for n, c in cols.items()}
     return Stacked(keys, index, cols, which, tick)
@@ -92,20 +118,29 @@ def _time_major(arrays: list[np.ndarray], rows: int, dtype: np.dtype) -> np.ndar
     return grid.reshape(-1)
 
 
+def bucket_major(stacked: Stacked) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The rows of ``stacked`` grouped by bucket in the order named, each bucket's rows in time
+    order: ``(index, columns, counts)``, ``counts[j]`` rows of ``keys[j]`` (zero for a bucket with
+    none). One reordering copy of each column (none for a cross-section, already in that order);
+    MarketStore's wire and :func:`unstack` want this layout."""
+    keys = stacked.keys
+    which = stacked.which
+    if which is None:
+        return stacked.index, dict(stacked.columns), np.array([len(stacked)], np.int64)
+    counts = np.bincount(which, minlength=len(keys))
+    if which.shape[0] == len(keys) and (counts == 1).all() and (which[1:] > which[:-1]).all():
+        return stacked.index, dict(stacked.columns), counts  # a cross-section: one row each, in key order
+    order = np.argsort(which, kind="stable")  # keeps each bucket's rows in time order
+    return stacked.index[order], {n: c[order] for n, c in stacked.columns.items()}, counts
+
+
 def unstack(stacked: Stacked) -> dict[str, Batch]:
     """Each bucket's rows of ``stacked`` as a :class:`Batch` (in time order), keyed in the order
     named; the inverse of :func:`stack`. The batches are views of one reordered copy of each column."""
     keys = stacked.keys
     if stacked.which is None:
         return {keys[0]: Batch(stacked.index, dict(stacked.columns), stacked.variable_length)}
-    which = stacked.which
-    counts = np.bincount(which, minlength=len(keys))
-    if which.shape[0] == len(keys) and (counts == 1).all():  # a cross-section: one row each, in key order
-        order = np.argsort(which)
-    else:
-        order = np.argsort(which, kind="stable")  # keeps each bucket's rows in time order
-    index = stacked.index[order]
-    cols = {n: c[order] for n, c in stacked.columns.items()}
+    index, cols, counts = bucket_major(stacked)
     ends = np.cumsum(counts).tolist()
     out: dict[str, Batch] = {}
     a = 0

@@ -48,6 +48,11 @@ class Capabilities:
     stacked_query: bool = False
     """``query_stacked`` (``query``'s arguments) returns one :class:`Stacked` for many buckets,
     built where the data is instead of joined from a :class:`Batch` per bucket."""
+    grid_query: bool = False
+    """``query_grid(key, start=, end=, columns=, limit=, max_rows=)`` returns the buckets' rows as one
+    time-major :class:`Stacked` read straight from storage where they form a dense grid (one
+    timeframe and schema, a bounded range), else ``None``: what a server answers a universe read
+    with, with no :class:`Batch` per bucket."""
     stacked_write: bool = False
     """``write_stacked`` stores a :class:`Stacked` (one commit, as ``write_many``) without a
     :class:`Batch` per bucket first."""

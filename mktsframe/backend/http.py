@@ -24,11 +24,12 @@ import numpy as np
 
 from mktsframe import errors
 from mktsframe.backend import nmds
-from mktsframe.backend.base import Batch, BucketInfo, Capabilities
+from mktsframe.backend.base import Batch, BucketInfo, Capabilities, Stacked
 from mktsframe.backend.http_pool import ConnectionPool
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
+from mktsframe.stacking import stack, time_major
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
 from mktsframe.times import TimeLike, to_ns
 
@@ -84,7 +85,7 @@ class HTTPBackend:
         PEM file of the CA to trust for ``https://`` (default: the system's, or ``$SSL_CERT_FILE``).
     """
 
-    capabilities = Capabilities()  # writes, deletes and streams as the server allows
+    capabilities = Capabilities(stacked_query=True)  # writes, deletes and streams as the server allows
 
     def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None,
                  token: str | None = None, ca_file: str | os.PathLike[str] | None = None) -> None:
@@ -183,7 +184,7 @@ class HTTPBackend:
             if r.get("error"):
                 raise _error(r["error"], r)
 
-    def query(
+    def query_stacked(
         self,
         key: str,
         *,
@@ -192,8 +193,25 @@ class HTTPBackend:
         columns: Sequence[str] | None = None,
         limit: int | None = None,
         limit_from_start: bool = False,
-    ) -> dict[str, Batch]:
-        """Rows with ``start <= t <= end`` per bucket, in the order named (see the protocol)."""
+    ) -> Stacked:
+        """:meth:`query` as one :class:`~mktsframe.records.Stacked`, built from the reply's one set of
+        column buffers (the wire already holds the buckets' rows joined): no :class:`Batch` per
+        bucket, which cost ~20 µs each, 100 ms for a 5,000-symbol cross-section."""
+        kw: dict[str, Any] = {"start": start, "end": end, "columns": columns, "limit": limit,
+                              "limit_from_start": limit_from_start}  # fmt: skip
+        if limit == 0:
+            return stack(self.query(key, **kw))
+        response = self._query_response(key, start, end, columns, limit, limit_from_start)
+        if "result" not in response:  # a dataset per schema: joining them fails as on the engine
+            return stack(dict(self._found(response, limit)))
+        got = _decode_joined(response["result"])
+        return got if got is not None else stack(dict(self._found(response, limit)))
+
+    def _query_response(
+        self, key: str, start: TimeLike, end: TimeLike, columns: Sequence[str] | None, limit: int | None,
+        limit_from_start: bool,
+    ) -> dict[str, Any]:
+        """The server's response to one native ``DataService.Query``."""
         if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 0):
             raise ValueError(f"limit must be a non-negative integer, got {limit!r}")
         req: dict[str, Any] = {"destination": key, "mkts_native": True, "limit_from_start": bool(limit_from_start)}
@@ -205,6 +223,10 @@ class HTTPBackend:
             req["columns"] = list(columns)
         result = self._call("DataService.Query", {"requests": [req]})
         (response,) = result["responses"]
+        return response
+
+    def _found(self, response: dict[str, Any], limit: int | None) -> list[tuple[str, Batch]]:
+        """Each key's :class:`Batch` of a query response, in the order named."""
         datasets = response["results"] if "results" in response else [response["result"]]
         found: list[tuple[str, Batch]] = []
         for ds in datasets:  # one dataset, or one per schema when the buckets' schemas differ
@@ -213,7 +235,20 @@ class HTTPBackend:
         order = {k: i for i, k in enumerate(response.get("mkts_order") or [])}
         if order:
             found.sort(key=lambda t: order.get(t[0], len(order)))
-        return dict(found)
+        return found
+
+    def query(
+        self,
+        key: str,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        limit_from_start: bool = False,
+    ) -> dict[str, Batch]:
+        """Rows with ``start <= t <= end`` per bucket, in the order named (see the protocol)."""
+        return dict(self._found(self._query_response(key, start, end, columns, limit, limit_from_start), limit))
 
     def list_symbols(self) -> list[str]:
         return sorted(self._call("DataService.ListSymbols", {"format": "symbol"}).get("Results") or [])
@@ -383,6 +418,29 @@ def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
         index = b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index
         out.append((key.split(":", 1)[0], Batch(index, {c: v.copy() for c, v in cols.items()}, variable), first))
     return out
+
+
+def _decode_joined(ds: dict[str, Any]) -> Stacked | None:
+    """A result dataset as one time-major :class:`Stacked` (validated as :func:`_decode`), or
+    ``None`` when its keys' rows do not follow each other in order (not how our server sends them;
+    then bucket by bucket)."""
+    try:
+        decoded = nmds.decode(ds, what="the server's result")
+        spans = sorted(decoded.slices.items(), key=lambda kv: kv[1][0])
+        counts = np.array([n for _, (_, n) in spans], np.int64)
+        firsts = np.array([first for _, (first, _) in spans], np.int64)
+        if not spans or int(counts.sum()) != decoded.length or (firsts != np.cumsum(counts) - counts).any():
+            return None
+        b, _ = decoded.rows(slice(0, decoded.length), "the result")
+    except (MktsError, ValueError) as exc:
+        raise MktsError(f"the server sent a malformed result: {exc}") from None
+    variable = bool(ds.get("mkts_variable"))
+    cols = dict(b.columns)
+    index = b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index
+    keys = tuple(k.split(":", 1)[0] for k, _ in spans)
+    out = time_major(keys, index, cols, counts, variable)
+    fresh = {c: v if v.flags.writeable else v.copy() for c, v in out.columns.items()}  # not views of the reply
+    return Stacked(out.keys, out.index, fresh, out.which, out.variable_length)
 
 
 def _head(b: Batch, n: int) -> Batch:

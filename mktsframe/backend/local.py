@@ -90,7 +90,7 @@ def _close_all() -> None:
 class LocalBackend:
     """The :class:`~mktsframe.backend.base.Backend` over a directory on this machine."""
 
-    capabilities = Capabilities(commit_listeners=True, stacked_query=True, stacked_write=True)
+    capabilities = Capabilities(commit_listeners=True, stacked_query=True, stacked_write=True, grid_query=True)
 
     def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
@@ -173,6 +173,24 @@ class LocalBackend:
         files where it can be (see :meth:`Engine.query_stacked <mktsframe.engine.Engine.query_stacked>`)."""
         return self.engine.query_stacked(key, **_engine_range(start, end), columns=columns, limit=limit,
                                          limit_from_start=limit_from_start)  # fmt: skip
+
+    def query_grid(
+        self,
+        key: str,
+        *,
+        start: TimeLike,
+        end: TimeLike,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        max_rows: int | None = None,
+    ) -> Stacked | None:
+        """The grid read of :meth:`query_stacked`, or ``None`` where it does not apply or could
+        exceed ``max_rows`` rows (see :meth:`Engine.query_grid <mktsframe.engine.Engine.query_grid>`)."""
+        r = _engine_range(start, end)
+        if r["start"] is None or r["end"] is None:
+            return None
+        return self.engine.query_grid(key, start=r["start"], end=r["end"], columns=columns, limit=limit,
+                                      max_rows=max_rows)  # fmt: skip
 
     def list_symbols(self) -> list[str]:
         return self.engine.list_symbols()

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from mktsframe.backend.base import Batch
+from mktsframe.backend.base import Batch, Stacked
 from mktsframe.dtypes import MAX_COLUMNS, WIRE_TYPES, wire_type
 from mktsframe.errors import SchemaMismatchError
+from mktsframe.stacking import bucket_major
 
-__all__ = ["CATEGORY_SUFFIX", "DecodedDataset", "EpochSeconds", "decode", "encode", "wire_type_of"]
+__all__ = ["CATEGORY_SUFFIX", "DecodedDataset", "EpochSeconds", "decode", "encode", "encode_stacked", "wire_type_of"]
 
 NS = 1_000_000_000
 #: MarketStore appends the key category to result keys; pymarketstore keeps the part before ``:``.
@@ -70,7 +71,12 @@ class DecodedDataset:
     def batch(self, key: str, *, epoch_required: bool = True) -> tuple[Batch, np.ndarray | None]:
         """The rows of ``key`` as a Batch (index in ns) plus its wire ``Epoch`` seconds."""
         start, count = self.slices[key]
-        sl = slice(start, start + count)
+        return self.rows(slice(start, start + count), key, epoch_required=epoch_required)
+
+    def rows(self, sl: slice, what: str, *, epoch_required: bool = True) -> tuple[Batch, np.ndarray | None]:
+        """The rows ``sl`` (of any keys) as a Batch plus their wire ``Epoch`` seconds; ``what``
+        names them in an error."""
+        key = what
         epoch = self.columns.get("Epoch")
         if epoch is None:
             if epoch_required:
@@ -195,6 +201,20 @@ def encode(
         "startindex": startindex,
         "lengths": lengths,
     }
+
+
+def encode_stacked(stacked: Stacked, *, key_suffix: str = CATEGORY_SUFFIX) -> dict[str, Any]:
+    """:func:`encode` of the buckets of ``stacked`` (every one named, with zero rows where it has
+    none): the same dataset, built from one array per column instead of a :class:`Batch` per
+    bucket (a universe's cross-section is 5,000 of them)."""
+    index, columns, counts = bucket_major(stacked)
+    parts = [("", Batch(index, columns, stacked.variable_length))]
+    ds = encode(parts, key_suffix="")
+    keys = [k + key_suffix for k in stacked.keys]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    ds["startindex"] = dict(zip(keys, starts, strict=True))
+    ds["lengths"] = dict(zip(keys, counts.tolist(), strict=True))
+    return ds
 
 
 class EpochSeconds:

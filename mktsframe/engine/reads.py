@@ -172,6 +172,33 @@ class EngineReads:
         read = self._read_many(key, start, end, columns, limit, limit_from_start)
         return read if isinstance(read, Stacked) else stack(read)
 
+    def query_grid(
+        self,
+        key: str,
+        *,
+        start: int,
+        end: int,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        max_rows: int | None = None,
+    ) -> Stacked | None:
+        """The rows of the buckets ``key`` names in ``[start, end]`` (ns, UTC) as one time-major
+        :class:`~mktsframe.records.Stacked`, read straight from the year files, or ``None`` where
+        :meth:`query_stacked`'s grid read does not apply (one bucket, ticks, mixed timeframes or
+        schemas, a limit below the bars in the range, sparse bars, too many files) or could exceed
+        ``max_rows`` rows (buckets × bars in the range): then :meth:`query` is the way.
+
+        A server answers a universe read with it: one set of arrays to encode, no :class:`Batch`
+        per bucket, and a bound on what a request from the network can make it allocate."""
+        check_limit(limit)
+        drops = self._bucket_drops
+        buckets = self._resolve(key)
+        if max_rows is not None and buckets:
+            s, e = bar_range(int(start), int(end), buckets[0].timeframe)
+            if s is not None and e is not None and len(buckets) * ((e - s) // buckets[0].timeframe + 1) > max_rows:
+                return None
+        return self._grid_query(buckets, drops, start, end, columns, limit)
+
     def _read_many(
         self,
         key: str,

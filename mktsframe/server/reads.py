@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mktsframe.backend.base import Backend, Batch
+from mktsframe.backend.base import Backend, Batch, Stacked, capabilities
 from mktsframe.server.auth import Role
 from mktsframe.times import TimeLike
 
@@ -50,6 +50,19 @@ class GuardedReads:
                                  limit_from_start=limit_from_start)  # fmt: skip
         self._take(sum(len(batch.index) for batch in out.values()))
         return out
+
+    def query_grid(self, key: str, *, start: TimeLike, end: TimeLike, columns: Sequence[str] | None = None,
+                   limit: int | None = None) -> Stacked | None:
+        """The backend's grid read (see :class:`~mktsframe.backend.base.Capabilities`) when it
+        declares one and the grid cannot exceed the rows left, else ``None`` (then :meth:`query`)."""
+        if not capabilities(self.backend).grid_query or limit == 0:
+            return None
+        got: Stacked | None = self.backend.query_grid(  # type: ignore[attr-defined]
+            key, start=start, end=end, columns=columns, limit=limit, max_rows=self.left
+        )
+        if got is not None and self.left is not None:
+            self._take(len(got))
+        return got
 
     def _take(self, rows: int) -> None:
         assert self.left is not None
