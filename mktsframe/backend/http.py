@@ -29,7 +29,7 @@ from mktsframe.backend.http_pool import ConnectionPool
 from mktsframe.backend.registry import BackendSpec
 from mktsframe.errors import BucketNotFoundError, MktsError, SchemaMismatchError
 from mktsframe.keys import CATEGORY
-from mktsframe.stacking import stack, time_major
+from mktsframe.stacking import bucket_major, stack, time_major
 from mktsframe.streaming.feed import DEFAULT_MAX_ROWS, OverflowPolicy
 from mktsframe.times import TimeLike, to_ns
 
@@ -85,7 +85,8 @@ class HTTPBackend:
         PEM file of the CA to trust for ``https://`` (default: the system's, or ``$SSL_CERT_FILE``).
     """
 
-    capabilities = Capabilities(stacked_query=True)  # writes, deletes and streams as the server allows
+    #: Writes, deletes and streams as the server allows.
+    capabilities = Capabilities(stacked_query=True, stacked_write=True)
 
     def __init__(self, url: str, *, timeout: float = 30.0, transport: Transport | None = None,
                  token: str | None = None, ca_file: str | os.PathLike[str] | None = None) -> None:
@@ -170,6 +171,19 @@ class HTTPBackend:
             shape = tuple((n, np.asarray(v).dtype.str) for n, v in batch.columns.items())
             by_schema.setdefault(shape, []).append((key, batch))
         self._send_writes([_write_request(group, variable_length) for group in by_schema.values()])
+
+    def write_stacked(self, stacked: Stacked, *, variable_length: bool = False) -> None:
+        """:meth:`write_many` of the rows of ``stacked`` as one request over one set of arrays (the
+        wire's layout: each key's rows after the previous key's), with no :class:`Batch` per bucket;
+        the server stores it as one commit, all or nothing."""
+        index, columns, counts = bucket_major(stacked)
+        keep = counts > 0
+        keys = [k for k, kept in zip(stacked.keys, keep.tolist(), strict=True) if kept]
+        if not keys:
+            return
+        req = _write_request([(keys[0], Batch(index, columns))], variable_length or stacked.variable_length)
+        nmds.with_key_rows(req["dataset"], keys, counts[keep], "")
+        self._send_writes([req])
 
     def _send_writes(self, requests: list[dict[str, Any]]) -> None:
         """One ``DataService.Write``; with several requests, ``mkts_atomic`` asks a mktsframe server

@@ -30,7 +30,10 @@ from mktsframe.dtypes import MAX_COLUMNS, WIRE_TYPES, wire_type
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.stacking import bucket_major
 
-__all__ = ["CATEGORY_SUFFIX", "DecodedDataset", "EpochSeconds", "decode", "encode", "encode_stacked", "wire_type_of"]
+__all__ = [
+    "CATEGORY_SUFFIX", "DecodedDataset", "EpochSeconds", "decode", "encode", "encode_stacked", "wire_type_of",
+    "with_key_rows",
+]
 
 NS = 1_000_000_000
 #: MarketStore appends the key category to result keys; pymarketstore keeps the part before ``:``.
@@ -208,12 +211,16 @@ def encode_stacked(stacked: Stacked, *, key_suffix: str = CATEGORY_SUFFIX) -> di
     none): the same dataset, built from one array per column instead of a :class:`Batch` per
     bucket (a universe's cross-section is 5,000 of them)."""
     index, columns, counts = bucket_major(stacked)
-    parts = [("", Batch(index, columns, stacked.variable_length))]
-    ds = encode(parts, key_suffix="")
-    keys = [k + key_suffix for k in stacked.keys]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
-    ds["startindex"] = dict(zip(keys, starts, strict=True))
-    ds["lengths"] = dict(zip(keys, counts.tolist(), strict=True))
+    ds = encode([("", Batch(index, columns, stacked.variable_length))], key_suffix="")
+    return with_key_rows(ds, stacked.keys, counts, key_suffix)
+
+
+def with_key_rows(ds: dict[str, Any], keys: Sequence[str], counts: np.ndarray, key_suffix: str) -> dict[str, Any]:
+    """``ds`` (its rows grouped by key, ``counts[j]`` rows of ``keys[j]`` in that order) with the
+    ``startindex`` / ``lengths`` maps naming each key."""
+    named = [k + key_suffix for k in keys]
+    ds["startindex"] = dict(zip(named, (np.cumsum(counts) - counts).tolist(), strict=True))
+    ds["lengths"] = dict(zip(named, counts.tolist(), strict=True))
     return ds
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mktsframe.backend import nmds
-from mktsframe.backend.base import Backend, Batch, capabilities
+from mktsframe.backend.base import Backend, Batch, Stacked, capabilities, write_stacked
 from mktsframe.backend.bucket_kinds import BucketKinds
 from mktsframe.changes import CommitEvent
 from mktsframe.config import Config
@@ -60,6 +60,7 @@ from mktsframe.functions.resample import read_candles
 from mktsframe.keys import CATEGORY, parse_key
 from mktsframe.server.auth import Role
 from mktsframe.server.reads import GuardedReads
+from mktsframe.stacking import code_dtype, unstack
 from mktsframe.times import to_ns
 
 __all__ = ["MAX_REQUESTS", "MAX_SQL_CHARS", "CallContext", "CallError", "Role", "Service", "Status", "brief",
@@ -512,7 +513,7 @@ class Service:
             # mktsframe's write_many over several datasets (buckets of different columns): one
             # commit for all of them, or nothing (MarketStore's clients never send the flag).
             try:
-                planned = [item for i, req in enumerate(requests) for item in self._plan_write(i, req)]
+                planned = [item for i, req in enumerate(requests) for item in _items(self._plan_write(i, req))]
                 self._commit_write(planned)
             except (MktsError, ValueError, TypeError, KeyError, OverflowError) as exc:
                 errors.append(self._fail(exc))
@@ -524,16 +525,18 @@ class Service:
                 errors.append(self._fail(exc))
         return {"responses": errors or None}
 
-    def _commit_write(self, planned: list[tuple[str, Batch, bool]]) -> None:
+    def _commit_write(self, planned: list[tuple[str, Batch, bool]] | Stacked) -> None:
         """Store what :meth:`_plan_write` checked: several keys as one commit, all or nothing."""
-        if len(planned) == 1:
+        if isinstance(planned, Stacked):
+            write_stacked(self.backend, planned)
+        elif len(planned) == 1:
             (key, batch, ticks), = planned
             self.backend.write(key, batch, variable_length=ticks)
         elif planned:  # ``ticks`` only matters for buckets the write creates, where it is the request's flag
             self.backend.write_many([(key, batch) for key, batch, _ in planned],
                                     variable_length=any(t for _, _, t in planned))  # fmt: skip
 
-    def _plan_write(self, i: int, req: Mapping[str, Any]) -> list[tuple[str, Batch, bool]]:
+    def _plan_write(self, i: int, req: Mapping[str, Any]) -> list[tuple[str, Batch, bool]] | Stacked:
         """One WriteRequest. ``is_variable_length`` (MarketStore's flag) makes a missing bucket a tick
         bucket and, as there, takes the ``Nanoseconds`` column as the sub-second part of each row's
         time; into an existing tick bucket ``Nanoseconds`` is always read that way. mktsframe's
@@ -545,6 +548,9 @@ class Service:
         if "Epoch" not in ds.columns:
             raise SchemaMismatchError(f"requests[{i}].dataset has no Epoch column (int64 epoch seconds)")
         exact = _index_ns(req.get("mkts_index_ns"), ds.length)
+        stacked = None if variable else self._plan_stacked(ds, exact)
+        if stacked is not None:
+            return stacked
         # Validate every key of the request before writing any, so a bad one writes nothing.
         planned: list[tuple[str, Batch, bool]] = []
         for raw_key in ds.slices:
@@ -564,6 +570,35 @@ class Service:
                 batch = _conform(key, batch, found.dtypes)
             planned.append((key, batch, ticks))
         return planned
+
+    def _plan_stacked(self, ds: nmds.DecodedDataset, exact: np.ndarray | None) -> Stacked | None:
+        """A dataset of many existing fixed buckets of one schema, each key's rows after the
+        previous key's (how mktsframe's clients send a universe), as one :class:`Stacked`: checked
+        and converted once for all keys, stored with one ``write_stacked`` (a minute of 5,000
+        symbols is 5,000 batches otherwise). ``None`` where the per-key plan is needed: a bucket
+        to create, a tick bucket, mixed schemas, keys out of row order, a backend without it."""
+        if len(ds.slices) < 2 or not capabilities(self.backend).stacked_write:
+            return None
+        keys: list[str] = []
+        schema = None
+        row = 0
+        for raw_key, (first, count) in ds.slices.items():
+            key = parse_key(raw_key).item_key
+            found = self.kinds.get(key)
+            if found is None or found.variable or first != row or (schema is not None and found.dtypes != schema):
+                return None
+            schema = found.dtypes
+            keys.append(key)
+            row += count
+        if row != ds.length or len(set(keys)) != len(keys):
+            return None
+        batch, _ = ds.rows(slice(0, ds.length), "the dataset")
+        if exact is not None:
+            batch = Batch(exact, batch.columns)
+        batch = _conform(f"{keys[0]} and {len(keys) - 1} more", batch, schema)  # type: ignore[arg-type]
+        counts = np.fromiter((c for _, c in ds.slices.values()), np.int64, len(keys))
+        which = np.repeat(np.arange(len(keys), dtype=code_dtype(len(keys))), counts)
+        return Stacked(tuple(keys), batch.index, batch.columns, which)
 
     # -- Create / Destroy -----------------------------------------------------------------------
     def create(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -732,6 +767,11 @@ def sql_batch(frame: pd.DataFrame) -> Batch:
     if sub_second and "Nanoseconds" in columns:
         raise SQLError("the result's times have a sub-second part, sent as a Nanoseconds column: rename yours with AS")
     return Batch(index, columns, variable_length=sub_second)
+
+
+def _items(plan: list[tuple[str, Batch, bool]] | Stacked) -> list[tuple[str, Batch, bool]]:
+    """A write plan as ``(key, batch, ticks)`` items (a :class:`Stacked` one is of fixed buckets)."""
+    return [(k, b, False) for k, b in unstack(plan).items()] if isinstance(plan, Stacked) else plan
 
 
 def _conform(key: str, batch: Batch, schema: Mapping[str, np.dtype]) -> Batch:

@@ -60,7 +60,7 @@ def test_register_backend_and_conflicts(monkeypatch: pytest.MonkeyPatch) -> None
 def test_builtin_backends_declare_what_they_do() -> None:
     assert capabilities(LocalBackend) == Capabilities(commit_listeners=True, stacked_query=True, stacked_write=True,
                                                       grid_query=True)  # fmt: skip
-    assert capabilities(HTTPBackend) == Capabilities(stacked_query=True)
+    assert capabilities(HTTPBackend) == Capabilities(stacked_query=True, stacked_write=True)
     caps = capabilities(ObjectStoreBackend)
     assert (caps.write, caps.delete, caps.stream, caps.pickle_spec) == (False, False, False, True)
     assert capabilities(object()) == Capabilities()  # declares nothing: the full protocol

@@ -1,7 +1,9 @@
-"""A universe read through the server in one set of arrays (the engine's grid read, encoded whole),
-and its client side (``HTTPBackend.query_stacked``): the reply must be exactly the one the
+"""A universe through the server in one set of arrays. Reads: the engine's grid read, encoded
+whole, and its client side (``HTTPBackend.query_stacked``): the reply must be exactly the one the
 bucket-by-bucket path sends, keys with no rows included, and ``max_reply_rows`` must still bound
-what a request can make the server allocate."""
+what a request can make the server allocate. Writes: ``HTTPBackend.write_stacked`` sends one
+dataset and the server stores it with one ``write_stacked``, with the per-key path's result and
+refusals."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from mktsframe.backend.local import LocalBackend
 from mktsframe.backend.nmds import EpochSeconds
 from mktsframe.config import Config
 from mktsframe.engine import Engine
+from mktsframe.errors import MktsError, SchemaMismatchError
 from mktsframe.server.rpc import InProcess, JsonRpc
 from mktsframe.server.service import CallError, Service
 from mktsframe.stacking import stack
@@ -127,3 +130,74 @@ def test_http_stacked_query_is_the_local_one(engine: Engine, start: int | None, 
     frame = pd.read_mkts("*/1Min/OHLCV", start=kw["start"], end=kw["end"], backend=be)
     pd.testing.assert_frame_equal(frame, pd.read_mkts("*/1Min/OHLCV", start=kw["start"], end=kw["end"],
                                                       backend=local))  # fmt: skip
+
+
+def _http(backend: LocalBackend, config: Config | None = None) -> HTTPBackend:
+    return HTTPBackend("http://in-process", transport=InProcess(JsonRpc(Service(backend, config or Config(), "test"))))
+
+
+def _universe_frame(minute: int, keys: list[str] = KEYS, rows_each: int = 1) -> pd.DataFrame:
+    at = pd.DatetimeIndex([pd.Timestamp((T0 + 60 * (minute + r)) * NS, tz="UTC") for r in range(rows_each)
+                           for _ in keys], name="Epoch")  # fmt: skip
+    n = len(at)
+    symbols = [k.split("/")[0] for _ in range(rows_each) for k in keys]
+    values = {"Close": np.linspace(1.0, 2.0, n), "Volume": np.arange(n, dtype=np.int64)}
+    return pd.DataFrame({"Symbol": symbols, **values}, index=at)
+
+
+@pytest.mark.parametrize("rows_each", [1, 3], ids=["cross-section", "three-bars-each"])
+def test_stacked_write_through_the_server_is_one_commit_with_the_local_result(
+    engine: Engine, tmp_path: Path, rows_each: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frame = _universe_frame(2000, rows_each=rows_each)
+    be = _http(LocalBackend(engine))
+    seq = engine._wal.written_seq  # type: ignore[union-attr]
+
+    def per_key(*_: object, **__: object) -> None:
+        raise AssertionError("the server planned the write key by key")
+
+    monkeypatch.setattr(Engine, "write_many", per_key)
+    frame.to_mkts("*/1Min/OHLCV", backend=be)
+    monkeypatch.undo()
+    assert engine._wal.written_seq == seq + 1  # type: ignore[union-attr]
+    with Engine(tmp_path / "other") as e2:
+        for k in KEYS:  # the same buckets, written locally from the same frame
+            e2.create(k, [("Close", "f8"), ("Volume", "i8")])
+        frame.to_mkts("*/1Min/OHLCV", backend=LocalBackend(e2))
+        start, end = (T0 + 60 * 2000) * NS, (T0 + 60 * (2000 + rows_each)) * NS
+        got = pd.read_mkts("*/1Min/OHLCV", start=start, end=end, backend=be)
+        want = pd.read_mkts("*/1Min/OHLCV", start=start, end=end, backend=LocalBackend(e2))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(got) == N * rows_each
+
+
+def test_stacked_writes_the_server_plans_key_by_key(engine: Engine) -> None:
+    """New buckets, and a bucket of another schema among them, take the per-key plan: same rows."""
+    be = _http(LocalBackend(engine))
+    engine.create("ODD/1Min/OHLCV", [("Close", "f4"), ("Volume", "i8")])
+    keys = [*KEYS[:3], "NEW1/1Min/OHLCV", "ODD/1Min/OHLCV"]
+    frame = _universe_frame(2100, keys=keys)
+    frame.to_mkts("*/1Min/OHLCV", backend=be)
+    at = (T0 + 60 * 2100) * NS
+    for k, (_, row) in zip(keys, frame.iterrows(), strict=True):
+        got = engine.query(k, start=at, end=at)[k]
+        assert got.columns["Close"].tolist() == [np.float32(row["Close"]) if k.startswith("ODD") else row["Close"]]
+    assert engine.info("NEW1/1Min/OHLCV").rows == 1
+
+
+def test_refused_stacked_writes_store_nothing(engine: Engine) -> None:
+    be = _http(LocalBackend(engine))
+    frame = _universe_frame(2200)
+    lossy = frame.assign(Volume=frame["Volume"] + 0.5)  # floats into an integer column lose data
+    with pytest.raises(SchemaMismatchError):
+        lossy.to_mkts("*/1Min/OHLCV", backend=be)
+    extra = frame.assign(Other=1.0)
+    with pytest.raises(SchemaMismatchError):
+        extra.to_mkts("*/1Min/OHLCV", backend=be)
+    no_add = _http(LocalBackend(engine), Config(enable_add=False))
+    with pytest.raises(MktsError, match="enable_add"):
+        _universe_frame(2200, keys=[*KEYS, "BRAND/1Min/OHLCV"]).to_mkts("*/1Min/OHLCV", backend=no_add)
+    at = (T0 + 60 * 2200) * NS
+    assert all(len(b) == 0 for b in engine.query("*/1Min/OHLCV", start=at, end=at).values())
+    frame.to_mkts("*/1Min/OHLCV", backend=no_add)  # existing buckets only: allowed, one commit
+    assert all(len(b) == 1 for b in engine.query("*/1Min/OHLCV", start=at, end=at).values())
