@@ -26,7 +26,7 @@ PD2_TESTS := tests/test_pandas_io.py tests/test_pandas_compat.py tests/test_stac
 	tests/test_magics.py tests/test_widgets.py tests/test_live_view.py tests/functions tests/cli \
 	tests/plugins/test_ondiskagg.py tests/server/test_server_backends.py tests/server/test_server_pymarketstore.py \
 	tests/server/test_server_sql.py tests/server/test_server_functions.py tests/server/test_server_notebook.py \
-	tests/server/test_server_ticks.py
+	tests/server/test_server_ticks.py tests/server/test_server_stacked.py
 
 $(PD2_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(PD2)
