@@ -145,7 +145,10 @@ def decode(ds: object, *, what: str = "dataset") -> DecodedDataset:
         raise ValueError(f"{what}.startindex and {what}.lengths must be maps of key → row")
     if set(startindex) != set(lengths):
         raise ValueError(f"{what}: startindex and lengths must name the same keys")
-    slices: dict[str, tuple[int, int]] = {}
+    slices = _fast_slices(startindex, lengths, length)
+    if slices is not None:
+        return DecodedDataset(tuple(names), tuple(canon_types), columns, length, slices)
+    slices = {}
     for key, first in startindex.items():
         count = lengths[key]
         if not isinstance(key, str):
@@ -157,6 +160,27 @@ def decode(ds: object, *, what: str = "dataset") -> DecodedDataset:
             raise ValueError(f"{what}: rows {first}..{first + count} of {key!r} exceed length {length}")
         slices[key] = (first, count)
     return DecodedDataset(tuple(names), tuple(canon_types), columns, length, slices)
+
+
+def _fast_slices(
+    startindex: Mapping[Any, Any], lengths: Mapping[Any, Any], length: int
+) -> dict[str, tuple[int, int]] | None:
+    """The key → (first row, row count) map when every entry is valid, checked in bulk (a universe
+    names 5,000 keys: one by one that was 9 ms a request); ``None`` sends the caller to the
+    one-by-one check, which names the first bad entry."""
+    keys = list(startindex)
+    firsts = [startindex[k] for k in keys]
+    counts = [lengths[k] for k in keys]
+    if not (all(type(k) is str for k in keys) and all(type(v) is int for v in firsts)
+            and all(type(v) is int for v in counts)):  # fmt: skip
+        return None
+    try:
+        f, c = np.array(firsts, np.int64), np.array(counts, np.int64)
+    except OverflowError:
+        return None
+    if keys and ((f < 0).any() or (c < 0).any() or (f > length).any() or (c > length - f).any()):  # no overflow
+        return None
+    return dict(zip(keys, zip(firsts, counts, strict=True), strict=True))
 
 
 def encode(

@@ -201,3 +201,47 @@ def test_refused_stacked_writes_store_nothing(engine: Engine) -> None:
     assert all(len(b) == 0 for b in engine.query("*/1Min/OHLCV", start=at, end=at).values())
     frame.to_mkts("*/1Min/OHLCV", backend=no_add)  # existing buckets only: allowed, one commit
     assert all(len(b) == 1 for b in engine.query("*/1Min/OHLCV", start=at, end=at).values())
+
+
+def test_dataset_key_rows_are_checked_in_bulk_as_one_by_one() -> None:
+    """Key rows of a universe are validated at once; every bad entry still gets its precise error."""
+    from mktsframe.backend import nmds
+
+    n = 6
+    ds = {"names": ["Epoch", "Close"], "types": ["i8", "f8"], "length": n,
+          "data": [np.arange(n, dtype="<i8").tobytes(), np.ones(n).tobytes()]}  # fmt: skip
+    good = nmds.decode({**ds, "startindex": {"A": 0, "B": 2, "C": 6}, "lengths": {"A": 2, "B": 4, "C": 0}})
+    assert good.slices == {"A": (0, 2), "B": (2, 4), "C": (6, 0)}
+    big = 2**62
+    bad = [
+        ("exceed length", {"A": big}, {"A": big}),  # first + count overflows int64: still refused
+        ("exceed length", {"A": 5}, {"A": 2}),
+        (r"startindex\['A'\] must be a non-negative integer", {"A": True}, {"A": 1}),
+        (r"lengths\['A'\] must be a non-negative integer", {"A": 0}, {"A": -1}),
+        ("keys must be strings", {1: 0}, {1: 1}),
+    ]
+    for match, starts, lengths in bad:
+        with pytest.raises(ValueError, match=match):
+            nmds.decode({**ds, "startindex": starts, "lengths": lengths})
+
+
+def test_the_remembered_key_list_follows_destroys_and_recreates(engine: Engine) -> None:
+    """The server remembers the last universe's buckets and schema. After a destroy, or a bucket
+    made again with another schema, between two writes, the next write still stores exactly
+    what it should."""
+    be = _http(LocalBackend(engine))
+    _universe_frame(2300).to_mkts("*/1Min/OHLCV", backend=be)
+    be.destroy(KEYS[1])
+    _universe_frame(2301).to_mkts("*/1Min/OHLCV", backend=be)  # made again by the write
+    assert engine.info(KEYS[1]).rows == 1
+    be.destroy(KEYS[2])
+    be.create(KEYS[2], [("Close", "f4"), ("Volume", "i8")])
+    frame = _universe_frame(2302)
+    frame.to_mkts("*/1Min/OHLCV", backend=be)
+    at = (T0 + 60 * 2302) * NS
+    (got,) = engine.query(KEYS[2], start=at, end=at).values()
+    assert got.columns["Close"].dtype == np.float32
+    assert got.columns["Close"].tolist() == [np.float32(frame["Close"].iloc[2])]
+    for k in (KEYS[0], KEYS[3]):
+        (row,) = engine.query(k, start=at, end=at).values()
+        assert len(row) == 1
