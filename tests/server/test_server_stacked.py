@@ -245,3 +245,44 @@ def test_the_remembered_key_list_follows_destroys_and_recreates(engine: Engine) 
     for k in (KEYS[0], KEYS[3]):
         (row,) = engine.query(k, start=at, end=at).values()
         assert len(row) == 1
+
+
+def test_universe_through_a_real_server_and_pymarketstore(server_factory, tmp_path: Path) -> None:
+    """The real server process: pymarketstore's multi-symbol query over a range (the grid path)
+    gets what the local engine holds; a universe written as one frame over HTTP is one commit that
+    ``/ws`` subscribers hear bucket by bucket, and reads back over HTTP as written."""
+    import time
+
+    import pymarketstore as pymkts
+
+    import mktsframe
+
+    root = tmp_path / "data"
+    with Engine(root) as e:
+        e.write_many({k: Batch((T0 + 60 * np.arange(30)) * NS, {"Close": np.arange(30.0) + i,
+                                                                "Volume": np.arange(30) + i})
+                      for i, k in enumerate(KEYS)})  # fmt: skip
+    server = server_factory(root=root)
+    symbols = [k.split("/")[0] for k in KEYS[::4]]
+    reply = pymkts.Client(server.rpc).query(pymkts.Params(symbols, "1Min", "OHLCV", start=T0 + 600, end=T0 + 1200))
+    frames = {s: ds.df() for s, ds in reply.by_symbols().items()}
+    assert sorted(frames) == sorted(symbols)
+    for s in symbols:
+        i = KEYS.index(f"{s}/1Min/OHLCV")
+        assert frames[s]["Close"].tolist() == [float(m + i) for m in range(10, 21)]
+        assert frames[s]["Volume"].tolist() == [m + i for m in range(10, 21)]
+    with mktsframe.connect(server.url) as db:
+        heard: list[object] = []
+        frame = _universe_frame(100)
+        with db.subscribe("*/1Min/OHLCV", callback=heard.append):
+            time.sleep(0.3)
+            frame.to_mkts("*/1Min/OHLCV", backend=db)
+            deadline = time.monotonic() + 30
+            while len(heard) < N and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert len(heard) >= N
+        at = (T0 + 60 * 100) * NS
+        back = pd.read_mkts("*/1Min/OHLCV", start=at, end=at, backend=db)
+    assert list(back["Symbol"]) == [k.split("/")[0] for k in KEYS]
+    np.testing.assert_array_equal(back["Close"].to_numpy(), frame["Close"].to_numpy())
+    np.testing.assert_array_equal(back["Volume"].to_numpy(), frame["Volume"].to_numpy())
