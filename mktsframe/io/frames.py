@@ -234,12 +234,16 @@ def frame_to_stacked(df: pd.DataFrame, pattern: str, *, nanoseconds_column: bool
     if len(codes) and codes.min() < 0:
         row = df.index[int(np.argmin(codes))]
         raise SchemaMismatchError(f"the row at {row} has no {' / '.join(labels)}: every row must name its bucket")
-    keys = []
-    for j in range(len(names[0])):
-        filled = list(parts)
-        for w, column in zip(wild, names, strict=True):
-            filled[w] = column[j]
-        keys.append("/".join(filled))
+    if wild == [0]:  # "*/1Min/OHLCV", the usual universe: one string join a key
+        suffix = "/" + "/".join(parts[1:])
+        keys = [name + suffix for name in names[0]]
+    else:
+        keys = []
+        for j in range(len(names[0])):
+            filled = list(parts)
+            for w, column in zip(wild, names, strict=True):
+                filled[w] = column[j]
+            keys.append("/".join(filled))
     batch = frame_to_batch(df.drop(columns=labels), nanoseconds_column=nanoseconds_column)
     which = codes.astype(code_dtype(len(keys)), copy=False)
     return Stacked(tuple(keys), batch.index, batch.columns, which, nanoseconds_column)
