@@ -337,6 +337,36 @@ def http_cross_section(url: str, p: dict[str, Any]) -> float:
         be.close()
 
 
+def http_frame_write(url: str, p: dict[str, Any]) -> float:
+    """One new bar to every symbol as one frame through the server (``HTTPBackend``, durable, one
+    commit), median of ``p['rounds']`` after one warm-up, at bar times no other part writes; checked."""
+    import pandas as pd
+
+    import mktsframe
+    from mktsframe.backend.http import HTTPBackend
+
+    be = HTTPBackend(url)
+    n_sym, bars = p["symbols"], p["days"] * 1440
+    symbols = pd.Categorical([sym(i) for i in range(n_sym)])
+
+    def write(r: int) -> float:
+        at = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + 200 + r) * 60) * NS, tz="UTC")] * n_sym, name="Epoch")
+        frame = pd.DataFrame({"Symbol": symbols} | {c: np.full(n_sym, 3.0) for c in COLS}
+                             | {"Volume": np.full(n_sym, r, np.int64)}, index=at)  # fmt: skip
+        return _timed(lambda: mktsframe.write_mkts(frame, "*/1Min/OHLCV", backend=be))[0]
+
+    try:
+        write(0)
+        times = [write(r) for r in range(1, p["rounds"] + 1)]
+        at = int((T0 + (bars + 200 + p["rounds"]) * 60) * NS)
+        got = pd.read_mkts("*/1Min/OHLCV", start=at, end=at, backend=be)
+        assert len(got) == n_sym, len(got)
+        assert (got["Volume"] == p["rounds"]).all()
+        return _median(times)
+    finally:
+        be.close()
+
+
 def run_server(root: Path, workdir: Path, p: dict[str, Any], log: Any) -> dict[str, Any]:
     from bench.systems.server import ServerProcess
     from mktsframe.engine.open_files import count_open_data_files
@@ -359,6 +389,8 @@ def run_server(root: Path, workdir: Path, p: dict[str, Any], log: Any) -> dict[s
     try:
         out["http_cross_section_s"] = http_cross_section(server.url, p)
         log(f"server: one bar from every symbol over HTTP {out['http_cross_section_s'] * 1e3:.1f} ms")
+        out["http_frame_write_s"] = http_frame_write(server.url, p)
+        log(f"server: one bar to every symbol as one frame over HTTP {out['http_frame_write_s'] * 1e3:.1f} ms")
         out.update(server_rounds(server, p, p["server_rounds"], log, "server"))
     finally:
         stop.set()
@@ -406,6 +438,9 @@ def section(res: dict[str, Any]) -> str:
     if srv.get("http_cross_section_s"):  # through the server: no ArcticDB server to set beside it
         rows.insert(1, ("… the same through the server (`HTTPBackend`, loopback)", srv["http_cross_section_s"],
                         arc.get("cross_section_s")))  # fmt: skip
+    if srv.get("http_frame_write_s"):
+        rows.append(("… the same through the server (`HTTPBackend`, loopback)", srv["http_frame_write_s"],
+                     arc.get("write_all_s")))  # fmt: skip
     for title, a, b in rows:
         lines.append(f"| {title} | {_ms(a)} | {_ms(b)} | {_x(b / a if a and b else None)} |")
     cat = ours["catalog"]

@@ -82,8 +82,7 @@ def time_major(
         return Stacked(keys, index, columns, None, variable_length)
     codes = np.arange(nk, dtype=code_dtype(nk))
     rows = int(counts[0]) if nk else 0
-    n = index.shape[0]
-    if nk > 1 and rows > 1 and n == nk * rows and (index.reshape(nk, rows) == index[:rows]).all():
+    if rows > 1 and index.shape[0] == nk * rows and (index.reshape(nk, rows) == index[:rows]).all():
         cols = {c: np.ascontiguousarray(v.reshape(nk, rows).T).reshape(-1) for c, v in columns.items()}
         return Stacked(keys, np.repeat(index[:rows], nk), cols, np.tile(codes, rows), variable_length)
     return _by_time(keys, index, columns, np.repeat(codes, counts), variable_length)

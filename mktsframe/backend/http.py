@@ -428,10 +428,16 @@ def _decode(ds: dict[str, Any]) -> list[tuple[str, Batch, int]]:
             b, _ = decoded.batch(key)
         except MktsError as exc:
             raise MktsError(f"the server sent a malformed result: {exc}") from None
-        cols = dict(b.columns)
-        index = b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index
+        index, cols = _with_nanoseconds(b, variable)
         out.append((key.split(":", 1)[0], Batch(index, {c: v.copy() for c, v in cols.items()}, variable), first))
     return out
+
+
+def _with_nanoseconds(b: Batch, variable: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(index, columns)`` of decoded rows: for tick rows (``variable``), the wire's ``Nanoseconds``
+    column folded back into the index (ns) and dropped from the columns."""
+    cols = dict(b.columns)
+    return (b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index), cols
 
 
 def _decode_joined(ds: dict[str, Any]) -> Stacked | None:
@@ -449,8 +455,7 @@ def _decode_joined(ds: dict[str, Any]) -> Stacked | None:
     except (MktsError, ValueError) as exc:
         raise MktsError(f"the server sent a malformed result: {exc}") from None
     variable = bool(ds.get("mkts_variable"))
-    cols = dict(b.columns)
-    index = b.index + cols.pop("Nanoseconds") if variable and "Nanoseconds" in cols else b.index
+    index, cols = _with_nanoseconds(b, variable)
     keys = tuple(k.split(":", 1)[0] for k, _ in spans)
     out = time_major(keys, index, cols, counts, variable)
     fresh = {c: v if v.flags.writeable else v.copy() for c, v in out.columns.items()}  # not views of the reply

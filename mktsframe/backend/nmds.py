@@ -79,7 +79,6 @@ class DecodedDataset:
     def rows(self, sl: slice, what: str, *, epoch_required: bool = True) -> tuple[Batch, np.ndarray | None]:
         """The rows ``sl`` (of any keys) as a Batch plus their wire ``Epoch`` seconds; ``what``
         names them in an error."""
-        key = what
         epoch = self.columns.get("Epoch")
         if epoch is None:
             if epoch_required:
@@ -88,7 +87,7 @@ class DecodedDataset:
         secs = epoch[sl]
         if secs.size and (int(secs.min()) < EPOCH_MIN_S or int(secs.max()) > EPOCH_MAX_S):
             raise SchemaMismatchError(
-                f"Epoch values for {key!r} are outside the representable range "
+                f"Epoch values for {what!r} are outside the representable range "
                 f"[{EPOCH_MIN_S}, {EPOCH_MAX_S}] seconds"
             )
         index = secs.astype(np.int64) * NS

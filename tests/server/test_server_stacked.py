@@ -286,3 +286,16 @@ def test_universe_through_a_real_server_and_pymarketstore(server_factory, tmp_pa
     assert list(back["Symbol"]) == [k.split("/")[0] for k in KEYS]
     np.testing.assert_array_equal(back["Close"].to_numpy(), frame["Close"].to_numpy())
     np.testing.assert_array_equal(back["Volume"].to_numpy(), frame["Volume"].to_numpy())
+
+
+def test_a_remembered_key_list_never_gets_around_enable_add(engine: Engine) -> None:
+    """A bucket destroyed after the server remembered the universe's key list is one the next
+    write would create: with ``enable_add: false`` that write is refused, with nothing stored."""
+    be = _http(LocalBackend(engine), Config(enable_add=False))
+    _universe_frame(2400).to_mkts("*/1Min/OHLCV", backend=be)  # all exist: allowed, and remembered
+    engine.destroy(KEYS[4])  # heard by the service (a commit listener)
+    with pytest.raises(MktsError, match="enable_add"):
+        _universe_frame(2401).to_mkts("*/1Min/OHLCV", backend=be)
+    assert KEYS[4] not in engine.list_keys()
+    at = (T0 + 60 * 2401) * NS
+    assert all(len(b) == 0 for b in engine.query("*/1Min/OHLCV", start=at, end=at).values())
