@@ -49,6 +49,21 @@ def check(backend: LocalBackend, pattern: str, keys: list[str], start: int, end:
     return got
 
 
+@pytest.fixture(autouse=True, params=["numpy", "compiled"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: on the numpy loops, and on the compiled kernels (numba, the
+    ``fast`` extra) even for these few files. Both must give exactly the per-bucket reference."""
+    from mktsframe.engine import kernels
+
+    if request.param == "numpy":
+        monkeypatch.setenv("MKTS_NO_NUMBA", "1")
+    else:
+        monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
+        assert kernels.available(), "numba is part of the test install ('fast' extra)"
+        monkeypatch.setattr(kernels, "MIN_FILES", 1)
+    return request.param
+
+
 @pytest.fixture
 def universe(tmp_path: Path) -> tuple[LocalBackend, list[str]]:
     """Six symbols over two days of 1Min bars, with every irregularity a universe has: a symbol

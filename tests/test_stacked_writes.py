@@ -23,7 +23,7 @@ import pytest
 import mktsframe
 from mktsframe.backend.base import write_stacked
 from mktsframe.backend.local import LocalBackend
-from mktsframe.engine import Engine
+from mktsframe.engine import Engine, kernels
 from mktsframe.errors import SchemaMismatchError
 from mktsframe.io.frames import frame_to_stacked
 from mktsframe.stacking import unstack
@@ -43,6 +43,25 @@ def cross_section(when: pd.Timestamp, syms: list[str] = SYMS, value: float = 1.0
         {"Symbol": pd.Categorical(syms), "Close": value + np.arange(n, dtype="f8"), "Volume": np.arange(n)},
         index=pd.DatetimeIndex([when] * n, name="Epoch"),
     )
+
+
+@pytest.fixture(autouse=True, params=["numpy", "compiled"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs twice: rows stored by Python, and by the compiled kernels (numba, the
+    ``fast`` extra) even for these 40 files. Subprocesses inherit the choice through the
+    environment (``MKTS_NO_NUMBA``) and :func:`_kernel_setup`."""
+    if request.param == "numpy":
+        monkeypatch.setenv("MKTS_NO_NUMBA", "1")
+    else:
+        monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
+        assert kernels.available(), "numba is part of the test install ('fast' extra)"
+        monkeypatch.setattr(kernels, "MIN_FILES", 1)
+    return request.param
+
+
+def _kernel_setup() -> str:
+    """Lines for a child process's script that take the same path as this test."""
+    return f"import mktsframe.engine.kernels as _k; _k.MIN_FILES = {kernels.MIN_FILES}\n"
 
 
 @pytest.fixture
@@ -70,7 +89,7 @@ def test_a_frame_read_from_a_pattern_writes_back_with_it(universe: LocalBackend)
 
 
 def test_a_cross_section_is_one_record_one_sync_and_no_batches(
-    universe: LocalBackend, monkeypatch: pytest.MonkeyPatch
+    universe: LocalBackend, monkeypatch: pytest.MonkeyPatch, kernel_path: str
 ) -> None:
     e = universe.engine
     counter = SyncCounter(monkeypatch, e)
@@ -81,8 +100,12 @@ def test_a_cross_section_is_one_record_one_sync_and_no_batches(
         raise AssertionError("the cross-section took the per-bucket path")
 
     monkeypatch.setattr(type(e), "_prepare_many", no_batches)
+    compiled = []
+    real_rows = kernels.write_rows
+    monkeypatch.setattr(kernels, "write_rows", lambda *a: compiled.append(1) or real_rows(*a))
     mktsframe.write_mkts(shuffled, "*/1Min/OHLCV", backend=universe)
     assert counter.calls == 1
+    assert len(compiled) == (kernel_path == "compiled")
     assert e._wal.written_seq == seq + 1  # type: ignore[union-attr]
     got = e.query("*/1Min/OHLCV", start=(T0 + pd.Timedelta("1min")).value)
     assert [float(b.columns["Close"][0]) for b in got.values()] == [50.0 + i for i in range(40)]
@@ -169,6 +192,7 @@ def test_a_cross_section_survives_kill_9_before_any_checkpoint(universe: LocalBa
     code = textwrap.dedent(f"""
         import os, numpy as np, pandas as pd
         import mktsframe
+        {_kernel_setup()}
         be = mktsframe.connect({str(root)!r})
         n = {len(SYMS)}
         df = pd.DataFrame({{"Symbol": pd.Categorical([f"S{{i:03d}}" for i in range(n)]),

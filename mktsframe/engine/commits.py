@@ -79,6 +79,10 @@ class CommitListeners:
         self._seq += 1
         return self._seq
 
+    def skip(self, n: int) -> None:
+        """Use up ``n`` sequence numbers at once (changes nobody listened to; write lock held)."""
+        self._seq += n
+
     def emit(self, event: CommitEvent) -> None:
         for listener in self._listeners:  # a snapshot: add/remove during emit affects the next event
             try:

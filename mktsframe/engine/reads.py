@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mktsframe.engine import year_io
+from mktsframe.engine import kernels, year_io
 from mktsframe.engine.catalog import Bucket, check_limit, query_columns
 from mktsframe.engine.year_file import YearFile, year_bounds, year_of
 from mktsframe.keys import parse_key
@@ -71,6 +71,67 @@ def _in_parallel(fill: Callable[[list[Any]], None], plan: list[Any], values: int
     other.result()
 
 
+#: What :func:`_grid_compiled` answers when a file's watermarks need the numpy path.
+_NUMPY = object()
+
+
+def _file_arrays(found: list[tuple[int, YearFile]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(addresses, layout rows, bucket positions)`` of ``found``'s files, for the kernels."""
+    bases, lids = kernels.addresses([yf for _, yf in found])
+    return bases, lids, np.fromiter((j for j, _ in found), np.int64, len(found))
+
+
+def _grid_piece(
+    y0: int, tf: int, lo: int, grids: dict[str, np.ndarray], mask: np.ndarray | None
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Filled ``(rows, buckets)`` grids starting at slot ``lo`` → ``(index, columns, which)``
+    time-major; ``mask``: which cells hold a bar (``None``: all)."""
+    rows, nb = next(iter(grids.values())).shape
+    times = (y0 + (lo + np.arange(rows, dtype=np.int64)) * tf) * NS
+    which = np.arange(nb, dtype=code_dtype(nb))
+    if mask is None:
+        return np.repeat(times, nb), {n: g.reshape(-1) for n, g in grids.items()}, np.tile(which, rows)
+    return (
+        np.repeat(times, mask.sum(axis=1)),
+        {n: g[mask] for n, g in grids.items()},
+        np.broadcast_to(which, (rows, nb))[mask],
+    )
+
+
+def _grid_compiled(
+    found: list[tuple[int, YearFile]], nb: int, g0: int, g1: int, names: list[str], dtypes: list[np.dtype],
+    y0: int, tf: int,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray] | object | None:
+    """:meth:`EngineReads._grid_year`'s plan and fill in the compiled kernels: the same answer
+    (``None`` when too sparse for a grid), or :data:`_NUMPY` when a file needs the numpy path."""
+    bases, lids, pos = _file_arrays(found)
+    planned = kernels.grid_plan(bases, lids, g0, g1)
+    if planned is None:
+        return _NUMPY
+    c0, c1, count = planned
+    live = np.flatnonzero(count)
+    present = int(count[live].sum())
+    if not present:
+        empty = {n: np.empty(0, dt) for n, dt in zip(names, dtypes, strict=True)}
+        return np.empty(0, np.int64), empty, np.empty(0, code_dtype(nb))
+    lo, hi = int(c0[live].min()), int(c1[live].max())
+    rows = hi - lo
+    if 2 * present < rows * nb:
+        return None
+    cols = [found[0][1].names.index(n) for n in names]
+    grids = {n: np.empty((rows, nb), dt) for n, dt in zip(names, dtypes, strict=True)}
+    mask = None if present == rows * nb else np.zeros((rows, nb), np.bool_)
+
+    def fill(entries: np.ndarray) -> None:
+        for g, c in zip(grids.values(), cols, strict=True):
+            kernels.grid_fill(g, bases, lids, c, pos, c0, c1, lo, entries)
+        if mask is not None:
+            kernels.grid_fill(mask, bases, lids, None, pos, c0, c1, lo, entries)
+
+    _in_parallel(fill, live, rows * nb * len(cols))
+    return _grid_piece(y0, tf, lo, grids, mask)
+
+
 def _cross_section(
     found: list[tuple[int, YearFile]], nb: int, slot: int, names: list[str], dtypes: list[np.dtype], t_ns: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
@@ -81,6 +142,15 @@ def _cross_section(
     leanest loop there is, with no plan and no mask grid: one copy of the bar's row per bucket where
     the columns share an item size (:attr:`YearFile.rows`, ~1 µs a bucket), else a scalar read and
     store per column and bucket (~0.5 µs each; a 1-element slice costs ~1 µs)."""
+    if kernels.use(len(found)):
+        cols = [found[0][1].names.index(n) for n in names]
+        outs = [np.empty(nb, dt) for dt in dtypes]
+        have = kernels.cross_section(*_file_arrays(found), cols, slot, outs)
+        if have is not None:
+            which = np.arange(nb, dtype=code_dtype(nb))
+            if not have.all():
+                outs, which = [c[have] for c in outs], which[have]
+            return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, outs, strict=True)), which
     have = np.zeros(nb, np.bool_)
     first = found[0][1] if found else None
     rows_everywhere = first is not None and all(yf.rows is not None for _, yf in found)
@@ -279,9 +349,13 @@ class EngineReads:
         g0 = (max(s, y0) - y0) // tf
         g1 = (min(e, y1 - 1) - y0) // tf + 1
         found = self._year_files(buckets, year)
+        dtypes = [buckets[0].dtypes[n] for n in names]
         if g1 - g0 == 1:
-            dtypes = [buckets[0].dtypes[n] for n in names]
             return _cross_section(found, len(buckets), g0, names, dtypes, (y0 + g0 * tf) * NS)
+        if kernels.use(len(found)):
+            piece = _grid_compiled(found, len(buckets), g0, g1, names, dtypes, y0, tf)
+            if piece is not _NUMPY:
+                return piece  # type: ignore[return-value]
         # Plan: the slots each bucket holds in [g0, g1); present counts decide the grid's extent,
         # whether it is dense enough, and whether any bucket needs masking.
         plan: list[tuple[int, YearFile, int, int, int]] = []
@@ -317,15 +391,7 @@ class EngineReads:
                     mask[c0 - lo : c1 - lo, j] = yf.presence[c0:c1] if n_present != c1 - c0 else True
 
         _in_parallel(fill, plan, rows * nb * len(targets))
-        times = (y0 + (lo + np.arange(rows, dtype=np.int64)) * tf) * NS
-        which = np.arange(nb, dtype=codes)
-        if mask is None:
-            return np.repeat(times, nb), {n: g.reshape(-1) for n, g in targets}, np.tile(which, rows)
-        return (
-            np.repeat(times, mask.sum(axis=1)),
-            {n: g[mask] for n, g in targets},
-            np.broadcast_to(which, (rows, nb))[mask],
-        )
+        return _grid_piece(y0, tf, lo, grids, mask)
 
     def _year_files(self, buckets: list[Bucket], year: int) -> list[tuple[int, YearFile]]:
         """``(position, year file)`` of each bucket that has a file for ``year``, ascending; under the

@@ -22,7 +22,7 @@ import numpy as np
 
 from mktsframe.changes import CommitEvent
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
-from mktsframe.engine import year_io
+from mktsframe.engine import kernels, year_io
 from mktsframe.engine.catalog import Bucket, write_bucket_meta
 from mktsframe.engine.durable import sync_filesystem
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, encode_cross_section, encode_record
@@ -225,25 +225,24 @@ class EngineWrites:
             self._log_replays_over_rows = True
             if not self.background_sync:
                 wal.sync()
-        rows: Sequence[Any]
-        if files[0].rows is not None:  # columns of one item size (OHLCV): each bar is one raw row
-            rows = np.stack([a.view(f"V{a.dtype.itemsize}") for a in arrays], axis=1)
-        else:
-            rows = list(zip(*(a.tolist() for a in arrays), strict=True))
         with self._apply_lock, self.faults.applying():
             self.open_files.touch_all(files)
-            for j, (b, yf, slot, row) in enumerate(zip(buckets, files, slots, rows, strict=True)):
-                if b.last_written is yf:  # still open: a reader may have opened others since the plan
-                    yf.write_row(slot, row)
+            if not _store_rows_compiled(buckets, files, slots, arrays):
+                rows: Sequence[Any]
+                if files[0].rows is not None:  # columns of one item size (OHLCV): each bar is one raw row
+                    rows = np.stack([a.view(f"V{a.dtype.itemsize}") for a in arrays], axis=1)
                 else:
-                    self._apply_write(b, secs[j : j + 1], [a[j : j + 1] for a in arrays])
-        listening = bool(self.commits)
+                    rows = list(zip(*(a.tolist() for a in arrays), strict=True))
+                for j, (b, yf, slot, row) in enumerate(zip(buckets, files, slots, rows, strict=True)):
+                    if b.last_written is yf:  # still open: a reader may have opened others since the plan
+                        yf.write_row(slot, row)
+                    else:
+                        self._apply_write(b, secs[j : j + 1], [a[j : j + 1] for a in arrays])
+        if not self.commits:  # nobody listens: the sequence numbers only, and one checkpoint check
+            self._announce_unheard(len(buckets))
+            return
         for j, b in enumerate(buckets):
-            stored = (
-                Batch(secs[j : j + 1] * NS, {n: a[j : j + 1] for n, a in zip(b.names, arrays, strict=True)})
-                if listening
-                else None
-            )
+            stored = Batch(secs[j : j + 1] * NS, {n: a[j : j + 1] for n, a in zip(b.names, arrays, strict=True)})
             self._announce("write", b.item_key, batch=stored)
 
     def _commit_queued(self, group: list[PendingWrite]) -> None:
@@ -586,6 +585,13 @@ class EngineWrites:
         if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
             self._checkpoint(rotate=True)
 
+    def _announce_unheard(self, changes: int) -> None:
+        """:meth:`_announce` of ``changes`` changes at once, when no listener is registered."""
+        self.commits.skip(changes)
+        wal = self._wal
+        if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
+            self._checkpoint(rotate=True)
+
     def _stage_append(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> Callable[[], None] | None:
         """What a durable write can do while its log record is on the way to the disk: an append of
         at least ``_STAGE_MIN_ROWS`` bars past the last-written year file's data stages its values
@@ -730,3 +736,19 @@ def _normalise(index: np.ndarray, arrays: list[np.ndarray], tf: int) -> tuple[np
     np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
     idx = order[keep]
     return secs[keep], [a[idx] for a in arrays]
+
+
+def _store_rows_compiled(
+    buckets: list[Bucket], files: list[YearFile], slots: list[int], arrays: list[np.ndarray]
+) -> bool:
+    """:meth:`YearFile.write_row` for every file at once in the compiled kernels (a universe's
+    minute: 5,000 rows in well under a millisecond instead of ~25 ms of Python), when they apply and
+    every planned file is still each bucket's open last-written one; ``False`` (nothing stored)
+    otherwise. Under the apply lock, with the slots' blocks reserved by the plan."""
+    if not kernels.use(len(files)) or not all(b.last_written is yf for b, yf in zip(buckets, files, strict=True)):
+        return False
+    bases, lids = kernels.addresses(files)
+    lo, hi = kernels.write_rows(bases, lids, np.asarray(slots, np.int64), arrays)
+    for yf, a, z in zip(files, lo.tolist(), hi.tolist(), strict=True):
+        yf.rows_written(a, z)
+    return True

@@ -35,6 +35,7 @@ import numpy as np
 from mktsframe.dtypes import Schema, dtype_of
 from mktsframe.engine import durable as disk
 from mktsframe.engine.durable import fsync_dir, pwrite_durable
+from mktsframe.engine.kernels import MARKS_OFFSET, layout_id
 from mktsframe.engine.mapping import FileMap, map_file
 from mktsframe.engine.space import reserve, zero_nonzero
 from mktsframe.errors import CorruptFileError, NoSpaceError
@@ -46,7 +47,7 @@ FORMAT_VERSION = 1
 PAGE = 4096
 # magic, version, header_size, meta_len, meta_crc32, reserved, lo, hi watermarks (slot numbers)
 _FIXED = struct.Struct("<8sIIIIqqq")
-_WATERMARK_OFFSET = 32
+_WATERMARK_OFFSET = MARKS_OFFSET
 _META_OFFSET = 64
 _MAX_HEADER = 1 << 20
 #: Contiguous writes of at least this many rows go through pwrite() rather than the mapping.
@@ -204,6 +205,10 @@ class YearFile:
             for (name, t), off in zip(self.schema, layout.column_offsets, strict=True)
         }
         self._marks = np.ndarray((2,), np.int64, buffer=mm.buffer, offset=_WATERMARK_OFFSET)
+        self.address: int = self.presence.__array_interface__["data"][0] - layout.presence_offset
+        """Where the map starts in memory, and the row of :func:`~mktsframe.engine.kernels.layout_table`
+        describing it: what the compiled universe reads address the file by."""
+        self.layout_id = layout_id(layout.nslots, layout.presence_offset, layout.column_offsets)
         self.rows = _row_view(mm, layout, [dtype_of(t) for _, t in self.schema])
         """Every column of a slot at once, ``(nslots, ncolumns)`` of raw ``V<itemsize>`` values, when
         the columns share an item size (OHLCV: all 8 bytes): the regions are then equally spaced, so
@@ -515,6 +520,14 @@ class YearFile:
                 col[slot] = v
         self.presence[slot] = 1
         self._widen_bounds(slot, slot + 1)
+        self.dirty = True
+
+    def rows_written(self, lo: int, hi: int) -> None:
+        """Rows were stored into the mapping by the compiled kernels, which left the watermarks
+        at ``lo``/``hi`` (:func:`~mktsframe.engine.kernels.write_rows`): keep the writer's copy of
+        them and mark the file for the next checkpoint, as :meth:`write_row` does."""
+        if self._own is not None:
+            self._own = (lo, hi)
         self.dirty = True
 
     def stage_run(self, first: int, values: list[np.ndarray]) -> None:
