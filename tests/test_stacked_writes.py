@@ -220,7 +220,7 @@ def test_a_file_closed_between_plan_and_apply_is_reopened(
         plan = real(self, stacked)  # type: ignore[arg-type]
         assert plan is not None
         with self._apply_lock:
-            for yf in plan[1][::2]:  # every other bucket's year file, as the open-file set would
+            for yf in plan[1].files[::2]:  # every other bucket's year file, as the open-file set would
                 self.open_files.discard(yf)
                 yf.evicted()
         return plan

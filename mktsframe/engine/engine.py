@@ -49,7 +49,7 @@ from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.reads import EngineReads
 from mktsframe.engine.recovery import EngineRecovery
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
-from mktsframe.engine.writes import EngineWrites, run_start, year_spans
+from mktsframe.engine.writes import CrossSectionFiles, EngineWrites, run_start, year_spans
 from mktsframe.errors import (
     BucketNotFoundError,
     LockedError,
@@ -131,6 +131,7 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         self._bucket_drops = 0
         #: ``(keys, drops, buckets)``: the last key list a cross-section write looked up (EngineWrites._fixed_buckets).
         self._fixed_hit: tuple[tuple[str, ...], int, list[Bucket]] | None = None
+        self._last_cross_section: CrossSectionFiles | None = None
         self.open_files = OpenFiles(max_open_files)
         """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
         # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.

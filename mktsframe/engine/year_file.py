@@ -522,13 +522,10 @@ class YearFile:
         self._widen_bounds(slot, slot + 1)
         self.dirty = True
 
-    def rows_written(self, lo: int, hi: int) -> None:
-        """Rows were stored into the mapping by the compiled kernels, which left the watermarks
-        at ``lo``/``hi`` (:func:`~mktsframe.engine.kernels.write_rows`): keep the writer's copy of
-        them and mark the file for the next checkpoint, as :meth:`write_row` does."""
-        if self._own is not None:
-            self._own = (lo, hi)
-        self.dirty = True
+    @property
+    def reserved_span(self) -> tuple[int, int]:
+        """The slots :meth:`reserve` last covered, ``[from, to)``: they have disk blocks."""
+        return self._reserved
 
     def stage_run(self, first: int, values: list[np.ndarray]) -> None:
         """Copy a run's values (schema order) into slots ``first, first+1, ...`` if they lie outside
@@ -648,3 +645,14 @@ class YearFile:
     def disk_usage(self) -> int:
         """Bytes actually allocated on disk (sparse regions cost nothing)."""
         return os.stat(self.path).st_blocks * 512
+
+
+def rows_written(files: Sequence[YearFile], lo: np.ndarray, hi: np.ndarray) -> None:
+    """Rows were stored into these files' maps by the compiled kernels, which left their
+    watermarks at ``lo``/``hi`` (:func:`~mktsframe.engine.kernels.write_rows`): keep each writer's
+    copy of them and mark the files for the next checkpoint, as :meth:`YearFile.write_row` does.
+    One loop here rather than a method call per file: a universe has thousands."""
+    for yf, a, z in zip(files, lo.tolist(), hi.tolist(), strict=True):
+        if yf._own is not None:
+            yf._own = (a, z)
+        yf.dirty = True
