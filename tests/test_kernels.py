@@ -139,3 +139,41 @@ def test_layouts_get_one_row_each() -> None:
     table = kernels.layout_table()
     assert table[a, :4].tolist() == [100, 4096, 8192, 12288]
     assert table[b, :5].tolist() == [200, 4096, 8192, 12288, 16384]
+
+
+def test_cross_section_writes_take_the_kernels_until_a_file_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next minute of the same buckets reuses the year files kept from the last; once one of
+    them is closed (a reader made room), that write stores row by row, and the one after looks the
+    files up again and takes the kernels. Every row lands wherever it went."""
+    keys = _universe(tmp_path)
+    monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
+    stored = []
+    real = kernels.write_rows
+    monkeypatch.setattr(kernels, "write_rows", lambda *a: stored.append(1) or real(*a))
+    symbols = pd.Categorical([k.split("/")[0] for k in keys])
+
+    def minute(m: int) -> None:
+        at = pd.DatetimeIndex([pd.Timestamp(T0 + (4 * 1440 + m) * MIN)] * N, name="Epoch")
+        df = pd.DataFrame({"Symbol": symbols, "Open": np.full(N, float(m)), "Volume": np.arange(N)}, index=at)
+        mktsframe.write_mkts(df, "*/1Min/OHLCV", backend=be)
+
+    with mktsframe.connect(tmp_path) as be:
+        e = be.engine
+        minute(0)  # year 2025's files: some buckets only now get one
+        minute(1)
+        assert len(stored) >= 1
+        before = len(stored)
+        victim = e._last_cross_section.files[7]
+        with e._apply_lock:
+            e.open_files.discard(victim)
+            victim.evicted()
+        minute(2)
+        assert len(stored) == before  # row by row: a kept file was closed
+        minute(3)
+        assert len(stored) == before + 1  # looked up again
+        got = pd.read_mkts("*/1Min/OHLCV", start=T0 + 4 * 1440 * MIN, backend=be)
+        assert len(got) == 4 * N
+        assert got.groupby("Symbol", observed=True)["Open"].apply(list).map(tuple).nunique() == 1
+        assert got["Open"].tolist()[::N] == [0.0, 1.0, 2.0, 3.0]

@@ -124,9 +124,9 @@ def put_column(values, bases, lids, table, field, slots):  # type: ignore[no-unt
 
 
 @numba.njit(**_JIT)
-def publish_slots(bases, lids, table, marks_offset, slots, lo, hi):  # type: ignore[no-untyped-def]
+def publish_slots(bases, lids, table, marks_offset, slots):  # type: ignore[no-untyped-def]
     """Mark ``slots[i]`` present in file ``i`` and widen its watermarks over it (after its values
-    are stored, as :meth:`YearFile.write_row` does); the new watermarks into ``lo``/``hi``."""
+    are stored, as :meth:`YearFile.write_row` does)."""
     for i in range(bases.shape[0]):
         row = table[lids[i]]
         s = slots[i]
@@ -139,4 +139,3 @@ def publish_slots(bases, lids, table, marks_offset, slots, lo, hi):  # type: ign
         else:
             a, z = min(a, s), max(z, s + 1)
         m[0], m[1] = a, z
-        lo[i], hi[i] = a, z

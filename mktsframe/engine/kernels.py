@@ -165,18 +165,13 @@ def grid_fill(
     _kernels().fill(target, bases, lids, layout_table(), field, pos, c0, c1, lo, entries)
 
 
-def write_rows(
-    bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, columns: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
+def write_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, columns: list[np.ndarray]) -> None:
     """One row into each file: ``columns[k][i]`` (schema order, the files' dtypes) at slot
-    ``slots[i]`` of file ``i``, then its presence byte and watermarks, in that order (a reader in
-    another process never sees a present slot before its values). The files must be writable,
-    their marks plausible (a writable open repairs them) and the slots' blocks reserved. Returns
-    the new ``(lo, hi)`` watermarks of each file."""
+    ``slots[i]`` of file ``i``, then its presence byte and watermarks (in the map), in that order:
+    a reader in another process never sees a present slot before its values. The files must be
+    writable, their marks plausible (a writable open repairs them) and the slots' blocks reserved."""
     k = _kernels()
     table = layout_table()
     for c, values in enumerate(columns):
         k.put_column(values, bases, lids, table, c + 2, slots)
-    lo, hi = np.empty(bases.shape[0], np.int64), np.empty(bases.shape[0], np.int64)
-    k.publish_slots(bases, lids, table, MARKS_OFFSET, slots, lo, hi)
-    return lo, hi
+    k.publish_slots(bases, lids, table, MARKS_OFFSET, slots)

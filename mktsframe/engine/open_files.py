@@ -111,6 +111,10 @@ class OpenFiles:
         self.peak = 0
         #: Files closed to make room.
         self.evictions = 0
+        #: Files closed for any reason (evicted or discarded by their owner): a caller that kept a
+        #: list of open files knows they are all still open while this has not moved.
+        self.closed = 0
+        self._reordered = 0  # opens and touches so far (see touch_all)
 
     def __len__(self) -> int:
         return len(self._files)
@@ -143,6 +147,7 @@ class OpenFiles:
         with self._lock:
             if f is not None:
                 self._files[id(f)] = f
+                self._reordered += 1
             over = len(self._files) + extra - self.capacity
             if over > 0:
                 for fid, g in self._files.items():
@@ -153,6 +158,7 @@ class OpenFiles:
                 for fid, _ in victims:
                     del self._files[fid]
                 self.evictions += len(victims)
+                self.closed += len(victims)
             self.peak = max(self.peak, len(self._files))
         for _, g in victims:
             g.evicted()
@@ -160,20 +166,29 @@ class OpenFiles:
     def touch(self, f: Evictable) -> None:
         """Mark ``f`` most recently used."""
         with self._lock, contextlib.suppress(KeyError):
+            self._reordered += 1
             self._files.move_to_end(id(f))
 
-    def touch_all(self, files: Iterable[Evictable]) -> None:
-        """Mark ``files`` most recently used, in order (one lock for a whole multi-bucket read)."""
+    def touch_all(self, files: Iterable[Evictable], *, unless: int | None = None) -> int:
+        """Mark ``files`` most recently used, in order (one lock for a whole multi-bucket read).
+        Returns a stamp of the order now; given back as ``unless``, it skips the work when no file
+        was opened or touched since (``files`` are then still the most recent, in that order): a
+        feed writing the same 5,000 files every minute, with no read between, pays ~1 ms less."""
         with self._lock:
+            if unless is not None and unless == self._reordered:
+                return unless
             tracked, move = self._files, self._files.move_to_end
             for f in files:
                 if id(f) in tracked:
                     move(id(f))
+            self._reordered += 1
+            return self._reordered
 
     def discard(self, f: Evictable) -> None:
         """Stop tracking ``f`` (its owner closed it)."""
         with self._lock:
-            self._files.pop(id(f), None)
+            if self._files.pop(id(f), None) is not None:
+                self.closed += 1
             self._pins.pop(id(f), None)
 
     def pin(self, f: Evictable) -> bool:

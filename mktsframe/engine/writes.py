@@ -26,6 +26,7 @@ from mktsframe.engine import kernels, year_io
 from mktsframe.engine.catalog import Bucket, write_bucket_meta
 from mktsframe.engine.durable import sync_filesystem
 from mktsframe.engine.many import GROUP_MAX_ROWS, Item, PendingWrite, encode_cross_section, encode_record
+from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.reads import bar_range, uniform_keys
 from mktsframe.engine.tick_file import sort_ticks
 from mktsframe.engine.year_file import YearFile, rows_written, slot_runs, year_bounds, year_of
@@ -183,13 +184,14 @@ class EngineWrites:
             slots = last.slots(secs, tf)
             if slots is not None:
                 return buckets, last, slots, secs, arrays
+        closed = self.open_files.closed  # before looking: a file closed from now on is noticed
         files: list[YearFile] = []
         for b, t in zip(buckets, secs.tolist(), strict=True):
             yf = b.last_written  # open (a closed file is no longer anyone's last written)
             if yf is None or not yf.year_start <= t < yf.year_end:
                 return None
             files.append(yf)
-        planned = CrossSectionFiles(buckets, files)
+        planned = CrossSectionFiles(buckets, files, self.open_files, closed)
         slots = planned.slots(secs, tf)
         if slots is None:
             return None  # blocks to reserve: the general path does that
@@ -235,8 +237,9 @@ class EngineWrites:
                 wal.sync()
         files = planned.files
         with self._apply_lock, self.faults.applying():
-            self.open_files.touch_all(files)
-            if not planned.store_rows(slots, arrays):
+            planned.touched = self.open_files.touch_all(files, unless=planned.touched)
+            if not planned.store_rows(slots, arrays, self._checkpoints):
+                self._last_cross_section = None  # a file was closed since: look again next time
                 rows: Sequence[Any]
                 if files[0].rows is not None:  # columns of one item size (OHLCV): each bar is one raw row
                     rows = np.stack([a.view(f"V{a.dtype.itemsize}") for a in arrays], axis=1)
@@ -752,12 +755,18 @@ class CrossSectionFiles:
     checking and storing a row in each needs as arrays: years' first and last bar starts, the
     slots known to have disk blocks, and the maps' addresses for the kernels. Stale entries are
     harmless: :meth:`slots` refuses what the arrays do not cover, and :meth:`store_rows` stores
-    only if every file is still its bucket's open last-written one (the caller falls back)."""
+    only while every file is still open (the caller falls back). A file that is no longer its
+    bucket's last-written one but still open is the right place for a bar of its year all the same.
+    ``closed``: the open-file set's :attr:`~OpenFiles.closed` count before ``files`` were looked up."""
 
-    def __init__(self, buckets: list[Bucket], files: list[YearFile]) -> None:
+    def __init__(self, buckets: list[Bucket], files: list[YearFile], open_files: OpenFiles, closed: int) -> None:
         n = len(files)
         self.buckets = buckets
         self.files = files
+        self.open_files = open_files
+        self.closed = closed
+        self.touched: int | None = None  # the open-file set's order stamp after the last write
+        self.marked: int | None = None  # the engine's checkpoint count when files were last marked
         self.year_start = np.fromiter((yf.year_start for yf in files), np.int64, n)
         self.year_end = np.fromiter((yf.year_end for yf in files), np.int64, n)
         # Blocks once reserved stay allocated (slots are cleared by writing zeros, never punched).
@@ -775,15 +784,19 @@ class CrossSectionFiles:
             return None
         return slots
 
-    def store_rows(self, slots: np.ndarray, arrays: list[np.ndarray]) -> bool:
+    def store_rows(self, slots: np.ndarray, arrays: list[np.ndarray], checkpoints: int) -> bool:
         """:meth:`YearFile.write_row` into every file at once in the compiled kernels (a universe's
         minute: 5,000 rows in about 2 ms, most of it the first store to each clean page, instead
-        of ~25 ms of Python), when they apply and every file is still its bucket's open
-        last-written one; ``False`` (nothing stored) otherwise. Under the apply lock."""
-        if self.addresses is None or not kernels.available():
+        of ~25 ms of Python), when they apply and no file was closed since the files were looked
+        up; ``False`` (nothing stored) otherwise. Under the apply lock (no file closes meanwhile).
+
+        The files are marked for the next checkpoint once per ``checkpoints`` count (only a
+        checkpoint clears the marks, and writers hold the write lock, which it needs): a loop over
+        5,000 files costs ~1.5 ms, and a feed writes several minutes between checkpoints."""
+        if self.addresses is None or self.open_files.closed != self.closed or not kernels.available():
             return False
-        if not all(b.last_written is yf for b, yf in zip(self.buckets, self.files, strict=True)):
-            return False
-        lo, hi = kernels.write_rows(*self.addresses, slots, arrays)
-        rows_written(self.files, lo, hi)
+        kernels.write_rows(*self.addresses, slots, arrays)
+        if self.marked != checkpoints:
+            rows_written(self.files)
+            self.marked = checkpoints
         return True

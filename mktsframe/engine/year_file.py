@@ -647,12 +647,12 @@ class YearFile:
         return os.stat(self.path).st_blocks * 512
 
 
-def rows_written(files: Sequence[YearFile], lo: np.ndarray, hi: np.ndarray) -> None:
-    """Rows were stored into these files' maps by the compiled kernels, which left their
-    watermarks at ``lo``/``hi`` (:func:`~mktsframe.engine.kernels.write_rows`): keep each writer's
-    copy of them and mark the files for the next checkpoint, as :meth:`YearFile.write_row` does.
+def rows_written(files: Sequence[YearFile]) -> None:
+    """Rows were stored into these files' maps by the compiled kernels, which keep the watermarks
+    in the maps (:func:`~mktsframe.engine.kernels.write_rows`): drop each writer's own copy of
+    them (:meth:`YearFile.extent` then reads the map, which is current; universe reads read it there
+    in any case) and mark the files for the next checkpoint, as :meth:`YearFile.write_row` does.
     One loop here rather than a method call per file: a universe has thousands."""
-    for yf, a, z in zip(files, lo.tolist(), hi.tolist(), strict=True):
-        if yf._own is not None:
-            yf._own = (a, z)
+    for yf in files:
+        yf._own = None
         yf.dirty = True
