@@ -127,3 +127,34 @@ def test_before_checkpoint_hooks_run_before_the_log_is_checkpointed(open_engine,
     engine.write("Z/1Min/OHLCV", bars([T0 + 120], [3.0]))
     engine.checkpoint()
     assert len(seen) == 1
+
+
+def test_a_catalog_listener_hears_creates_and_destroys_and_writes_build_no_events(tmp_root, monkeypatch):
+    """The server's cache of bucket kinds listens with ``catalog_only``: it hears every create and
+    destroy, in order with their sequence numbers, and a write of many buckets builds no event."""
+    import mktsframe
+    from mktsframe.engine import commits
+
+    db = mktsframe.connect(tmp_root)
+    try:
+        got: list[CommitEvent] = []
+        db.on_commit(got.append, catalog_only=True)
+        built: list[str] = []
+        real = commits.CommitListeners.emit
+        monkeypatch.setattr(commits.CommitListeners, "emit", lambda self, e: built.append(e.op) or real(self, e))
+        db.write("AAPL/1D/OHLCV", bars([T0], [190.0]))
+        db.write_many({f"S{i}/1D/OHLCV": bars([T0], [1.0]) for i in range(3)})
+        db.write_many({f"S{i}/1D/OHLCV": bars([T0 + 86400], [2.0]) for i in range(3)})
+        db.delete("AAPL/1D/OHLCV")
+        db.destroy("S1/1D/OHLCV")
+        creates = [("create", "AAPL/1D/OHLCV"), *[("create", f"S{i}/1D/OHLCV") for i in range(3)]]
+        assert [(e.op, e.key) for e in got] == [*creates, ("destroy", "S1/1D/OHLCV")]
+        assert built == ["create"] * 4 + ["destroy"]  # no event built for a write or a delete
+        assert [e.seq for e in got] == sorted({e.seq for e in got})
+        everything: list[str] = []
+        db.on_commit(lambda e: everything.append(e.op))
+        db.write("AAPL/1D/OHLCV", bars([T0 + 2 * 86400], [3.0]))
+        assert everything == ["write"]
+        assert got[-1].op == "destroy"
+    finally:
+        db.close()

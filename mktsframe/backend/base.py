@@ -42,7 +42,8 @@ class Capabilities:
     stream: bool = True
     """``subscribe`` hears committed writes."""
     commit_listeners: bool = False
-    """``on_commit``/``replayed_changes`` exist (the local engine in this process)."""
+    """``on_commit`` (with ``catalog_only``) and ``replayed_changes`` exist (the local engine in this
+    process)."""
     pickle_spec: bool = True
     """``spec`` describes the backend so that another process (a dask worker) can open its own."""
     stacked_query: bool = False

@@ -214,17 +214,22 @@ class LocalBackend:
         self.engine.destroy(key)
 
     def on_commit(
-        self, listener: Callable[[CommitEvent], None], before_checkpoint: Callable[[], None] | None = None
+        self,
+        listener: Callable[[CommitEvent], None],
+        before_checkpoint: Callable[[], None] | None = None,
+        *,
+        catalog_only: bool = False,
     ) -> Callable[[], None]:
         """Call ``listener`` after every acknowledged change made through this process's engine.
 
         Events arrive in commit order on the writer's thread (see :mod:`mktsframe.engine.commits`):
         the listener must return quickly and must not write. Changes made by another process are
         not seen. ``before_checkpoint`` runs before each checkpoint of the write-ahead log, so a
-        listener that journals events can make them durable first. Returns a function that
-        unregisters both.
+        listener that journals events can make them durable first. ``catalog_only``: hear creates
+        and destroys alone (a cache of what exists), so writes build no events for this listener.
+        Returns a function that unregisters both.
         """
-        return self.engine.listen(listener, before_checkpoint)
+        return self.engine.listen(listener, before_checkpoint, catalog_only=catalog_only)
 
     @property
     def changes(self) -> ChangeFeed:

@@ -31,11 +31,19 @@ __all__ = ["CommitEvent", "CommitListeners"]  # CommitEvent lives in mktsframe.c
 log = logging.getLogger("mktsframe.engine.commits")
 
 
+#: The changes to the catalog: all a ``catalog_only`` listener hears.
+CATALOG_OPS = frozenset({"create", "destroy"})
+
+
 class CommitListeners:
-    """The registry of listeners of one engine; falsy while empty so the write path can skip work."""
+    """The registry of listeners of one engine; falsy while none hears every change, so the write
+    path can skip building events (listeners of the catalog alone hear creates and destroys)."""
 
     def __init__(self) -> None:
         self._listeners: tuple[Listener, ...] = ()
+        #: Listeners of creates and destroys only (``add(catalog_only=True)``): a server caching
+        #: bucket kinds must not make every write of 5,000 buckets build 5,000 events.
+        self.catalog: tuple[Listener, ...] = ()
         self._hooks: tuple[Callable[[], None], ...] = ()  # before_checkpoint
         self._lock = threading.Lock()
         self._seq = 0
@@ -46,17 +54,24 @@ class CommitListeners:
     def __len__(self) -> int:
         return len(self._listeners)
 
-    def add(self, listener: Listener, before_checkpoint: Callable[[], None] | None = None) -> Callable[[], None]:
+    def add(
+        self, listener: Listener, before_checkpoint: Callable[[], None] | None = None, *, catalog_only: bool = False
+    ) -> Callable[[], None]:
         """Register ``listener`` (and its ``before_checkpoint`` hook, see the module docstring);
-        returns a function that unregisters both (idempotent)."""
+        returns a function that unregisters both (idempotent). ``catalog_only``: it hears creates
+        and destroys alone (:data:`CATALOG_OPS`)."""
         hooks = () if before_checkpoint is None else (before_checkpoint,)
         with self._lock:
-            self._listeners = (*self._listeners, listener)
+            if catalog_only:
+                self.catalog = (*self.catalog, listener)
+            else:
+                self._listeners = (*self._listeners, listener)
             self._hooks = (*self._hooks, *hooks)
 
         def remove() -> None:
             with self._lock:
                 self._listeners = tuple(x for x in self._listeners if x is not listener)
+                self.catalog = tuple(x for x in self.catalog if x is not listener)
                 self._hooks = tuple(x for x in self._hooks if x not in hooks)
 
         return remove
@@ -83,8 +98,13 @@ class CommitListeners:
         """Use up ``n`` sequence numbers at once (changes nobody listened to; write lock held)."""
         self._seq += n
 
+    def hears(self, op: str) -> bool:
+        """Whether any listener hears a change of kind ``op`` (an event need not be built otherwise)."""
+        return bool(self._listeners) or (op in CATALOG_OPS and bool(self.catalog))
+
     def emit(self, event: CommitEvent) -> None:
-        for listener in self._listeners:  # a snapshot: add/remove during emit affects the next event
+        listeners = (*self._listeners, *self.catalog) if event.op in CATALOG_OPS else self._listeners
+        for listener in listeners:  # a snapshot: add/remove during emit affects the next event
             try:
                 listener(event)
             except Exception:

@@ -304,10 +304,13 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         finally:
             self._write_lock.release()
 
-    def listen(self, listener: Listener, before_checkpoint: Callable[[], None] | None = None) -> Callable[[], None]:
+    def listen(
+        self, listener: Listener, before_checkpoint: Callable[[], None] | None = None, *, catalog_only: bool = False
+    ) -> Callable[[], None]:
         """Hear every acknowledged change (the :class:`~mktsframe.changes.ChangeFeed` protocol;
-        see :mod:`mktsframe.engine.commits` for the rules a listener follows)."""
-        return self.commits.add(listener, before_checkpoint)
+        see :mod:`mktsframe.engine.commits` for the rules a listener follows), or with
+        ``catalog_only`` only creates and destroys (writes then build no event for it)."""
+        return self.commits.add(listener, before_checkpoint, catalog_only=catalog_only)
 
     @property
     def last_seq(self) -> int:

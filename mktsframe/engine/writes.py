@@ -589,7 +589,7 @@ class EngineWrites:
     def _announce(self, op: Any, key: str, **detail: Any) -> None:
         """Tell commit listeners (cheap when there are none); the caller holds the write lock."""
         seq = self.commits.next_seq()
-        if self.commits:
+        if self.commits.hears(op):
             self.commits.emit(CommitEvent(op, key, seq, **detail))
         # Checkpoint a large log only now, after the listeners: a change they may not have heard
         # of (a crash before this line) is then always after the checkpoint, so replay reports it.

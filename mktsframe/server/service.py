@@ -235,8 +235,8 @@ class Service:
         # Bucket kinds are cached only where creates and destroys are heard (the local engine).
         on_commit = backend.on_commit if capabilities(backend).commit_listeners else None  # type: ignore[attr-defined]
         self.kinds = BucketKinds(lambda key: backend.query(key, limit=0), cache=on_commit is not None)
-        if on_commit is not None:
-            on_commit(self._heard)
+        if on_commit is not None:  # creates and destroys alone: writes then build no events for it
+            on_commit(self._heard, catalog_only=True)
         self._hears_catalog = on_commit is not None
         self._catalog_changes = 0  # creates and destroys heard: what a remembered key list depends on
         self._stacked_keys: tuple[tuple[str, ...], int, tuple[str, ...], Mapping[str, np.dtype]] | None = None
