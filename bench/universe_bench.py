@@ -185,12 +185,15 @@ def run_ours(root: Path, p: dict[str, Any]) -> dict[str, Any]:
     after_pause = []
     for r in range(2 if pause else 0):
         time.sleep(pause)
-        at = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + 2 * p["rounds"] + 10 + r) * 60) * NS, tz="UTC")] * n_sym,
-                              name="Epoch")  # fmt: skip
-        long = pd.DataFrame({"Symbol": symbols} | {c: np.full(n_sym, 3.0) for c in COLS}
-                            | {"Volume": np.full(n_sym, 3, np.int64)}, index=at)  # fmt: skip
-        t, _ = _timed(lambda long=long: mktsframe.write_mkts(long, "*/1Min/OHLCV", backend=be))
+        minute = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + 2 * p["rounds"] + 10 + r) * 60) * NS, tz="UTC")]
+                                  * n_sym, name="Epoch")  # fmt: skip
+        later = pd.DataFrame({"Symbol": symbols} | {c: np.full(n_sym, 3.0) for c in COLS}
+                             | {"Volume": np.full(n_sym, 3, np.int64)}, index=minute)  # fmt: skip
+        t, _ = _timed(lambda later=later: mktsframe.write_mkts(later, "*/1Min/OHLCV", backend=be))
         after_pause.append(t)
+    if after_pause:
+        (probe,) = be.query(keys[-1], start=int(minute[0].value), end=int(minute[0].value)).values()
+        assert probe.columns["Volume"].tolist() == [3]
     out["write_frame_after_pause_rounds"] = after_pause
     out["writeback_pause_s"] = pause
     (probe,) = be.query(keys[-1], start=int(when[0].value), end=int(when[0].value)).values()
