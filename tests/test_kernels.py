@@ -177,3 +177,46 @@ def test_cross_section_writes_take_the_kernels_until_a_file_closes(
         assert len(got) == 4 * N
         assert got.groupby("Symbol", observed=True)["Open"].apply(list).map(tuple).nunique() == 1
         assert got["Open"].tolist()[::N] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_rows_stored_by_the_kernels_are_always_in_the_next_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernels mark their files dirty once per checkpoint begun, not once per write: after any
+    checkpoint, even one that failed half way (its files' marks already cleared), the next
+    cross-section marks every file again, so no stored row is ever left out of a checkpoint."""
+    from mktsframe.errors import NoSpaceError
+
+    keys = _universe(tmp_path)
+    monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
+    symbols = pd.Categorical([k.split("/")[0] for k in keys])
+    with mktsframe.connect(tmp_path) as be:
+        e = be.engine
+
+        def minute(m: int) -> list | None:
+            at = pd.DatetimeIndex([pd.Timestamp(T0 + (4 * 1440 + m) * MIN)] * N, name="Epoch")
+            df = pd.DataFrame({"Symbol": symbols, "Open": np.full(N, float(m)), "Volume": np.arange(N)}, index=at)
+            mktsframe.write_mkts(df, "*/1Min/OHLCV", backend=be)
+            kept = e._last_cross_section
+            return None if kept is None else kept.files
+
+        minute(0)
+        files = minute(1)  # the kernels' path from here on
+        assert all(f.dirty for f in files)
+        with e._write_lock:
+            e._checkpoint()
+        assert not any(f.dirty for f in files)
+        assert minute(2) is files
+        assert all(f.dirty for f in files)
+        real = e._wal.write_checkpoint
+
+        def full(seq: int) -> None:
+            raise NoSpaceError("the log's disk is full")
+
+        monkeypatch.setattr(e._wal, "write_checkpoint", full)
+        with e._write_lock, pytest.raises(NoSpaceError):
+            e._checkpoint()  # every file flushed and unmarked, then the checkpoint failed
+        monkeypatch.setattr(e._wal, "write_checkpoint", real)
+        assert not any(f.dirty for f in files)
+        assert minute(3) is files
+        assert all(f.dirty for f in files)

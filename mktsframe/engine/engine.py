@@ -148,6 +148,10 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         self._wal_max_bytes = wal_max_bytes
         self.wal_bypass = wal_bypass
         self._checkpoints = 0
+        #: Checkpoints begun (counted before any file's ``dirty`` mark is cleared, so that even a
+        #: checkpoint that fails half way is noticed): what a cross-section write compares to know
+        #: that the files it marked dirty are still all marked.
+        self._checkpoints_begun = 0
         # Whether some kept WAL segment holds a write, delete or destroy (which, replayed, could change
         # rows a direct write stored only in the year files): see _write_direct.
         self._log_replays_over_rows = True
@@ -353,6 +357,7 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
     def _checkpoint(self, rotate: bool = False) -> None:
         wal = self._wal
         assert wal is not None
+        self._checkpoints_begun += 1
         wal.sync()
         with self._apply_lock:
             dirty = [yf for b in self._buckets.values() for yf in b.open_years() if yf.dirty]

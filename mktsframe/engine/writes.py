@@ -238,7 +238,7 @@ class EngineWrites:
         files = planned.files
         with self._apply_lock, self.faults.applying():
             planned.touched = self.open_files.touch_all(files, unless=planned.touched)
-            if not planned.store_rows(slots, arrays, self._checkpoints):
+            if not planned.store_rows(slots, arrays, self._checkpoints_begun):
                 self._last_cross_section = None  # a file was closed since: look again next time
                 rows: Sequence[Any]
                 if files[0].rows is not None:  # columns of one item size (OHLCV): each bar is one raw row
@@ -790,9 +790,10 @@ class CrossSectionFiles:
         of ~25 ms of Python), when they apply and no file was closed since the files were looked
         up; ``False`` (nothing stored) otherwise. Under the apply lock (no file closes meanwhile).
 
-        The files are marked for the next checkpoint once per ``checkpoints`` count (only a
-        checkpoint clears the marks, and writers hold the write lock, which it needs): a loop over
-        5,000 files costs ~1.5 ms, and a feed writes several minutes between checkpoints."""
+        The files are marked for the next checkpoint once per ``checkpoints`` (the engine's count
+        of checkpoints begun: only a checkpoint clears the marks, it holds the write lock as writers
+        do, and it counts itself before clearing any): a loop over 5,000 files costs ~1.5 ms, and a
+        feed writes several minutes between checkpoints."""
         if self.addresses is None or self.open_files.closed != self.closed or not kernels.available():
             return False
         kernels.write_rows(*self.addresses, slots, arrays)
