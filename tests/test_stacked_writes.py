@@ -111,8 +111,9 @@ def test_a_cross_section_is_one_record_one_sync_and_no_batches(
     assert [float(b.columns["Close"][0]) for b in got.values()] == [50.0 + i for i in range(40)]
 
 
-def test_the_cross_section_stores_what_write_many_stores(tmp_path: Path) -> None:
+def test_the_cross_section_stores_what_write_many_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same inputs through both paths leave the same rows, bounds and float32 rounding."""
+    general = Engine._cross_section_of_items  # write_many of 1-row items takes the cross-section too
     when = T0 + pd.Timedelta("3min")
     frame = cross_section(when, value=0.1)
     results = []
@@ -125,7 +126,9 @@ def test_the_cross_section_stores_what_write_many_stores(tmp_path: Path) -> None
             if fast:
                 e.write_stacked(stacked)
             else:
+                monkeypatch.setattr(Engine, "_cross_section_of_items", lambda *_: None)
                 e.write_many(unstack(stacked))
+                monkeypatch.setattr(Engine, "_cross_section_of_items", general)
             got = e.query("*/1Min/OHLCV")
             results.append({k: (b.index.tolist(), b.columns["Close"].tolist(), b.columns["Volume"].tolist())
                             for k, b in got.items()})  # fmt: skip
@@ -270,3 +273,37 @@ def test_a_frame_of_several_buckets_stores_itself_back(universe: LocalBackend) -
     both.mkts.write(backend=be)
     assert list(pd.read_mkts("S001,S002/1Min/OHLCV", backend=be)["Close"]) == [102.0, 103.0]
     assert list(pd.read_mkts("S003/1Min/OHLCV", backend=be)["Close"]) == [4.0]  # not named: untouched
+
+
+def test_write_many_of_one_row_each_is_a_cross_section(
+    universe: LocalBackend, monkeypatch: pytest.MonkeyPatch, kernel_path: str
+) -> None:
+    """``write_many({key: 1-row frame})``, a feed's minute in the README's words, is stored as the
+    cross-section it is (one record, one sync, no per-bucket batches) and stores what the per-item
+    path stores; an item the cross-section cannot take (a value that is not a number) sends the
+    call to the per-item path, which refuses it as before, with nothing written."""
+    e = universe.engine
+    counter = SyncCounter(monkeypatch, e)
+    seq = e._wal.written_seq  # type: ignore[union-attr]
+    when = T0 + pd.Timedelta("5min")
+
+    def one_row(i: int, close: object = None) -> pd.DataFrame:
+        return pd.DataFrame({"Close": [1.5 + i if close is None else close], "Volume": [i]},
+                            index=pd.DatetimeIndex([when], name="Epoch"))  # fmt: skip
+
+    real_prepare = type(e)._prepare_many
+    monkeypatch.setattr(type(e), "_prepare_many", lambda *_: pytest.fail("took the per-item path"))
+    mktsframe.write_many({f"{s}/1Min/OHLCV": one_row(i) for i, s in enumerate(SYMS)}, backend=universe)
+    assert counter.calls == 1
+    assert e._wal.written_seq == seq + 1  # type: ignore[union-attr]
+    got = pd.read_mkts("*/1Min/OHLCV", start=when, end=when, backend=universe)
+    assert list(got["Close"]) == [1.5 + i for i in range(len(SYMS))]
+    assert list(got["Volume"]) == list(range(len(SYMS)))
+    monkeypatch.setattr(type(e), "_prepare_many", real_prepare)
+    later = when + pd.Timedelta("1min")
+    bad = {f"{s}/1Min/OHLCV": one_row(i).set_axis(pd.DatetimeIndex([later], name="Epoch")) for i, s in enumerate(SYMS)}
+    bad[f"{SYMS[7]}/1Min/OHLCV"] = one_row(7, close="x")  # not a number
+    with pytest.raises(SchemaMismatchError, match="column 'Close'"):
+        mktsframe.write_many(bad, backend=universe)
+    assert len(pd.read_mkts("*/1Min/OHLCV", start=later, end=later, backend=universe)) == 0
+    assert e._wal.written_seq == seq + 1  # type: ignore[union-attr]

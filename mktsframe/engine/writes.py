@@ -33,7 +33,7 @@ from mktsframe.engine.year_file import YearFile, rows_written, slot_runs, year_b
 from mktsframe.errors import BucketExistsError, MktsError, SchemaMismatchError
 from mktsframe.keys import TimeBucketKey, parse_key
 from mktsframe.records import Batch, Stacked
-from mktsframe.stacking import unstack
+from mktsframe.stacking import code_dtype, unstack
 
 __all__ = ["DIRECT_MIN_BYTES", "CrossSectionFiles", "EngineWrites", "run_start", "year_spans"]
 
@@ -129,7 +129,36 @@ class EngineWrites:
         self._require_writable()
         with self._write_lock:
             self._require_writable()
+            plan = None if variable_length else self._cross_section_of_items(pairs)
+            if plan is not None:  # a universe's minute as {key: 1-row batch}: no per-bucket work
+                with self.faults.guard():
+                    self._commit_cross_section(*plan)
+                return
             self._commit_items(self._prepare_many([(k, b, variable_length) for k, b in pairs]))
+
+    def _cross_section_of_items(
+        self, pairs: list[tuple[str, Batch]]
+    ) -> tuple[list[Bucket], CrossSectionFiles, np.ndarray, np.ndarray, list[np.ndarray]] | None:
+        """:meth:`write_many`'s items planned as the cross-section :meth:`write_stacked` stores
+        (:meth:`_cross_section_plan`) when each is one row with the same columns, else ``None``.
+        Anything the plan refuses or finds wrong (a lossy value, an unknown column) also gives
+        ``None``: the per-item path then stores it or names the item at fault."""
+        if len(pairs) < 2:
+            return None
+        first = pairs[0][1]
+        if not isinstance(first, Batch):
+            return None
+        names = list(first.columns)
+        for _, b in pairs:
+            if not isinstance(b, Batch) or len(b.index) != 1 or list(b.columns) != names:
+                return None
+        try:
+            index = np.concatenate([np.asarray(b.index) for _, b in pairs])
+            columns = {n: np.concatenate([np.asarray(b.columns[n]) for _, b in pairs]) for n in names}
+            which = np.arange(len(pairs), dtype=code_dtype(len(pairs)))
+            return self._cross_section_plan(Stacked(tuple(k for k, _ in pairs), index, columns, which))
+        except (MktsError, ValueError, TypeError):
+            return None
 
     def write_stacked(self, stacked: Stacked, *, variable_length: bool = False) -> None:
         """Store the rows of a :class:`Stacked` (several buckets' rows in one set of arrays, in any
