@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 import mktsframe
+import mktsframe.engine.reads as reads
 from mktsframe.backend.base import Batch
 from mktsframe.engine import kernels
 
@@ -220,3 +221,23 @@ def test_rows_stored_by_the_kernels_are_always_in_the_next_checkpoint(
         assert not any(f.dirty for f in files)
         assert minute(3) is files
         assert all(f.dirty for f in files)
+
+
+def test_a_second_fill_thread_only_where_a_core_is_free_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The grid fill splits in two when the tasks runnable right now leave a core free, whatever
+    the lagging load average says; without ``/proc/stat`` the load average decides."""
+    monkeypatch.setattr(reads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(reads.os, "getloadavg", lambda: (1.9, 1.0, 1.0))
+    monkeypatch.setattr(reads, "_tasks_running", lambda: 1)  # this thread alone
+    assert reads._idle_core()
+    monkeypatch.setattr(reads, "_tasks_running", lambda: 2)  # another task is running
+    assert not reads._idle_core()
+    monkeypatch.setattr(reads, "_tasks_running", lambda: None)
+    assert not reads._idle_core()
+    monkeypatch.setattr(reads.os, "getloadavg", lambda: (0.5, 1.0, 1.0))
+    assert reads._idle_core()
+    monkeypatch.setattr(reads.os, "cpu_count", lambda: 1)
+    assert not reads._idle_core()
+    if Path("/proc/stat").exists():
+        monkeypatch.undo()
+        assert reads._tasks_running() >= 1  # at least this test
