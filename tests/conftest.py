@@ -63,3 +63,20 @@ def open_db(tmp_root: Path) -> Iterator[Callable[..., LocalBackend]]:
 def db(open_db: Callable[..., LocalBackend]) -> LocalBackend:
     """A read-write local backend on ``tmp_root``."""
     return open_db(read_only=False)
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A test that uses this runs twice: on the numpy/Python loops, and on the compiled kernels
+    (numba, the ``fast`` extra) even for a handful of files. Both must give the same results.
+    Subprocesses inherit ``MKTS_NO_NUMBA``; a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("kernel_path")``."""
+    from mktsframe.engine import kernels
+
+    if request.param == "numpy":
+        monkeypatch.setenv("MKTS_NO_NUMBA", "1")
+    else:
+        monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
+        assert kernels.available(), "numba is part of the test install ('fast' extra)"
+        monkeypatch.setattr(kernels, "MIN_FILES", 1)
+    return request.param

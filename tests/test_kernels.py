@@ -241,3 +241,33 @@ def test_a_second_fill_thread_only_where_a_core_is_free_now(monkeypatch: pytest.
     if Path("/proc/stat").exists():
         monkeypatch.undo()
         assert reads._tasks_running() >= 1  # at least this test
+
+
+def test_the_open_file_set_counts_closes_and_knows_when_an_order_still_stands() -> None:
+    """What the cross-section write relies on to skip work: ``closed`` moves with every eviction
+    and discard, and a ``touch_all`` stamp skips only while nothing was opened or touched since
+    (otherwise the files are moved to the most recent end again, as the LRU needs)."""
+    from mktsframe.engine.open_files import OpenFiles
+
+    class File:
+        dirty = False
+        hold_while_dirty = False
+
+        def evicted(self) -> None:
+            pass
+
+    files = OpenFiles(capacity=4)
+    a, b, c, d, e = (File() for _ in range(5))
+    for f in (a, b, c, d):
+        files.add(f)
+    stamp = files.touch_all([a, b])
+    assert files.touch_all([a, b], unless=stamp) == stamp  # nothing in between: skipped
+    files.touch(c)  # c is now the most recent
+    assert files.touch_all([a, b], unless=stamp) != stamp
+    assert list(files._files.values())[-2:] == [a, b]  # moved back to the most recent end
+    closed = files.closed
+    files.add(e)  # over capacity: the least recently used (d) is evicted
+    assert files.closed == closed + 1
+    files.discard(a)
+    files.discard(a)  # twice: counted once
+    assert files.closed == closed + 2

@@ -16,6 +16,9 @@ from mktsframe.engine import Engine
 from mktsframe.errors import BucketNotFoundError, SchemaMismatchError
 from mktsframe.stacking import stack
 
+# Every test on both read paths: the numpy loops and the compiled kernels (conftest.kernel_path).
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 NS = 1_000_000_000
 T0 = pd.Timestamp("2024-01-02", tz="UTC").value
 MIN = 60 * NS
@@ -47,21 +50,6 @@ def check(backend: LocalBackend, pattern: str, keys: list[str], start: int, end:
     want = expected(backend, keys, start, end, columns)
     pd.testing.assert_frame_equal(got, want, check_freq=False)
     return got
-
-
-@pytest.fixture(autouse=True, params=["numpy", "compiled"])
-def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs twice: on the numpy loops, and on the compiled kernels (numba, the
-    ``fast`` extra) even for these few files. Both must give exactly the per-bucket reference."""
-    from mktsframe.engine import kernels
-
-    if request.param == "numpy":
-        monkeypatch.setenv("MKTS_NO_NUMBA", "1")
-    else:
-        monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
-        assert kernels.available(), "numba is part of the test install ('fast' extra)"
-        monkeypatch.setattr(kernels, "MIN_FILES", 1)
-    return request.param
 
 
 @pytest.fixture

@@ -30,6 +30,10 @@ from mktsframe.stacking import unstack
 
 from .test_universe import SyncCounter, bars
 
+# Every test on both write paths: rows stored by Python and by the compiled kernels (conftest.kernel_path;
+# a child process takes the test's path through the environment and _kernel_setup).
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 NS = 1_000_000_000
 T0 = pd.Timestamp("2024-01-02", tz="UTC")
 REPO = Path(__file__).resolve().parent.parent
@@ -43,20 +47,6 @@ def cross_section(when: pd.Timestamp, syms: list[str] = SYMS, value: float = 1.0
         {"Symbol": pd.Categorical(syms), "Close": value + np.arange(n, dtype="f8"), "Volume": np.arange(n)},
         index=pd.DatetimeIndex([when] * n, name="Epoch"),
     )
-
-
-@pytest.fixture(autouse=True, params=["numpy", "compiled"])
-def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs twice: rows stored by Python, and by the compiled kernels (numba, the
-    ``fast`` extra) even for these 40 files. Subprocesses inherit the choice through the
-    environment (``MKTS_NO_NUMBA``) and :func:`_kernel_setup`."""
-    if request.param == "numpy":
-        monkeypatch.setenv("MKTS_NO_NUMBA", "1")
-    else:
-        monkeypatch.delenv("MKTS_NO_NUMBA", raising=False)
-        assert kernels.available(), "numba is part of the test install ('fast' extra)"
-        monkeypatch.setattr(kernels, "MIN_FILES", 1)
-    return request.param
 
 
 def _kernel_setup() -> str:

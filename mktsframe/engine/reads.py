@@ -157,19 +157,27 @@ def _cross_section(
     """One bar (``slot``, at ``t_ns``) of each of ``nb`` buckets (``found``: ``(position, year
     file)``, ascending): ``(index, columns, which)``, buckets without that bar left out.
 
-    The whole universe at one time is what a live strategy asks every minute, so this is the
-    leanest loop there is, with no plan and no mask grid: one copy of the bar's row per bucket where
-    the columns share an item size (:attr:`YearFile.rows`, ~1 µs a bucket), else a scalar read and
-    store per column and bucket (~0.5 µs each; a 1-element slice costs ~1 µs)."""
+    The whole universe at one time is what a live strategy asks every minute: the compiled kernel
+    reads it where it applies (:mod:`~mktsframe.engine.kernels`), else :func:`_cross_section_numpy`."""
+    got = None
     if kernels.use(len(found)):
-        cols = [found[0][1].names.index(n) for n in names]
-        outs = [np.empty(nb, dt) for dt in dtypes]
-        have = kernels.cross_section(*_file_arrays(found), cols, slot, outs)
-        if have is not None:
-            which = np.arange(nb, dtype=code_dtype(nb))
-            if not have.all():
-                outs, which = [c[have] for c in outs], which[have]
-            return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, outs, strict=True)), which
+        cols = [np.empty(nb, dt) for dt in dtypes]
+        have = kernels.cross_section(*_file_arrays(found), [found[0][1].names.index(n) for n in names], slot, cols)
+        got = None if have is None else (cols, have)
+    cols, have = got if got is not None else _cross_section_numpy(found, nb, slot, names, dtypes)
+    which = np.arange(nb, dtype=code_dtype(nb))
+    if not have.all():
+        cols, which = [c[have] for c in cols], which[have]
+    return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, cols, strict=True)), which
+
+
+def _cross_section_numpy(
+    found: list[tuple[int, YearFile]], nb: int, slot: int, names: list[str], dtypes: list[np.dtype]
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`_cross_section`'s columns (one entry per bucket) and which buckets have the bar, in
+    the leanest Python loop there is, with no plan and no mask grid: one copy of the bar's row per
+    bucket where the columns share an item size (:attr:`YearFile.rows`, ~1 µs a bucket), else a
+    scalar read and store per column and bucket (~0.5 µs each; a 1-element slice costs ~1 µs)."""
     have = np.zeros(nb, np.bool_)
     first = found[0][1] if found else None
     rows_everywhere = first is not None and all(yf.rows is not None for _, yf in found)
@@ -182,21 +190,17 @@ def _cross_section(
             if lo <= slot < hi and yf.presence[slot]:
                 grid[j] = yf.rows[slot] if every else yf.rows[slot, picks]
                 have[j] = True
-        cols = [np.ascontiguousarray(grid[:, k]).view(dt) for k, dt in enumerate(dtypes)]
-    else:
-        cols = [np.empty(nb, dt) for dt in dtypes]
-        targets = list(zip(names, cols, strict=True))
-        for j, yf in found:
-            lo, hi = yf.extent()
-            if lo <= slot < hi and yf.presence[slot]:
-                src = yf.columns
-                for n, out in targets:
-                    out[j] = src[n][slot]
-                have[j] = True
-    which = np.arange(nb, dtype=code_dtype(nb))
-    if not have.all():
-        cols, which = [c[have] for c in cols], which[have]
-    return np.full(which.shape[0], t_ns, np.int64), dict(zip(names, cols, strict=True)), which
+        return [np.ascontiguousarray(grid[:, k]).view(dt) for k, dt in enumerate(dtypes)], have
+    cols = [np.empty(nb, dt) for dt in dtypes]
+    targets = list(zip(names, cols, strict=True))
+    for j, yf in found:
+        lo, hi = yf.extent()
+        if lo <= slot < hi and yf.presence[slot]:
+            src = yf.columns
+            for n, out in targets:
+                out[j] = src[n][slot]
+            have[j] = True
+    return cols, have
 
 
 #: The last bucket list :func:`uniform_keys` answered for, and its answer: a pattern's list is

@@ -620,15 +620,16 @@ class EngineWrites:
         seq = self.commits.next_seq()
         if self.commits.hears(op):
             self.commits.emit(CommitEvent(op, key, seq, **detail))
-        # Checkpoint a large log only now, after the listeners: a change they may not have heard
-        # of (a crash before this line) is then always after the checkpoint, so replay reports it.
-        wal = self._wal
-        if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
-            self._checkpoint(rotate=True)
+        self._checkpoint_large_log()
 
     def _announce_unheard(self, changes: int) -> None:
         """:meth:`_announce` of ``changes`` changes at once, when no listener is registered."""
         self.commits.skip(changes)
+        self._checkpoint_large_log()
+
+    def _checkpoint_large_log(self) -> None:
+        """Checkpoint a large log; only after the listeners were told: a change they may not have
+        heard of (a crash before this call) is then always after the checkpoint, so replay reports it."""
         wal = self._wal
         if wal is not None and wal.bytes_since_checkpoint > self._wal_max_bytes:
             self._checkpoint(rotate=True)
