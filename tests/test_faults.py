@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mktsframe.engine import applied
 from mktsframe.engine.engine import Engine
 from mktsframe.errors import ReadOnlyError
 from tests.faults_child import KEYS, NS, T0, TICK_KEYS
@@ -117,6 +118,7 @@ def test_disk_full_is_an_error_and_a_log_without_room_opens_read_only(small_disk
     # loses pages never flushed) and fill the disk: the log cannot be replayed, and the root opens
     # read-only with the reason instead of dying in replay.
     (root / "FULL1" / "1Min" / "OHLCV" / "2024.bin").unlink()
+    applied.forget(root)  # a machine crash: the page cache cannot be trusted to hold the log's records
     filler = small_disk / "filler"
     fill_to_the_last_byte(filler)
     with Engine(root) as e:

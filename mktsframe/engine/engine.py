@@ -33,6 +33,7 @@ import numpy as np
 
 from mktsframe.changes import Listener
 from mktsframe.engine import year_io
+from mktsframe.engine.applied import AppliedMark
 from mktsframe.engine.catalog import (
     Bucket,
     iter_bucket_keys,
@@ -173,11 +174,17 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         # pattern -> (the catalog list it was matched against, the matching keys)
         self._matched: dict[str, tuple[list[TimeBucketKey], int, list[Bucket]]] = {}
         self._wal: WriteAheadLog | None = None
+        #: How far this writer's records are applied (see :mod:`.applied`); ``None`` when read-only.
+        self._applied: AppliedMark | None = None
+        #: Records adopted from the page cache at open (not replayed): until the next checkpoint
+        #: syncs the whole file system, the dirty files they left are unknown here.
+        self._adopted_unsynced = False
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         if not self.read_only:
             self._wal = WriteAheadLog(self._meta_dir / "wal")
             self._wal.retain_bytes = max(0, int(log_retention_bytes))
+            self._applied = AppliedMark(self._wal.dir)
             try:
                 self._recover()
             except NoSpaceError as exc:
@@ -221,8 +228,11 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
             self._buckets.clear()
             self._bucket_drops += 1
         assert self._wal is not None
+        assert self._applied is not None
         self._wal.close()
         self._wal = None
+        self._applied.close()
+        self._applied = None
         if self._generation is not None:
             self._generation.close()
         self._generation = DestroyGeneration(self._meta_dir, writable=False)
@@ -241,6 +251,9 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         with self._write_lock, self._apply_lock:
             if self._wal is not None and self.faults.poisoned is None:  # poisoned: the log must stay for replay
                 self._checkpoint(rotate=True)
+            if self._applied is not None:
+                self._applied.close()
+                self._applied = None
             if self._wal is not None:
                 self._wal.close()
                 for seg in self._wal.segments() if self.faults.poisoned is None else ():
@@ -368,7 +381,7 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
             # Each msync of a shared map is an fdatasync of its file: a write_many to 5,000 buckets
             # made the next checkpoint 5,000 syncs (~5 s). With many files changed, open or closed
             # since, one syncfs instead (it writes a shared map's dirty pages like any in the cache).
-            one_sync = len(dirty) + len(closed_dirty) > _SYNC_EACH_MAX
+            one_sync = len(dirty) + len(closed_dirty) > _SYNC_EACH_MAX or self._adopted_unsynced
             if not one_sync:
                 for yf in dirty:
                     yf.flush()
@@ -383,6 +396,9 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
                 sync_path(path)
         self.commits.before_checkpoint()  # listeners' own records durable before replay forgets
         wal.write_checkpoint(wal.written_seq)
+        self._adopted_unsynced = False
+        if self._applied is not None:
+            self._applied.checkpointed()
         self._checkpoints += 1
         self._last_checkpoint = time.monotonic()
         if rotate or self._checkpoints % self._rotate_every == 0:
@@ -509,6 +525,16 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         return [self._require(k) for k in named]
 
     # -- applying (live and replay) -------------------------------------------------------------
+    def _mark_applied(self, seq: int | None) -> None:
+        """Record ``seq`` (and every record before it) as applied: a restart on this boot after a
+        process crash need not replay it (:mod:`.applied`). Not after a failed apply: that poisons."""
+        if self._applied is not None and seq is not None and self.faults.poisoned is None:
+            self._applied.applied(seq)
+
+    def _ticks_changing(self) -> None:
+        if self._applied is not None:
+            self._applied.ticks_changing()
+
     def _apply(
         self, meta: dict[str, Any], arrays: list[np.ndarray], seq: int | None = None, replay: bool = False
     ) -> Any:
@@ -530,6 +556,7 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
             if b is None:
                 raise BucketNotFoundError(f"no bucket {k.item_key!r}")
             if b.ticks is not None:  # a tick bucket: its own storage (tick_file.py)
+                self._ticks_changing()
                 if op == "write":
                     return b.ticks.write(arrays[0], arrays[1:], seq=seq, replay=replay)
                 if op == "delete":
@@ -555,25 +582,37 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         disk) and report the change. Not committed: it was never acknowledged and may be torn, so
         clear its slots. A missing bucket or year file: nothing of it was written."""
         b = self._bucket(k)
-        spans = []
         with self._apply_lock:
-            for year, s0, s1 in ranges if b is not None else ():
-                yf = b.year_file(int(year))  # type: ignore[union-attr]
-                if yf is None:
-                    continue
+            for yf, s0, s1 in self._direct_ranges(b, ranges):
                 if committed:
-                    yf.publish(int(s0), int(s1))
+                    yf.publish(s0, s1)
                 else:
-                    yf.clear(int(s0), int(s1))
-                spans.append((yf.year_start + int(s0) * yf.timeframe, yf.year_start + (int(s1) - 1) * yf.timeframe))
+                    yf.clear(s0, s1)
         if not committed:
             msg = f"WAL record {seq}: unacknowledged direct write to {k.item_key} {ranges} rolled back"
             log.warning(msg)
             self.recovery.rolled_back.append(msg)
             return None
+        return self._direct_change(k.item_key, ranges)
+
+    def _direct_ranges(self, b: Bucket | None, ranges: list[list[int]]) -> list[tuple[Any, int, int]]:
+        """``(year file, first slot, end slot)`` of a direct record's ``ranges`` whose year file exists."""
+        out = []
+        for year, s0, s1 in ranges if b is not None else ():
+            yf = b.year_file(int(year))  # type: ignore[union-attr]
+            if yf is not None:
+                out.append((yf, int(s0), int(s1)))
+        return out
+
+    def _direct_change(self, key: str, ranges: list[list[int]]) -> tuple[str, str, int | None, int | None] | None:
+        """The ``ReplayReport.changes`` entry of a committed direct write (``None``: nothing of it stored)."""
+        spans = [
+            (yf.year_start + s0 * yf.timeframe, yf.year_start + (s1 - 1) * yf.timeframe)
+            for yf, s0, s1 in self._direct_ranges(self._bucket(parse_key(key)), ranges)
+        ]
         if not spans:
             return None
-        return "write", k.item_key, min(s for s, _ in spans) * NS, max(e for _, e in spans) * NS
+        return "write", key, min(s for s, _ in spans) * NS, max(e for _, e in spans) * NS
 
     def _apply_write(self, b: Bucket, secs: np.ndarray, arrays: list[np.ndarray]) -> None:
         yf = b.last_written

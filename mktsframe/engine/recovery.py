@@ -7,6 +7,10 @@ writes whose commit record never made it (those are rolled back). A record that 
 or applied is reported in :attr:`Engine.recovery` and skipped, never served half; running out of
 space is raised (the engine then opens read-only). What was replayed is listed as
 ``(op, key, start_ns, end_ns)`` (UTC nanoseconds, inclusive) for triggers that keep derived data.
+
+When the last writer died on this boot after applying every record (:mod:`.applied`), the log is
+*adopted* instead: its records are in the page cache already, so nothing is replayed and the next
+checkpoint syncs the file system before the log forgets them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ __all__ = ["EngineRecovery"]
 log = logging.getLogger("mktsframe.engine")
 
 NS = 1_000_000_000
+#: Adopted records of up to this many bytes are kept until their changes are asked for.
+_DEFER_MAX_BYTES = 32 << 20
 
 
 class EngineRecovery:
@@ -45,6 +51,13 @@ class EngineRecovery:
         for rec in records:
             if rec.meta.get("op") == "destroy":
                 last_destroy[rec.meta["key"]] = rec.seq
+        applied = self._applied
+        assert applied is not None
+        interrupted = any(rec.meta.get("op") == "direct" and rec.seq not in committed for rec in records)
+        if records and not interrupted and applied.covers(records[-1].seq):
+            self._adopt(records, last_destroy, committed)
+            return
+        applied.forget()
         for rec in records:
             try:  # a write_many record stands for a create or write per bucket: replay each
                 many = rec.meta.get("op") == "write_many"
@@ -64,6 +77,55 @@ class EngineRecovery:
                 len(self.recovery.problems),
             )
         self._checkpoint(rotate=True)
+        applied.stamp(self._wal.written_seq)
+
+    def _adopt(self, records: list[Any], last_destroy: dict[str, int], committed: set[Any]) -> None:
+        """The crashed writer applied every record after the checkpoint on this boot: its stores
+        are in the page cache, so take the files as they are instead of replaying (see
+        :mod:`.applied`). The next checkpoint syncs the whole file system before the log forgets
+        them. What they changed is worked out only if asked (:attr:`ReplayReport.changes`)."""
+        assert self._wal is not None
+        assert self._applied is not None
+        self.recovery.applied_before, self.recovery.records = self.recovery.records, 0
+        self.recovery.defer_changes(lambda: self._changes_of(records, last_destroy, committed))
+        if sum(len(rec.data) for rec in records) > _DEFER_MAX_BYTES:
+            _ = self.recovery.changes  # not worth keeping that much of the log in memory meanwhile
+        log.warning(
+            "recovered %s: the %d WAL record(s) after the checkpoint were already applied by the last writer "
+            "on this boot; none replayed%s",
+            self.root,
+            self.recovery.applied_before,
+            f", {len(self.recovery.problems)} problem(s)" if self.recovery.problems else "",
+        )
+        self._adopted_unsynced = True
+        self._wal.start_segment()
+        self._applied.stamp(self._wal.written_seq)
+
+    def _changes_of(
+        self, records: list[Any], last_destroy: dict[str, int], committed: set[Any]
+    ) -> list[tuple[str, str, int | None, int | None]]:
+        """``ReplayReport.changes`` of adopted ``records``: what replaying them would have listed."""
+        out = []
+        for rec in records:
+            many = rec.meta.get("op") == "write_many"
+            try:
+                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
+            except (KeyError, ValueError, TypeError, IndexError):
+                continue  # reported when the log was read
+            for meta, arrays in subs:
+                op, key = meta.get("op"), meta.get("key", "")
+                if op == "commit" or (op != "destroy" and last_destroy.get(key, 0) > rec.seq):
+                    continue
+                try:
+                    if op == "direct":
+                        change = self._direct_change(key, meta["ranges"]) if rec.seq in committed else None
+                    else:
+                        change = self._replayed_change(*_expand_run(meta, rec.arrays() if arrays is None else arrays))
+                except (MktsError, OSError, ValueError, KeyError):
+                    continue  # a bucket gone or damaged since: nothing to recompute from it
+                if change is not None:
+                    out.append(change)
+        return out
 
     def _replay_one(
         self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, destroyed_at: int, committed: set[Any]

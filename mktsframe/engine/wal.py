@@ -91,12 +91,28 @@ class ReplayReport:
     records: int = 0
     skipped_bytes: int = 0
     problems: list[str] = field(default_factory=list)
-    #: ``(op, key, start_ns, end_ns)`` of every replayed record, in log order (times inclusive, UTC;
-    #: ``None`` = unbounded or not a time-ranged op). These changes were acknowledged before the
-    #: crash but commit listeners may never have heard of them (see ``LocalBackend.replayed_changes``).
-    changes: list[tuple[str, str, int | None, int | None]] = field(default_factory=list)
+    #: Records after the checkpoint that the crashed writer had already applied on this boot, taken
+    #: from the page cache instead of replayed (``records`` is then 0; see :mod:`.applied`).
+    applied_before: int = 0
     #: Direct writes that were interrupted before being acknowledged, and cleared (not a problem).
     rolled_back: list[str] = field(default_factory=list)
+    _changes: list[tuple[str, str, int | None, int | None]] = field(default_factory=list, repr=False)
+    _deferred: Callable[[], list[tuple[str, str, int | None, int | None]]] | None = field(default=None, repr=False)
+
+    @property
+    def changes(self) -> list[tuple[str, str, int | None, int | None]]:
+        """``(op, key, start_ns, end_ns)`` of every replayed (or adopted) record, in log order (times
+        inclusive, UTC; ``None`` = unbounded or not a time-ranged op). These changes were
+        acknowledged before the crash but commit listeners may never have heard of them (see
+        ``LocalBackend.replayed_changes``)."""
+        if self._deferred is not None:
+            work, self._deferred = self._deferred, None
+            self._changes.extend(work())
+        return self._changes
+
+    def defer_changes(self, work: Callable[[], list[tuple[str, str, int | None, int | None]]]) -> None:
+        """Work out :attr:`changes` only when first asked (adopted records were not decoded)."""
+        self._deferred = work
 
 
 def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:

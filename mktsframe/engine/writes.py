@@ -260,7 +260,7 @@ class EngineWrites:
         if not self.wal_bypass:
             wal = self._wal
             assert wal is not None
-            wal.append(*encode_cross_section([b.item_key for b in buckets], secs, arrays))
+            seq = wal.append(*encode_cross_section([b.item_key for b in buckets], secs, arrays))
             self._log_replays_over_rows = True
             if not self.background_sync:
                 wal.sync()
@@ -279,6 +279,8 @@ class EngineWrites:
                         yf.write_row(slot, row)
                     else:
                         self._apply_write(b, secs[j : j + 1], [a[j : j + 1] for a in arrays])
+        if not self.wal_bypass:
+            self._mark_applied(seq)
         if not self.commits:  # nobody listens: the sequence numbers only, and one checkpoint check
             self._announce_unheard(len(buckets))
             return
@@ -413,10 +415,12 @@ class EngineWrites:
                         self._created()
                     b = self._require(it.key)
                 if b.ticks is not None:
+                    self._ticks_changing()
                     b.ticks.write(it.times, it.arrays, seq=seq)
                 else:
                     self._apply_write(b, it.times, it.arrays)
                 buckets.append(b)
+        self._mark_applied(seq)
         # Announced once all is applied: an announcement may checkpoint, which covers the whole record.
         for it, b in zip(items, buckets, strict=True):
             if it.create is not None:
@@ -612,7 +616,7 @@ class EngineWrites:
             for yf, s0, a, z in plan:
                 yf.publish(s0, s0 + z - a)
             b.last_written = plan[-1][0]
-        wal.append({"op": "commit", "key": b.key.item_key, "direct": seq})
+        self._mark_applied(wal.append({"op": "commit", "key": b.key.item_key, "direct": seq}))
         wal.sync()
 
     def _announce(self, op: Any, key: str, **detail: Any) -> None:
@@ -681,7 +685,9 @@ class EngineWrites:
             wal.sync()
         # A create that fails (a full disk) leaves nothing to diverge: replay makes the empty bucket.
         with self.faults.applying() if meta["op"] != "create" else contextlib.nullcontext():
-            return apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
+            out = apply() if apply is not None else self._apply(meta, list(arrays), seq=seq)
+        self._mark_applied(seq)
+        return out
 
 
 def run_start(yf: YearFile, secs: np.ndarray) -> int | None:
