@@ -67,9 +67,10 @@ def _session(server: ServerProcess) -> list[Any]:
 
 
 def _data_files(root: Path) -> dict[str, bytes]:
-    """Every data file under ``root`` (not the write-ahead log nor the lock, which holds the pid)."""
+    """Every data file under ``root`` (not the write-ahead log, nor the lock, which holds the pid, nor
+    the log's applied mark, which holds the boot id and its own inode)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and "wal" not in p.name.lower() and p.name != "lock"}  # fmt: skip
+            if p.is_file() and "wal" not in p.name.lower() and p.name not in ("lock", "applied")}  # fmt: skip
 
 
 def _listening(port: int) -> bool:
