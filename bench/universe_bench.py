@@ -83,13 +83,16 @@ def _timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def fsync_latency(directory: Path, n: int = 50) -> float:
+def fsync_latency(directory: Path, n: int = 50, nbytes: int = 32) -> float:
+    """Median seconds to overwrite ``nbytes`` in place and ``fdatasync`` them (as the log does into
+    its preallocated segment): with ``nbytes`` a write's log record, the "one fdatasync" of the target."""
     fd = os.open(directory / "fsync.probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    data = b"x" * nbytes
     try:
         times = []
         for _ in range(n):
             t = time.perf_counter()
-            os.pwrite(fd, b"x" * 32, 0)
+            os.pwrite(fd, data, 0)
             os.fdatasync(fd)
             times.append(time.perf_counter() - t)
     finally:
@@ -164,8 +167,10 @@ def run_ours(root: Path, p: dict[str, Any]) -> dict[str, Any]:
         at = pd.DatetimeIndex([pd.Timestamp((T0 + (bars + p["rounds"] + r) * 60) * NS, tz="UTC")] * n_sym, name="Epoch")
         long = pd.DataFrame({"Symbol": symbols} | {c: np.full(n_sym, 2.0) for c in COLS}
                             | {"Volume": np.full(n_sym, 2, np.int64)}, index=at)  # fmt: skip
+        logged = be.engine._wal.bytes_since_checkpoint
         t, _ = _timed(lambda long=long: mktsframe.write_mkts(long, "*/1Min/OHLCV", backend=be))
         frame_writes.append(t)
+        record_bytes = be.engine._wal.bytes_since_checkpoint - logged  # this write's log record
         sample()
     # One day of every symbol, the rounds back to back as the page-cache copy is measured: this VM
     # hands memory left free for ~2 s back to its host (free page reporting), and the next 346 MB
@@ -205,7 +210,8 @@ def run_ours(root: Path, p: dict[str, Any]) -> dict[str, Any]:
     out.update(cross_section_s=_median(xs), cross_section_rounds=xs, day_s=_median(days), day_rounds=days,
                day_rows=n_sym * 1440, day_bytes=day_bytes, write_all_s=_median(writes), write_all_rounds=writes,
                write_frame_s=_median(frame_writes), write_frame_rounds=frame_writes,
-               copy_s=page_cache_copy(root.parent, day_bytes, p["rounds"]), fsync_s=fsync_latency(root.parent))  # fmt: skip
+               copy_s=page_cache_copy(root.parent, day_bytes, p["rounds"]), fsync_s=fsync_latency(root.parent),
+               record_bytes=record_bytes, fsync_record_s=fsync_latency(root.parent, nbytes=record_bytes))  # fmt: skip
     # catalog
     eng = be.engine
     cat: dict[str, float] = {}
@@ -487,7 +493,7 @@ def section(res: dict[str, Any]) -> str:
         lines.append(f"| {title} | {_ms(a)} | {_ms(b)} | {_x(b / a if a and b else None)} |")
     cat = ours["catalog"]
     copy_ratio = ours["day_s"] / ours["copy_s"]
-    fsync = ours["fsync_s"]
+    fsync = ours.get("fsync_record_s", ours["fsync_s"])  # the sync of the write's own log record
     lines += ["", "| target | measured | status |", "|---|---|---|"]
     targets = [
         ("one bar from every symbol ≤ 20 ms", _ms(ours["cross_section_s"]), ours["cross_section_s"] <= 0.020),
@@ -496,7 +502,8 @@ def section(res: dict[str, Any]) -> str:
         (f"one day ≤ 2× copying its {ours['day_bytes'] / 1e6:.0f} MB from the page cache ({_ms(ours['copy_s'])})",
          _x(copy_ratio), copy_ratio <= 2),
         ("… and ≥ 3× faster than ArcticDB", _x(arc.get("day_s", 0) / ours["day_s"]), arc.get("day_s", 0) / ours["day_s"] >= 3),
-        (f"one bar to every symbol ≤ 5 ms + one fdatasync ({_ms(fsync)}), as one frame", _ms(write_s),
+        (f"one bar to every symbol ≤ 5 ms + one fdatasync (of its {ours.get('record_bytes', 0) / 1e3:,.0f} KB log "
+         f"record: {_ms(fsync)}), as one frame", _ms(write_s),
          write_s <= 0.005 + fsync),
         ("… and ≥ 50× faster than ArcticDB append_batch", _x(arc.get("write_all_s", 0) / write_s),
          arc.get("write_all_s", 0) / write_s >= 50),
@@ -546,7 +553,7 @@ def section(res: dict[str, Any]) -> str:
                   f"{srv['cpu_us_many']:.0f} µs with {p['clients']} (request parsing, the write, the reply; the "
                   f"log syncs are shared). The server's Python runs on about one core (the GIL), so that CPU caps "
                   f"it near {ceiling:,.0f} writes/s however many clients write, while one client already reaches "
-                  f"{srv['one_client_per_s']:,.0f}/s because this disk flushes in {_ms(fsync)}: a ratio of 10× needs "
+                  f"{srv['one_client_per_s']:,.0f}/s because this disk flushes in {_ms(ours['fsync_s'])}: a ratio of 10× needs "
                   "a disk whose flush dominates a write, which the emulated slow-sync row measures."]  # fmt: skip
     return "\n".join(lines) + "\n"
 

