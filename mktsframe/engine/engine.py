@@ -41,6 +41,7 @@ from mktsframe.engine.catalog import (
     write_bucket_meta,
 )
 from mktsframe.engine.commits import CommitListeners
+from mktsframe.engine.cross_section import CrossSectionFiles
 from mktsframe.engine.durable import fsync_dir, sync_filesystem, sync_path
 from mktsframe.engine.faults import Faults
 from mktsframe.engine.generation import DestroyGeneration
@@ -50,7 +51,7 @@ from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.reads import EngineReads
 from mktsframe.engine.recovery import EngineRecovery
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
-from mktsframe.engine.writes import CrossSectionFiles, EngineWrites, run_start, year_spans
+from mktsframe.engine.writes import EngineWrites, run_start, year_spans
 from mktsframe.errors import (
     BucketNotFoundError,
     LockedError,

@@ -22,28 +22,26 @@ import numpy as np
 
 from mktsframe.changes import CommitEvent
 from mktsframe.dtypes import coerce_column, validate_schema, wire_type
-from mktsframe.engine import kernels, year_io
+from mktsframe.engine import year_io
 from mktsframe.engine.catalog import Bucket, write_bucket_meta
+from mktsframe.engine.cross_section import CrossSectionFiles
 from mktsframe.engine.durable import sync_filesystem
 from mktsframe.engine.many import (
     GROUP_MAX_ROWS,
     Item,
     PendingWrite,
     cross_section_arrays,
-    cross_section_meta,
     encode_record,
 )
-from mktsframe.engine.open_files import OpenFiles
 from mktsframe.engine.reads import bar_range, uniform_keys
 from mktsframe.engine.tick_file import sort_ticks
-from mktsframe.engine.wal import WriteAheadLog
-from mktsframe.engine.year_file import YearFile, rows_written, slot_runs, year_bounds, year_of
+from mktsframe.engine.year_file import YearFile, slot_runs, year_bounds, year_of
 from mktsframe.errors import BucketExistsError, MktsError, SchemaMismatchError
 from mktsframe.keys import TimeBucketKey, parse_key
 from mktsframe.records import Batch, Stacked
 from mktsframe.stacking import code_dtype, unstack
 
-__all__ = ["DIRECT_MIN_BYTES", "CrossSectionFiles", "EngineWrites", "run_start", "year_spans"]
+__all__ = ["DIRECT_MIN_BYTES", "EngineWrites", "run_start", "year_spans"]
 
 log = logging.getLogger("mktsframe.engine")
 NS = 1_000_000_000
@@ -795,68 +793,3 @@ def _normalise(index: np.ndarray, arrays: list[np.ndarray], tf: int) -> tuple[np
     np.not_equal(secs[1:], secs[:-1], out=keep[:-1])
     idx = order[keep]
     return secs[keep], [a[idx] for a in arrays]
-
-
-class CrossSectionFiles:
-    """The year file each bucket of a cross-section writes into (its last-written one), with what
-    checking and storing a row in each needs as arrays: years' first and last bar starts, the
-    slots known to have disk blocks, and the maps' addresses for the kernels. Stale entries are
-    harmless: :meth:`slots` refuses what the arrays do not cover, and :meth:`store_rows` stores
-    only while every file is still open (the caller falls back). A file that is no longer its
-    bucket's last-written one but still open is the right place for a bar of its year all the same.
-    ``closed``: the open-file set's :attr:`~OpenFiles.closed` count before ``files`` were looked up."""
-
-    def __init__(self, buckets: list[Bucket], files: list[YearFile], open_files: OpenFiles, closed: int) -> None:
-        n = len(files)
-        self.buckets = buckets
-        self.files = files
-        self.open_files = open_files
-        self.closed = closed
-        self.touched: int | None = None  # the open-file set's order stamp after the last write
-        self.marked: int | None = None  # the engine's checkpoint count when files were last marked
-        self.year_start = np.fromiter((yf.year_start for yf in files), np.int64, n)
-        self.year_end = np.fromiter((yf.year_end for yf in files), np.int64, n)
-        # Blocks once reserved stay allocated (slots are cleared by writing zeros, never punched).
-        spans = np.array([yf.reserved_span for yf in files], np.int64).reshape(n, 2)
-        self.reserved_from, self.reserved_to = spans[:, 0].copy(), spans[:, 1].copy()
-        self.addresses = kernels.addresses(files) if kernels.use(n) else None
-        self.file_ids = [id(yf) for yf in files]
-        self._log_meta: dict[tuple[str, ...], bytes] = {}
-
-    def log_meta(self, wal: WriteAheadLog, record: list[np.ndarray]) -> bytes:
-        """The packed metadata of this cross-section's log ``record`` (its keys, ~100 KB for 5,000
-        buckets, packed in ~1 ms), packed once per column dtypes: the same every minute."""
-        shape = tuple(a.dtype.str for a in record)
-        packed = self._log_meta.get(shape)
-        if packed is None:
-            meta = cross_section_meta([b.item_key for b in self.buckets], len(record) - 2)
-            packed = self._log_meta[shape] = wal.pack_meta(meta, record)
-        return packed
-
-    def slots(self, secs: np.ndarray, timeframe: int) -> np.ndarray | None:
-        """Each bucket's slot for its bar at ``secs`` (bar starts, seconds, key order), or ``None``
-        if a bar falls outside its file's year or outside the slots with blocks."""
-        if not ((self.year_start <= secs) & (secs < self.year_end)).all():
-            return None
-        slots = (secs - self.year_start) // timeframe
-        if not ((self.reserved_from <= slots) & (slots < self.reserved_to)).all():
-            return None
-        return slots
-
-    def store_rows(self, slots: np.ndarray, arrays: list[np.ndarray], checkpoints: int) -> bool:
-        """:meth:`YearFile.write_row` into every file at once in the compiled kernels (a universe's
-        minute: 5,000 rows in about 2 ms, most of it the first store to each clean page, instead
-        of ~25 ms of Python), when they apply and no file was closed since the files were looked
-        up; ``False`` (nothing stored) otherwise. Under the apply lock (no file closes meanwhile).
-
-        The files are marked for the next checkpoint once per ``checkpoints`` (the engine's count
-        of checkpoints begun: only a checkpoint clears the marks, it holds the write lock as writers
-        do, and it counts itself before clearing any): a loop over 5,000 files costs ~1.5 ms, and a
-        feed writes several minutes between checkpoints."""
-        if self.addresses is None or self.open_files.closed != self.closed or not kernels.available():
-            return False
-        kernels.write_rows(*self.addresses, slots, arrays)
-        if self.marked != checkpoints:
-            rows_written(self.files)
-            self.marked = checkpoints
-        return True
