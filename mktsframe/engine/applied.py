@@ -121,8 +121,7 @@ class AppliedMark:
         if self._boot is None:
             self._stop()  # nothing to compare a mark with at the next open
             return
-        self._write(_LAYOUT.pack(MAGIC, *self._boot, *self._identity, 0, 0)[:_APPLIED_AT], 0)
-        self._write(_WORD.pack(0), _TICKS_AT)
+        self._write(_LAYOUT.pack(MAGIC, *self._boot, *self._identity, 0, 0), 0)  # applied still 0, no ticks
         self._ticks = 0
         self._write(_WORD.pack(seq), _APPLIED_AT)
 

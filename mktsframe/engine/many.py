@@ -35,7 +35,6 @@ __all__ = [
     "cross_section_arrays",
     "cross_section_meta",
     "decode_record",
-    "encode_cross_section",
     "encode_record",
 ]
 
@@ -94,24 +93,17 @@ def encode_record(items: list[Item]) -> tuple[dict[str, Any], list[np.ndarray]]:
     return meta, arrays
 
 
-def encode_cross_section(
-    keys: Sequence[str], secs: np.ndarray, arrays: list[np.ndarray]
-) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """The record :func:`encode_record` makes of one bar (``secs[j]``, bar-start seconds) for each
-    existing fixed bucket ``keys[j]``, built from the columns as they are (``arrays``: one value per
-    key each, one dtype per column) instead of from an :class:`Item` per bucket."""
-    return cross_section_meta(keys, len(arrays)), cross_section_arrays(secs, arrays)
-
-
 def cross_section_meta(keys: Sequence[str], ncols: int) -> dict[str, Any]:
-    """The metadata of :func:`encode_cross_section`'s record: the same for every minute of a feed
-    that writes the same buckets (a writer packs it once)."""
+    """The metadata of the record :func:`encode_record` makes of one bar for each existing fixed
+    bucket ``keys[j]`` (a cross-section), built from the keys alone: the same for every minute of a
+    feed that writes the same buckets, so a writer packs it once."""
     n = len(keys)
     return {"op": "write_many", "keys": list(keys), "groups": [["run", list(range(n)), ncols]], "create": []}
 
 
 def cross_section_arrays(secs: np.ndarray, arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """The arrays of :func:`encode_cross_section`'s record: row counts (all 1), bar starts, columns."""
+    """The arrays of that record: row counts (all 1), bar starts (``secs``, seconds), then the
+    columns as they are (one value per key each, one dtype per column)."""
     return [np.ones(secs.shape[0], np.int64), np.ascontiguousarray(secs, np.int64), *arrays]
 
 

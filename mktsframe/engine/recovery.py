@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -58,17 +59,8 @@ class EngineRecovery:
             self._adopt(records, last_destroy, committed)
             return
         applied.forget()
-        for rec in records:
-            try:  # a write_many record stands for a create or write per bucket: replay each
-                many = rec.meta.get("op") == "write_many"
-                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
-            except (KeyError, ValueError, TypeError, IndexError) as exc:
-                msg = f"WAL record {rec.seq} (write_many) could not be decoded: {exc}"
-                log.error(msg)
-                self.recovery.problems.append(msg)
-                continue
-            for meta, sub_arrays in subs:
-                self._replay_one(rec, meta, sub_arrays, last_destroy.get(meta.get("key", ""), 0), committed)
+        for rec, meta, arrays in self._operations(records, last_destroy):
+            self._replay_one(rec, meta, arrays, committed)
         if self.recovery.records or self.recovery.problems:
             log.warning(
                 "recovered %s: replayed %d WAL records, %d problem(s)",
@@ -106,38 +98,45 @@ class EngineRecovery:
     ) -> list[tuple[str, str, int | None, int | None]]:
         """``ReplayReport.changes`` of adopted ``records``: what replaying them would have listed."""
         out = []
-        for rec in records:
-            many = rec.meta.get("op") == "write_many"
+        for rec, meta, arrays in self._operations(records, last_destroy):
             try:
-                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
-            except (KeyError, ValueError, TypeError, IndexError):
-                continue  # reported when the log was read
-            for meta, arrays in subs:
-                op, key = meta.get("op"), meta.get("key", "")
-                if op == "commit" or (op != "destroy" and last_destroy.get(key, 0) > rec.seq):
-                    continue
-                try:
-                    if op == "direct":
-                        change = self._direct_change(key, meta["ranges"]) if rec.seq in committed else None
-                    else:
-                        change = self._replayed_change(*_expand_run(meta, rec.arrays() if arrays is None else arrays))
-                except (MktsError, OSError, ValueError, KeyError):
-                    continue  # a bucket gone or damaged since: nothing to recompute from it
-                if change is not None:
-                    out.append(change)
+                if meta.get("op") == "direct":
+                    change = self._direct_change(meta["key"], meta["ranges"]) if rec.seq in committed else None
+                else:
+                    change = self._replayed_change(*_expand_run(meta, rec.arrays() if arrays is None else arrays))
+            except (MktsError, OSError, ValueError, KeyError):
+                continue  # a bucket gone or damaged since: nothing to recompute from it
+            if change is not None:
+                out.append(change)
         return out
 
-    def _replay_one(
-        self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, destroyed_at: int, committed: set[Any]
-    ) -> None:
+    def _operations(
+        self, records: list[Any], last_destroy: dict[str, int]
+    ) -> Iterator[tuple[Any, dict[str, Any], list[np.ndarray] | None]]:
+        """``(record, operation, its arrays or None for the record's own)`` for every operation of
+        ``records`` that replay applies: a ``write_many`` as its creates and writes, without commit
+        records (read with their direct record) and operations a later destroy of the key erased.
+        A record that cannot be decoded is reported among the problems and skipped."""
+        for rec in records:
+            try:  # a write_many record stands for a create or write per bucket
+                many = rec.meta.get("op") == "write_many"
+                subs = decode_record(rec.meta, rec.arrays()) if many else [(rec.meta, None)]
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                msg = f"WAL record {rec.seq} (write_many) could not be decoded: {exc}"
+                log.error(msg)
+                self.recovery.problems.append(msg)
+                continue
+            for meta, arrays in subs:
+                op = meta.get("op")
+                if op == "commit" or (op != "destroy" and last_destroy.get(meta.get("key", ""), 0) > rec.seq):
+                    continue
+                yield rec, meta, arrays
+
+    def _replay_one(self, rec: Any, meta: dict[str, Any], arrays: list[np.ndarray] | None, committed: set[Any]) -> None:
         """Replay one operation of log record ``rec`` (``arrays``: its own, or ``None`` for the record's)."""
         key = meta.get("key", "")
-        if meta.get("op") != "destroy" and destroyed_at > rec.seq:
-            return  # erased by a later destroy of the same key
         try:
             op = meta.get("op")
-            if op == "commit":
-                return  # read with its direct record
             if op == "direct":
                 change = self._replay_direct(parse_key(key), meta["ranges"], rec.seq, rec.seq in committed)
             else:

@@ -265,6 +265,7 @@ class EngineWrites:
     ) -> None:
         """Log, sync and apply what :meth:`_cross_section_plan` planned; call holding the write lock.
         The record is the one :meth:`write_many` would log (replay and replication read it alike)."""
+        seq = None
         if not self.wal_bypass:
             wal = self._wal
             assert wal is not None
@@ -288,8 +289,7 @@ class EngineWrites:
                         yf.write_row(slot, row)
                     else:
                         self._apply_write(b, secs[j : j + 1], [a[j : j + 1] for a in arrays])
-        if not self.wal_bypass:
-            self._mark_applied(seq)
+        self._mark_applied(seq)
         if not self.commits:  # nobody listens: the sequence numbers only, and one checkpoint check
             self._announce_unheard(len(buckets))
             return
