@@ -48,6 +48,7 @@ from mktsframe.engine.generation import DestroyGeneration
 from mktsframe.engine.log_cursor import LogCursor
 from mktsframe.engine.many import WriteQueue
 from mktsframe.engine.open_files import OpenFiles
+from mktsframe.engine.prefault import NextBarPrefault
 from mktsframe.engine.reads import EngineReads
 from mktsframe.engine.recovery import EngineRecovery
 from mktsframe.engine.wal import ReplayReport, WriteAheadLog
@@ -134,6 +135,8 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         #: ``(keys, drops, buckets)``: the last key list a cross-section write looked up (EngineWrites._fixed_buckets).
         self._fixed_hit: tuple[tuple[str, ...], int, list[Bucket]] | None = None
         self._last_cross_section: CrossSectionFiles | None = None
+        #: Faults in the next minute's pages of a feed's cross-section writes before it arrives.
+        self._prefault = NextBarPrefault()
         self.open_files = OpenFiles(max_open_files)
         """The bounded set of open year files and tick partitions (see :mod:`.open_files`)."""
         # Year files closed to make room before their changes were msync'd: the next checkpoint syncs them.
@@ -292,6 +295,8 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
                             self._checkpoint()
                 except MktsError as exc:  # poisoned (a failed sync) or out of space: the next write reports it
                     log.error("background checkpoint failed: %s", exc)
+            if self._prefault.due(time.monotonic()):  # holding neither lock: it takes the apply lock in chunks
+                self._prefault.populate(self._apply_lock)
 
     def sync(self) -> None:
         """Make every write so far durable (useful with ``background_sync``)."""
@@ -372,6 +377,7 @@ class Engine(EngineWrites, EngineReads, EngineRecovery):
         wal = self._wal
         assert wal is not None
         self._checkpoints_begun += 1
+        self._prefault.cleaned()
         wal.sync()
         with self._apply_lock:
             dirty = [yf for b in self._buckets.values() for yf in b.open_years() if yf.dirty]

@@ -20,6 +20,7 @@ reports it and the caller takes the numpy path.
 
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "grid_plan",
     "layout_id",
     "layout_table",
+    "populate_rows",
     "use",
     "write_rows",
 ]
@@ -175,3 +177,13 @@ def write_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, columns: 
     for c, values in enumerate(columns):
         k.put_column(values, bases, lids, table, c + 2, slots)
     k.publish_slots(bases, lids, table, MARKS_OFFSET, slots)
+
+
+def populate_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, itemsizes: np.ndarray) -> int:
+    """Fault in, writable, the pages :func:`write_rows` would store into at ``slots`` (one per file;
+    ``itemsizes``: the columns' item sizes, schema order), without storing anything: Linux's
+    ``MADV_POPULATE_WRITE`` (5.14+). A store to a page the kernel has written back faults into the
+    file system (ext4's ``page_mkwrite``, a few µs a page: 150 ms for a 5,000-bucket row); after
+    this the store does not. Returns how many pages could not be populated (all of them on an older
+    kernel). Releases the GIL."""
+    return int(_kernels().populate_rows(bases, lids, layout_table(), MARKS_OFFSET, slots, itemsizes, mmap.PAGESIZE))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -277,7 +278,9 @@ class EngineWrites:
         files = planned.files
         with self._apply_lock, self.faults.applying():
             planned.touched = self.open_files.touch_all(files, unless=planned.touched, ids=planned.file_ids)
-            if not planned.store_rows(slots, arrays, self._checkpoints_begun):
+            if planned.store_rows(slots, arrays, self._checkpoints_begun):
+                self._prefault.wrote(planned, slots, [a.dtype.itemsize for a in arrays], time.monotonic())
+            else:
                 self._last_cross_section = None  # a file was closed since: look again next time
                 rows: Sequence[Any]
                 if files[0].rows is not None:  # columns of one item size (OHLCV): each bar is one raw row
