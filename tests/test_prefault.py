@@ -149,3 +149,20 @@ def test_passes_follow_the_feeds_cadence(monkeypatch: pytest.MonkeyPatch) -> Non
     gap = 3.0 * prefault.MIN_GAP_SECONDS  # a short gap: the pass starts a quarter of it early
     q.wrote(files, slots, [8], 2.0 + gap)  # type: ignore[arg-type]
     assert q.next_pass() == 2.0 + gap + gap - min(prefault.LEAD_SECONDS, gap / 4)
+
+
+@needs_kernels
+def test_a_kernel_without_populate_gets_no_passes(feed: LocalBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 5.14 (or off Linux) the advice is refused: no passes, writes as before."""
+    assert kernels.populate_supported()  # this machine's kernel has it (the tests above rely on it)
+    monkeypatch.setattr(kernels, "_populate_ok", False)
+    e = feed.engine
+    assert e._prefault.populate(e._apply_lock) == 0
+    assert not e._prefault.supported
+    plan = e._last_cross_section
+    e._prefault.wrote(plan, np.zeros(N, np.int64), [8] * 5, 0.0)
+    e._prefault.wrote(plan, np.zeros(N, np.int64), [8] * 5, 60.0)  # a cadence that would be due at 117.5 s
+    assert e._prefault.next_pass() is None
+    write(feed, 3)
+    got = pd.read_mkts("*/1Min/OHLCV", start=T0 + pd.Timedelta(minutes=3), backend=feed)
+    assert (got["Volume"] == 3).all()

@@ -143,27 +143,26 @@ def publish_slots(bases, lids, table, marks_offset, slots):  # type: ignore[no-u
 
 #: ``madvise(2)``, bound by name (not by address, so the compiled code stays cacheable).
 _madvise = types.ExternalFunction("madvise", types.intc(types.voidptr, types.uintp, types.intc))
-_MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in writable without storing to them
 
 
 @numba.njit(**_JIT)
-def _populate(address, page):  # type: ignore[no-untyped-def]
-    """1 if the page holding ``address`` could not be faulted in writable, else 0."""
-    return 1 if _madvise(_pointer(address - address % page), page, _MADV_POPULATE_WRITE) != 0 else 0
+def _populate(address, page, advice):  # type: ignore[no-untyped-def]
+    """1 if ``madvise(advice)`` failed on the page holding ``address``, else 0."""
+    return 1 if _madvise(_pointer(address - address % page), page, advice) != 0 else 0
 
 
 @numba.njit(**_JIT)
-def populate_rows(bases, lids, table, marks_offset, slots, itemsizes, page):  # type: ignore[no-untyped-def]
+def populate_rows(bases, lids, table, marks_offset, slots, itemsizes, page, advice):  # type: ignore[no-untyped-def]
     """Fault in, writable, every page :func:`put_column` and :func:`publish_slots` would store
     into at ``slots[i]`` of file ``i`` (its watermarks, its presence byte, each column's value;
-    ``itemsizes``: the columns' item sizes in bytes), storing nothing. Returns how many of those
-    calls failed."""
+    ``itemsizes``: the columns' item sizes in bytes), storing nothing (``advice``:
+    ``MADV_POPULATE_WRITE``). Returns how many of those calls failed."""
     failed = 0
     for i in range(bases.shape[0]):
         row = table[lids[i]]
         s = slots[i]
-        failed += _populate(bases[i] + marks_offset, page)
-        failed += _populate(bases[i] + row[1] + s, page)
+        failed += _populate(bases[i] + marks_offset, page, advice)
+        failed += _populate(bases[i] + row[1] + s, page, advice)
         for c in range(itemsizes.shape[0]):
-            failed += _populate(bases[i] + row[2 + c] + s * itemsizes[c], page)
+            failed += _populate(bases[i] + row[2 + c] + s * itemsizes[c], page, advice)
     return failed

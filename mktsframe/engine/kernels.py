@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ __all__ = [
     "layout_id",
     "layout_table",
     "populate_rows",
+    "populate_supported",
     "use",
     "write_rows",
 ]
@@ -185,5 +187,31 @@ def populate_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, itemsi
     ``MADV_POPULATE_WRITE`` (5.14+). A store to a page the kernel has written back faults into the
     file system (ext4's ``page_mkwrite``, a few µs a page: 150 ms for a 5,000-bucket row); after
     this the store does not. Returns how many pages could not be populated (all of them on an older
-    kernel). Releases the GIL."""
-    return int(_kernels().populate_rows(bases, lids, layout_table(), MARKS_OFFSET, slots, itemsizes, mmap.PAGESIZE))
+    kernel: see :func:`populate_supported`). Releases the GIL."""
+    k = _kernels()
+    return int(k.populate_rows(bases, lids, layout_table(), MARKS_OFFSET, slots, itemsizes, mmap.PAGESIZE,
+                               _MADV_POPULATE_WRITE))  # fmt: skip
+
+
+#: Linux 5.14+: fault pages in writable without storing to them.
+_MADV_POPULATE_WRITE = 23
+_populate_ok: bool | None = None
+
+
+def populate_supported() -> bool:
+    """Whether :func:`populate_rows` can work here: Linux 5.14 or newer, probed once on a page of
+    anonymous memory (an older kernel refuses the advice with ``EINVAL``; elsewhere the number
+    means something else, so only Linux is asked)."""
+    global _populate_ok
+    if _populate_ok is None:
+        ok = sys.platform.startswith("linux")
+        if ok:
+            probe = mmap.mmap(-1, mmap.PAGESIZE)
+            try:
+                probe.madvise(_MADV_POPULATE_WRITE)
+            except OSError:
+                ok = False
+            finally:
+                probe.close()
+        _populate_ok = ok
+    return _populate_ok

@@ -61,7 +61,7 @@ class NextBarPrefault:
         self._plan: tuple[CrossSectionFiles, np.ndarray, np.ndarray] | None = None
         self._armed = False
         self.supported = True
-        """``False`` once a pass found ``MADV_POPULATE_WRITE`` unsupported (no more passes)."""
+        """``False`` once a pass found ``MADV_POPULATE_WRITE`` unsupported here (no more passes)."""
         self.passes = 0
         """Passes run, for tests and diagnostics."""
         self.pages = 0
@@ -122,6 +122,9 @@ class NextBarPrefault:
             plan, self._armed = self._plan, False
         if plan is None or not kernels.available():
             return 0
+        if not kernels.populate_supported():
+            self.supported = False
+            return 0
         files, slots, itemsizes = plan
         if files.addresses is None:
             return 0
@@ -135,9 +138,8 @@ class NextBarPrefault:
                     break
                 failed += kernels.populate_rows(bases[take], lids[take], slots[take], itemsizes)
             pages += len(take) * (2 + len(itemsizes))
-        if pages and failed == pages:
-            log.info("MADV_POPULATE_WRITE is not supported here (Linux < 5.14?): no prefault passes")
-            self.supported = False
+        if failed:  # a page the file system could not make writable (a full disk): the write will say
+            log.debug("prefault: %d of %d pages not populated", failed, pages)
         self.passes += 1
         self.pages += pages - failed
         return pages - failed
