@@ -65,7 +65,8 @@ class NextBarPrefault:
         self.passes = 0
         """Passes run, for tests and diagnostics."""
         self.pages = 0
-        """Pages populated by all passes."""
+        """Pages populated by all passes (counted per store a write makes: a file's watermarks and
+        presence byte may share a page)."""
 
     def wrote(self, files: CrossSectionFiles, slots: np.ndarray, itemsizes: list[int], now: float) -> None:
         """A cross-section write stored into ``files`` at ``slots`` (columns of ``itemsizes`` bytes)
@@ -117,7 +118,7 @@ class NextBarPrefault:
         """Run the pass: fault in the planned pages, :data:`CHUNK_FILES` files per hold of
         ``apply_lock`` (the lock under which the engine closes year files, so every file is still
         mapped while it is touched; if one was closed since the plan, the pass stops: the next
-        write plans again). Disarms; returns the pages populated."""
+        write plans again). Disarms; returns the pages populated (as :attr:`pages` counts them)."""
         with self._lock:
             plan, self._armed = self._plan, False
         if plan is None or not kernels.available():
