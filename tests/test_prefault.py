@@ -80,9 +80,9 @@ def test_a_pass_leaves_the_next_minute_without_write_faults(feed: LocalBackend) 
 
 @needs_kernels
 def test_the_background_thread_runs_the_pass_before_the_next_minute(feed: LocalBackend) -> None:
-    """A feed every 2.5 s (over MIN_GAP_SECONDS): the engine's own thread populates between minutes."""
+    """A feed every 3 s (over MIN_GAP_SECONDS): the engine's own thread populates between minutes."""
     e = feed.engine
-    gap = 2.5
+    gap = 3.0
     start = time.monotonic()
     for m in range(3, 6):
         time.sleep(max(0.0, start + (m - 3) * gap - time.monotonic()))
