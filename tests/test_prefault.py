@@ -166,3 +166,17 @@ def test_a_kernel_without_populate_gets_no_passes(feed: LocalBackend, monkeypatc
     write(feed, 3)
     got = pd.read_mkts("*/1Min/OHLCV", start=T0 + pd.Timedelta(minutes=3), backend=feed)
     assert (got["Volume"] == 3).all()
+
+
+@needs_kernels
+def test_a_checkpoint_arms_the_pass_again(feed: LocalBackend) -> None:
+    """A checkpoint's sync write-protects the pages a pass made writable: the pass is due again."""
+    e = feed.engine
+    plan = e._last_cross_section
+    slots = (T0.value // 1_000_000_000 + 2 * 60 - plan.year_start) // 60  # minute 2, the last written
+    e._prefault.wrote(plan, slots, [8] * 5, time.monotonic() - 60.0)
+    e._prefault.wrote(plan, slots, [8] * 5, time.monotonic())  # a one-minute cadence
+    assert e._prefault.populate(e._apply_lock) > 0
+    assert e._prefault.next_pass() is None
+    e.checkpoint()
+    assert e._prefault.next_pass() is not None

@@ -407,6 +407,36 @@ def test_a_queued_write_is_never_acknowledged_when_its_committer_fails(tmp_path:
         assert all(isinstance(w.error, MktsError) for w in group[2:])
 
 
+def test_a_write_by_the_thread_holding_the_write_lock_commits_the_queue(tmp_path: Path) -> None:
+    """The server writes on its event loop inside ``writes_without_waiting`` (holding the write
+    lock). A write queued meanwhile by another thread (a bgworker) is at the head of the queue,
+    waiting for that lock: the holder's own write commits both instead of queueing behind it,
+    where the two waited for each other for good (seen as a hung server in the plugin test)."""
+    with Engine(tmp_path) as e:
+        e.write("A/1Min/OHLCV", bars(1))
+        e.write("B/1Min/OHLCV", bars(1))
+        done = threading.Event()
+        other = threading.Thread(target=e.write, args=("B/1Min/OHLCV", bars(1, start=T0 + 60 * NS)))
+
+        def holder() -> None:
+            with e.writes_without_waiting() as fast:
+                assert fast
+                other.start()
+                deadline = time.monotonic() + 10
+                while not e._queue.pending and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert e._queue.pending, "the other write did not queue"
+                e.write("A/1Min/OHLCV", bars(1, start=T0 + 60 * NS))
+            done.set()
+
+        t = threading.Thread(target=holder, daemon=True)
+        t.start()
+        assert done.wait(10), "the lock holder's write waited behind the queue"
+        other.join(timeout=10)
+        assert not other.is_alive()
+        assert all(len(e.query(f"{k}/1Min/OHLCV")[f"{k}/1Min/OHLCV"]) == 2 for k in "AB")
+
+
 def test_only_the_head_of_the_write_queue_polls_the_lock(tmp_path: Path) -> None:
     """Writers queued behind a busy write lock do not all poll it (50 of them polling every 2 ms
     cost the server more CPU than the writes): only the head tries, the rest sleep until their

@@ -181,6 +181,11 @@ def write_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, columns: 
     k.publish_slots(bases, lids, table, MARKS_OFFSET, slots)
 
 
+#: Linux 5.14+: fault pages in writable without storing to them.
+_MADV_POPULATE_WRITE = 23
+_populate_ok: bool | None = None
+
+
 def populate_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, itemsizes: np.ndarray) -> int:
     """Fault in, writable, the pages :func:`write_rows` would store into at ``slots`` (one per file;
     ``itemsizes``: the columns' item sizes, schema order), without storing anything: Linux's
@@ -191,11 +196,6 @@ def populate_rows(bases: np.ndarray, lids: np.ndarray, slots: np.ndarray, itemsi
     k = _kernels()
     return int(k.populate_rows(bases, lids, layout_table(), MARKS_OFFSET, slots, itemsizes, mmap.PAGESIZE,
                                _MADV_POPULATE_WRITE))  # fmt: skip
-
-
-#: Linux 5.14+: fault pages in writable without storing to them.
-_MADV_POPULATE_WRITE = 23
-_populate_ok: bool | None = None
 
 
 def populate_supported() -> bool:

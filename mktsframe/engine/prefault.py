@@ -85,10 +85,7 @@ class NextBarPrefault:
         """When the armed pass is due (monotonic seconds), or ``None`` if none is."""
         with self._lock:
             cadence = self._cadence()
-        if cadence is None:
-            return None
-        last, gap = cadence
-        return last + gap - min(LEAD_SECONDS, gap / 4)
+        return None if cadence is None else _pass_time(*cadence)
 
     def due(self, now: float) -> bool:
         """Whether a pass should run at ``now``. A feed that missed its next write by a whole gap
@@ -101,7 +98,7 @@ class NextBarPrefault:
             if now > last + 2 * gap:
                 self._plan, self._armed = None, False
                 return False
-        return now >= last + gap - min(LEAD_SECONDS, gap / 4)
+        return now >= _pass_time(last, gap)
 
     def _cadence(self) -> tuple[float, float] | None:
         """``(last write, expected gap to the next)`` while a pass is armed and the gap is known
@@ -127,8 +124,7 @@ class NextBarPrefault:
             self.supported = False
             return 0
         files, slots, itemsizes = plan
-        if files.addresses is None:
-            return 0
+        assert files.addresses is not None  # wrote() follows only rows the kernels stored
         bases, lids = files.addresses
         inside = (files.reserved_from <= slots) & (slots < files.reserved_to)  # blocks to store into
         pages = failed = 0
@@ -144,3 +140,9 @@ class NextBarPrefault:
         self.passes += 1
         self.pages += pages - failed
         return pages - failed
+
+
+def _pass_time(last: float, gap: float) -> float:
+    """When a pass is due: :data:`LEAD_SECONDS` (or a quarter of a short ``gap``) before the next
+    write is expected, ``gap`` after the ``last``."""
+    return last + gap - min(LEAD_SECONDS, gap / 4)

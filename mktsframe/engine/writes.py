@@ -99,24 +99,27 @@ class EngineWrites:
         none returns before its own rows are durable.
         """
         queue = self._queue
-        if not queue.pending and self._write_lock.acquire(blocking=False):
-            try:  # uncontended: no queue, no grouping
-                self._write_one(key, batch, variable_length)
-            finally:
-                self._write_lock.release()
-                queue.wake()
-            return
         w = PendingWrite(key, batch, variable_length, rows=len(batch) if isinstance(batch, Batch) else 0)
-        queue.put(w)
-        # Wait until a committing thread has done this write, or the write lock is free to commit it
-        # (and everything queued with it) here. A committed writer must not wait for the lock just to
-        # learn that it is done: it would sit behind the next group's sync, and groups would shrink
-        # to a couple of writes (measured: 50 writers, 5 ms syncs: 321 writes/s).
-        if queue.wait_to_lead(w, self._write_lock):
-            group: list[PendingWrite] = []
+        # Lock free, or held by this thread (the server's writes_without_waiting): commit here with
+        # whatever is queued (queued behind a head waiting for this thread's lock, it waited forever).
+        # Else wait until another thread has committed this write, or the lock is free to lead: a
+        # done writer waiting for the lock would sit behind the next group's sync (50 writers, 5 ms
+        # syncs: 321 writes/s).
+        if self._write_lock.acquire(blocking=False):
+            group = queue.take()
+            alone = not group  # uncontended: no grouping
+            group.append(w)
+        else:
+            queue.put(w)
+            if not queue.wait_to_lead(w, self._write_lock):
+                group = None  # committed by another thread
+            else:
+                group, alone = ([] if w.done else queue.take()), False
+        if group is not None:
             try:
-                if not w.done:
-                    group = queue.take()
+                if alone:
+                    self._write_one(key, batch, variable_length)
+                elif group:
                     self._commit_queued(group)
             finally:
                 self._write_lock.release()
